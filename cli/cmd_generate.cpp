@@ -1,0 +1,63 @@
+// rankscope generate MODEL --prompt TEXT --tokens N: greedy continuation, streamed to stdout.
+#include <chrono>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "cli/commands.hpp"
+#include "core/error.hpp"
+#include "core/gemm.hpp"
+#include "core/llama.hpp"
+
+namespace rankscope::cli {
+
+int run_generate(const Params& params) {
+  if (params.model.empty()) throw Error("no MODEL given");
+  if (params.tokens < 0) fail("--tokens must be >= 0, got {}", params.tokens);
+  set_num_threads(params.threads);
+  const Model model = load_model(params.model);
+  if (model.config.arch != Arch::llama) {
+    fail("{}: generate needs a causal LM; {} is not one (try classify)", params.model, model.config.architecture);
+  }
+  if (!model.has_weights) fail("{}: no weights (shapes-only config.json); cannot generate", params.model);
+  const auto& tok = model.require_tokenizer();
+  std::vector<TokenId> prompt;
+  if (tok.special().bos) {
+    prompt.push_back(*tok.special().bos);
+  } else if (model.config.bos_token_id) {
+    prompt.push_back(static_cast<TokenId>(*model.config.bos_token_id));
+  }
+  const auto text_ids = tok.encode(params.prompt);
+  prompt.insert(prompt.end(), text_ids.begin(), text_ids.end());
+  if (prompt.empty()) fail("{}: empty prompt and no BOS token to start from", params.model);
+
+  std::cout << params.prompt << std::flush;
+  // Stream: decode prompt+generated so far and print what is new (pieces may merge across tokens).
+  std::vector<TokenId> all(text_ids);
+  std::string printed = tok.decode(all);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<KvCache> cache(1);
+  std::vector<std::vector<TokenId>> step = {prompt};
+  int64_t n_generated = 0;
+  for (; n_generated < params.tokens; ++n_generated) {
+    if (cache[0].n_past + static_cast<int64_t>(step[0].size()) > model.config.n_ctx_train) break;
+    const Mat logits = llama_forward(model, step, cache, {.last_logits_only = true});
+    Eigen::Index next = 0;
+    logits.row(0).maxCoeff(&next);
+    if (!params.ignore_eos && model.config.eos_token_id && next == *model.config.eos_token_id) break;
+    all.push_back(static_cast<TokenId>(next));
+    const std::string text = tok.decode(all);
+    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+      std::cout << text.substr(printed.size()) << std::flush;
+    }
+    printed = text;
+    step[0] = {static_cast<TokenId>(next)};
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << "\n";
+  std::cerr << fmt::format("[{} prompt tokens, {} generated in {:.3f} s: {:.1f} tokens/s]\n", prompt.size(),
+                           n_generated, seconds, seconds > 0 ? static_cast<double>(n_generated) / seconds : 0.0);
+  return 0;
+}
+
+}  // namespace rankscope::cli

@@ -1,0 +1,100 @@
+// rankscope info MODEL: what a model is made of, from a checkpoint or a bare config.json.
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "core/error.hpp"
+#include "core/model.hpp"
+
+namespace rankscope::cli {
+
+namespace {
+
+std::string thousands(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n);
+  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(static_cast<size_t>(i), ",");
+  return (n < 0 ? "-" : "") + digits;
+}
+
+std::string weights_description(const Model& m) {
+  if (!m.has_weights) return "none: shapes only (config.json)";
+  std::string files;
+  for (const auto& f : m.weight_files) files += (files.empty() ? "" : ", ") + f.filename().string();
+  return fmt::format("{} ({}, computed in fp32)", files, m.storage_dtype);
+}
+
+std::string tokenizer_description(const Model& m) {
+  if (!m.tokenizer) return "none";
+  return fmt::format("{} ({}, {} tokens)", m.tokenizer->kind(), m.tokenizer->source().filename().string(),
+                     m.tokenizer->vocab_size());
+}
+
+}  // namespace
+
+int run_info(const Params& params) {
+  if (params.model.empty()) throw Error("no MODEL given");
+  const Model model = load_model(params.model);
+  const auto& c = model.config;
+  const auto matrices = decomposable_matrices(c);
+  const int64_t total = model.n_params();
+  const int64_t decomposable = model.n_decomposable_params();
+
+  if (params.json) {
+    nlohmann::json j;
+    j["model"] = params.model;
+    j["architecture"] = c.architecture;
+    j["arch"] = c.arch_name();
+    j["has_weights"] = model.has_weights;
+    j["dtype"] = model.has_weights ? model.storage_dtype : c.torch_dtype;
+    j["tokenizer"] = model.tokenizer ? model.tokenizer->kind() : "";
+    j["hyperparameters"] = {{"n_vocab", c.n_vocab},     {"n_embd", c.n_embd},   {"n_ff", c.n_ff},
+                            {"n_layer", c.n_layer},     {"n_head", c.n_head},   {"n_head_kv", c.n_head_kv},
+                            {"n_embd_head", c.n_embd_head}, {"n_ctx_train", c.n_ctx_train},
+                            {"norm_eps", c.norm_eps}};
+    if (c.arch == Arch::llama) {
+      j["hyperparameters"]["rope_theta"] = c.rope_theta;
+      j["hyperparameters"]["tie_embeddings"] = c.tie_embeddings;
+    }
+    j["params_total"] = total;
+    j["params_decomposable"] = decomposable;
+    for (const auto& m : matrices) {
+      j["matrices"].push_back({{"layer", m.layer}, {"matrix", matrix_kind_name(m.kind)}, {"out", m.n_out},
+                               {"in", m.n_in}, {"name", m.name}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+
+  fmt::print("model          {}\n", params.model);
+  fmt::print("architecture   {} ({})\n", c.architecture, c.arch_name());
+  fmt::print("weights        {}\n", weights_description(model));
+  fmt::print("dtype          {}\n", model.has_weights ? model.storage_dtype : c.torch_dtype + " (declared)");
+  fmt::print("tokenizer      {}\n", tokenizer_description(model));
+  fmt::print("hyperparameters\n");
+  fmt::print("  n_vocab {}  n_embd {}  n_ff {}  n_layer {}  n_head {}  n_head_kv {}  n_embd_head {}  n_ctx_train {}\n",
+             c.n_vocab, c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.n_embd_head, c.n_ctx_train);
+  if (c.arch == Arch::llama) {
+    fmt::print("  rms_norm_eps {:g}  rope_theta {:g}  tie_embeddings {}  activation silu\n", c.norm_eps,
+               c.rope_theta, c.tie_embeddings);
+  } else {
+    fmt::print("  layer_norm_eps {:g}  type_vocab {}  labels {}\n", c.norm_eps, c.n_type_vocab,
+               c.labels.empty() ? "-" : fmt::format("{}", fmt::join(c.labels, ",")));
+  }
+  fmt::print("parameters     {} total, {} in decomposable matrices ({:.2f} %)\n", thousands(total),
+             thousands(decomposable), 100.0 * static_cast<double>(decomposable) / static_cast<double>(total));
+  if (!model.ignored_tensors.empty()) {
+    fmt::print("ignored        {} checkpoint tensors not used by {} (e.g. {})\n", model.ignored_tensors.size(),
+               c.architecture, model.ignored_tensors.front());
+  }
+  fmt::print("decomposable matrices ({})\n", matrices.size());
+  fmt::print("  {:>5}  {:<6} {:>14} {:>12}  {}\n", "layer", "matrix", "shape (out x in)", "params", "tensor");
+  for (const auto& m : matrices) {
+    fmt::print("  {:>5}  {:<6} {:>16} {:>12}  {}\n", m.layer, matrix_kind_name(m.kind),
+               fmt::format("{} x {}", m.n_out, m.n_in), thousands(m.n_params()), m.name);
+  }
+  return 0;
+}
+
+}  // namespace rankscope::cli

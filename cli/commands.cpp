@@ -1,0 +1,19 @@
+#include "cli/commands.hpp"
+
+namespace rankscope::cli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      {"info", "architecture, hyperparameters, decomposable matrices and parameter counts of a model",
+       "MODEL [--json]", run_info},
+      {"generate", "greedy text generation from a causal LM (smoke test)",
+       "MODEL [--prompt TEXT] [--tokens N]", run_generate},
+      {"classify", "label probabilities of a BERT sequence classifier (smoke test)",
+       "MODEL --text TEXT [--text-pair TEXT]", run_classify},
+      {"forward", "write a model's output for one token sequence as a NumPy .npy file",
+       "MODEL --ids 1,403,407 [--type-ids 0,0,0] [--hidden] --out FILE.npy", run_forward},
+  };
+  return table;
+}
+
+}  // namespace rankscope::cli

@@ -1,0 +1,88 @@
+#include "cli/options.hpp"
+
+#include <iostream>
+
+namespace rankscope::cli {
+
+namespace po = boost::program_options;
+
+namespace {
+
+// An option writing Params::*field, with the default taken from a default-constructed Params.
+template <typename T>
+OptionDef opt(std::string name, T Params::*field, std::set<std::string> commands, std::string help) {
+  OptionDef def{name, std::move(commands), help, nullptr};
+  def.add = [name, field, help](po::options_description& desc, Params& params) {
+    auto* value = po::value<T>(&(params.*field));
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (!(Params{}.*field).empty()) value->default_value(Params{}.*field);
+    } else {
+      value->default_value(Params{}.*field);
+    }
+    desc.add_options()(name.c_str(), value, help.c_str());
+  };
+  return def;
+}
+
+OptionDef flag(std::string name, bool Params::*field, std::set<std::string> commands, std::string help) {
+  OptionDef def{name, std::move(commands), help, nullptr};
+  def.add = [name, field, help](po::options_description& desc, Params& params) {
+    desc.add_options()(name.c_str(), po::bool_switch(&(params.*field)), help.c_str());
+  };
+  return def;
+}
+
+const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward"};
+
+}  // namespace
+
+const std::vector<OptionDef>& option_defs() {
+  static const std::vector<OptionDef> defs = {
+      opt("model", &Params::model, kModelCommands,
+          "model directory (config.json + safetensors) or a config.json for shapes only; also the first positional argument"),
+      opt("threads", &Params::threads, {"generate", "classify", "forward"}, "threads for BLAS and OpenMP (0 = all cores)"),
+      flag("json", &Params::json, {"info"}, "print JSON instead of a table"),
+      opt("prompt", &Params::prompt, {"generate"}, "prompt text (empty: start from BOS alone)"),
+      opt("tokens", &Params::tokens, {"generate"}, "number of tokens to generate (greedy)"),
+      flag("ignore-eos", &Params::ignore_eos, {"generate"}, "keep generating after the end-of-sequence token"),
+      opt("text", &Params::text, {"classify"}, "text to classify"),
+      opt("text-pair", &Params::text_pair, {"classify"}, "second segment for sentence-pair tasks (token type 1)"),
+      opt("ids", &Params::ids, {"forward"}, "comma-separated token ids, e.g. 1,403,407 (no special tokens are added)"),
+      opt("type-ids", &Params::type_ids, {"forward"}, "comma-separated token type ids (BERT; default all 0)"),
+      opt("out", &Params::out, {"forward"}, "output .npy file"),
+      flag("hidden", &Params::hidden, {"forward"}, "BERT: write the last hidden states [T, hidden] instead of the head's logits"),
+  };
+  return defs;
+}
+
+po::options_description options_for(const std::string& command, Params& params) {
+  po::options_description desc("Options");
+  desc.add_options()("help,h", "show this help");
+  for (const auto& def : option_defs()) {
+    if (def.commands.contains(command)) def.add(desc, params);
+  }
+  return desc;
+}
+
+std::optional<int> parse_command_line(const Command& command, int argc, const char* const* argv, Params& params) {
+  auto desc = options_for(command.name, params);
+  po::positional_options_description positional;
+  if (desc.find_nothrow("model", false) != nullptr) positional.add("model", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).positional(positional).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: rankscope " << command.name << " " << command.usage << "\n"
+                << command.summary << "\n\n" << desc;
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "rankscope " << command.name << ": " << e.what() << " (usage: rankscope " << command.name
+              << " " << command.usage << "; see --help)\n";
+    return 2;
+  }
+  return std::nullopt;
+}
+
+}  // namespace rankscope::cli

@@ -1,0 +1,60 @@
+// Command-line options of every subcommand. Each option is declared once in options.cpp, beside
+// its help text and default, and writes one field of Params; a subcommand lists which it takes.
+// Experiment files (later) use the same names.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace rankscope::cli {
+
+struct Params {
+  std::string model;          // positional MODEL
+  int threads = 0;            // 0 = all cores
+  bool json = false;
+  // generate
+  std::string prompt;
+  int64_t tokens = 64;
+  bool ignore_eos = false;
+  // classify
+  std::string text;
+  std::string text_pair;
+  // forward
+  std::string ids;
+  std::string type_ids;
+  std::string out;
+  bool hidden = false;
+};
+
+struct OptionDef {
+  std::string name;                   // long name, without "--"
+  std::set<std::string> commands;     // subcommands that accept it
+  std::string help;
+  std::function<void(boost::program_options::options_description&, Params&)> add;
+};
+
+// Every option of every subcommand.
+const std::vector<OptionDef>& option_defs();
+
+// The options of one subcommand, bound to `params` (plus --help).
+boost::program_options::options_description options_for(const std::string& command, Params& params);
+
+struct Command {
+  std::string name;
+  std::string summary;
+  std::string usage;  // after "rankscope NAME"
+  std::function<int(const Params&)> run;
+};
+const std::vector<Command>& commands();
+
+// Parses argv for `command` into params. Returns nullopt to go on, or the exit code to stop
+// with: 0 after --help, 2 after a usage error (which prints one line).
+std::optional<int> parse_command_line(const Command& command, int argc, const char* const* argv, Params& params);
+
+}  // namespace rankscope::cli

@@ -1,0 +1,264 @@
+#include "core/model.hpp"
+
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/safetensors.hpp"
+
+namespace rankscope {
+
+namespace {
+
+constexpr const char* kSingleFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+
+// Every tensor of a checkpoint, across its files.
+struct Checkpoint {
+  std::vector<SafetensorsFile> files;
+  std::map<std::string, std::pair<size_t, const SafetensorsEntry*>> tensors;
+
+  void add_file(SafetensorsFile file) {
+    files.push_back(std::move(file));
+  }
+  void index_all() {
+    for (size_t f = 0; f < files.size(); ++f) {
+      for (const auto& e : files[f].entries()) tensors[e.name] = {f, &e};
+    }
+  }
+};
+
+Checkpoint open_sharded(const std::filesystem::path& index_path) {
+  std::ifstream in(index_path);
+  if (!in) fail("{}: cannot open", index_path.string());
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(buffer.str());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed JSON: {}", index_path.string(), e.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    fail("{}: no 'weight_map' object", index_path.string());
+  }
+  Checkpoint ckpt;
+  std::map<std::string, size_t> shard_index;
+  for (const auto& [name, shard] : index["weight_map"].items()) {
+    if (!shard.is_string()) fail("{}: weight_map entry '{}' is not a file name", index_path.string(), name);
+    const std::string shard_name = shard;
+    if (shard_name.find('/') != std::string::npos) {
+      fail("{}: weight_map entry '{}' names a path outside the directory: {}", index_path.string(), name, shard_name);
+    }
+    if (!shard_index.contains(shard_name)) {
+      shard_index[shard_name] = ckpt.files.size();
+      ckpt.add_file(SafetensorsFile::open(index_path.parent_path() / shard_name));
+    }
+  }
+  ckpt.index_all();
+  for (const auto& [name, shard] : index["weight_map"].items()) {
+    const auto it = ckpt.tensors.find(name);
+    const auto& file = ckpt.files[shard_index[shard.get<std::string>()]];
+    if (it == ckpt.tensors.end() || &ckpt.files[it->second.first] != &file) {
+      fail("{}: weight_map puts tensor '{}' in {}, which does not contain it", index_path.string(), name,
+           shard.get<std::string>());
+    }
+  }
+  return ckpt;
+}
+
+std::optional<DType> declared_dtype(const std::string& torch_dtype) {
+  if (torch_dtype == "float32") return DType::f32;
+  if (torch_dtype == "float16") return DType::f16;
+  if (torch_dtype == "bfloat16") return DType::bf16;
+  return std::nullopt;
+}
+
+// Puts one validated tensor where its role says.
+void place(ModelWeights& w, const TensorSpec& spec, Tensor t,
+           std::map<std::pair<int64_t, MatrixKind>, std::pair<Tensor, Tensor>>& matrices,
+           std::map<Role, std::pair<Tensor, Tensor>>& head_linears) {
+  auto& layer = spec.layer >= 0 ? w.layers[static_cast<size_t>(spec.layer)] : w.layers.front();
+  auto pick = [&](Tensor& weight, Tensor& bias) { (spec.is_bias ? bias : weight) = std::move(t); };
+  switch (spec.role) {
+    case Role::token_embd: w.token_embd = std::move(t); break;
+    case Role::pos_embd: w.pos_embd = std::move(t); break;
+    case Role::type_embd: w.type_embd = std::move(t); break;
+    case Role::embd_norm: pick(w.embd_norm, w.embd_norm_bias); break;
+    case Role::attn_norm:
+    case Role::attn_out_norm: pick(layer.attn_norm, layer.attn_norm_bias); break;
+    case Role::ffn_norm:
+    case Role::ffn_out_norm: pick(layer.ffn_norm, layer.ffn_norm_bias); break;
+    case Role::matrix: {
+      auto& [weight, bias] = matrices[{spec.layer, *spec.matrix}];
+      pick(weight, bias);
+      break;
+    }
+    case Role::output_norm: w.output_norm = std::move(t); break;
+    case Role::output: w.output = std::move(t); break;
+    case Role::pooler:
+    case Role::classifier:
+    case Role::mlm_transform: {
+      auto& [weight, bias] = head_linears[spec.role];
+      pick(weight, bias);
+      break;
+    }
+    case Role::mlm_norm: pick(w.mlm_norm, w.mlm_norm_bias); break;
+    case Role::mlm_decoder: w.mlm_decoder = std::move(t); break;
+    case Role::mlm_bias: w.mlm_bias = std::move(t); break;
+  }
+}
+
+void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& origin) {
+  const auto& c = model.config;
+  std::string bert_prefix = "bert.";
+  if (c.arch == Arch::bert && !ckpt.tensors.contains("bert.embeddings.word_embeddings.weight") &&
+      ckpt.tensors.contains("embeddings.word_embeddings.weight")) {
+    bert_prefix = "";  // a bare BertModel saved without the "bert." prefix
+  }
+  const auto declared = declared_dtype(c.torch_dtype);
+  auto& w = model.weights;
+  w.layers.resize(static_cast<size_t>(c.n_layer));
+  std::map<std::pair<int64_t, MatrixKind>, std::pair<Tensor, Tensor>> matrices;
+  std::map<Role, std::pair<Tensor, Tensor>> head_linears;
+  std::set<std::string> used;
+  std::set<std::string> dtypes;
+
+  for (const auto& spec : expected_tensors(c, bert_prefix)) {
+    const auto it = ckpt.tensors.find(spec.name);
+    if (it == ckpt.tensors.end()) {
+      if (!spec.required) continue;
+      fail("{}: missing tensor '{}' (required by {} as config.json describes it)", origin.string(),
+           spec.name, c.architecture);
+    }
+    const auto& file = ckpt.files[it->second.first];
+    const auto& entry = *it->second.second;
+    if (entry.shape != spec.shape) {
+      fail("{}: tensor '{}' has shape {} but config.json implies {}", file.path().string(), spec.name,
+           shape_string(entry.shape), shape_string(spec.shape));
+    }
+    if (!entry.dtype) {
+      fail("{}: tensor '{}' has dtype {}; weights must be F32, F16 or BF16", file.path().string(),
+           spec.name, entry.dtype_name);
+    }
+    if (declared && *entry.dtype != *declared) {
+      fail("{}: tensor '{}' is stored as {} but config.json declares torch_dtype {}",
+           file.path().string(), spec.name, entry.dtype_name, c.torch_dtype);
+    }
+    dtypes.insert(entry.dtype_name);
+    used.insert(spec.name);
+    place(w, spec, file.load(entry), matrices, head_linears);
+  }
+
+  for (auto& [key, tensors] : matrices) {
+    w.layers[static_cast<size_t>(key.first)][key.second] =
+        Linear::dense(std::move(tensors.first), std::move(tensors.second));
+  }
+  auto head = [&](Role role) {
+    const auto it = head_linears.find(role);
+    if (it == head_linears.end()) return Linear();
+    return Linear::dense(std::move(it->second.first), std::move(it->second.second));
+  };
+  w.pooler = head(Role::pooler);
+  w.classifier = head(Role::classifier);
+  w.mlm_transform = head(Role::mlm_transform);
+  if (c.arch == Arch::llama && w.output.empty()) w.output = w.token_embd;
+  if (c.bert_head == BertHead::masked_lm && w.mlm_decoder.empty()) w.mlm_decoder = w.token_embd;
+
+  for (const auto& [name, where] : ckpt.tensors) {
+    if (!used.contains(name)) model.ignored_tensors.push_back(name);
+  }
+  for (const auto& d : dtypes) model.storage_dtype += (model.storage_dtype.empty() ? "" : "+") + d;
+  for (const auto& f : ckpt.files) model.weight_files.push_back(f.path());
+  model.has_weights = true;
+}
+
+}  // namespace
+
+std::string hook_name(HookSite site, int64_t layer) {
+  static constexpr std::array<const char*, 5> kNames = {"attn_in", "attn_ctx", "ffn_in", "ffn_act", "block_out"};
+  return fmt::format("blk.{}.{}", layer, kNames[static_cast<size_t>(site)]);
+}
+
+const Tokenizer& Model::require_tokenizer() const {
+  if (!tokenizer) {
+    fail("{}: no tokenizer files (tokenizer.model, tokenizer.json or vocab.txt); this command needs text",
+         dir.string());
+  }
+  return *tokenizer;
+}
+
+int64_t Model::n_decomposable_params() const {
+  if (!has_weights) {
+    int64_t n = 0;
+    for (const auto& m : decomposable_matrices(config)) n += m.n_params();
+    return n;
+  }
+  int64_t n = 0;
+  for (const auto& layer : weights.layers) {
+    for (const auto& lin : layer.linear) {
+      if (!lin.empty()) n += lin.n_params() - (lin.bias().empty() ? 0 : lin.n_out());
+    }
+  }
+  return n;
+}
+
+int64_t Model::n_params() const {
+  if (!has_weights) return config_param_count(config);
+  const auto& w = weights;
+  int64_t n = 0;
+  auto add = [&n](const Tensor& t) { n += t.empty() ? 0 : t.numel(); };
+  add(w.token_embd);
+  for (const auto& layer : w.layers) {
+    for (const auto& lin : layer.linear) n += lin.n_params();
+    add(layer.attn_norm);
+    add(layer.attn_norm_bias);
+    add(layer.ffn_norm);
+    add(layer.ffn_norm_bias);
+  }
+  add(w.output_norm);
+  if (w.output.data != w.token_embd.data) add(w.output);
+  add(w.pos_embd);
+  add(w.type_embd);
+  add(w.embd_norm);
+  add(w.embd_norm_bias);
+  n += w.pooler.n_params() + w.classifier.n_params() + w.mlm_transform.n_params();
+  add(w.mlm_norm);
+  add(w.mlm_norm_bias);
+  if (w.mlm_decoder.data != w.token_embd.data) add(w.mlm_decoder);
+  add(w.mlm_bias);
+  return n;
+}
+
+Model load_model(const std::filesystem::path& path, const LoadOptions& options) {
+  if (!std::filesystem::exists(path)) fail("{}: no such file or directory", path.string());
+  Model model;
+  const bool config_only = !std::filesystem::is_directory(path);
+  model.dir = config_only ? path.parent_path() : path;
+  model.config = read_model_config(path);
+
+  if (options.weights && !config_only) {
+    const auto single = model.dir / kSingleFile;
+    const auto index = model.dir / kIndexFile;
+    if (std::filesystem::exists(index)) {
+      auto ckpt = open_sharded(index);
+      load_weights(model, ckpt, index);
+    } else if (std::filesystem::exists(single)) {
+      Checkpoint ckpt;
+      ckpt.add_file(SafetensorsFile::open(single));
+      ckpt.index_all();
+      load_weights(model, ckpt, single);
+    } else if (std::filesystem::exists(model.dir / "pytorch_model.bin")) {
+      fail("{}: only a PyTorch pickle (pytorch_model.bin); rankscope reads safetensors (convert it with "
+           "save_pretrained(safe_serialization=True))", model.dir.string());
+    }
+  }
+  if (options.tokenizer) model.tokenizer = find_tokenizer(model.dir);
+  return model;
+}
+
+}  // namespace rankscope

@@ -1,0 +1,205 @@
+#include "core/model_config.hpp"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace rankscope {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSupported =
+    "LlamaForCausalLM, BertModel, BertForSequenceClassification, BertForMaskedLM";
+
+struct Reader {
+  const json& j;
+  std::string where;
+
+  int64_t required_int(const char* key) const {
+    if (!j.contains(key)) fail("{}: missing '{}'", where, key);
+    return positive(key, j[key]);
+  }
+  int64_t optional_int(const char* key, int64_t fallback) const {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    return positive(key, j[key]);
+  }
+  int64_t positive(const char* key, const json& v) const {
+    if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+      fail("{}: '{}' must be a positive integer, found {}", where, key, v.dump());
+    }
+    return v.get<int64_t>();
+  }
+  double number(const json& obj, const char* key, double fallback) const {
+    if (!obj.contains(key) || obj[key].is_null()) return fallback;
+    if (!obj[key].is_number()) fail("{}: '{}' must be a number, found {}", where, key, obj[key].dump());
+    return obj[key].get<double>();
+  }
+  bool boolean(const char* key, bool fallback) const {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_boolean()) fail("{}: '{}' must be true or false", where, key);
+    return j[key].get<bool>();
+  }
+  std::string string(const char* key, const std::string& fallback) const {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_string()) fail("{}: '{}' must be a string", where, key);
+    return j[key].get<std::string>();
+  }
+  // Token ids may be null, an integer, or a list (Llama 3 lists several EOS ids: take the first).
+  std::optional<int64_t> token_id(const char* key) const {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    const json& v = j[key].is_array() && !j[key].empty() ? j[key][0] : j[key];
+    if (!v.is_number_integer()) fail("{}: '{}' must be a token id", where, key);
+    return v.get<int64_t>();
+  }
+};
+
+Activation parse_activation(const std::string& name, const std::string& where) {
+  if (name == "silu" || name == "swish") return Activation::silu;
+  if (name == "gelu") return Activation::gelu_erf;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return Activation::gelu_tanh;
+  if (name == "relu") return Activation::relu;
+  fail("{}: unsupported hidden_act '{}'", where, name);
+}
+
+void read_rope(const Reader& r, ModelConfig& c) {
+  const json& j = r.j;
+  // transformers 5 writes rope_parameters; 4.x writes rope_theta and rope_scaling at top level.
+  const json* params = j.contains("rope_parameters") && j["rope_parameters"].is_object()
+                           ? &j["rope_parameters"] : nullptr;
+  c.rope_theta = r.number(j, "rope_theta", params ? r.number(*params, "rope_theta", 10000.0) : 10000.0);
+  const json* scaling = j.contains("rope_scaling") && j["rope_scaling"].is_object()
+                            ? &j["rope_scaling"] : params;
+  if (scaling == nullptr) return;
+  std::string type;
+  for (const char* key : {"rope_type", "type"}) {
+    if (scaling->contains(key) && (*scaling)[key].is_string()) type = (*scaling)[key];
+  }
+  if (type.empty() || type == "default") return;
+  auto& s = c.rope_scaling;
+  s.factor = r.number(*scaling, "factor", 1.0);
+  if (type == "linear") {
+    s.kind = RopeScaling::Kind::linear;
+  } else if (type == "llama3") {
+    s.kind = RopeScaling::Kind::llama3;
+    s.low_freq_factor = r.number(*scaling, "low_freq_factor", 1.0);
+    s.high_freq_factor = r.number(*scaling, "high_freq_factor", 4.0);
+    s.original_max_position = static_cast<int64_t>(
+        r.number(*scaling, "original_max_position_embeddings", 8192));
+  } else {
+    fail("{}: unsupported RoPE scaling type '{}' (supported: default, linear, llama3)", r.where, type);
+  }
+}
+
+}  // namespace
+
+ModelConfig read_model_config(const std::filesystem::path& path) {
+  const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
+  const std::string where = file.string();
+  std::ifstream in(file);
+  if (!in) fail("{}: cannot open (a model is a directory with config.json)", where);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(buffer.str());
+  } catch (const json::exception& e) {
+    fail("{}: malformed JSON: {}", where, e.what());
+  }
+  if (!j.is_object()) fail("{}: not a JSON object", where);
+
+  ModelConfig c;
+  c.source = file;
+  const Reader r{j, where};
+  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+      j["architectures"][0].is_string()) {
+    c.architecture = j["architectures"][0];
+  } else {
+    // Older configs name only the model type.
+    const auto type = r.string("model_type", "");
+    if (type == "llama") c.architecture = "LlamaForCausalLM";
+    else if (type == "bert") c.architecture = "BertModel";
+    else fail("{}: no 'architectures' entry and unknown model_type '{}' (supported: {})", where, type, kSupported);
+  }
+
+  if (c.architecture == "LlamaForCausalLM") {
+    c.arch = Arch::llama;
+  } else if (c.architecture == "BertModel") {
+    c.arch = Arch::bert;
+    c.bert_head = BertHead::none;
+  } else if (c.architecture == "BertForSequenceClassification") {
+    c.arch = Arch::bert;
+    c.bert_head = BertHead::sequence_classification;
+  } else if (c.architecture == "BertForMaskedLM") {
+    c.arch = Arch::bert;
+    c.bert_head = BertHead::masked_lm;
+  } else {
+    fail("{}: unknown architecture '{}' (supported: {})", where, c.architecture, kSupported);
+  }
+
+  c.n_vocab = r.required_int("vocab_size");
+  c.n_embd = r.required_int("hidden_size");
+  c.n_ff = r.required_int("intermediate_size");
+  c.n_layer = r.required_int("num_hidden_layers");
+  c.n_head = r.required_int("num_attention_heads");
+  c.n_head_kv = r.optional_int("num_key_value_heads", c.n_head);
+  c.n_embd_head = r.optional_int("head_dim", c.n_embd / c.n_head);
+  c.n_ctx_train = r.optional_int("max_position_embeddings", 2048);
+  c.torch_dtype = r.string("torch_dtype", r.string("dtype", "float32"));
+  c.bos_token_id = r.token_id("bos_token_id");
+  c.eos_token_id = r.token_id("eos_token_id");
+  c.pad_token_id = r.token_id("pad_token_id");
+  if (c.n_head % c.n_head_kv != 0) {
+    fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", where, c.n_head,
+         c.n_head_kv);
+  }
+  if (c.n_embd_head % 2 != 0 && c.arch == Arch::llama) {
+    fail("{}: head_dim {} must be even for RoPE", where, c.n_embd_head);
+  }
+
+  if (c.arch == Arch::llama) {
+    c.norm_eps = r.number(j, "rms_norm_eps", 1e-6);
+    c.activation = parse_activation(r.string("hidden_act", "silu"), where);
+    c.tie_embeddings = r.boolean("tie_word_embeddings", false);
+    c.attention_bias = r.boolean("attention_bias", false);
+    c.mlp_bias = r.boolean("mlp_bias", false);
+    read_rope(r, c);
+  } else {
+    c.norm_eps = r.number(j, "layer_norm_eps", 1e-12);
+    c.activation = parse_activation(r.string("hidden_act", "gelu"), where);
+    c.n_type_vocab = r.optional_int("type_vocab_size", 2);
+    c.tie_embeddings = true;  // the MLM decoder is tied to the word embeddings when absent
+    c.attention_bias = true;
+    c.mlp_bias = true;
+    const auto position_type = r.string("position_embedding_type", "absolute");
+    if (position_type != "absolute") {
+      fail("{}: unsupported position_embedding_type '{}' (only absolute)", where, position_type);
+    }
+    if (c.n_embd_head * c.n_head != c.n_embd) {
+      fail("{}: hidden_size {} is not num_attention_heads x head size", where, c.n_embd);
+    }
+    if (c.bert_head == BertHead::sequence_classification) {
+      int64_t n_labels = r.optional_int("num_labels", 0);
+      if (j.contains("id2label") && j["id2label"].is_object()) {
+        n_labels = static_cast<int64_t>(j["id2label"].size());
+        c.labels.assign(static_cast<size_t>(n_labels), "");
+        for (const auto& [key, value] : j["id2label"].items()) {
+          const auto id = std::stoll(key);
+          if (id < 0 || id >= n_labels || !value.is_string()) fail("{}: bad id2label entry '{}'", where, key);
+          c.labels[static_cast<size_t>(id)] = value;
+        }
+      }
+      if (n_labels == 0) n_labels = 2;  // transformers' default
+      if (c.labels.empty()) {
+        for (int64_t i = 0; i < n_labels; ++i) c.labels.push_back("LABEL_" + std::to_string(i));
+      }
+    }
+  }
+  return c;
+}
+
+}  // namespace rankscope

@@ -1,0 +1,136 @@
+#include "core/ops.hpp"
+
+#include <cmath>
+#include <numbers>
+
+#include <omp.h>
+
+namespace rankscope {
+
+void rms_norm(const Mat& x, const Tensor& weight, double eps, Mat& out) {
+  out.resize(x.rows(), x.cols());
+  const auto w = weight.vector();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < x.rows(); ++r) {
+    const float mean_sq = x.row(r).squaredNorm() / static_cast<float>(x.cols());
+    const float scale = 1.0f / std::sqrt(mean_sq + static_cast<float>(eps));
+    out.row(r) = (x.row(r) * scale).cwiseProduct(w.transpose());
+  }
+}
+
+void layer_norm_inplace(Mat& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const auto w = weight.vector();
+  const auto b = bias.vector();
+  const auto n = static_cast<float>(x.cols());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < x.rows(); ++r) {
+    auto row = x.row(r);
+    const float mean = row.sum() / n;
+    row.array() -= mean;
+    const float var = row.squaredNorm() / n;
+    row *= 1.0f / std::sqrt(var + static_cast<float>(eps));
+    row = row.cwiseProduct(w.transpose()) + b.transpose();
+  }
+}
+
+namespace {
+
+inline float apply_activation(float v, Activation act) {
+  switch (act) {
+    case Activation::silu: return v / (1.0f + std::exp(-v));
+    case Activation::gelu_erf: return 0.5f * v * (1.0f + std::erf(v * static_cast<float>(std::numbers::sqrt2 / 2)));
+    case Activation::gelu_tanh: {
+      constexpr float kC = 0.7978845608028654f;  // sqrt(2/pi)
+      return 0.5f * v * (1.0f + std::tanh(kC * (v + 0.044715f * v * v * v)));
+    }
+    case Activation::relu: return v > 0 ? v : 0.0f;
+  }
+  return v;
+}
+
+}  // namespace
+
+void activation_inplace(Mat& x, Activation act) {
+  float* p = x.data();
+  const int64_t n = x.size();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) p[i] = apply_activation(p[i], act);
+}
+
+void gated_activation_inplace(Mat& gate, const Mat& up, Activation act) {
+  float* g = gate.data();
+  const float* u = up.data();
+  const int64_t n = gate.size();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) g[i] = apply_activation(g[i], act) * u[i];
+}
+
+void softmax_rows_inplace(float* s, int64_t n_rows, int64_t n_cols, int64_t ld) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = s + r * ld;
+    float max = -INFINITY;
+    for (int64_t c = 0; c < n_cols; ++c) max = std::max(max, row[c]);
+    float sum = 0.0f;
+    for (int64_t c = 0; c < n_cols; ++c) {
+      row[c] = std::exp(row[c] - max);
+      sum += row[c];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t c = 0; c < n_cols; ++c) row[c] *= inv;
+  }
+}
+
+Rope::Rope(const ModelConfig& c) : n_embd_head_(c.n_embd_head) {
+  const int64_t half = n_embd_head_ / 2;
+  inv_freq_.resize(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    inv_freq_[i] = 1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(n_embd_head_));
+  }
+  const auto& s = c.rope_scaling;
+  if (s.kind == RopeScaling::Kind::linear) {
+    for (auto& f : inv_freq_) f /= s.factor;
+  } else if (s.kind == RopeScaling::Kind::llama3) {
+    // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth blend between.
+    const double low_freq_wavelen = static_cast<double>(s.original_max_position) / s.low_freq_factor;
+    const double high_freq_wavelen = static_cast<double>(s.original_max_position) / s.high_freq_factor;
+    for (auto& f : inv_freq_) {
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      if (wavelen > low_freq_wavelen) {
+        f /= s.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const double smooth = (static_cast<double>(s.original_max_position) / wavelen - s.low_freq_factor) /
+                              (s.high_freq_factor - s.low_freq_factor);
+        f = (1.0 - smooth) * f / s.factor + smooth * f;
+      }
+    }
+  }
+}
+
+void Rope::apply(Mat& x, int64_t n_heads, const std::vector<int64_t>& positions) const {
+  const int64_t half = n_embd_head_ / 2;
+#pragma omp parallel
+  {
+    std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < x.rows(); ++r) {
+      for (int64_t i = 0; i < half; ++i) {
+        // Angles in float, as transformers computes them (position * inv_freq in fp32).
+        const float angle = static_cast<float>(positions[r]) * static_cast<float>(inv_freq_[i]);
+        cos_t[i] = std::cos(angle);
+        sin_t[i] = std::sin(angle);
+      }
+      float* row = x.row(r).data();
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* head = row + h * n_embd_head_;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = head[i];
+          const float b = head[i + half];
+          head[i] = a * cos_t[i] - b * sin_t[i];
+          head[i + half] = b * cos_t[i] + a * sin_t[i];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace rankscope

@@ -1,0 +1,174 @@
+// The rankscope executable as a user runs it: exit codes, one-line errors, outputs.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "cli/options.hpp"
+#include "core/npy.hpp"
+#include "tests/fixtures.hpp"
+#include "tests/test_support.hpp"
+
+using namespace rankscope;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+namespace {
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Runs `rankscope ARGS` from the repository root (tests refer to ../shared from there).
+RunResult run(const std::string& args) {
+  const auto dir = std::filesystem::path(RANKSCOPE_BINARY_DIR) / "test-scratch";
+  std::filesystem::create_directories(dir);
+  const auto out = dir / "cli.out";
+  const auto err = dir / "cli.err";
+  const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && '" RANKSCOPE_EXE "' " + args + " >'" + out.string() +
+                          "' 2>'" + err.string() + "'";
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+}  // namespace
+
+TEST_CASE("every option is declared once", "[cli]") {
+  std::set<std::string> names;
+  for (const auto& def : cli::option_defs()) {
+    INFO(def.name);
+    CHECK(names.insert(def.name).second);
+    CHECK_FALSE(def.help.empty());
+    CHECK_FALSE(def.commands.empty());
+  }
+  cli::Params params;
+  for (const char* command : {"info", "generate", "classify", "forward"}) {
+    CHECK_NOTHROW(cli::options_for(command, params));
+  }
+}
+
+TEST_CASE("usage errors print one line and exit 2; --help exits 0", "[cli]") {
+  for (const char* command : {"info", "generate", "classify", "forward"}) {
+    INFO(command);
+    const auto bad = run(std::string(command) + " --no-such-option");
+    CHECK(bad.exit_code == 2);
+    CHECK(line_count(bad.err) == 1);
+    CHECK_THAT(bad.err, Contains("no-such-option") && Contains("usage"));
+    const auto help = run(std::string(command) + " --help");
+    CHECK(help.exit_code == 0);
+    CHECK_THAT(help.out, Contains("usage: rankscope"));
+  }
+  CHECK(run("").exit_code == 2);
+  CHECK(run("frobnicate").exit_code == 2);
+  CHECK(run("generate m --tokens notanumber").exit_code == 2);
+  CHECK(run("--help").exit_code == 0);
+}
+
+TEST_CASE("bad input exits 1 with one line naming the file", "[cli][errors]") {
+  const auto missing = run("info does/not/exist");
+  CHECK(missing.exit_code == 1);
+  CHECK(line_count(missing.err) == 1);
+  CHECK_THAT(missing.err, Contains("does/not/exist"));
+
+  const auto dir = test::scratch_dir("cli_bad_config");
+  test::write_text(dir / "config.json", "{ not json");
+  const auto malformed = run("info " + dir.string());
+  CHECK(malformed.exit_code == 1);
+  CHECK(line_count(malformed.err) == 1);
+  CHECK_THAT(malformed.err, Contains((dir / "config.json").string()) && Contains("malformed JSON"));
+}
+
+TEST_CASE("info on stories260K-hf and on a shapes-only Llama-2-7B config", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  const auto r = run("info ../shared/data/stories260K-hf");
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, Contains("LlamaForCausalLM") && Contains("260,032 total") && Contains("F32") &&
+                        Contains("model.layers.4.mlp.down_proj.weight") && Contains("64 x 172"));
+  const auto big = run("info ../shared/configs/llama-2-7b");
+  REQUIRE(big.exit_code == 0);
+  CHECK_THAT(big.out, Contains("6,738,415,616 total") && Contains("shapes only") && Contains("11008 x 4096"));
+  const auto json = run("info ../shared/configs/llama-2-7b --json");
+  REQUIRE(json.exit_code == 0);
+  const auto j = nlohmann::json::parse(json.out);
+  CHECK(j["params_total"] == 6738415616);
+  CHECK(j["matrices"].size() == 224);
+}
+
+TEST_CASE("generate from an empty prompt tells the golden story", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  const auto r = run("generate ../shared/data/stories260K-hf --tokens 24");
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, StartsWith("Once upon a time, there was a little girl named Lily"));
+  const auto prompted = run("generate ../shared/data/stories260K-hf --prompt 'Once upon a time' --tokens 8");
+  REQUIRE(prompted.exit_code == 0);
+  CHECK_THAT(prompted.out, StartsWith("Once upon a time, there was a little girl"));
+}
+
+TEST_CASE("generate on a checkpoint without tokenizer files says so", "[cli][errors]") {
+  const auto src = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(src);
+  const auto dir = test::scratch_dir("cli_no_tokenizer");
+  test::copy_model(src, dir, {.copy_tokenizer = false});
+  const auto r = run("generate " + dir.string() + " --tokens 4");
+  CHECK(r.exit_code == 1);
+  CHECK(line_count(r.err) == 1);
+  CHECK_THAT(r.err, Contains(dir.string()) && Contains("no tokenizer"));
+  // forward needs no text, so it works on the same checkpoint.
+  CHECK(run("forward " + dir.string() + " --ids 1,403 --out " + (dir / "x.npy").string()).exit_code == 0);
+}
+
+TEST_CASE("forward writes the golden logits as .npy", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  const auto dir = test::scratch_dir("cli_forward");
+  const auto out = dir / "once.npy";
+  const auto r = run("forward ../shared/data/stories260K-hf --ids 1,403,407,261,378 --out " + out.string());
+  REQUIRE(r.exit_code == 0);
+  const auto got = read_npy(out);
+  const auto want = read_npy(test::shared_data("stories260K-hf/golden/logits_once.npy"));
+  REQUIRE(got.shape == want.shape);
+  float diff = 0;
+  for (size_t i = 0; i < got.values.size(); ++i) diff = std::max(diff, std::abs(got.values[i] - want.values[i]));
+  CHECK(diff <= 1e-4f);
+
+  const auto bad = run("forward ../shared/data/stories260K-hf --ids 1,x --out " + out.string());
+  CHECK(bad.exit_code == 1);
+  CHECK_THAT(bad.err, Contains("'x'"));
+}
+
+TEST_CASE("forward and classify on bert-tiny-sst2", "[cli]") {
+  const auto model_dir = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(model_dir);
+  const auto item = test::read_json(model_dir / "golden/dev_first32.json")["items"][0];
+  const auto want = item["logits"].get<std::vector<float>>();
+  std::string ids;
+  for (const auto& id : item["input_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
+  const auto dir = test::scratch_dir("cli_bert");
+  REQUIRE(run("forward ../shared/data/bert-tiny-sst2 --ids " + ids + " --out " + (dir / "l.npy").string()).exit_code == 0);
+  const auto logits = read_npy(dir / "l.npy");
+  REQUIRE(logits.shape == std::vector<int64_t>{2});
+  CHECK(std::abs(logits.values[0] - want[0]) <= 1e-4f);
+  CHECK(std::abs(logits.values[1] - want[1]) <= 1e-4f);
+  REQUIRE(run("forward ../shared/data/bert-tiny-sst2 --hidden --ids " + ids + " --out " + (dir / "h.npy").string()).exit_code == 0);
+  CHECK(read_npy(dir / "h.npy").shape == std::vector<int64_t>{static_cast<int64_t>(item["input_ids"].size()), 128});
+
+  const auto c = run("classify ../shared/data/bert-tiny-sst2 --text \"" + item["sentence"].get<std::string>() + "\"");
+  REQUIRE(c.exit_code == 0);
+  const double p_positive = 1.0 / (1.0 + std::exp(static_cast<double>(want[0] - want[1])));
+  REQUIRE_THAT(c.out, Contains("negative") && Contains("positive"));
+  const double printed = std::stod(c.out.substr(c.out.find("positive") + 8));
+  CHECK(std::abs(printed - p_positive) <= 1e-5);
+  CHECK(run("classify ../shared/data/stories260K-hf --text hi").exit_code == 1);
+}
