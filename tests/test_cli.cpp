@@ -60,7 +60,7 @@ TEST_CASE("every option is declared once", "[cli]") {
   }
 }
 
-TEST_CASE("usage errors print one line and exit 2; --help exits 0", "[cli]") {
+TEST_CASE("usage errors print one line and exit 2, --help exits 0", "[cli]") {
   for (const char* command : {"info", "generate", "classify", "forward"}) {
     INFO(command);
     const auto bad = run(std::string(command) + " --no-such-option");

@@ -204,6 +204,97 @@ TEST_CASE("tokenizer.json BPE encodes 50k characters of TinyStories like transfo
   CHECK(seconds < 5.0);
 }
 
+namespace {
+
+// stories260K's tokenizer.json with `edit` applied, written to a scratch directory.
+template <typename Edit>
+std::unique_ptr<rankscope::Tokenizer> edited_stories_tokenizer(const std::string& name, Edit&& edit) {
+  auto root = read_json(shared_data("stories260K-hf/tokenizer.json"));
+  edit(root);
+  const auto path = scratch_dir(name) / "tokenizer.json";
+  write_file(path, root.dump());
+  return rankscope::load_hf_tokenizer_json(path);
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer.json BPE variants: string merges, Metaspace, unk handling", "[tokenizer]") {
+  const auto json_file = shared_data("stories260K-hf/tokenizer.json");
+  RS_REQUIRE_SHARED(json_file);
+  const auto reference = rankscope::load_hf_tokenizer_json(json_file);
+  const std::vector<std::string> texts = {
+      "Once upon a time", " leading space", "double  space and   triple", "New\nline\n\nparagraph\n",
+      "caf\xC3\xA9 na\xC3\xAFve \xF0\x9F\x98\x80 \xE2\x82\xAC" "5", "Lily's mom said, \"Don't worry.\""};
+
+  SECTION("merges written as \"a b\" strings give the same ids as [a, b] pairs") {
+    const auto tok = edited_stories_tokenizer("hf_string_merges", [](nlohmann::json& root) {
+      auto& merges = root["model"]["merges"];
+      for (auto& merge : merges) merge = merge[0].get<std::string>() + " " + merge[1].get<std::string>();
+    });
+    for (const auto& text : texts) CHECK(tok->encode(text) == reference->encode(text));
+  }
+
+  SECTION("Metaspace pre-tokenizer (transformers' newer Llama form) matches Prepend+Replace") {
+    const auto tok = edited_stories_tokenizer("hf_metaspace", [](nlohmann::json& root) {
+      root["normalizer"] = nullptr;
+      root["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"},
+                               {"prepend_scheme", "first"}, {"split", false}};
+      root["decoder"] = {{"type", "Sequence"}, {"decoders", {{{"type", "Metaspace"},
+                          {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}},
+                          {{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
+    });
+    for (const auto& text : texts) {
+      INFO("text: \"" << text << "\"");
+      const auto ids = tok->encode(text);
+      if (text.starts_with(' ')) {
+        // Metaspace adds no "▁" to text that already starts with one (a space), unlike Prepend.
+        const auto prepended = reference->encode(text);
+        CHECK(std::vector<TokenId>(prepended.begin() + 1, prepended.end()) == ids);
+        continue;
+      }
+      CHECK(ids == reference->encode(text));
+      CHECK(tok->decode(ids) == reference->decode(ids));
+    }
+    // "first": only text at the very start of the input gets the prefix, not the text after
+    // a special token (one "▁" fewer than the Prepend form).
+    const auto after_special = tok->encode("<s> is");
+    const auto with_prepend = reference->encode("<s> is");
+    CHECK(after_special.size() + 1 == with_prepend.size());
+  }
+
+  SECTION("Metaspace split keeps merges inside words") {
+    const auto tok = edited_stories_tokenizer("hf_metaspace_split", [](nlohmann::json& root) {
+      root["normalizer"] = nullptr;
+      root["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"},
+                               {"prepend_scheme", "always"}, {"split", true}};
+    });
+    // "▁▁" cannot form across the split, so two spaces are two "▁" (410) tokens either way,
+    // and ordinary text is unchanged.
+    CHECK(tok->encode("Once upon a time") == reference->encode("Once upon a time"));
+    CHECK(tok->encode("a  b") == reference->encode("a  b"));
+  }
+
+  SECTION("without byte fallback, unknown characters become unk, fused or not") {
+    const auto fused = edited_stories_tokenizer("hf_fuse_unk", [](nlohmann::json& root) {
+      root["model"]["byte_fallback"] = false;
+      root["model"]["fuse_unk"] = true;
+    });
+    const auto unfused = edited_stories_tokenizer("hf_no_fuse_unk", [](nlohmann::json& root) {
+      root["model"]["byte_fallback"] = false;
+      root["model"]["fuse_unk"] = false;
+    });
+    const std::string two_emoji = "\xF0\x9F\x98\x80\xF0\x9F\x98\x80";
+    const auto fused_ids = fused->encode("a" + two_emoji);
+    const auto unfused_ids = unfused->encode("a" + two_emoji);
+    REQUIRE(fused_ids.size() >= 2);
+    CHECK(fused_ids.back() == 0);
+    CHECK(fused_ids[fused_ids.size() - 2] != 0);
+    CHECK(unfused_ids.size() == fused_ids.size() + 1);
+    CHECK(unfused_ids.back() == 0);
+    CHECK(unfused_ids[unfused_ids.size() - 2] == 0);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // BERT WordPiece
 
