@@ -1,5 +1,6 @@
 #include "core/llama.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -34,31 +35,40 @@ void reserve(KvCache& cache, const ModelConfig& c, int64_t n_total) {
   }
 }
 
+// Queries are processed in blocks so that keys no query of a block can see are never touched:
+// causal attention then costs about half of the full T x T products.
+constexpr int64_t kQueryBlock = 64;
+
 // Causal attention of one sequence, all heads: ctx rows [t0, t0+T) from q rows [t0, t0+T) and
-// keys/values k, v [n_past+T x n_embd_kv].
+// keys/values k, v [n_past+T x n_embd_kv] (row stride ld_kv).
 void attend(const ModelConfig& c, const Mat& q, int64_t t0, int64_t n_tokens, int64_t n_past,
             const float* k, const float* v, int64_t ld_kv, Mat& ctx) {
   const int64_t d = c.n_embd_head;
-  const int64_t n_keys = n_past + n_tokens;
   const int64_t group = c.n_head / c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-#pragma omp parallel for schedule(dynamic)
+  const int64_t n_blocks = (n_tokens + kQueryBlock - 1) / kQueryBlock;
+#pragma omp parallel for collapse(2) schedule(dynamic)
   for (int64_t h = 0; h < c.n_head; ++h) {
-    const int64_t kvh = h / group;
-    Mat scores(n_tokens, n_keys);
-    // scores[T x n_keys] = q_h k_h^T
-    gemm_xwt(q.data() + t0 * q.cols() + h * d, n_tokens, d, k + kvh * d, n_keys, scores.data(), false,
-             q.cols(), ld_kv, n_keys);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      float* row = scores.row(t).data();
-      const int64_t n_visible = n_past + t + 1;
-      for (int64_t j = 0; j < n_visible; ++j) row[j] *= scale;
-      softmax_rows_inplace(row, 1, n_visible, n_keys);
-      for (int64_t j = n_visible; j < n_keys; ++j) row[j] = 0.0f;
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t kvh = h / group;
+      const int64_t b0 = b * kQueryBlock;
+      const int64_t nb = std::min(kQueryBlock, n_tokens - b0);
+      const int64_t n_keys = n_past + b0 + nb;  // keys the block's last query sees
+      Mat scores(nb, n_keys);
+      // scores[nb x n_keys] = q_h k_h^T
+      gemm_xwt(q.data() + (t0 + b0) * q.cols() + h * d, nb, d, k + kvh * d, n_keys, scores.data(), false,
+               q.cols(), ld_kv, n_keys);
+      for (int64_t t = 0; t < nb; ++t) {
+        float* row = scores.row(t).data();
+        const int64_t n_visible = n_past + b0 + t + 1;
+        Eigen::Map<Eigen::ArrayXf>(row, n_visible) *= scale;
+        softmax_rows_inplace(row, 1, n_visible, n_keys);
+        std::fill(row + n_visible, row + n_keys, 0.0f);
+      }
+      // ctx_h[nb x d] = softmax(scores) v_h
+      gemm_xb(scores.data(), nb, n_keys, v + kvh * d, d, ctx.data() + (t0 + b0) * ctx.cols() + h * d, false,
+              n_keys, ld_kv, ctx.cols());
     }
-    // ctx_h[T x d] = softmax(scores) v_h
-    gemm_xb(scores.data(), n_tokens, n_keys, v + kvh * d, d, ctx.data() + t0 * ctx.cols() + h * d, false,
-            n_keys, ld_kv, ctx.cols());
   }
 }
 
@@ -97,15 +107,17 @@ Mat llama_forward(const Model& model, std::span<const std::vector<TokenId>> sequ
       x.row(t) = w.token_embd.matrix().row(sequences[s][t - offset[s]]);
     }
   }
-  Mat h, q, k, v, ctx(n_tokens, c.n_embd_q()), proj, gate, up;
+  // Scratch buffers, allocated once for all layers.
+  Mat h(n_tokens, c.n_embd), q(n_tokens, c.n_embd_q()), k(n_tokens, c.n_embd_kv()), v(n_tokens, c.n_embd_kv());
+  Mat ctx(n_tokens, c.n_embd_q()), proj(n_tokens, c.n_embd), gate(n_tokens, c.n_ff), up(n_tokens, c.n_ff);
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const auto& layer = w.layers[static_cast<size_t>(l)];
     // Attention: h = RMSNorm(x); q, k, v = h Wq^T, h Wk^T, h Wv^T; RoPE on q and k.
     rms_norm(x, layer.attn_norm, c.norm_eps, h);                      // [n_tokens x n_embd]
     hook(HookSite::attn_in, l, h);
-    q = layer[MatrixKind::q].forward(h);                              // [n_tokens x n_head*d]
-    k = layer[MatrixKind::k].forward(h);                              // [n_tokens x n_head_kv*d]
-    v = layer[MatrixKind::v].forward(h);
+    layer[MatrixKind::q].forward(h.data(), n_tokens, q.data());       // [n_tokens x n_head*d]
+    layer[MatrixKind::k].forward(h.data(), n_tokens, k.data());       // [n_tokens x n_head_kv*d]
+    layer[MatrixKind::v].forward(h.data(), n_tokens, v.data());
     rope.apply(q, c.n_head, positions);
     rope.apply(k, c.n_head_kv, positions);
     // ctx [n_tokens x n_head*d]: causal softmax(q k^T / sqrt(d)) v per sequence and head.
@@ -122,16 +134,16 @@ Mat llama_forward(const Model& model, std::span<const std::vector<TokenId>> sequ
       attend(c, q, t0, len, cache.n_past, cache.k[l].data(), cache.v[l].data(), c.n_embd_kv(), ctx);
     }
     hook(HookSite::attn_ctx, l, ctx);
-    proj = layer[MatrixKind::o].forward(ctx);                         // [n_tokens x n_embd]
+    layer[MatrixKind::o].forward(ctx.data(), n_tokens, proj.data());  // [n_tokens x n_embd]
     x += proj;
     // MLP: h = RMSNorm(x); x += down(silu(gate(h)) * up(h)).
     rms_norm(x, layer.ffn_norm, c.norm_eps, h);
     hook(HookSite::ffn_in, l, h);
-    gate = layer[MatrixKind::gate].forward(h);                        // [n_tokens x n_ff]
-    up = layer[MatrixKind::up].forward(h);
+    layer[MatrixKind::gate].forward(h.data(), n_tokens, gate.data()); // [n_tokens x n_ff]
+    layer[MatrixKind::up].forward(h.data(), n_tokens, up.data());
     gated_activation_inplace(gate, up, c.activation);
     hook(HookSite::ffn_act, l, gate);
-    proj = layer[MatrixKind::down].forward(gate);                     // [n_tokens x n_embd]
+    layer[MatrixKind::down].forward(gate.data(), n_tokens, proj.data());  // [n_tokens x n_embd]
     x += proj;
     hook(HookSite::block_out, l, x);
   }

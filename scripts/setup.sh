@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages rankscope needs (only those missing: fast when all are there),
+# then configures a Release build in build/ and builds it. Nothing is downloaded from elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  libeigen3-dev               # linear algebra (activations, SVD in tests)
+  libopenblas-openmp-dev      # SGEMM, OpenMP build (see CMakeLists.txt)
+  liblapacke-dev              # LAPACK's C interface (decomposer)
+  libsentencepiece-dev        # Llama 2 tokenizer.model
+  libutf8proc-dev             # Unicode normalisation and categories (BERT basic tokenizer)
+  nlohmann-json3-dev          # config.json, tokenizer.json, safetensors headers
+  libboost-program-options-dev
+  libfmt-dev
+  catch2                      # tests (Catch2 v2)
+  libsqlite3-dev              # results store
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@"
+cmake --build build -j"$(nproc)"
