@@ -1,5 +1,6 @@
 #include "core/model_config.hpp"
 
+#include <charconv>
 #include <fstream>
 #include <sstream>
 
@@ -188,8 +189,11 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
         n_labels = static_cast<int64_t>(j["id2label"].size());
         c.labels.assign(static_cast<size_t>(n_labels), "");
         for (const auto& [key, value] : j["id2label"].items()) {
-          const auto id = std::stoll(key);
-          if (id < 0 || id >= n_labels || !value.is_string()) fail("{}: bad id2label entry '{}'", where, key);
+          int64_t id = -1;
+          const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+          if (ec != std::errc() || end != key.data() + key.size() || id < 0 || id >= n_labels || !value.is_string()) {
+            fail("{}: bad id2label entry '{}'", where, key);
+          }
           c.labels[static_cast<size_t>(id)] = value;
         }
       }

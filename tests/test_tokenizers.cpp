@@ -72,7 +72,9 @@ std::vector<VocabTest> read_ggml_vocab_tests(const std::filesystem::path& inp,
   return tests;
 }
 
-std::vector<TokenId> ids_of(const nlohmann::json& array) { return array.get<std::vector<TokenId>>(); }
+std::vector<TokenId> ids_of(const nlohmann::json& array) {
+  return array.get<std::vector<TokenId>>();
+}
 
 // Runs `load` and returns the message of the rankscope::Error it must throw.
 template <typename Load>
@@ -208,7 +210,8 @@ namespace {
 
 // stories260K's tokenizer.json with `edit` applied, written to a scratch directory.
 template <typename Edit>
-std::unique_ptr<rankscope::Tokenizer> edited_stories_tokenizer(const std::string& name, Edit&& edit) {
+std::unique_ptr<rankscope::Tokenizer> edited_stories_tokenizer(const std::string& name,
+                                                               Edit&& edit) {
   auto root = read_json(shared_data("stories260K-hf/tokenizer.json"));
   edit(root);
   const auto path = scratch_dir(name) / "tokenizer.json";
@@ -223,13 +226,19 @@ TEST_CASE("tokenizer.json BPE variants: string merges, Metaspace, unk handling",
   RS_REQUIRE_SHARED(json_file);
   const auto reference = rankscope::load_hf_tokenizer_json(json_file);
   const std::vector<std::string> texts = {
-      "Once upon a time", " leading space", "double  space and   triple", "New\nline\n\nparagraph\n",
-      "caf\xC3\xA9 na\xC3\xAFve \xF0\x9F\x98\x80 \xE2\x82\xAC" "5", "Lily's mom said, \"Don't worry.\""};
+      "Once upon a time",
+      " leading space",
+      "double  space and   triple",
+      "New\nline\n\nparagraph\n",
+      "caf\xC3\xA9 na\xC3\xAFve \xF0\x9F\x98\x80 \xE2\x82\xAC" "5",
+      "Lily's mom said, \"Don't worry.\""};
 
   SECTION("merges written as \"a b\" strings give the same ids as [a, b] pairs") {
     const auto tok = edited_stories_tokenizer("hf_string_merges", [](nlohmann::json& root) {
       auto& merges = root["model"]["merges"];
-      for (auto& merge : merges) merge = merge[0].get<std::string>() + " " + merge[1].get<std::string>();
+      for (auto& merge : merges) {
+        merge = merge[0].get<std::string>() + " " + merge[1].get<std::string>();
+      }
     });
     for (const auto& text : texts) CHECK(tok->encode(text) == reference->encode(text));
   }
@@ -353,10 +362,19 @@ TEST_CASE("WordPiece basic tokenizer: accents, CJK, punctuation, specials, decod
   const auto tok = rankscope::load_wordpiece_vocab(vocab, true);
   // "Äpfel": lower-cased and stripped of its umlaut; "½" stays (NFD does not decompose it).
   CHECK(tok->encode("\xC3\x84pfel") == std::vector<TokenId>{9706, 7959, 2140});
-  CHECK(tok->encode("ied 4 \xC2\xBD months") == std::vector<TokenId>{29464, 2094, 1018, 1092, 2706});
+  CHECK(tok->encode("ied 4 \xC2\xBD months") ==
+        std::vector<TokenId>{29464, 2094, 1018, 1092, 2706});
   // Literal special-token text maps to its id; lower-case "[cls]" is ordinary text.
   CHECK(tok->encode("[CLS] hi [SEP]") == std::vector<TokenId>{101, 7632, 102});
   CHECK(tok->encode("[cls]").size() == 4);
+  // Python's str.lower turns a word-final capital sigma into the final form ς, which the
+  // vocabulary holds apart from σ: "ΟΔΟΣ" ends in "##ος" (15297), "ΣΟΣ" reads as "σος".
+  const auto final_sigma = tok->encode("\xCE\x9F\xCE\x94\xCE\x9F\xCE\xA3");
+  REQUIRE_FALSE(final_sigma.empty());
+  CHECK(final_sigma.back() == 15297);
+  CHECK(tok->piece(15297) == "##\xCE\xBF\xCF\x82");
+  CHECK(tok->encode("\xCE\xA3\xCE\x9F\xCE\xA3") != tok->encode("\xCF\x83\xCE\xBF\xCF\x83"));
+  CHECK(tok->encode("\xCE\xA3\xCE\x9F\xCE\xA3") == tok->encode("\xCF\x83\xCE\xBF\xCF\x82"));
   // A word longer than 100 characters is one [UNK].
   CHECK(tok->encode(std::string(101, 'a')) == std::vector<TokenId>{100});
   const std::vector<TokenId> ids = tok->encode("Unflinchingly bleak, and desperate!");
@@ -451,7 +469,8 @@ TEST_CASE("tokenizer.json content named tokenizer.model is not a SentencePiece m
           "[tokenizer][errors]") {
   const auto dir = scratch_dir("spm_wrong_kind");
   const auto path = dir / "tokenizer.model";
-  write_file(path, R"({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+  write_file(path,
+             R"({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
   const std::string message = error_of([&] { rankscope::load_sentencepiece(path); });
   CHECK_THAT(message, Catch::Contains(path.string()));
   CHECK_THAT(message, Catch::Contains("SentencePiece"));
@@ -467,12 +486,14 @@ TEST_CASE("other files given as tokenizer.model are rejected", "[tokenizer][erro
   CHECK_THAT(error_of([&] { rankscope::load_sentencepiece(text); }), Catch::Contains("text.model"));
   const auto empty = dir / "empty.model";
   write_file(empty, "");
-  CHECK_THAT(error_of([&] { rankscope::load_sentencepiece(empty); }), Catch::Contains("empty.model"));
+  CHECK_THAT(error_of([&] { rankscope::load_sentencepiece(empty); }),
+             Catch::Contains("empty.model"));
   std::string garbage;
   for (int i = 0; i < 4096; ++i) garbage.push_back(static_cast<char>((i * 7919 + 13) % 251));
   const auto binary = dir / "garbage.model";
   write_file(binary, garbage);
-  CHECK_THAT(error_of([&] { rankscope::load_sentencepiece(binary); }), Catch::Contains("garbage.model"));
+  CHECK_THAT(error_of([&] { rankscope::load_sentencepiece(binary); }),
+             Catch::Contains("garbage.model"));
 }
 
 TEST_CASE("vocab.txt given as tokenizer.json is rejected", "[tokenizer][errors]") {
