@@ -1,5 +1,6 @@
 // The rankscope executable as a user runs it: exit codes, one-line errors, outputs.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -34,12 +35,18 @@ std::string slurp(const std::filesystem::path& path) {
 RunResult run(const std::string& args) {
   const auto dir = std::filesystem::path(RANKSCOPE_BINARY_DIR) / "test-scratch";
   std::filesystem::create_directories(dir);
-  const auto out = dir / "cli.out";
-  const auto err = dir / "cli.err";
+  // Unique names: ctest runs test cases in parallel processes.
+  static int counter = 0;
+  const auto stem = "cli." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  const auto out = dir / (stem + ".out");
+  const auto err = dir / (stem + ".err");
   const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && '" RANKSCOPE_EXE "' " + args + " >'" + out.string() +
                           "' 2>'" + err.string() + "'";
   const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  RunResult result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  std::filesystem::remove(out);
+  std::filesystem::remove(err);
+  return result;
 }
 
 int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
