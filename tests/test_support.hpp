@@ -1,6 +1,7 @@
 // Helpers shared by the tests: where ../shared is, and how a test that needs it skips.
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -9,7 +10,9 @@
 namespace rankscope::test {
 
 // ../shared beside the repository (RANKSCOPE_SOURCE_DIR is set by tests/CMakeLists.txt).
+// RANKSCOPE_SHARED_DIR overrides it, e.g. with a missing path to check that tests skip cleanly.
 inline std::filesystem::path shared_dir() {
+  if (const char* dir = std::getenv("RANKSCOPE_SHARED_DIR")) return dir;
   return std::filesystem::path(RANKSCOPE_SOURCE_DIR) / ".." / "shared";
 }
 
