@@ -113,3 +113,64 @@ TEST_CASE("BERT with full-rank Tucker factors keeps the golden logits", "[forwar
   CHECK(std::abs(out.logits(0, 0) - want[0]) <= kLogitTolerance);
   CHECK(std::abs(out.logits(0, 1) - want[1]) <= kLogitTolerance);
 }
+
+TEST_CASE("bare BertModel and BertForMaskedLM checkpoints load and run", "[forward][bert]") {
+  const auto src = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(src);
+  const auto classifier = load_model(src);
+  const BertInput in{{101, 2009, 1005, 1055, 1037, 11951, 102}, {}, {}};
+  const auto reference = bert_forward(classifier, std::span(&in, 1));
+
+  // BertModel saved without the "bert." prefix and without the classifier.
+  const auto bare_dir = test::scratch_dir("bert_bare");
+  test::copy_model(src, bare_dir, {.edit_tensors = [](auto& tensors) {
+                                     std::erase_if(tensors, [](const auto& t) { return t.name.starts_with("classifier"); });
+                                     for (auto& t : tensors) t.name = t.name.substr(5);  // drop "bert."
+                                   },
+                                   .edit_config = [](auto& j) { j["architectures"] = {"BertModel"}; }});
+  const auto bare = load_model(bare_dir);
+  CHECK(bare.config.bert_head == BertHead::none);
+  const auto out = bert_forward(bare, std::span(&in, 1));
+  CHECK(out.logits.size() == 0);
+  CHECK((out.hidden - reference.hidden).cwiseAbs().maxCoeff() == 0.0f);
+  CHECK((out.pooled - reference.pooled).cwiseAbs().maxCoeff() == 0.0f);
+
+  // BertForMaskedLM: an MLM head (decoder tied to the word embeddings), checked against the
+  // head computed here from its definition.
+  const auto mlm_dir = test::scratch_dir("bert_mlm");
+  const Mat transform = test::random_matrix(128, 128, 5) * 0.05f;
+  const Mat transform_bias = test::random_matrix(1, 128, 6) * 0.1f;
+  const Mat mlm_bias = test::random_matrix(1, 30522, 7) * 0.1f;
+  const Mat ones = Mat::Ones(1, 128);
+  const Mat zeros = Mat::Zero(1, 128);
+  test::copy_model(src, mlm_dir, {.edit_tensors = [&](auto& tensors) {
+                                    std::erase_if(tensors, [](const auto& t) {
+                                      return t.name.starts_with("classifier") || t.name.starts_with("bert.pooler");
+                                    });
+                                    tensors.push_back({"cls.predictions.transform.dense.weight", Tensor::from_matrix(transform)});
+                                    tensors.push_back({"cls.predictions.transform.dense.bias", Tensor::from_matrix(transform_bias)});
+                                    tensors.push_back({"cls.predictions.transform.LayerNorm.weight", Tensor::from_matrix(ones)});
+                                    tensors.push_back({"cls.predictions.transform.LayerNorm.bias", Tensor::from_matrix(zeros)});
+                                    tensors.push_back({"cls.predictions.bias", Tensor::from_matrix(mlm_bias)});
+                                    for (auto& t : tensors) {
+                                      if (t.tensor.shape.size() == 2 && t.tensor.shape[0] == 1) t.tensor.shape = {t.tensor.shape[1]};
+                                    }
+                                  },
+                                  .edit_config = [](auto& j) { j["architectures"] = {"BertForMaskedLM"}; }});
+  const auto mlm = load_model(mlm_dir);
+  CHECK(mlm.weights.mlm_decoder.data == mlm.weights.token_embd.data);  // tied
+  const auto lm = bert_forward(mlm, std::span(&in, 1));
+  REQUIRE(lm.logits.rows() == 7);
+  REQUIRE(lm.logits.cols() == 30522);
+  CHECK(lm.pooled.size() == 0);
+  // Expected: LayerNorm(gelu(h T^T + b)) E^T + bias, with LayerNorm weight 1 and bias 0.
+  Mat t = (reference.hidden * transform.transpose()).rowwise() + transform_bias.row(0);
+  t = t.unaryExpr([](float v) { return 0.5f * v * (1.0f + std::erf(v / std::sqrt(2.0f))); });
+  for (int64_t r = 0; r < t.rows(); ++r) {
+    const float mean = t.row(r).mean();
+    t.row(r).array() -= mean;
+    t.row(r) /= std::sqrt(t.row(r).squaredNorm() / 128.0f + 1e-12f);
+  }
+  const Mat expected = (t * classifier.weights.token_embd.matrix().transpose()).rowwise() + mlm_bias.row(0);
+  CHECK((lm.logits - expected).cwiseAbs().maxCoeff() <= 1e-3f);
+}
