@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   libeigen3-dev               # linear algebra (activations, SVD in tests)
   libopenblas-openmp-dev      # SGEMM, OpenMP build (see CMakeLists.txt)
-  liblapacke-dev              # LAPACK's C interface (decomposer)
+  libxxhash-dev               # content hashes of tensors (factor cache keys)
   libsentencepiece-dev        # Llama 2 tokenizer.model
   libutf8proc-dev             # Unicode normalisation and categories (BERT basic tokenizer)
   nlohmann-json3-dev          # config.json, tokenizer.json, safetensors headers
