@@ -7,6 +7,7 @@
 #include "cli/commands.hpp"
 #include "core/error.hpp"
 #include "core/model.hpp"
+#include "core/size.hpp"
 
 namespace rankscope::cli {
 
@@ -35,10 +36,12 @@ std::string tokenizer_description(const Model& m) {
 
 int run_info(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
-  const Model model = load_model(params.model);
+  const Model model = load_model(params.model, {.weights = true, .tokenizer = true});
   const auto& c = model.config;
   const auto matrices = decomposable_matrices(c);
   const int64_t total = model.n_params();
+  // Size accounting starts from the dense model, also for a checkpoint stored factored.
+  const int64_t dense_total = c.factored.empty() ? total : config_param_count(c);
   const int64_t decomposable = model.n_decomposable_params();
 
   if (params.json) {
@@ -62,6 +65,16 @@ int run_info(const Params& params) {
     for (const auto& m : matrices) {
       j["matrices"].push_back({{"layer", m.layer}, {"matrix", matrix_kind_name(m.kind)}, {"out", m.n_out},
                                {"in", m.n_in}, {"name", m.name}});
+    }
+    if (!params.config.empty()) {
+      const auto config = parse_config(params.config, c);
+      const auto size = size_report(c, dense_total, config);
+      j["config"] = encode_config(config, c);
+      j["size"] = {{"params_before", size.params_before},   {"params_after", size.params_after},
+                   {"bytes_before", size.bytes_before()},   {"bytes_after", size.bytes_after()},
+                   {"reduction_pct", size.reduction_pct()}, {"matrices_decomposed", size.n_decomposed},
+                   {"flops_per_token_before", size.flops_per_token_before},
+                   {"flops_per_token_after", size.flops_per_token_after}};
     }
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -93,6 +106,19 @@ int run_info(const Params& params) {
   for (const auto& m : matrices) {
     fmt::print("  {:>5}  {:<6} {:>16} {:>12}  {}\n", m.layer, matrix_kind_name(m.kind),
                fmt::format("{} x {}", m.n_out, m.n_in), thousands(m.n_params()), m.name);
+  }
+  if (!params.config.empty()) {
+    const auto config = parse_config(params.config, c);
+    const auto size = size_report(c, dense_total, config);
+    const auto canonical = encode_config(config, c);
+    fmt::print("configuration  {}\n", canonical.empty() ? "(base model)" : canonical);
+    fmt::print("  matrices decomposed  {} of {}\n", size.n_decomposed, matrices.size());
+    fmt::print("  parameters           {} -> {}\n", thousands(size.params_before), thousands(size.params_after));
+    fmt::print("  bytes ({} per param)  {} -> {}\n", size.bytes_per_param, thousands(size.bytes_before()),
+               thousands(size.bytes_after()));
+    fmt::print("  size reduction       {:.6f} %\n", size.reduction_pct());
+    fmt::print("  FLOPs per token      {} -> {} (weight products)\n", thousands(size.flops_per_token_before),
+               thousands(size.flops_per_token_after));
   }
   return 0;
 }

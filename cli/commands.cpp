@@ -5,13 +5,20 @@ namespace rankscope::cli {
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"info", "architecture, hyperparameters, decomposable matrices and parameter counts of a model",
-       "MODEL [--json]", run_info},
+       "MODEL [--config STR] [--json]", run_info},
       {"generate", "greedy text generation from a causal LM (smoke test)",
        "MODEL [--prompt TEXT] [--tokens N]", run_generate},
       {"classify", "label probabilities of a BERT sequence classifier (smoke test)",
        "MODEL --text TEXT [--text-pair TEXT]", run_classify},
       {"forward", "write a model's output for one token sequence as a NumPy .npy file",
        "MODEL --ids 1,403,407 [--type-ids 0,0,0] [--hidden] --out FILE.npy", run_forward},
+      {"config", "print a configuration string in canonical form (checked against MODEL)",
+       "MODEL --canonical STR", run_config},
+      {"space", "count, list, sample or index the points of a design space",
+       "MODEL [--space paper|per-matrix|grouped] [--ranks 1] [--choices ...] [--list N | --sample N --seed S | --index I]",
+       run_space},
+      {"decompose", "decompose a model by a configuration and write the checkpoint",
+       "MODEL --config STR --out DIR [--dense] [--cache-dir DIR]", run_decompose},
   };
   return table;
 }

@@ -9,5 +9,8 @@ int run_info(const Params& params);
 int run_generate(const Params& params);
 int run_classify(const Params& params);
 int run_forward(const Params& params);
+int run_config(const Params& params);
+int run_space(const Params& params);
+int run_decompose(const Params& params);
 
 }  // namespace rankscope::cli

@@ -32,7 +32,7 @@ OptionDef flag(std::string name, bool Params::*field, std::set<std::string> comm
   return def;
 }
 
-const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward"};
+const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward", "config", "space", "decompose"};
 
 }  // namespace
 
@@ -40,7 +40,7 @@ const std::vector<OptionDef>& option_defs() {
   static const std::vector<OptionDef> defs = {
       opt("model", &Params::model, kModelCommands,
           "model directory (config.json + safetensors) or a config.json for shapes only; also the first positional argument"),
-      opt("threads", &Params::threads, {"generate", "classify", "forward"}, "threads for BLAS and OpenMP (0 = all cores)"),
+      opt("threads", &Params::threads, {"generate", "classify", "forward", "decompose"}, "threads for BLAS and OpenMP (0 = all cores)"),
       flag("json", &Params::json, {"info"}, "print JSON instead of a table"),
       opt("prompt", &Params::prompt, {"generate"}, "prompt text (empty: start from BOS alone)"),
       opt("tokens", &Params::tokens, {"generate"}, "number of tokens to generate (greedy)"),
@@ -49,8 +49,23 @@ const std::vector<OptionDef>& option_defs() {
       opt("text-pair", &Params::text_pair, {"classify"}, "second segment for sentence-pair tasks (token type 1)"),
       opt("ids", &Params::ids, {"forward"}, "comma-separated token ids, e.g. 1,403,407 (no special tokens are added)"),
       opt("type-ids", &Params::type_ids, {"forward"}, "comma-separated token type ids (BERT; default all 0)"),
-      opt("out", &Params::out, {"forward"}, "output .npy file"),
+      opt("out", &Params::out, {"forward", "decompose"}, "output: .npy file (forward), checkpoint directory (decompose)"),
       flag("hidden", &Params::hidden, {"forward"}, "BERT: write the last hidden states [T, hidden] instead of the head's logits"),
+      opt("config", &Params::config, {"info", "decompose"},
+          "configuration string, e.g. \"L2,17,31:all=1\" or \"L0-15:q,k=64;L16-31:mlp=25%@svd\" (docs/config-strings.md)"),
+      opt("canonical", &Params::canonical, {"config"}, "configuration string to print in canonical form"),
+      opt("space", &Params::space, {"space"}, "design space: paper | per-matrix | grouped"),
+      opt("ranks", &Params::ranks, {"space"}, "paper space: comma-separated ranks (integers or percentages)"),
+      opt("choices", &Params::choices, {"space"}, "per-matrix/grouped spaces: comma-separated choices, dense allowed"),
+      opt("group-size", &Params::group_size, {"space"}, "grouped space: consecutive layers tied together"),
+      opt("method", &Params::method, {"space"}, "decomposition method of the space's points: tucker | svd"),
+      opt("list", &Params::list, {"space"}, "print the first N points in index order"),
+      opt("sample", &Params::sample, {"space"}, "print N points drawn uniformly (with --seed)"),
+      opt("seed", &Params::seed, {"space"}, "random seed for --sample"),
+      opt("index", &Params::index, {"space"}, "print the point at this index (a decimal integer of any size)"),
+      flag("dense", &Params::dense, {"decompose"}, "write reconstructed dense weights (an ordinary Hugging Face checkpoint)"),
+      opt("cache-dir", &Params::cache_dir, {"decompose"}, "factor cache directory (full SVDs, reused across runs)"),
+      opt("svd-backend", &Params::svd_backend, {"decompose"}, "full SVD backend: lapack | eigen"),
   };
   return defs;
 }

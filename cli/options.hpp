@@ -30,6 +30,23 @@ struct Params {
   std::string type_ids;
   std::string out;
   bool hidden = false;
+  // info, decompose, config
+  std::string config;
+  std::string canonical;
+  // space
+  std::string space = "paper";
+  std::string ranks = "1";
+  std::string choices = "dense,50%,25%,12.5%,1";
+  int64_t group_size = 4;
+  std::string method = "tucker";
+  int64_t list = 0;
+  int64_t sample = 0;
+  uint64_t seed = 0;
+  std::string index;
+  // decompose
+  bool dense = false;
+  std::string cache_dir = "rankscope-cache";
+  std::string svd_backend = "lapack";
 };
 
 struct OptionDef {

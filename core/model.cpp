@@ -128,36 +128,67 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
   std::set<std::string> used;
   std::set<std::string> dtypes;
 
+  model.bert_prefix = bert_prefix;
+  auto fetch = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    const auto it = ckpt.tensors.find(name);
+    if (it == ckpt.tensors.end()) {
+      fail("{}: missing tensor '{}' (required by {} as config.json describes it)", origin.string(), name, c.architecture);
+    }
+    const auto& file = ckpt.files[it->second.first];
+    const auto& entry = *it->second.second;
+    if (entry.shape != shape) {
+      fail("{}: tensor '{}' has shape {} but config.json implies {}", file.path().string(), name,
+           shape_string(entry.shape), shape_string(shape));
+    }
+    if (!entry.dtype) {
+      fail("{}: tensor '{}' has dtype {}; weights must be F32, F16 or BF16", file.path().string(), name, entry.dtype_name);
+    }
+    if (declared && *entry.dtype != *declared) {
+      fail("{}: tensor '{}' is stored as {} but config.json declares torch_dtype {}", file.path().string(), name,
+           entry.dtype_name, c.torch_dtype);
+    }
+    dtypes.insert(entry.dtype_name);
+    used.insert(name);
+    return file.load(entry);
+  };
+  std::map<std::pair<int64_t, MatrixKind>, Linear> factored;
   for (const auto& spec : expected_tensors(c, bert_prefix)) {
+    if (spec.role == Role::matrix && !spec.is_bias) {
+      const auto module = spec.name.substr(0, spec.name.size() - std::string_view(".weight").size());
+      const auto f = c.factored.find(module);
+      if (f != c.factored.end()) {
+        // Stored factored by rankscope decompose: U [out x r], (core [r x r]), V [in x r].
+        const int64_t r = f->second.rank, out = spec.shape[0], in = spec.shape[1];
+        if (r > std::min(out, in)) fail("{}: rankscope.factored '{}' has rank {} above min({}, {})", c.source.string(), module, r, out, in);
+        Tensor u = fetch(module + ".U", {out, r});
+        Tensor v = fetch(module + ".V", {in, r});
+        factored[{spec.layer, *spec.matrix}] =
+            f->second.method == "svd" ? Linear::svd(std::move(u), std::move(v))
+                                      : Linear::tucker(std::move(u), fetch(module + ".core", {r, r}), std::move(v));
+        continue;
+      }
+    }
     const auto it = ckpt.tensors.find(spec.name);
     if (it == ckpt.tensors.end()) {
       if (!spec.required) continue;
       fail("{}: missing tensor '{}' (required by {} as config.json describes it)", origin.string(),
            spec.name, c.architecture);
     }
-    const auto& file = ckpt.files[it->second.first];
-    const auto& entry = *it->second.second;
-    if (entry.shape != spec.shape) {
-      fail("{}: tensor '{}' has shape {} but config.json implies {}", file.path().string(), spec.name,
-           shape_string(entry.shape), shape_string(spec.shape));
-    }
-    if (!entry.dtype) {
-      fail("{}: tensor '{}' has dtype {}; weights must be F32, F16 or BF16", file.path().string(),
-           spec.name, entry.dtype_name);
-    }
-    if (declared && *entry.dtype != *declared) {
-      fail("{}: tensor '{}' is stored as {} but config.json declares torch_dtype {}",
-           file.path().string(), spec.name, entry.dtype_name, c.torch_dtype);
-    }
-    dtypes.insert(entry.dtype_name);
-    used.insert(spec.name);
-    place(w, spec, file.load(entry), matrices, head_linears);
+    place(w, spec, fetch(spec.name, spec.shape), matrices, head_linears);
   }
 
   for (auto& [key, tensors] : matrices) {
-    w.layers[static_cast<size_t>(key.first)][key.second] =
-        Linear::dense(std::move(tensors.first), std::move(tensors.second));
+    auto& slot = w.layers[static_cast<size_t>(key.first)][key.second];
+    if (tensors.first.empty()) {  // factored: only its bias was placed
+      const auto& lin = factored.at(key);
+      slot = lin.form() == Linear::Form::svd ? Linear::svd(lin.u(), lin.v(), std::move(tensors.second))
+                                             : Linear::tucker(lin.u(), lin.core(), lin.v(), std::move(tensors.second));
+      factored.erase(key);
+      continue;
+    }
+    slot = Linear::dense(std::move(tensors.first), std::move(tensors.second));
   }
+  for (auto& [key, lin] : factored) w.layers[static_cast<size_t>(key.first)][key.second] = std::move(lin);
   auto head = [&](Role role) {
     const auto it = head_linears.find(role);
     if (it == head_linears.end()) return Linear();
@@ -232,6 +263,62 @@ int64_t Model::n_params() const {
   if (w.mlm_decoder.data != w.token_embd.data) add(w.mlm_decoder);
   add(w.mlm_bias);
   return n;
+}
+
+std::vector<std::pair<std::string, Tensor>> Model::named_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  const auto& w = weights;
+  auto linear = [&](const Linear& lin, const std::string& module, bool is_bias) {
+    if (is_bias) {
+      if (!lin.bias().empty()) out.emplace_back(module + ".bias", lin.bias());
+      return;
+    }
+    switch (lin.form()) {
+      case Linear::Form::none: break;
+      case Linear::Form::dense: out.emplace_back(module + ".weight", lin.weight()); break;
+      case Linear::Form::tucker:
+        out.emplace_back(module + ".U", lin.u());
+        out.emplace_back(module + ".core", lin.core());
+        out.emplace_back(module + ".V", lin.v());
+        break;
+      case Linear::Form::svd:
+        out.emplace_back(module + ".U", lin.u());
+        out.emplace_back(module + ".V", lin.v());
+        break;
+    }
+  };
+  for (const auto& spec : expected_tensors(config, bert_prefix)) {
+    const auto module = spec.name.substr(0, spec.name.rfind('.'));
+    const auto* layer = spec.layer >= 0 ? &w.layers[static_cast<size_t>(spec.layer)] : nullptr;
+    auto pick = [&](const Tensor& weight, const Tensor& bias) {
+      const Tensor& t = spec.is_bias ? bias : weight;
+      if (!t.empty()) out.emplace_back(spec.name, t);
+    };
+    switch (spec.role) {
+      case Role::matrix: linear((*layer)[*spec.matrix], module, spec.is_bias); break;
+      case Role::pooler: linear(w.pooler, module, spec.is_bias); break;
+      case Role::classifier: linear(w.classifier, module, spec.is_bias); break;
+      case Role::mlm_transform: linear(w.mlm_transform, module, spec.is_bias); break;
+      case Role::token_embd: pick(w.token_embd, {}); break;
+      case Role::pos_embd: pick(w.pos_embd, {}); break;
+      case Role::type_embd: pick(w.type_embd, {}); break;
+      case Role::embd_norm: pick(w.embd_norm, w.embd_norm_bias); break;
+      case Role::attn_norm:
+      case Role::attn_out_norm: pick(layer->attn_norm, layer->attn_norm_bias); break;
+      case Role::ffn_norm:
+      case Role::ffn_out_norm: pick(layer->ffn_norm, layer->ffn_norm_bias); break;
+      case Role::output_norm: pick(w.output_norm, {}); break;
+      case Role::output:
+        if (w.output.data != w.token_embd.data) pick(w.output, {});
+        break;
+      case Role::mlm_norm: pick(w.mlm_norm, w.mlm_norm_bias); break;
+      case Role::mlm_decoder:
+        if (w.mlm_decoder.data != w.token_embd.data) pick(w.mlm_decoder, {});
+        break;
+      case Role::mlm_bias: pick(w.mlm_bias, {}); break;
+    }
+  }
+  return out;
 }
 
 Model load_model(const std::filesystem::path& path, const LoadOptions& options) {

@@ -52,10 +52,11 @@ struct Model {
   std::filesystem::path dir;            // the checkpoint directory
   bool has_weights = false;             // false: shapes only (config.json alone)
   ModelWeights weights;
-  std::unique_ptr<Tokenizer> tokenizer; // null when the checkpoint ships no tokenizer files
+  std::shared_ptr<const Tokenizer> tokenizer;  // null when the checkpoint ships no tokenizer files
   std::string storage_dtype;            // e.g. "F32", "BF16" (computed in fp32 either way)
   std::vector<std::filesystem::path> weight_files;
   std::vector<std::string> ignored_tensors;  // in the checkpoint but unused (e.g. position_ids)
+  std::string bert_prefix = "bert.";         // "" for a bare BertModel saved without it
 
   // The tokenizer, or an Error saying this checkpoint has none.
   const Tokenizer& require_tokenizer() const;
@@ -64,6 +65,9 @@ struct Model {
   int64_t n_params() const;
   // Parameters of the decomposable matrices (dense out*in or their factors; no biases).
   int64_t n_decomposable_params() const;
+  // Every tensor of the model under its checkpoint name, in load order; a factored matrix appears
+  // as MODULE.U, MODULE.core (tucker), MODULE.V instead of MODULE.weight. Tied heads are omitted.
+  std::vector<std::pair<std::string, Tensor>> named_tensors() const;
 };
 
 struct LoadOptions {

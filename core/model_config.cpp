@@ -203,6 +203,20 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
       }
     }
   }
+  if (j.contains("rankscope") && j["rankscope"].is_object()) {
+    const auto& rs = j["rankscope"];
+    c.rankscope_config = rs.contains("config") && rs["config"].is_string() ? rs["config"].get<std::string>() : "";
+    if (rs.contains("factored") && rs["factored"].is_object()) {
+      for (const auto& [module, f] : rs["factored"].items()) {
+        if (!f.is_object() || !f.contains("method") || !f["method"].is_string() || !f.contains("rank") ||
+            !f["rank"].is_number_integer() || f["rank"].get<int64_t>() <= 0 ||
+            (f["method"] != "tucker" && f["method"] != "svd")) {
+          fail("{}: rankscope.factored entry '{}' needs a method (tucker or svd) and a positive rank", where, module);
+        }
+        c.factored[module] = {f["method"].get<std::string>(), f["rank"].get<int64_t>()};
+      }
+    }
+  }
   return c;
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +25,13 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position = 8192;
+};
+
+// A matrix stored factored in a checkpoint written by `rankscope decompose` (config.json
+// "rankscope": {"factored": {module: {"method", "rank"}}}; tensors MODULE.U, MODULE.core, MODULE.V).
+struct FactoredMatrix {
+  std::string method;  // "tucker" or "svd"
+  int64_t rank = 0;
 };
 
 struct ModelConfig {
@@ -54,6 +62,10 @@ struct ModelConfig {
   // BERT
   int64_t n_type_vocab = 0;
   std::vector<std::string> labels;  // id2label in id order (sequence classification)
+
+  // Written by rankscope decompose: the configuration applied and the matrices stored factored.
+  std::string rankscope_config;
+  std::map<std::string, FactoredMatrix> factored;  // by module name (weight name without ".weight")
 
   std::optional<int64_t> bos_token_id;
   std::optional<int64_t> eos_token_id;

@@ -1,0 +1,36 @@
+// rankscope decompose MODEL --config STR --out DIR: the decomposed checkpoint, factored or dense.
+#include <fmt/format.h>
+
+#include "cli/commands.hpp"
+#include "core/decompose.hpp"
+#include "core/error.hpp"
+#include "core/gemm.hpp"
+#include "core/size.hpp"
+
+namespace rankscope::cli {
+
+int run_decompose(const Params& params) {
+  if (params.model.empty()) throw Error("no MODEL given");
+  if (params.out.empty()) throw Error("--out DIR is required");
+  if (params.svd_backend != "lapack" && params.svd_backend != "eigen") {
+    fail("--svd-backend: unknown backend '{}' (lapack or eigen)", params.svd_backend);
+  }
+  set_num_threads(params.threads);
+  const Model base = load_model(params.model);
+  if (!base.has_weights) fail("{}: no weights (shapes-only config.json); cannot decompose", params.model);
+  const Config config = parse_config(params.config, base.config);
+  const std::string canonical = encode_config(config, base.config);
+  FactorCache cache(params.cache_dir, params.svd_backend == "eigen" ? SvdBackend::eigen : SvdBackend::lapack);
+  DecomposeStats stats;
+  const Model model = decompose_model(base, config, cache, &stats);
+  write_checkpoint(model, params.out, canonical, params.dense);
+  const auto size = size_report(base.config, base.n_params(), config);
+  fmt::print("config        {}\n", canonical.empty() ? "(base model)" : canonical);
+  fmt::print("decomposed    {} matrices: {} factorized, {} from the cache ({}) in {:.2f} s\n", stats.matrices,
+             stats.factorized, stats.cache_hits, cache.dir().string(), stats.seconds);
+  fmt::print("parameters    {} -> {} ({:.6f} % smaller)\n", size.params_before, size.params_after, size.reduction_pct());
+  fmt::print("wrote         {} ({})\n", params.out, params.dense ? "dense reconstruction" : "factored");
+  return 0;
+}
+
+}  // namespace rankscope::cli

@@ -1,0 +1,130 @@
+#include "core/decompose.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/linalg.hpp"
+#include "core/safetensors.hpp"
+
+namespace rankscope {
+
+Linear factored_linear(const CachedSvd& svd, int64_t rank, Method method, const Tensor& bias) {
+  const Mat u = svd.u(rank);
+  const Eigen::VectorXf s = svd.s(rank);
+  if (method == Method::svd) {
+    const Mat us = u * s.asDiagonal();  // singular values absorbed into U
+    return Linear::svd(Tensor::from_matrix(us), Tensor::from_matrix(svd.v(rank)), bias);
+  }
+  const Mat core = s.asDiagonal();
+  return Linear::tucker(Tensor::from_matrix(u), Tensor::from_matrix(core), Tensor::from_matrix(svd.v(rank)), bias);
+}
+
+Model decompose_model(const Model& base, const Config& config, FactorCache& cache, DecomposeStats* stats) {
+  if (!base.has_weights) fail("{}: shapes-only model (no weights) cannot be decomposed", base.dir.string());
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t hits_before = cache.hits();
+  const int64_t misses_before = cache.misses();
+  Model model = base;
+  int64_t n = 0;
+  for (const auto& cell : resolve_config(config, model.config)) {
+    auto& lin = model.weights.layers[static_cast<size_t>(cell.layer)][cell.kind];
+    if (lin.form() != Linear::Form::dense) {
+      fail("{}: layer {} {} is already factored; decompose the dense model", base.dir.string(), cell.layer,
+           matrix_kind_name(cell.kind));
+    }
+    const auto svd = cache.svd(lin.weight());
+    lin = factored_linear(*svd, cell.rank, cell.method, lin.bias());
+    ++n;
+  }
+  if (stats != nullptr) {
+    stats->matrices = n;
+    stats->factorized = cache.misses() - misses_before;
+    stats->cache_hits = cache.hits() - hits_before;
+    stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  return model;
+}
+
+namespace {
+
+DType storage_dtype(const std::string& torch_dtype) {
+  if (torch_dtype == "float16") return DType::f16;
+  if (torch_dtype == "bfloat16") return DType::bf16;
+  return DType::f32;
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot open", path.string());
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  try {
+    return nlohmann::json::parse(buffer.str());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed JSON: {}", path.string(), e.what());
+  }
+}
+
+}  // namespace
+
+void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, const std::string& canonical_config,
+                      bool dense) {
+  if (!model.has_weights) fail("{}: shapes-only model has no weights to write", model.dir.string());
+  std::filesystem::create_directories(out_dir);
+  if (std::filesystem::equivalent(out_dir, model.dir)) fail("{}: refusing to overwrite the source model", out_dir.string());
+
+  auto config = read_json_file(model.config.source);
+  nlohmann::json rs = {{"format", 1}, {"config", canonical_config}, {"source", model.dir.string()}};
+  rs["factored"] = nlohmann::json::object();
+  if (dense) rs["dense_reconstruction"] = true;
+
+  // Tensors in load order; factored matrices either as factors or multiplied back.
+  auto tensors = model.named_tensors();
+  for (const auto& spec : expected_tensors(model.config, model.bert_prefix)) {
+    if (spec.role != Role::matrix || spec.is_bias) continue;
+    const auto& lin = model.weights.layers[static_cast<size_t>(spec.layer)][*spec.matrix];
+    if (lin.form() != Linear::Form::svd && lin.form() != Linear::Form::tucker) continue;
+    const auto module = spec.name.substr(0, spec.name.size() - std::string_view(".weight").size());
+    if (!dense) {
+      rs["factored"][module] = {{"method", lin.form() == Linear::Form::svd ? "svd" : "tucker"}, {"rank", lin.rank()}};
+      continue;
+    }
+    // Replace the factor entries by the reconstructed weight at the same place.
+    const Mat w = lin.form() == Linear::Form::svd
+                      ? Mat(lin.u().matrix() * lin.v().matrix().transpose())
+                      : Mat(lin.u().matrix() * lin.core().matrix() * lin.v().matrix().transpose());
+    auto first = std::find_if(tensors.begin(), tensors.end(), [&](const auto& p) { return p.first == module + ".U"; });
+    RS_ASSERT(first != tensors.end());
+    *first = {module + ".weight", Tensor::from_matrix(w)};
+    std::erase_if(tensors, [&](const auto& p) { return p.first == module + ".core" || p.first == module + ".V"; });
+  }
+  if (dense) rs.erase("factored");
+  config["rankscope"] = rs;
+
+  const DType dtype = storage_dtype(model.config.torch_dtype);
+  std::vector<TensorToWrite> out;
+  for (const auto& [name, t] : tensors) {
+    out.push_back({name, t.shape, std::span<const float>(t.data, static_cast<size_t>(t.numel())), dtype});
+  }
+  write_safetensors(out_dir / "model.safetensors", out, {{"format", "pt"}, {"rankscope_config", canonical_config}});
+  std::filesystem::remove(out_dir / "model.safetensors.index.json");
+  {
+    std::ofstream cfg(out_dir / "config.json", std::ios::trunc);
+    cfg << config.dump(2) << "\n";
+    if (!cfg) fail("{}: write failed", (out_dir / "config.json").string());
+  }
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                           "special_tokens_map.json", "generation_config.json"}) {
+    const auto src = model.dir / name;
+    if (std::filesystem::exists(src)) {
+      std::filesystem::copy_file(src, out_dir / name, std::filesystem::copy_options::overwrite_existing);
+    }
+  }
+}
+
+}  // namespace rankscope

@@ -1,0 +1,171 @@
+#include "core/factor_cache.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "core/error.hpp"
+
+namespace rankscope {
+
+namespace {
+
+constexpr char kMagic[8] = {'R', 'S', 'F', 'A', 'C', 'T', '0', '1'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kHeaderBytes = 128;
+constexpr size_t kKeyChars = 32;
+
+// The fixed-size header at the start of every cache file (little-endian, as the host).
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t reserved;
+  uint64_t m, n, k;
+  char key[kKeyChars];
+  uint64_t payload_bytes;
+  uint64_t checksum;  // XXH3-64 of the payload
+};
+static_assert(sizeof(Header) <= kHeaderBytes);
+
+size_t payload_bytes(int64_t m, int64_t n, int64_t k) {
+  return static_cast<size_t>(k * m + k + k * n) * sizeof(float);
+}
+
+void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("{}: write failed: {}", path.string(), std::strerror(errno));
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+std::string matrix_content_key(const Tensor& weight) {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_128bits_reset(state);
+  const int64_t shape[2] = {weight.rows(), weight.cols()};
+  XXH3_128bits_update(state, shape, sizeof shape);
+  XXH3_128bits_update(state, weight.data, static_cast<size_t>(weight.numel()) * sizeof(float));
+  const XXH128_hash_t h = XXH3_128bits_digest(state);
+  XXH3_freeState(state);
+  return fmt::format("{:016x}{:016x}", h.high64, h.low64);
+}
+
+CachedSvd::CachedSvd(std::shared_ptr<const MappedFile> file, int64_t m, int64_t n, int64_t k, size_t payload_offset)
+    : file_(std::move(file)), m_(m), n_(n), k_(k), payload_offset_(payload_offset) {}
+
+const float* CachedSvd::ut() const {
+  return reinterpret_cast<const float*>(file_->bytes().data() + payload_offset_);
+}
+const float* CachedSvd::sv() const { return ut() + k_ * m_; }
+const float* CachedSvd::vt() const { return sv() + k_; }
+
+Mat CachedSvd::u(int64_t r) const {
+  RS_ASSERT(r >= 1 && r <= k_);
+  return ConstMatMap(ut(), r, m_).transpose();  // only the first r rows of U^T are read
+}
+Eigen::VectorXf CachedSvd::s(int64_t r) const {
+  RS_ASSERT(r >= 1 && r <= k_);
+  return Eigen::Map<const Eigen::VectorXf>(sv(), r);
+}
+Mat CachedSvd::v(int64_t r) const {
+  RS_ASSERT(r >= 1 && r <= k_);
+  return ConstMatMap(vt(), r, n_).transpose();
+}
+
+FactorCache::FactorCache(std::filesystem::path dir, SvdBackend backend) : dir_(std::move(dir)), backend_(backend) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec || !std::filesystem::is_directory(dir_)) fail("{}: cannot create the factor cache directory: {}", dir_.string(), ec.message());
+}
+
+std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::path& path, const Tensor& weight,
+                                                       const std::string& key) const {
+  std::shared_ptr<const MappedFile> file;
+  try {
+    file = MappedFile::open(path);
+  } catch (const Error&) {
+    return nullptr;
+  }
+  const auto bytes = file->bytes();
+  if (bytes.size() < kHeaderBytes) return nullptr;
+  Header h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  const auto m = static_cast<int64_t>(h.m), n = static_cast<int64_t>(h.n), k = static_cast<int64_t>(h.k);
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion || m != weight.rows() ||
+      n != weight.cols() || k != std::min(m, n) || std::string_view(h.key, kKeyChars) != key ||
+      h.payload_bytes != payload_bytes(m, n, k) || bytes.size() != kHeaderBytes + h.payload_bytes) {
+    return nullptr;
+  }
+  if (XXH3_64bits(bytes.data() + kHeaderBytes, h.payload_bytes) != h.checksum) return nullptr;
+  return std::make_shared<const CachedSvd>(std::move(file), m, n, k, kHeaderBytes);
+}
+
+std::shared_ptr<const CachedSvd> FactorCache::svd(const Tensor& weight) {
+  RS_ASSERT(weight.shape.size() == 2);
+  const std::string key = matrix_content_key(weight);
+  const auto path = dir_ / (key + ".svd");
+  if (auto cached = try_open(path, weight, key)) {
+    ++hits_;
+    return cached;
+  }
+  ++misses_;
+  const Svd svd = svd_full(weight.matrix(), backend_);
+  const int64_t m = weight.rows(), n = weight.cols(), k = svd.rank();
+  const Mat ut = svd.u.transpose();  // [k x m]
+  const Mat vt = svd.v.transpose();  // [k x n]
+
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.version = kVersion;
+  h.m = static_cast<uint64_t>(m);
+  h.n = static_cast<uint64_t>(n);
+  h.k = static_cast<uint64_t>(k);
+  std::memcpy(h.key, key.data(), kKeyChars);
+  h.payload_bytes = payload_bytes(m, n, k);
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, ut.data(), static_cast<size_t>(ut.size()) * sizeof(float));
+  XXH3_64bits_update(state, svd.s.data(), static_cast<size_t>(k) * sizeof(float));
+  XXH3_64bits_update(state, vt.data(), static_cast<size_t>(vt.size()) * sizeof(float));
+  h.checksum = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+
+  // Whole file under a unique temporary name, flushed, then renamed into place.
+  std::random_device rd;
+  const auto tmp = dir_ / fmt::format("{}.svd.tmp.{}.{:x}", key, ::getpid(), rd());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot create: {}", tmp.string(), std::strerror(errno));
+  try {
+    char header[kHeaderBytes] = {};
+    std::memcpy(header, &h, sizeof h);
+    write_all(fd, header, kHeaderBytes, tmp);
+    write_all(fd, ut.data(), static_cast<size_t>(ut.size()) * sizeof(float), tmp);
+    write_all(fd, svd.s.data(), static_cast<size_t>(k) * sizeof(float), tmp);
+    write_all(fd, vt.data(), static_cast<size_t>(vt.size()) * sizeof(float), tmp);
+    if (::fsync(fd) != 0) fail("{}: fsync failed: {}", tmp.string(), std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    std::filesystem::remove(tmp);
+    throw;
+  }
+  ::close(fd);
+  std::filesystem::rename(tmp, path);
+  auto stored = try_open(path, weight, key);
+  if (!stored) fail("{}: factor cache file unreadable right after writing it", path.string());
+  return stored;
+}
+
+}  // namespace rankscope
