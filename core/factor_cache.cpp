@@ -143,7 +143,7 @@ std::shared_ptr<const CachedSvd> FactorCache::svd(const Tensor& weight) {
   h.checksum = XXH3_64bits_digest(state);
   XXH3_freeState(state);
 
-  // Whole file under a unique temporary name, flushed, then renamed into place.
+  // Whole file under a unique temporary name, then renamed into place.
   std::random_device rd;
   const auto tmp = dir_ / fmt::format("{}.svd.tmp.{}.{:x}", key, ::getpid(), rd());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -155,7 +155,9 @@ std::shared_ptr<const CachedSvd> FactorCache::svd(const Tensor& weight) {
     write_all(fd, ut.data(), static_cast<size_t>(ut.size()) * sizeof(float), tmp);
     write_all(fd, svd.s.data(), static_cast<size_t>(k) * sizeof(float), tmp);
     write_all(fd, vt.data(), static_cast<size_t>(vt.size()) * sizeof(float), tmp);
-    if (::fsync(fd) != 0) fail("{}: fsync failed: {}", tmp.string(), std::strerror(errno));
+    // No fsync: a killed process cannot leave a partial file under the final name (the rename
+    // comes after the last write), and after a power loss a file whose data did not reach the
+    // disk fails its checksum and is recomputed.
   } catch (...) {
     ::close(fd);
     std::filesystem::remove(tmp);

@@ -2,7 +2,7 @@
 // of every method is then a truncation of it. One file per matrix content, beside the results
 // database, memory-mapped on read; see docs/formats.md ("Factor cache files").
 //
-// Safety: a file is written under a temporary name, flushed and renamed into place, so readers see
+// Safety: a file is written under a temporary name and renamed into place, so readers see
 // either nothing or a whole file; on read the header (magic, version, shape, content key) and an
 // XXH3 checksum of the payload are verified, and a file that fails is treated as absent and
 // rewritten. Concurrent writers of the same key each write a whole valid file; the last rename wins.
