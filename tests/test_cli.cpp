@@ -62,13 +62,13 @@ TEST_CASE("every option is declared once", "[cli]") {
     CHECK_FALSE(def.commands.empty());
   }
   cli::Params params;
-  for (const char* command : {"info", "generate", "classify", "forward"}) {
+  for (const char* command : {"info", "generate", "classify", "forward", "config", "space", "decompose"}) {
     CHECK_NOTHROW(cli::options_for(command, params));
   }
 }
 
 TEST_CASE("usage errors print one line and exit 2, --help exits 0", "[cli]") {
-  for (const char* command : {"info", "generate", "classify", "forward"}) {
+  for (const char* command : {"info", "generate", "classify", "forward", "config", "space", "decompose"}) {
     INFO(command);
     const auto bad = run(std::string(command) + " --no-such-option");
     CHECK(bad.exit_code == 2);
@@ -178,4 +178,49 @@ TEST_CASE("forward and classify on bert-tiny-sst2", "[cli]") {
   const double printed = std::stod(c.out.substr(c.out.find("positive") + 8));
   CHECK(std::abs(printed - p_positive) <= 1e-5);
   CHECK(run("classify ../shared/data/stories260K-hf --text hi").exit_code == 1);
+}
+
+TEST_CASE("config, space and info --config on Llama-2-7B shapes", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_dir() / "configs" / "llama-2-7b");
+  const auto canonical = run("config ../shared/configs/llama-2-7b --canonical 'L31,2,17:q,k,v,o,gate,up,down=1'");
+  REQUIRE(canonical.exit_code == 0);
+  CHECK(canonical.out == "L2,17,31:all=1\n");
+  const auto bad = run("config ../shared/configs/llama-2-7b --canonical 'L2:qq=1'");
+  CHECK(bad.exit_code == 1);
+  CHECK(line_count(bad.err) == 1);
+  CHECK_THAT(bad.err, Contains("qq"));
+  const auto out_of_range = run("config ../shared/configs/llama-2-7b --canonical 'L32:q=1'");
+  CHECK(out_of_range.exit_code == 1);
+  CHECK_THAT(out_of_range.err, Contains("32"));
+
+  const auto paper = run("space ../shared/configs/llama-2-7b --space paper --ranks 1 --list 3");
+  REQUIRE(paper.exit_code == 0);
+  CHECK_THAT(paper.out, Contains("549755813888") && Contains("log2      39.000000"));
+  const auto per_matrix = run("space ../shared/configs/llama-2-7b --space per-matrix --choices dense,50%,25%,12.5%,6.25%,3.125%,16,1");
+  REQUIRE(per_matrix.exit_code == 0);
+  CHECK_THAT(per_matrix.out, Contains("log2      672.000000"));
+
+  const auto info = run("info ../shared/configs/llama-2-7b --config 'L2,17,31:all=1'");
+  REQUIRE(info.exit_code == 0);
+  CHECK_THAT(info.out, Contains("size reduction       9.006438 %"));
+}
+
+TEST_CASE("decompose writes a checkpoint; a second run factorizes nothing", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  const auto dir = test::scratch_dir("cli_decompose");
+  const std::string common = "decompose ../shared/data/stories260K-hf --cache-dir " + (dir / "cache").string();
+  const auto first = run(common + " --config 'L*:all=50%' --out " + (dir / "a").string());
+  REQUIRE(first.exit_code == 0);
+  CHECK_THAT(first.out, Contains("35 matrices: 35 factorized, 0 from the cache"));
+  const auto second = run(common + " --config 'L0-2:mlp=8@svd' --dense --out " + (dir / "b").string());
+  REQUIRE(second.exit_code == 0);
+  CHECK_THAT(second.out, Contains("9 matrices: 0 factorized, 9 from the cache"));
+  const auto gen = run("generate " + (dir / "a").string() + " --tokens 4");
+  CHECK(gen.exit_code == 0);
+  const auto info = run("info " + (dir / "a").string());
+  REQUIRE(info.exit_code == 0);
+  CHECK_THAT(info.out, Contains("model.safetensors"));
+  const auto bad = run(common + " --config 'L0:q=65' --out " + (dir / "c").string());
+  CHECK(bad.exit_code == 1);
+  CHECK_THAT(bad.err, Contains("65"));
 }
