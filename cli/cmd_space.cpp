@@ -12,12 +12,6 @@ namespace rankscope::cli {
 
 namespace {
 
-Method parse_method(const std::string& name) {
-  if (name == "tucker") return Method::tucker;
-  if (name == "svd") return Method::svd;
-  fail("--method: unknown method '{}' (tucker or svd)", name);
-}
-
 void print_point(const DesignSpace& space, const ModelConfig& model, const std::vector<int64_t>& digits) {
   const auto config = space.to_config(digits);
   const auto text = encode_config(config, model);

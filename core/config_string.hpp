@@ -25,6 +25,8 @@ namespace rankscope {
 
 enum class Method { tucker, svd };
 std::string_view method_name(Method method);
+// "tucker" or "svd"; throws Error naming the token otherwise.
+Method parse_method(std::string_view token);
 
 // A rank as written: an absolute integer, or a percentage of the matrix's full rank.
 struct RankSpec {
@@ -34,6 +36,10 @@ struct RankSpec {
   int64_t resolve(int64_t full_rank) const;
   auto operator<=>(const RankSpec&) const = default;
 };
+// "N" (N >= 1) or "P%" (0 < P <= 100); "dense" is not a rank. Throws Error naming the token.
+RankSpec parse_rank(std::string_view token);
+// The canonical text of a rank: "512", "25%", "12.5%" (shortest form that parses back exactly).
+std::string rank_string(const RankSpec& rank);
 
 struct Choice {
   RankSpec rank;
