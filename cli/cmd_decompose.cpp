@@ -12,15 +12,20 @@ namespace rankscope::cli {
 int run_decompose(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.out.empty()) throw Error("--out DIR is required");
-  if (params.svd_backend != "lapack" && params.svd_backend != "eigen") {
-    fail("--svd-backend: unknown backend '{}' (lapack or eigen)", params.svd_backend);
+  SvdPolicy policy;
+  if (params.svd_backend == "eigen") {
+    policy.backend = SvdBackend::eigen;
+  } else if (params.svd_backend == "randomized") {
+    policy.randomized = true;
+  } else if (params.svd_backend != "lapack") {
+    fail("--svd-backend: unknown backend '{}' (lapack, eigen or randomized)", params.svd_backend);
   }
   set_num_threads(params.threads);
   const Model base = load_model(params.model);
   if (!base.has_weights) fail("{}: no weights (shapes-only config.json); cannot decompose", params.model);
   const Config config = parse_config(params.config, base.config);
   const std::string canonical = encode_config(config, base.config);
-  FactorCache cache(params.cache_dir, params.svd_backend == "eigen" ? SvdBackend::eigen : SvdBackend::lapack);
+  FactorCache cache(params.cache_dir, policy);
   DecomposeStats stats;
   const Model model = decompose_model(base, config, cache, &stats);
   write_checkpoint(model, params.out, canonical, params.dense);
@@ -28,6 +33,7 @@ int run_decompose(const Params& params) {
   fmt::print("config        {}\n", canonical.empty() ? "(base model)" : canonical);
   fmt::print("decomposed    {} matrices: {} factorized, {} from the cache ({}) in {:.2f} s\n", stats.matrices,
              stats.factorized, stats.cache_hits, cache.dir().string(), stats.seconds);
+  fmt::print("error         max ||W - W_r||_F / ||W||_F = {:.6f}\n", stats.max_relative_error);
   fmt::print("parameters    {} -> {} ({:.6f} % smaller)\n", size.params_before, size.params_after, size.reduction_pct());
   fmt::print("wrote         {} ({})\n", params.out, params.dense ? "dense reconstruction" : "factored");
   return 0;

@@ -65,7 +65,7 @@ const std::vector<OptionDef>& option_defs() {
       opt("index", &Params::index, {"space"}, "print the point at this index (a decimal integer of any size)"),
       flag("dense", &Params::dense, {"decompose"}, "write reconstructed dense weights (an ordinary Hugging Face checkpoint)"),
       opt("cache-dir", &Params::cache_dir, {"decompose"}, "factor cache directory (full SVDs, reused across runs)"),
-      opt("svd-backend", &Params::svd_backend, {"decompose"}, "full SVD backend: lapack | eigen"),
+      opt("svd-backend", &Params::svd_backend, {"decompose"}, "factorization: lapack | eigen (full SVD), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
   };
   return defs;
 }

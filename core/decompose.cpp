@@ -31,13 +31,15 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
   const int64_t misses_before = cache.misses();
   Model model = base;
   int64_t n = 0;
+  double max_error = 0.0;
   for (const auto& cell : resolve_config(config, model.config)) {
     auto& lin = model.weights.layers[static_cast<size_t>(cell.layer)][cell.kind];
     if (lin.form() != Linear::Form::dense) {
       fail("{}: layer {} {} is already factored; decompose the dense model", base.dir.string(), cell.layer,
            matrix_kind_name(cell.kind));
     }
-    const auto svd = cache.svd(lin.weight());
+    const auto svd = cache.factors(lin.weight(), cell.rank);
+    max_error = std::max(max_error, svd->relative_error(cell.rank));
     lin = factored_linear(*svd, cell.rank, cell.method, lin.bias());
     ++n;
   }
@@ -45,6 +47,7 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
     stats->matrices = n;
     stats->factorized = cache.misses() - misses_before;
     stats->cache_hits = cache.hits() - hits_before;
+    stats->max_relative_error = max_error;
     stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   return model;

@@ -21,6 +21,8 @@ struct DecomposeStats {
   int64_t factorized = 0;    // full SVDs computed (cache misses)
   int64_t cache_hits = 0;
   double seconds = 0.0;
+  // Largest ||W - W_r||_F / ||W||_F over the decomposed matrices (from the cached spectra).
+  double max_relative_error = 0.0;
 };
 
 // A factored Linear of rank r from a cached SVD; `bias` is kept.

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <random>
 
@@ -30,6 +32,7 @@ struct Header {
   char key[kKeyChars];
   uint64_t payload_bytes;
   uint64_t checksum;  // XXH3-64 of the payload
+  double norm2;       // ||W||_F^2, for the error of every truncation
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
 
@@ -63,8 +66,17 @@ std::string matrix_content_key(const Tensor& weight) {
   return fmt::format("{:016x}{:016x}", h.high64, h.low64);
 }
 
-CachedSvd::CachedSvd(std::shared_ptr<const MappedFile> file, int64_t m, int64_t n, int64_t k, size_t payload_offset)
-    : file_(std::move(file)), m_(m), n_(n), k_(k), payload_offset_(payload_offset) {}
+CachedSvd::CachedSvd(std::shared_ptr<const MappedFile> file, int64_t m, int64_t n, int64_t k, double norm2,
+                     size_t payload_offset)
+    : file_(std::move(file)), m_(m), n_(n), k_(k), norm2_(norm2), payload_offset_(payload_offset) {}
+
+double CachedSvd::relative_error(int64_t r) const {
+  RS_ASSERT(r >= 0 && r <= k_);
+  if (norm2_ <= 0) return 0.0;
+  double kept = 0;
+  for (int64_t i = 0; i < r; ++i) kept += static_cast<double>(sv()[i]) * sv()[i];
+  return std::sqrt(std::max(0.0, norm2_ - kept) / norm2_);
+}
 
 const float* CachedSvd::ut() const {
   return reinterpret_cast<const float*>(file_->bytes().data() + payload_offset_);
@@ -85,14 +97,14 @@ Mat CachedSvd::v(int64_t r) const {
   return ConstMatMap(vt(), r, n_).transpose();
 }
 
-FactorCache::FactorCache(std::filesystem::path dir, SvdBackend backend) : dir_(std::move(dir)), backend_(backend) {
+FactorCache::FactorCache(std::filesystem::path dir, SvdPolicy policy) : dir_(std::move(dir)), policy_(policy) {
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
   if (ec || !std::filesystem::is_directory(dir_)) fail("{}: cannot create the factor cache directory: {}", dir_.string(), ec.message());
 }
 
 std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::path& path, const Tensor& weight,
-                                                       const std::string& key) const {
+                                                       const std::string& key, int64_t expected_k) const {
   std::shared_ptr<const MappedFile> file;
   try {
     file = MappedFile::open(path);
@@ -105,24 +117,54 @@ std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::pa
   std::memcpy(&h, bytes.data(), sizeof h);
   const auto m = static_cast<int64_t>(h.m), n = static_cast<int64_t>(h.n), k = static_cast<int64_t>(h.k);
   if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion || m != weight.rows() ||
-      n != weight.cols() || k != std::min(m, n) || std::string_view(h.key, kKeyChars) != key ||
+      n != weight.cols() || k != expected_k || std::string_view(h.key, kKeyChars) != key ||
       h.payload_bytes != payload_bytes(m, n, k) || bytes.size() != kHeaderBytes + h.payload_bytes) {
     return nullptr;
   }
   if (XXH3_64bits(bytes.data() + kHeaderBytes, h.payload_bytes) != h.checksum) return nullptr;
-  return std::make_shared<const CachedSvd>(std::move(file), m, n, k, kHeaderBytes);
+  return std::make_shared<const CachedSvd>(std::move(file), m, n, k, h.norm2, kHeaderBytes);
 }
 
-std::shared_ptr<const CachedSvd> FactorCache::svd(const Tensor& weight) {
+namespace {
+
+int64_t next_power_of_two(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+std::shared_ptr<const CachedSvd> FactorCache::factors(const Tensor& weight, int64_t rank) {
   RS_ASSERT(weight.shape.size() == 2);
+  const int64_t m = weight.rows(), n = weight.cols(), full_k = std::min(m, n);
+  if (rank < 0 || rank > full_k) fail("rank {} is outside [1, {}] for a {} x {} matrix", rank, full_k, m, n);
   const std::string key = matrix_content_key(weight);
-  const auto path = dir_ / (key + ".svd");
-  if (auto cached = try_open(path, weight, key)) {
+  const auto full_path = dir_ / (key + ".svd");
+  auto randomized_path = [&](int64_t k) { return dir_ / fmt::format("{}.r{}.svd", key, k); };
+  if (auto cached = try_open(full_path, weight, key, full_k)) {
     ++hits_;
     return cached;
   }
+  const int64_t k = next_power_of_two(std::max<int64_t>({rank, policy_.min_rank, 1}));
+  const bool randomized = policy_.randomized && rank > 0 && k <= full_k / 4;
+  if (rank > 0) {
+    for (int64_t kk = next_power_of_two(std::max<int64_t>(rank, 1)); kk <= full_k / 4; kk *= 2) {
+      if (auto cached = try_open(randomized_path(kk), weight, key, kk)) {
+        ++hits_;
+        return cached;
+      }
+    }
+  }
   ++misses_;
-  const Svd svd = svd_full(weight.matrix(), backend_);
+  if (randomized) {
+    return store(randomized_path(k), weight, key, svd_randomized(weight.matrix(), k, policy_.options));
+  }
+  return store(full_path, weight, key, svd_full(weight.matrix(), policy_.backend));
+}
+
+std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path& path, const Tensor& weight,
+                                                    const std::string& key, const Svd& svd) const {
   const int64_t m = weight.rows(), n = weight.cols(), k = svd.rank();
   const Mat ut = svd.u.transpose();  // [k x m]
   const Mat vt = svd.v.transpose();  // [k x n]
@@ -135,6 +177,7 @@ std::shared_ptr<const CachedSvd> FactorCache::svd(const Tensor& weight) {
   h.k = static_cast<uint64_t>(k);
   std::memcpy(h.key, key.data(), kKeyChars);
   h.payload_bytes = payload_bytes(m, n, k);
+  h.norm2 = weight.matrix().cast<double>().squaredNorm();
   XXH3_state_t* state = XXH3_createState();
   XXH3_64bits_reset(state);
   XXH3_64bits_update(state, ut.data(), static_cast<size_t>(ut.size()) * sizeof(float));
@@ -165,7 +208,7 @@ std::shared_ptr<const CachedSvd> FactorCache::svd(const Tensor& weight) {
   }
   ::close(fd);
   std::filesystem::rename(tmp, path);
-  auto stored = try_open(path, weight, key);
+  auto stored = try_open(path, weight, key, k);
   if (!stored) fail("{}: factor cache file unreadable right after writing it", path.string());
   return stored;
 }

@@ -1,5 +1,5 @@
-// The factor cache: every decomposable matrix is factorized once (a full thin SVD) and every rank
-// of every method is then a truncation of it. One file per matrix content, beside the results
+// The factor cache: every decomposable matrix is factorized once (a full thin SVD, or optionally a
+// randomized one of bounded rank) and every rank of every method is then a truncation of it. One file per matrix content, beside the results
 // database, memory-mapped on read; see docs/formats.md ("Factor cache files").
 //
 // Safety: a file is written under a temporary name and renamed into place, so readers see
@@ -23,14 +23,20 @@ namespace rankscope {
 // 128-bit content key of a weight matrix (XXH3-128 over its shape and fp32 values), as 32 hex digits.
 std::string matrix_content_key(const Tensor& weight);
 
-// A full SVD W = U diag(s) V^T stored as U^T [k x m], s [k], V^T [k x n] (row-major), so the
-// rank-r truncation is the first r rows of each: a contiguous prefix of the mapping.
+// A thin SVD W ~ U diag(s) V^T (full: k = min(m, n); randomized: k < min(m, n)) stored as
+// U^T [k x m], s [k], V^T [k x n] (row-major), so the rank-r truncation is the first r rows of
+// each: a contiguous prefix of the mapping.
 class CachedSvd {
  public:
-  CachedSvd(std::shared_ptr<const MappedFile> file, int64_t m, int64_t n, int64_t k, size_t payload_offset);
+  CachedSvd(std::shared_ptr<const MappedFile> file, int64_t m, int64_t n, int64_t k, double norm2,
+            size_t payload_offset);
   int64_t m() const { return m_; }
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
+  bool full() const { return k_ == std::min(m_, n_); }
+  // ||W - U_r S_r V_r^T||_F / ||W||_F of the rank-r truncation (exact for orthonormal factors:
+  // the optimum for a full SVD, the achieved error for a randomized one).
+  double relative_error(int64_t r) const;
   // U_r [m x r], s_r, V_r [n x r] as owned row-major matrices (r <= k).
   Mat u(int64_t r) const;
   Eigen::VectorXf s(int64_t r) const;
@@ -42,16 +48,29 @@ class CachedSvd {
   const float* vt() const;
   std::shared_ptr<const MappedFile> file_;
   int64_t m_, n_, k_;
+  double norm2_;  // ||W||_F^2
   size_t payload_offset_;
+};
+
+// How the cache factorizes a matrix it does not hold yet.
+struct SvdPolicy {
+  SvdBackend backend = SvdBackend::lapack;
+  // Randomized SVD (Halko et al.) of rank K = the next power of two >= max(rank, min_rank)
+  // instead of a full SVD, when K <= min(m, n) / 4; a later request above K computes more.
+  bool randomized = false;
+  int64_t min_rank = 64;
+  RandomizedSvdOptions options;
 };
 
 class FactorCache {
  public:
   // Creates `dir` if needed. Throws Error naming it when it cannot.
-  explicit FactorCache(std::filesystem::path dir, SvdBackend backend = SvdBackend::lapack);
+  explicit FactorCache(std::filesystem::path dir, SvdPolicy policy = {});
 
-  // The full SVD of `weight` [m x n]: from the cache, or computed, stored and mapped.
-  std::shared_ptr<const CachedSvd> svd(const Tensor& weight);
+  // Factors of `weight` [m x n] good for every rank up to `rank` (0: the full SVD): a cached
+  // full SVD, else a cached randomized one with k >= rank, else computed per the policy, stored
+  // and mapped.
+  std::shared_ptr<const CachedSvd> factors(const Tensor& weight, int64_t rank = 0);
 
   const std::filesystem::path& dir() const { return dir_; }
   int64_t hits() const { return hits_; }
@@ -59,9 +78,11 @@ class FactorCache {
 
  private:
   std::shared_ptr<const CachedSvd> try_open(const std::filesystem::path& path, const Tensor& weight,
-                                            const std::string& key) const;
+                                            const std::string& key, int64_t k) const;
+  std::shared_ptr<const CachedSvd> store(const std::filesystem::path& path, const Tensor& weight,
+                                         const std::string& key, const Svd& svd) const;
   std::filesystem::path dir_;
-  SvdBackend backend_;
+  SvdPolicy policy_;
   std::atomic<int64_t> hits_{0};
   std::atomic<int64_t> misses_{0};
 };

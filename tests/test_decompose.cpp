@@ -3,6 +3,7 @@
 #include <regex>
 #include <thread>
 
+#include <Eigen/QR>
 #include <Eigen/SVD>
 
 #include "core/bert.hpp"
@@ -11,6 +12,7 @@
 #include "core/llama.hpp"
 #include "core/size.hpp"
 #include "tests/fixtures.hpp"
+#include "tests/linalg_fixtures.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;
@@ -101,7 +103,7 @@ TEST_CASE("a damaged cache file is never used: it is recomputed", "[decompose][c
   const auto cache_dir = test::scratch_dir("cache_damaged");
   const auto& w = base.weights.layers[0][MatrixKind::gate].weight();
   FactorCache cache(cache_dir);
-  const Mat good_u = cache.svd(w)->u(5);
+  const Mat good_u = cache.factors(w)->u(5);
   const auto file = cache_dir / (matrix_content_key(w) + ".svd");
   REQUIRE(std::filesystem::exists(file));
 
@@ -117,10 +119,10 @@ TEST_CASE("a damaged cache file is never used: it is recomputed", "[decompose][c
     test::write_text(file, "not a factor file");
   }
   FactorCache again(cache_dir);
-  const auto svd = again.svd(w);
+  const auto svd = again.factors(w);
   CHECK(again.misses() == 1);
   CHECK(max_abs_diff(svd->u(5), good_u) == 0.0f);
-  CHECK(FactorCache(cache_dir).svd(w) != nullptr);  // rewritten whole
+  CHECK(FactorCache(cache_dir).factors(w) != nullptr);  // rewritten whole
 }
 
 TEST_CASE("concurrent writers of one key leave one valid file", "[decompose][cache]") {
@@ -134,7 +136,7 @@ TEST_CASE("concurrent writers of one key leave one valid file", "[decompose][cac
   for (size_t i = 0; i < results.size(); ++i) {
     writers.emplace_back([&, i] {
       FactorCache cache(cache_dir);
-      results[i] = cache.svd(w)->v(10);
+      results[i] = cache.factors(w)->v(10);
     });
   }
   for (auto& t : writers) t.join();
@@ -146,7 +148,7 @@ TEST_CASE("concurrent writers of one key leave one valid file", "[decompose][cac
   }
   CHECK(files == 1);
   FactorCache reader(cache_dir);
-  reader.svd(w);
+  reader.factors(w);
   CHECK(reader.hits() == 1);
 }
 
@@ -203,4 +205,38 @@ TEST_CASE("a decomposed BERT checkpoint loads back to the same logits", "[decomp
   const auto loaded = load_model(out);
   const BertInput in{{101, 2009, 1005, 1055, 1037, 11951, 102}, {}, {}};
   CHECK(max_abs_diff(bert_forward(loaded, std::span(&in, 1)).logits, bert_forward(factored, std::span(&in, 1)).logits) == 0.0f);
+}
+
+TEST_CASE("randomized factors serve ranks up to their k, with their error reported", "[decompose][cache]") {
+  // W [1024 x 512] with singular values 0.97^i: a decaying spectrum.
+  const int64_t m = 1024, n = 512;
+  const Eigen::MatrixXd q1 = Eigen::HouseholderQR<Eigen::MatrixXd>(test::random_matrix(m, n, 1).cast<double>()).householderQ() *
+                             Eigen::MatrixXd::Identity(m, n);
+  const Eigen::MatrixXd q2 = Eigen::HouseholderQR<Eigen::MatrixXd>(test::random_matrix(n, n, 2).cast<double>()).householderQ();
+  Eigen::VectorXd s(n);
+  for (int64_t i = 0; i < n; ++i) s[i] = std::pow(0.97, static_cast<double>(i));
+  const Mat w = (q1 * s.asDiagonal() * q2.transpose()).cast<float>();
+  const Tensor weight = Tensor::from_matrix(w);
+  auto optimum = [&](int64_t r) { return std::sqrt(s.tail(n - r).squaredNorm() / s.squaredNorm()); };
+
+  const auto dir = test::scratch_dir("cache_randomized");
+  FactorCache cache(dir, {.randomized = true, .min_rank = 16});
+  const auto a = cache.factors(weight, 20);
+  CHECK(a->k() == 32);
+  CHECK_FALSE(a->full());
+  CHECK(std::filesystem::exists(dir / (matrix_content_key(weight) + ".r32.svd")));
+  CHECK(a->relative_error(20) <= 1.01 * optimum(20));
+  CHECK(a->relative_error(20) >= optimum(20) * (1 - 1e-4));
+
+  const auto b = cache.factors(weight, 30);  // within k: a hit
+  CHECK(cache.hits() == 1);
+  CHECK(b->k() == 32);
+  const auto c = cache.factors(weight, 100);  // above k: a larger randomized SVD
+  CHECK(cache.misses() == 2);
+  CHECK(c->k() == 128);
+  CHECK(c->relative_error(100) <= 1.01 * optimum(100));
+  const auto full = cache.factors(weight);  // rank 0: the full SVD
+  CHECK(full->full());
+  CHECK(std::abs(full->relative_error(100) - optimum(100)) <= 1e-4 * optimum(100));
+  CHECK(cache.factors(weight, 20)->full());  // the full SVD now serves every rank
 }
