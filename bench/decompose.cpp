@@ -9,19 +9,25 @@
 // Medians of --reps runs, except that a measurement whose first run takes over 30 s is run once
 // (the output says which).
 //
-//   build/bench/decompose [--quick] [--reps N]     (--quick: 2048x2048 and 2048x5504)
+//   build/bench/decompose [--quick] [--reps N] [--cache-only]   (--quick: 2048x2048 and 2048x5504)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <random>
 #include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
+#include "core/decompose.hpp"
+#include "core/factor_cache.hpp"
 #include "core/gemm.hpp"
 #include "core/linalg.hpp"
 
@@ -93,13 +99,43 @@ std::string load_average() {
 
 const char* backend_name(SvdBackend b) { return b == SvdBackend::lapack ? "LAPACK sgesdd" : "Eigen BDCSVD"; }
 
+// 5. The factor cache: the first request of a matrix factorizes it and writes the file; every
+// later one (another rank, another process) maps the file, verifies its checksum and truncates.
+void bench_cache(int64_t hidden, int reps) {
+  constexpr int64_t kRank = 256;
+  fmt::print("5. factor cache, {0} x {0} matrix, rank {1} (tucker factors)\n", hidden, kRank);
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("rankscope-bench-cache-{}", ::getpid());
+  std::filesystem::remove_all(dir);
+  Mat w(hidden, hidden);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < w.size(); ++i) w.data()[i] = dist(rng);
+  const Tensor weight = Tensor::from_matrix(w);
+  Linear lin;
+  const Timing miss = measure(1, [&] {
+    FactorCache cache(dir);
+    lin = factored_linear(*cache.factors(weight, kRank), kRank, Method::tucker);
+  });
+  const Timing hit = measure(std::max(reps, 5), [&] {
+    FactorCache cache(dir);  // a fresh cache object, as another process would have
+    lin = factored_linear(*cache.factors(weight, kRank), kRank, Method::tucker);
+  });
+  fmt::print("   factorize + write (baseline, cache miss)  {:>8.3f} s ({})\n", miss.seconds, miss.runs_text());
+  fmt::print("   map + verify + truncate (cache hit)       {:>8.3f} s ({})\n", hit.seconds, hit.runs_text());
+  fmt::print("   speed-up from the cache: {:.0f}x; file {:.0f} MB\n\n", miss.seconds / hit.seconds,
+             static_cast<double>(std::filesystem::file_size(dir / (matrix_content_key(weight) + ".svd"))) / 1e6);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int reps = 3;
   bool quick = false;
+  bool cache_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--cache-only") == 0) cache_only = true;
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::max(1, std::stoi(argv[++i]));
   }
   const int64_t hidden = quick ? 2048 : 4096;
@@ -108,6 +144,11 @@ int main(int argc, char** argv) {
   const auto bench_start = std::chrono::steady_clock::now();
   fmt::print("machine: {} cores, {} BLAS/OpenMP threads; fp32; medians of up to {} runs{}; load average {}\n\n",
              std::thread::hardware_concurrency(), num_threads(), reps, quick ? " (--quick sizes)" : "", load_average());
+
+  if (cache_only) {
+    bench_cache(hidden, reps);
+    return 0;
+  }
 
   // 1. Full thin SVD: LAPACK against Eigen's BDCSVD (the baseline).
   fmt::print("1. full thin SVD, random matrix           {:>22} {:>22} {:>9} {:>12}\n", "LAPACK sgesdd",
@@ -212,6 +253,7 @@ int main(int argc, char** argv) {
              tc.seconds, tc.runs_text(), cached.iterations, cached.rel_error);
   fmt::print("   speed-up from the cache: {:.1f}x\n\n", ts.seconds / tc.seconds);
 
+  bench_cache(hidden, reps);
   fmt::print("total {:.0f} s; load average {}\n", seconds_since(bench_start), load_average());
   return 0;
 }

@@ -28,7 +28,7 @@ enum class SvdBackend { lapack, eigen };
 Svd svd_full(const Mat& w, SvdBackend backend = SvdBackend::lapack);
 
 struct RandomizedSvdOptions {
-  int64_t oversample = 10;
+  int64_t oversample = 40;  // 10 gives 1.0156x the optimal error on a 0.99^i spectrum at rank 128; 40 gives 1.0016x
   int power_iterations = 2;
   uint64_t seed = 0;
 };
