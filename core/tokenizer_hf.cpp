@@ -27,6 +27,7 @@
 
 #include "core/error.hpp"
 #include "core/tokenizer.hpp"
+#include "core/tokenizer_common.hpp"
 #include "core/unicode.hpp"
 
 namespace rankscope {
@@ -43,25 +44,9 @@ constexpr size_t kDefaultMaxCharsPerWord = 100;
 constexpr std::string_view kDefaultWordPiecePrefix = "##";
 constexpr size_t kByteCount = 256;
 
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
-};
-using VocabMap = std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>>;
-
-std::optional<TokenId> find_id(const VocabMap& vocab, std::string_view token) {
-  const auto it = vocab.find(token);
-  if (it == vocab.end()) return std::nullopt;
-  return it->second;
-}
-
-std::string read_whole_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail("{}: no such file", path.string());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open for reading", path.string());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using tokenizer_detail::find_id;
+using tokenizer_detail::read_whole_file;
+using tokenizer_detail::VocabMap;
 
 Json parse_json_file(const std::filesystem::path& path) {
   const std::string content = read_whole_file(path);
@@ -939,36 +924,7 @@ class WordPieceModel final : public SubwordModel {
   std::string kind() const override { return "wordpiece"; }
 
   void tokenize(std::string_view word, std::vector<TokenId>& out) const override {
-    std::vector<size_t> char_starts;
-    for (size_t pos = 0; pos < word.size(); pos += unicode::decode_utf8(word, pos).length) {
-      char_starts.push_back(pos);
-    }
-    if (char_starts.size() > max_chars_) {
-      out.push_back(unk_id_);
-      return;
-    }
-    char_starts.push_back(word.size());
-    const size_t n_chars = char_starts.size() - 1;
-    const size_t first_new = out.size();
-    std::string candidate;
-    size_t start = 0;
-    while (start < n_chars) {
-      std::optional<TokenId> match;
-      size_t end = n_chars;
-      for (; end > start; --end) {
-        candidate.assign(start > 0 ? prefix_ : "");
-        candidate.append(word.substr(char_starts[start], char_starts[end] - char_starts[start]));
-        match = find_id(vocab_, candidate);
-        if (match) break;
-      }
-      if (!match) {
-        out.resize(first_new);
-        out.push_back(unk_id_);
-        return;
-      }
-      out.push_back(*match);
-      start = end;
-    }
+    tokenizer_detail::wordpiece_encode(word, prefix_, max_chars_, vocab_, unk_id_, out);
   }
 
  private:

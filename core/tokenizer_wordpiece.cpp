@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "core/tokenizer.hpp"
+#include "core/tokenizer_common.hpp"
 #include "core/unicode.hpp"
 
 namespace rankscope {
@@ -28,19 +29,9 @@ constexpr std::string_view kSepToken = "[SEP]";
 constexpr std::string_view kPadToken = "[PAD]";
 constexpr std::string_view kMaskToken = "[MASK]";
 
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
-};
-using VocabMap = std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>>;
-
-std::string read_whole_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail("{}: no such file", path.string());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open for reading", path.string());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using tokenizer_detail::find_id;
+using tokenizer_detail::read_whole_file;
+using tokenizer_detail::VocabMap;
 
 // One line per token, id = line number. A trailing newline does not start another token.
 std::vector<std::string> parse_vocab_lines(const std::filesystem::path& path,
@@ -149,11 +140,7 @@ class WordPieceTokenizer final : public Tokenizer {
   }
 
  private:
-  std::optional<TokenId> lookup(std::string_view token) const {
-    const auto it = vocab_.find(token);
-    if (it == vocab_.end()) return std::nullopt;
-    return it->second;
-  }
+  std::optional<TokenId> lookup(std::string_view token) const { return find_id(vocab_, token); }
 
   std::optional<std::string_view> special_at(std::string_view text, size_t pos) const {
     if (text[pos] != '[') return std::nullopt;
@@ -240,41 +227,9 @@ class WordPieceTokenizer final : public Tokenizer {
     return words;
   }
 
-  // Greedy longest-match-first; a word with any unmatchable remainder becomes one [UNK].
   void encode_word(std::u32string_view word, std::vector<TokenId>& ids) const {
-    if (word.size() > kMaxCharsPerWord) {
-      ids.push_back(*special_.unk);
-      return;
-    }
-    const std::string utf8 = unicode::to_utf8(word);
-    std::vector<size_t> char_starts;
-    for (size_t pos = 0; pos < utf8.size(); pos += unicode::decode_utf8(utf8, pos).length) {
-      char_starts.push_back(pos);
-    }
-    char_starts.push_back(utf8.size());
-
-    const size_t first_new = ids.size();
-    std::string candidate;
-    size_t start = 0;
-    const size_t n_chars = char_starts.size() - 1;
-    while (start < n_chars) {
-      std::optional<TokenId> match;
-      size_t end = n_chars;
-      for (; end > start; --end) {
-        candidate.clear();
-        if (start > 0) candidate += kContinuationPrefix;
-        candidate.append(utf8, char_starts[start], char_starts[end] - char_starts[start]);
-        match = lookup(candidate);
-        if (match) break;
-      }
-      if (!match) {
-        ids.resize(first_new);
-        ids.push_back(*special_.unk);
-        return;
-      }
-      ids.push_back(*match);
-      start = end;
-    }
+    tokenizer_detail::wordpiece_encode(unicode::to_utf8(word), kContinuationPrefix, kMaxCharsPerWord, vocab_,
+                                       *special_.unk, ids);
   }
 
   std::filesystem::path source_;
