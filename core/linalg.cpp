@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <limits>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
