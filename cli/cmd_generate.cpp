@@ -36,23 +36,15 @@ int run_generate(const Params& params) {
   std::vector<TokenId> all(text_ids);
   std::string printed = tok.decode(all);
   const auto start = std::chrono::steady_clock::now();
-  std::vector<KvCache> cache(1);
-  std::vector<std::vector<TokenId>> step = {prompt};
-  int64_t n_generated = 0;
-  for (; n_generated < params.tokens; ++n_generated) {
-    if (cache[0].n_past + static_cast<int64_t>(step[0].size()) > model.config.n_ctx_train) break;
-    const Mat logits = llama_forward(model, step, cache, {.last_logits_only = true});
-    Eigen::Index next = 0;
-    logits.row(0).maxCoeff(&next);
-    if (!params.ignore_eos && model.config.eos_token_id && next == *model.config.eos_token_id) break;
-    all.push_back(static_cast<TokenId>(next));
+  const auto generated = llama_generate_greedy(model, prompt, params.tokens, !params.ignore_eos, [&](TokenId next) {
+    all.push_back(next);
     const std::string text = tok.decode(all);
     if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
       std::cout << text.substr(printed.size()) << std::flush;
     }
     printed = text;
-    step[0] = {static_cast<TokenId>(next)};
-  }
+  });
+  const auto n_generated = static_cast<int64_t>(generated.size());
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << "\n";
   std::cerr << fmt::format("[{} prompt tokens, {} generated in {:.3f} s: {:.1f} tokens/s]\n", prompt.size(),

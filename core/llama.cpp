@@ -164,7 +164,8 @@ Mat llama_forward(const Model& model, std::span<const std::vector<TokenId>> sequ
 }
 
 std::vector<TokenId> llama_generate_greedy(const Model& model, const std::vector<TokenId>& prompt,
-                                           int64_t n_new, bool stop_at_eos) {
+                                           int64_t n_new, bool stop_at_eos,
+                                           const std::function<void(TokenId)>& on_token) {
   std::vector<TokenId> generated;
   std::vector<KvCache> cache(1);
   std::vector<std::vector<TokenId>> step = {prompt};
@@ -174,8 +175,9 @@ std::vector<TokenId> llama_generate_greedy(const Model& model, const std::vector
     const Mat logits = llama_forward(model, step, cache, {.last_logits_only = true});
     Eigen::Index next = 0;
     logits.row(0).maxCoeff(&next);
-    generated.push_back(static_cast<TokenId>(next));
     if (stop_at_eos && eos && next == *eos) break;
+    generated.push_back(static_cast<TokenId>(next));
+    if (on_token) on_token(static_cast<TokenId>(next));
     step[0] = {static_cast<TokenId>(next)};
   }
   return generated;

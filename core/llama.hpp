@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -31,9 +32,11 @@ struct LlamaOptions {
 Mat llama_forward(const Model& model, std::span<const std::vector<TokenId>> sequences,
                   std::span<KvCache> caches = {}, const LlamaOptions& options = {});
 
-// Greedy decoding: appends up to `n_new` argmax tokens to `prompt` (stopping after EOS when
-// stop_at_eos) and returns the new tokens.
+// Greedy decoding with the KV cache: up to `n_new` argmax tokens after `prompt`, stopping before
+// EOS when stop_at_eos and at the model's context length. `on_token` (optional) sees each new
+// token as it is produced. Returns the new tokens.
 std::vector<TokenId> llama_generate_greedy(const Model& model, const std::vector<TokenId>& prompt,
-                                           int64_t n_new, bool stop_at_eos = true);
+                                           int64_t n_new, bool stop_at_eos = true,
+                                           const std::function<void(TokenId)>& on_token = {});
 
 }  // namespace rankscope
