@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 #include "core/linalg.hpp"
 #include "core/safetensors.hpp"
 
@@ -59,18 +60,6 @@ DType storage_dtype(const std::string& torch_dtype) {
   if (torch_dtype == "float16") return DType::f16;
   if (torch_dtype == "bfloat16") return DType::bf16;
   return DType::f32;
-}
-
-nlohmann::json read_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open", path.string());
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  try {
-    return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed JSON: {}", path.string(), e.what());
-  }
 }
 
 }  // namespace

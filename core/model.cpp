@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 #include "core/safetensors.hpp"
 
 namespace rankscope {
@@ -33,16 +34,7 @@ struct Checkpoint {
 };
 
 Checkpoint open_sharded(const std::filesystem::path& index_path) {
-  std::ifstream in(index_path);
-  if (!in) fail("{}: cannot open", index_path.string());
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed JSON: {}", index_path.string(), e.what());
-  }
+  const nlohmann::json index = read_json_file(index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     fail("{}: no 'weight_map' object", index_path.string());
   }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 
 namespace rankscope {
 
@@ -101,16 +102,8 @@ void read_rope(const Reader& r, ModelConfig& c) {
 ModelConfig read_model_config(const std::filesystem::path& path) {
   const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
   const std::string where = file.string();
-  std::ifstream in(file);
-  if (!in) fail("{}: cannot open (a model is a directory with config.json)", where);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(buffer.str());
-  } catch (const json::exception& e) {
-    fail("{}: malformed JSON: {}", where, e.what());
-  }
+  if (!std::filesystem::is_regular_file(file)) fail("{}: cannot open (a model is a directory with config.json)", where);
+  const json j = read_json_file(file);
   if (!j.is_object()) fail("{}: not a JSON object", where);
 
   ModelConfig c;

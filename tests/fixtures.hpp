@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_file.hpp"
 #include "core/safetensors.hpp"
 
 namespace rankscope::test {
@@ -28,8 +29,7 @@ inline std::vector<NamedTensor> read_all_tensors(const std::filesystem::path& mo
   if (std::filesystem::exists(model_dir / "model.safetensors")) {
     files.push_back(model_dir / "model.safetensors");
   } else {
-    std::ifstream in(model_dir / "model.safetensors.index.json");
-    const auto index = nlohmann::json::parse(in);
+    const auto index = read_json_file(model_dir / "model.safetensors.index.json");
     std::set<std::string> shards;
     for (const auto& [name, shard] : index["weight_map"].items()) shards.insert(shard.get<std::string>());
     for (const auto& s : shards) files.push_back(model_dir / s);
@@ -42,10 +42,7 @@ inline std::vector<NamedTensor> read_all_tensors(const std::filesystem::path& mo
   return out;
 }
 
-inline nlohmann::json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
+inline nlohmann::json read_json(const std::filesystem::path& path) { return read_json_file(path); }
 
 inline void write_text(const std::filesystem::path& path, const std::string& text) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
