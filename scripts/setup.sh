@@ -16,6 +16,7 @@ PACKAGES=(
   libfmt-dev
   catch2                      # tests (Catch2 v2)
   libsqlite3-dev              # results store
+  libbz2-dev                  # llama.cpp's HellaSwag text ships as .bz2
 )
 
 missing=()
