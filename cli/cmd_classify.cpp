@@ -21,26 +21,9 @@ int run_classify(const Params& params) {
   }
   if (!model.has_weights) fail("{}: no weights (shapes-only config.json); cannot classify", params.model);
   const auto& tok = model.require_tokenizer();
-  const auto& sp = tok.special();
-  if (!sp.cls || !sp.sep) fail("{}: tokenizer has no [CLS]/[SEP] tokens", tok.source().string());
-
-  // [CLS] a [SEP] (b [SEP]), token type 0 for the first segment and 1 for the second.
-  BertInput in;
-  auto append = [&](const std::string& text, TokenId type) {
-    for (auto id : tok.encode(text)) {
-      in.ids.push_back(id);
-      in.type_ids.push_back(type);
-    }
-    in.ids.push_back(*sp.sep);
-    in.type_ids.push_back(type);
-  };
-  in.ids.push_back(*sp.cls);
-  in.type_ids.push_back(0);
-  append(params.text, 0);
-  if (!params.text_pair.empty()) append(params.text_pair, 1);
-  if (static_cast<int64_t>(in.ids.size()) > c.n_ctx_train) {
-    fail("text is {} tokens, longer than the model's {} positions", in.ids.size(), c.n_ctx_train);
-  }
+  // Texts longer than the model's positions are cut (longest segment first), as transformers'
+  // pipelines do with truncation=True.
+  const BertInput in = bert_encode(tok, params.text, params.text_pair, c.n_ctx_train);
   const auto out = bert_forward(model, std::span(&in, 1));
   const auto logits = out.logits.row(0);
   const Eigen::RowVectorXf p = (logits.array() - logits.maxCoeff()).exp();

@@ -9,17 +9,22 @@
 
 namespace rankscope::cli {
 
+SvdPolicy svd_policy(const std::string& backend) {
+  SvdPolicy policy;
+  if (backend == "eigen") {
+    policy.backend = SvdBackend::eigen;
+  } else if (backend == "randomized") {
+    policy.randomized = true;
+  } else if (backend != "lapack") {
+    fail("--svd-backend: unknown backend '{}' (lapack, eigen or randomized)", backend);
+  }
+  return policy;
+}
+
 int run_decompose(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.out.empty()) throw Error("--out DIR is required");
-  SvdPolicy policy;
-  if (params.svd_backend == "eigen") {
-    policy.backend = SvdBackend::eigen;
-  } else if (params.svd_backend == "randomized") {
-    policy.randomized = true;
-  } else if (params.svd_backend != "lapack") {
-    fail("--svd-backend: unknown backend '{}' (lapack, eigen or randomized)", params.svd_backend);
-  }
+  const SvdPolicy policy = svd_policy(params.svd_backend);
   set_num_threads(params.threads);
   const Model base = load_model(params.model);
   if (!base.has_weights) fail("{}: no weights (shapes-only config.json); cannot decompose", params.model);

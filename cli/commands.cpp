@@ -19,6 +19,10 @@ const std::vector<Command>& commands() {
        run_space},
       {"decompose", "decompose a model by a configuration and write the checkpoint",
        "MODEL --config STR --out DIR [--dense] [--cache-dir DIR]", run_decompose},
+      {"eval", "evaluate a model (optionally decomposed by --config) on benchmark tasks, perplexity, fidelity, size and latency",
+       "MODEL [--config STR] --tasks T1,T2 [--limit N] [--num-fewshot K] [--seed S] [--ctx N] "
+       "[--ppl-protocol llamacpp|chunks|rolling] [--text FILE] [--json]",
+       run_eval},
   };
   return table;
 }

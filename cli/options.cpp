@@ -32,7 +32,7 @@ OptionDef flag(std::string name, bool Params::*field, std::set<std::string> comm
   return def;
 }
 
-const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward", "config", "space", "decompose"};
+const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward", "config", "space", "decompose", "eval"};
 
 }  // namespace
 
@@ -40,18 +40,18 @@ const std::vector<OptionDef>& option_defs() {
   static const std::vector<OptionDef> defs = {
       opt("model", &Params::model, kModelCommands,
           "model directory (config.json + safetensors) or a config.json for shapes only; also the first positional argument"),
-      opt("threads", &Params::threads, {"generate", "classify", "forward", "decompose"}, "threads for BLAS and OpenMP (0 = all cores)"),
-      flag("json", &Params::json, {"info"}, "print JSON instead of a table"),
+      opt("threads", &Params::threads, {"generate", "classify", "forward", "decompose", "eval"}, "threads for BLAS and OpenMP (0 = all cores)"),
+      flag("json", &Params::json, {"info", "eval"}, "print JSON instead of a table"),
       opt("prompt", &Params::prompt, {"generate"}, "prompt text (empty: start from BOS alone)"),
       opt("tokens", &Params::tokens, {"generate"}, "number of tokens to generate (greedy)"),
       flag("ignore-eos", &Params::ignore_eos, {"generate"}, "keep generating after the end-of-sequence token"),
-      opt("text", &Params::text, {"classify"}, "text to classify"),
+      opt("text", &Params::text, {"classify", "eval"}, "classify: text to classify; eval: a text file to score perplexity on (metric FILESTEM.ppl)"),
       opt("text-pair", &Params::text_pair, {"classify"}, "second segment for sentence-pair tasks (token type 1)"),
       opt("ids", &Params::ids, {"forward"}, "comma-separated token ids, e.g. 1,403,407 (no special tokens are added)"),
       opt("type-ids", &Params::type_ids, {"forward"}, "comma-separated token type ids (BERT; default all 0)"),
       opt("out", &Params::out, {"forward", "decompose"}, "output: .npy file (forward), checkpoint directory (decompose)"),
       flag("hidden", &Params::hidden, {"forward"}, "BERT: write the last hidden states [T, hidden] instead of the head's logits"),
-      opt("config", &Params::config, {"info", "decompose"},
+      opt("config", &Params::config, {"info", "decompose", "eval"},
           "configuration string, e.g. \"L2,17,31:all=1\" or \"L0-15:q,k=64;L16-31:mlp=25%@svd\" (docs/config-strings.md)"),
       opt("canonical", &Params::canonical, {"config"}, "configuration string to print in canonical form"),
       opt("space", &Params::space, {"space"}, "design space: paper | per-matrix | grouped"),
@@ -61,11 +61,32 @@ const std::vector<OptionDef>& option_defs() {
       opt("method", &Params::method, {"space"}, "decomposition method of the space's points: tucker | svd"),
       opt("list", &Params::list, {"space"}, "print the first N points in index order"),
       opt("sample", &Params::sample, {"space"}, "print N points drawn uniformly (with --seed)"),
-      opt("seed", &Params::seed, {"space"}, "random seed for --sample"),
+      opt("seed", &Params::seed, {"space", "eval"}, "random seed: --sample (space), few-shot draws (eval)"),
       opt("index", &Params::index, {"space"}, "print the point at this index (a decimal integer of any size)"),
       flag("dense", &Params::dense, {"decompose"}, "write reconstructed dense weights (an ordinary Hugging Face checkpoint)"),
-      opt("cache-dir", &Params::cache_dir, {"decompose"}, "factor cache directory (full SVDs, reused across runs)"),
-      opt("svd-backend", &Params::svd_backend, {"decompose"}, "factorization: lapack | eigen (full SVD), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
+      opt("cache-dir", &Params::cache_dir, {"decompose", "eval"}, "cache directory: full SVDs (factor cache) and the base model's outputs for fidelity, reused across runs"),
+      opt("svd-backend", &Params::svd_backend, {"decompose", "eval"}, "factorization: lapack | eigen (full SVD), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
+      opt("tasks", &Params::tasks, {"eval"},
+          "comma-separated tasks: arc_easy, arc_challenge, hellaswag, winogrande, piqa, boolq, openbookqa, mmlu, truthfulqa_mc1, "
+          "truthfulqa_mc2, lambada_openai, sst2, mrpc, wikitext2, tinystories, size, latency, fidelity, or a path to a .jsonl task "
+          "(docs/tasks.md)"),
+      opt("limit", &Params::limit, {"eval"},
+          "first N documents of each task in file order (MMLU: per subject); perplexity and fidelity: first N windows (-1 = all)"),
+      opt("num-fewshot", &Params::num_fewshot, {"eval"}, "few-shot examples per prompt (drawn with --seed; MMLU: the first k of dev)"),
+      opt("ctx", &Params::ctx, {"eval"}, "perplexity/fidelity window in text tokens (0 = the protocol's default, see docs/evaluation.md)"),
+      opt("ppl-protocol", &Params::ppl_protocol, {"eval"},
+          "perplexity protocol for every perplexity task: llamacpp | chunks | rolling (default: per task, docs/tasks.md)"),
+      opt("name", &Params::name, {"eval"}, "task name of the --text perplexity (default: the file's stem)"),
+      flag("bos", &Params::bos, {"eval"}, "prepend BOS to every multiple-choice context (lm-eval 0.4.0 adds none)"),
+      opt("data-dir", &Params::data_dir, {"eval"}, "directory of the benchmark data (the layout of ../shared/data)"),
+      opt("batch-size", &Params::batch_size, {"eval"}, "examples prefilled together (multiple choice) / sequences per pass (classification)"),
+      flag("no-context-reuse", &Params::no_context_reuse, {"eval"},
+           "score every choice from scratch instead of reusing the context's attention cache (same numbers, slower)"),
+      opt("latency-batch", &Params::latency_batch, {"eval"}, "latency task: sequences per forward pass"),
+      opt("latency-tokens", &Params::latency_tokens, {"eval"}, "latency task: tokens per sequence"),
+      opt("latency-reps", &Params::latency_reps, {"eval"}, "latency task: timed passes (median reported, after 2 warm-up passes)"),
+      opt("fidelity-text", &Params::fidelity_text, {"eval"},
+          "fidelity task: text file the base and configured models are compared on (default: WikiText-2 raw test)"),
   };
   return defs;
 }

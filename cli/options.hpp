@@ -47,6 +47,21 @@ struct Params {
   bool dense = false;
   std::string cache_dir = "rankscope-cache";
   std::string svd_backend = "lapack";
+  // eval
+  std::string tasks;
+  int64_t limit = -1;
+  int64_t num_fewshot = 0;
+  int64_t ctx = 0;
+  std::string ppl_protocol;
+  std::string name;
+  bool bos = false;
+  std::string data_dir = "../shared/data";
+  int64_t batch_size = 8;
+  bool no_context_reuse = false;
+  int64_t latency_batch = 1;
+  int64_t latency_tokens = 128;
+  int64_t latency_reps = 10;
+  std::string fidelity_text;
 };
 
 struct OptionDef {

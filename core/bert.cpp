@@ -131,4 +131,32 @@ BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, co
   return out;
 }
 
+BertInput bert_encode(const Tokenizer& tokenizer, std::string_view a, std::string_view b, int64_t max_len) {
+  const auto& sp = tokenizer.special();
+  if (!sp.cls || !sp.sep) fail("{}: tokenizer has no [CLS]/[SEP] tokens", tokenizer.source().string());
+  auto ids_a = tokenizer.encode(a);
+  std::vector<TokenId> ids_b;
+  const bool pair = !b.empty();
+  if (pair) ids_b = tokenizer.encode(b);
+  const int64_t specials = pair ? 3 : 2;
+  while (static_cast<int64_t>(ids_a.size() + ids_b.size()) + specials > max_len && !(ids_a.empty() && ids_b.empty())) {
+    if (ids_a.size() > ids_b.size()) {
+      ids_a.pop_back();
+    } else {
+      ids_b.pop_back();
+    }
+  }
+  BertInput in;
+  in.ids.push_back(*sp.cls);
+  in.ids.insert(in.ids.end(), ids_a.begin(), ids_a.end());
+  in.ids.push_back(*sp.sep);
+  in.type_ids.assign(in.ids.size(), 0);
+  if (pair) {
+    in.ids.insert(in.ids.end(), ids_b.begin(), ids_b.end());
+    in.ids.push_back(*sp.sep);
+    in.type_ids.resize(in.ids.size(), 1);
+  }
+  return in;
+}
+
 }  // namespace rankscope

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "core/model.hpp"
@@ -23,6 +24,11 @@ struct BertOutput {
   Mat pooled;  // [n_sequences x n_embd] pooler output (empty when the checkpoint has no pooler)
   Mat logits;  // classifier: [n_sequences x n_labels]; masked LM: [sum of lengths x n_vocab]
 };
+
+// [CLS] a [SEP] (b [SEP]) with token types 0 / 1, as BERT tokenizers encode a sentence (pair).
+// Longer than `max_len`: tokens are cut from the end of the longer segment first (Hugging Face's
+// "longest_first"). Throws Error when the tokenizer has no [CLS]/[SEP].
+BertInput bert_encode(const Tokenizer& tokenizer, std::string_view a, std::string_view b, int64_t max_len);
 
 BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, const Hook* hook = nullptr);
 

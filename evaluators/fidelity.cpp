@@ -1,1 +1,365 @@
-// (in progress)
+#include "evaluators/fidelity.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "core/error.hpp"
+#include "core/llama.hpp"
+#include "core/mapped_file.hpp"
+#include "core/model_hash.hpp"
+
+namespace rankscope {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---- the cache file: cache_dir/fidelity/<key>.f32 ---------------------------------------------
+// [header, 128 bytes][float32 log-softmax rows, n_tokens x n_vocab][float64 NLL, n_tokens]
+// [int32 argmax, n_tokens]; little-endian (the host's). The checksum covers the payload.
+
+constexpr char kMagic[8] = {'R', 'S', 'F', 'I', 'D', 'L', '0', '1'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kHeaderBytes = 128;
+constexpr size_t kKeyChars = 32;
+
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t reserved;
+  uint64_t n_tokens, n_vocab, ctx;
+  int64_t max_windows;
+  char key[kKeyChars];
+  uint64_t payload_bytes;
+  uint64_t checksum;  // XXH3-64 of the payload
+};
+static_assert(sizeof(Header) <= kHeaderBytes);
+
+uint64_t payload_bytes(int64_t n_tokens, int64_t n_vocab) {
+  return static_cast<uint64_t>(n_tokens) *
+         (static_cast<uint64_t>(n_vocab) * sizeof(float) + sizeof(double) + sizeof(int32_t));
+}
+
+void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("{}: write failed: {}", path.string(), std::strerror(errno));
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+// What a valid cache file holds, memory-mapped.
+struct CachedBase {
+  std::shared_ptr<const MappedFile> file;
+  const float* rows = nullptr;  // [n_tokens x n_vocab]
+  std::vector<double> nll;
+  std::vector<int32_t> argmax;
+};
+
+// The cache file at `path` if it exists and validates against the expected shape and key;
+// null otherwise (`existed` says whether there was a file at all).
+std::unique_ptr<CachedBase> try_open(const std::filesystem::path& path, const std::string& key, int64_t n_tokens,
+                                     int64_t n_vocab, int64_t ctx, int64_t max_windows, bool& existed) {
+  existed = std::filesystem::exists(path);
+  if (!existed) return nullptr;
+  std::shared_ptr<const MappedFile> file;
+  try {
+    file = MappedFile::open(path);
+  } catch (const Error&) {
+    return nullptr;
+  }
+  const auto bytes = file->bytes();
+  if (bytes.size() < kHeaderBytes) return nullptr;
+  Header h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  const uint64_t payload = payload_bytes(n_tokens, n_vocab);
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion ||
+      h.n_tokens != static_cast<uint64_t>(n_tokens) || h.n_vocab != static_cast<uint64_t>(n_vocab) ||
+      h.ctx != static_cast<uint64_t>(ctx) || h.max_windows != max_windows ||
+      std::string_view(h.key, kKeyChars) != key || h.payload_bytes != payload ||
+      bytes.size() != kHeaderBytes + payload) {
+    return nullptr;
+  }
+  if (XXH3_64bits(bytes.data() + kHeaderBytes, payload) != h.checksum) return nullptr;
+  auto c = std::make_unique<CachedBase>();
+  const std::byte* p = bytes.data() + kHeaderBytes;
+  c->rows = reinterpret_cast<const float*>(p);
+  p += static_cast<size_t>(n_tokens * n_vocab) * sizeof(float);
+  c->nll.resize(static_cast<size_t>(n_tokens));
+  std::memcpy(c->nll.data(), p, c->nll.size() * sizeof(double));  // not 8-byte aligned in general
+  p += c->nll.size() * sizeof(double);
+  c->argmax.resize(static_cast<size_t>(n_tokens));
+  std::memcpy(c->argmax.data(), p, c->argmax.size() * sizeof(int32_t));
+  c->file = std::move(file);
+  return c;
+}
+
+// A cache file being written: a unique temporary name, renamed into place by commit().
+class CacheWriter {
+ public:
+  CacheWriter(std::filesystem::path path, const Header& header) : path_(std::move(path)), header_(header) {
+    std::random_device rd;
+    tmp_ = path_.parent_path() / fmt::format("{}.tmp.{}.{:x}", path_.filename().string(), ::getpid(), rd());
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("{}: cannot create: {}", tmp_.string(), std::strerror(errno));
+    state_ = XXH3_createState();
+    XXH3_64bits_reset(state_);
+    const char zeros[kHeaderBytes] = {};
+    write_all(fd_, zeros, kHeaderBytes, tmp_);  // the real header goes in last
+  }
+  ~CacheWriter() {
+    if (state_) XXH3_freeState(state_);
+    if (fd_ >= 0) {
+      ::close(fd_);
+      std::error_code ec;
+      std::filesystem::remove(tmp_, ec);
+    }
+  }
+  CacheWriter(const CacheWriter&) = delete;
+  CacheWriter& operator=(const CacheWriter&) = delete;
+
+  void write(const void* data, size_t size) {
+    XXH3_64bits_update(state_, data, size);
+    write_all(fd_, data, size, tmp_);
+  }
+  void commit() {
+    header_.checksum = XXH3_64bits_digest(state_);
+    char header[kHeaderBytes] = {};
+    std::memcpy(header, &header_, sizeof header_);
+    if (::lseek(fd_, 0, SEEK_SET) != 0) fail("{}: seek failed: {}", tmp_.string(), std::strerror(errno));
+    write_all(fd_, header, kHeaderBytes, tmp_);
+    // No fsync: a killed process cannot leave a partial file under the final name (the rename comes
+    // after the last write), and a file whose data did not reach the disk fails its checksum.
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      fail("{}: close failed: {}", tmp_.string(), std::strerror(errno));
+    }
+    fd_ = -1;
+    std::error_code ec;
+    std::filesystem::rename(tmp_, path_, ec);
+    if (ec) {
+      std::filesystem::remove(tmp_, ec);
+      fail("{}: cannot rename the fidelity cache file into place: {}", path_.string(), ec.message());
+    }
+  }
+
+ private:
+  std::filesystem::path path_, tmp_;
+  Header header_;
+  int fd_ = -1;
+  XXH3_state_t* state_ = nullptr;
+};
+
+// Log-softmax of one logit row in float64: returns (max, log sum exp(x - max)).
+struct Lse {
+  double max, log_sum;
+};
+Lse log_sum_exp(const float* x, int64_t n) {
+  double max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, static_cast<double>(x[i]));
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - max);
+  return {max, std::log(sum)};
+}
+
+int32_t argmax_of(const float* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return static_cast<int32_t>(best);
+}
+
+}  // namespace
+
+FidelityResult fidelity(const Model& base, const Model& candidate, const std::vector<TokenId>& ids,
+                        const FidelityOptions& options) {
+  const auto& c = base.config;
+  if (c.arch != Arch::llama) fail("{}: fidelity needs a causal LM, not {}", base.dir.string(), c.architecture);
+  if (candidate.config.arch != Arch::llama) {
+    fail("{}: fidelity needs a causal LM, not {}", candidate.dir.string(), candidate.config.architecture);
+  }
+  if (candidate.config.n_vocab != c.n_vocab) {
+    fail("the candidate's vocabulary ({}) is not the base model's ({})", candidate.config.n_vocab, c.n_vocab);
+  }
+  if (!c.bos_token_id) fail("{}: fidelity windows need a BOS token and config.json names none", base.dir.string());
+  const int64_t ctx = options.ctx;
+  if (ctx < 1 || ctx + 1 > std::min(c.n_ctx_train, candidate.config.n_ctx_train)) {
+    fail("window of {} tokens (+ BOS) does not fit the model's {} positions", ctx,
+         std::min(c.n_ctx_train, candidate.config.n_ctx_train));
+  }
+  if (options.windows_per_batch < 1) fail("windows per batch must be at least 1, not {}", options.windows_per_batch);
+  if (options.max_windows == 0 || options.max_windows < -1) {
+    fail("the fidelity limit must be a positive number of windows, not {}", options.max_windows);
+  }
+  if (ids.empty()) fail("no tokens to score");
+  const auto bos = static_cast<TokenId>(*c.bos_token_id);
+  const int64_t n_vocab = c.n_vocab;
+  const auto n = static_cast<int64_t>(ids.size());
+  int64_t n_windows = (n + ctx - 1) / ctx;
+  if (options.max_windows > 0) n_windows = std::min(n_windows, options.max_windows);
+  const int64_t n_tokens = std::min(n, n_windows * ctx);  // ids[0 : n_tokens] are scored
+
+  FidelityResult r;
+  r.n_tokens = n_tokens;
+  r.n_windows = n_windows;
+
+  // The base side: from the cache, or computed here (and written to the cache).
+  std::unique_ptr<CachedBase> cached;
+  std::unique_ptr<CacheWriter> writer;
+  std::string key;
+  if (!options.cache_dir.empty()) {
+    const XXH128_hash_t ids_hash = XXH3_128bits(ids.data(), static_cast<size_t>(n_tokens) * sizeof(TokenId));
+    const std::string identity =
+        fmt::format("rankscope fidelity v{}\nbase {}\ndata {}\nids {:016x}{:016x}\nctx {}\nmax_windows {}\nbos {}\n",
+                    kVersion, model_content_hash(base), options.data_key, ids_hash.high64, ids_hash.low64, ctx,
+                    options.max_windows, bos);
+    const XXH128_hash_t h = XXH3_128bits(identity.data(), identity.size());
+    key = fmt::format("{:016x}{:016x}", h.high64, h.low64);
+    const auto dir = options.cache_dir / "fidelity";
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec || !std::filesystem::is_directory(dir)) fail("{}: cannot create the fidelity cache directory: {}", dir.string(), ec.message());
+    r.cache_file = dir / (key + ".f32");
+    bool existed = false;
+    cached = try_open(r.cache_file, key, n_tokens, n_vocab, ctx, options.max_windows, existed);
+    r.base_from_cache = cached != nullptr;
+    r.cache_rejected = existed && !cached;
+    if (!cached) {
+      Header h{};
+      std::memcpy(h.magic, kMagic, sizeof kMagic);
+      h.version = kVersion;
+      h.n_tokens = static_cast<uint64_t>(n_tokens);
+      h.n_vocab = static_cast<uint64_t>(n_vocab);
+      h.ctx = static_cast<uint64_t>(ctx);
+      h.max_windows = options.max_windows;
+      std::memcpy(h.key, key.data(), kKeyChars);
+      h.payload_bytes = payload_bytes(n_tokens, n_vocab);
+      writer = std::make_unique<CacheWriter>(r.cache_file, h);
+    }
+  }
+  std::vector<double> base_nll = cached ? cached->nll : std::vector<double>(static_cast<size_t>(n_tokens));
+  std::vector<int32_t> base_argmax = cached ? cached->argmax : std::vector<int32_t>(static_cast<size_t>(n_tokens));
+
+  // Per scored position (in text order): KL, candidate NLL, argmax agreement.
+  std::vector<double> kl(static_cast<size_t>(n_tokens)), cand_nll(static_cast<size_t>(n_tokens));
+  std::vector<char> agree(static_cast<size_t>(n_tokens));
+  std::vector<float> fresh_rows;  // the batch's base rows when not cached
+
+  if (options.progress) options.progress(0, n_windows);
+  for (int64_t w0 = 0; w0 < n_windows; w0 += options.windows_per_batch) {
+    const int64_t w1 = std::min(n_windows, w0 + options.windows_per_batch);
+    std::vector<std::vector<TokenId>> batch;
+    std::vector<int64_t> rows;  // logit row of each scored position of the batch
+    int64_t row0 = 0;
+    const int64_t t0 = w0 * ctx;  // first text position of the batch
+    for (int64_t w = w0; w < w1; ++w) {
+      const auto begin = ids.begin() + w * ctx, end = ids.begin() + std::min(n_tokens, (w + 1) * ctx);
+      std::vector<TokenId> input = {bos};
+      input.insert(input.end(), begin, end);
+      for (int64_t j = 0; j + 1 < static_cast<int64_t>(input.size()); ++j) rows.push_back(row0 + j);
+      row0 += static_cast<int64_t>(input.size());
+      batch.push_back(std::move(input));
+    }
+    const auto n_pos = static_cast<int64_t>(rows.size());
+    for (int64_t i = 0; i < n_pos; ++i) {
+      const TokenId t = ids[static_cast<size_t>(t0 + i)];
+      if (t < 0 || t >= n_vocab) fail("token id {} is outside the vocabulary [0, {})", t, n_vocab);
+    }
+
+    const float* base_rows = nullptr;  // [n_pos x n_vocab], this batch's
+    if (cached) {
+      base_rows = cached->rows + t0 * n_vocab;
+    } else {
+      const Mat logits = llama_forward(base, batch);
+      fresh_rows.resize(static_cast<size_t>(n_pos * n_vocab));
+      bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok)
+      for (int64_t i = 0; i < n_pos; ++i) {
+        const float* x = logits.row(rows[static_cast<size_t>(i)]).data();
+        const Lse l = log_sum_exp(x, n_vocab);
+        float* out = fresh_rows.data() + i * n_vocab;
+        for (int64_t v = 0; v < n_vocab; ++v) out[v] = static_cast<float>(static_cast<double>(x[v]) - l.max - l.log_sum);
+        const TokenId t = ids[static_cast<size_t>(t0 + i)];
+        const double nll = -(static_cast<double>(x[t]) - l.max - l.log_sum);
+        base_nll[static_cast<size_t>(t0 + i)] = nll;
+        base_argmax[static_cast<size_t>(t0 + i)] = argmax_of(x, n_vocab);
+        ok = ok && std::isfinite(nll) && std::isfinite(l.log_sum) && std::isfinite(l.max);
+      }
+      if (!ok) fail("{}: the base model gives NaN/Inf log-probabilities on this text", base.dir.string());
+      base_rows = fresh_rows.data();
+      if (writer) writer->write(fresh_rows.data(), fresh_rows.size() * sizeof(float));
+    }
+
+    const Mat logits = llama_forward(candidate, batch);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_pos; ++i) {
+      const float* x = logits.row(rows[static_cast<size_t>(i)]).data();
+      const float* lb = base_rows + i * n_vocab;
+      const Lse l = log_sum_exp(x, n_vocab);
+      double sum = 0.0;
+      for (int64_t v = 0; v < n_vocab; ++v) {
+        // The candidate's log-probability rounded to float32 as the base's is, so that equal
+        // models give exactly 0.
+        const auto lc = static_cast<float>(static_cast<double>(x[v]) - l.max - l.log_sum);
+        const double lpb = lb[v];
+        sum += std::exp(lpb) * (lpb - static_cast<double>(lc));
+      }
+      const size_t k = static_cast<size_t>(t0 + i);
+      const TokenId t = ids[k];
+      kl[k] = sum;
+      cand_nll[k] = -(static_cast<double>(x[t]) - l.max - l.log_sum);
+      agree[k] = argmax_of(x, n_vocab) == base_argmax[k];
+    }
+    if (options.progress) options.progress(w1, n_windows);
+  }
+  if (writer) {
+    writer->write(base_nll.data(), base_nll.size() * sizeof(double));
+    writer->write(base_argmax.data(), base_argmax.size() * sizeof(int32_t));
+    writer->commit();
+  }
+
+  // Sums in text order (independent of threads and batching).
+  double kl_sum = 0, kl_sq = 0, base_sum = 0, cand_sum = 0;
+  int64_t n_agree = 0;
+  for (size_t k = 0; k < static_cast<size_t>(n_tokens); ++k) {
+    kl_sum += kl[k];
+    kl_sq += kl[k] * kl[k];
+    base_sum += base_nll[k];
+    cand_sum += cand_nll[k];
+    n_agree += agree[k];
+    if (!std::isfinite(kl[k]) || !std::isfinite(cand_nll[k])) r.finite = false;
+  }
+  const auto nt = static_cast<double>(n_tokens);
+  r.ppl_base = std::exp(base_sum / nt);
+  if (!r.finite) {
+    r.kl = r.kl_stderr = r.top1 = r.ppl_candidate = r.ppl_ratio = kNaN;
+    return r;
+  }
+  r.kl = kl_sum / nt;
+  const double variance = kl_sq / nt - r.kl * r.kl;
+  r.kl_stderr = (n_tokens > 1 && variance > 0) ? std::sqrt(variance / (nt - 1)) : 0.0;
+  r.top1 = static_cast<double>(n_agree) / nt;
+  r.ppl_candidate = std::exp(cand_sum / nt);
+  r.ppl_ratio = r.ppl_candidate / r.ppl_base;
+  return r;
+}
+
+}  // namespace rankscope

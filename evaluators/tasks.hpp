@@ -45,7 +45,10 @@ struct Doc {
   int label = -1;
   // Perplexity tasks: one document of text (wikitext2: one article; tinystories: the file).
   std::string text;
-  int64_t index = 0;  // position in its file (few-shot draws exclude the document itself)
+  int64_t word_count = 0;  // perplexity tasks: words and UTF-8 bytes of the raw document (lm-eval's
+  int64_t byte_count = 0;  // word/byte perplexity denominators)
+  int64_t index = 0;  // position in its file (few-shot draws exclude the document itself); MMLU:
+                      // position in all subjects' test rows, subjects in alphabetical order
   int64_t line = 0;   // 1-based line in its file where it starts (error messages)
 };
 
@@ -60,6 +63,10 @@ struct Task {
   // Few-shot examples. Empty: drawn from the full document set, excluding the document itself.
   std::vector<Doc> fewshot_pool;
   bool fewshot_first_k = false;      // MMLU: the first k of the pool (same subject) in order
+  // The pool is the (unlimited) evaluation set itself: a document never serves as its own example.
+  // Set for every task without a separate few-shot split; fewshot_pool is then empty when --limit
+  // cut nothing (use `docs`), else the full uncut document list.
+  bool fewshot_pool_is_eval_set = false;
   std::vector<std::filesystem::path> files;  // data files read (for the protocol record)
   // Perplexity tasks: the whole text as one string (llamacpp/chunks protocols score it as one
   // stream; rolling scores each doc of `docs` separately).
@@ -78,5 +85,13 @@ const std::vector<std::string>& builtin_task_names();
 // Loads a built-in task by name, or a JSONL task file by path. Throws Error naming the file (and
 // line) for a missing file, a malformed line, an empty choice list, or a gold index out of range.
 Task load_task(const std::string& name_or_path, const TaskLoadOptions& options = {});
+
+// lm-eval's text transformations, exposed for tests.
+// wikitext_detokenizer() of lm_eval/tasks/wikitext/preprocess_wikitext.py, on one page.
+std::string wikitext_detokenize(const std::string& page);
+// preprocess() of lm_eval/tasks/hellaswag/utils.py.
+std::string hellaswag_preprocess(const std::string& text);
+// len(re.split(r"\s+", text)) in Python (Unicode whitespace): whitespace runs + 1.
+int64_t python_word_count(const std::string& text);
 
 }  // namespace rankscope

@@ -1,2 +1,284 @@
+// The multiple-choice / classification harness against brute force and golden numbers, and the
+// eval command end to end.
+#include <cmath>
+#include <cstdio>
+
 #include <catch2/catch.hpp>
-TEST_CASE("test_eval placeholder") { CHECK(true); }
+#include <nlohmann/json.hpp>
+
+#include "core/bert.hpp"
+#include "core/llama.hpp"
+#include "core/model.hpp"
+#include "evaluators/harness.hpp"
+#include "evaluators/loglikelihood.hpp"
+#include "evaluators/tasks.hpp"
+#include "fixtures.hpp"
+#include "test_support.hpp"
+
+using namespace rankscope;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::filesystem::path stories() { return test::shared_data("stories260K-hf"); }
+
+// log p(cont[i] | context + cont[:i]) summed, each token from its own forward pass of the whole
+// prefix (no batching, no cache), left-truncated to the model's window as lm-eval does.
+double brute_force_loglikelihood(const Model& model, const std::vector<TokenId>& context, const std::vector<TokenId>& cont) {
+  std::vector<TokenId> whole = context;
+  whole.insert(whole.end(), cont.begin(), cont.end());
+  const auto max_len = static_cast<size_t>(model.config.n_ctx_train);
+  double sum = 0.0;
+  for (size_t i = 0; i < cont.size(); ++i) {
+    const size_t end = context.size() + i;  // prefix whole[0:end] predicts whole[end]
+    const size_t begin = whole.size() > max_len + 1 ? whole.size() - (max_len + 1) : 0;
+    std::vector<std::vector<TokenId>> seq = {std::vector<TokenId>(whole.begin() + static_cast<long>(begin),
+                                                                  whole.begin() + static_cast<long>(end))};
+    const Mat logits = llama_forward(model, seq, {}, {.last_logits_only = true});
+    const auto row = logits.row(0);
+    double max = row.maxCoeff();
+    double z = 0.0;
+    for (int64_t v = 0; v < row.size(); ++v) z += std::exp(static_cast<double>(row[v]) - max);
+    sum += static_cast<double>(row[whole[end]]) - max - std::log(z);
+  }
+  return sum;
+}
+
+int run_cli(const std::string& args, std::string* out = nullptr) {
+  const std::string cmd = std::string(RANKSCOPE_EXE) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
+  const int status = pclose(pipe);
+  if (out) *out = text;
+  return WEXITSTATUS(status);
+}
+
+}  // namespace
+
+TEST_CASE("ARC-Easy: per-choice log-likelihoods equal a token-by-token brute force, with and without context reuse") {
+  RS_REQUIRE_SHARED(stories());
+  RS_REQUIRE_SHARED(test::shared_data("arc/arc_easy.jsonl"));
+  const Model model = load_model(stories());
+  const Task task = load_task("arc_easy", {.data_dir = test::shared_data(""), .limit = 20});
+  REQUIRE(task.docs.size() == 20);
+  const auto& tok = model.require_tokenizer();
+  std::vector<ChoiceGroup> groups;
+  for (const auto& doc : task.docs) {
+    ChoiceGroup g;
+    for (const auto& choice : doc.continuations) {
+      auto pair = encode_pair(tok, doc.contexts[0], " " + choice, {}, 2);
+      g.context = pair.context;
+      g.continuations.push_back(pair.continuation);
+    }
+    groups.push_back(g);
+  }
+  const auto reused = loglikelihoods(model, groups, {.reuse_context = true, .groups_per_batch = 7});
+  const auto scratch = loglikelihoods(model, groups, {.reuse_context = false});
+  int multi_token = 0;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (size_t k = 0; k < groups[g].continuations.size(); ++k) {
+      const double expected = brute_force_loglikelihood(model, groups[g].context, groups[g].continuations[k]);
+      CHECK(reused[g][k].logprob == Approx(expected).margin(1e-4));
+      CHECK(scratch[g][k].logprob == Approx(expected).margin(1e-4));
+      CHECK(reused[g][k].n_tokens == static_cast<int64_t>(groups[g].continuations[k].size()));
+      CHECK_FALSE(reused[g][k].truncated);
+      multi_token += groups[g].continuations[k].size() > 1;
+    }
+  }
+  CHECK(multi_token > 40);  // the cache really served continuations of several tokens
+
+  // acc and acc_norm from those log-likelihoods: acc_norm divides by characters, not tokens.
+  const TaskReport report = evaluate_task(model, task, {});
+  REQUIRE(report.metrics.size() == 2);
+  double acc = 0.0, acc_norm = 0.0, acc_norm_tokens = 0.0;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const int gold = task.docs[g].gold[0];
+    size_t best = 0, best_norm = 0, best_tok = 0;
+    for (size_t k = 1; k < reused[g].size(); ++k) {
+      auto norm = [&](size_t i) { return reused[g][i].logprob / static_cast<double>(task.docs[g].continuations[i].size()); };
+      auto per_tok = [&](size_t i) { return reused[g][i].logprob / static_cast<double>(reused[g][i].n_tokens); };
+      if (reused[g][k].logprob > reused[g][best].logprob) best = k;
+      if (norm(k) > norm(best_norm)) best_norm = k;
+      if (per_tok(k) > per_tok(best_tok)) best_tok = k;
+    }
+    acc += static_cast<int>(best) == gold;
+    acc_norm += static_cast<int>(best_norm) == gold;
+    acc_norm_tokens += static_cast<int>(best_tok) == gold;
+  }
+  CHECK(report.metrics[0].name() == "arc_easy.acc");
+  CHECK(report.metrics[0].value == Approx(acc / 20.0));
+  CHECK(report.metrics[1].name() == "arc_easy.acc_norm");
+  CHECK(report.metrics[1].value == Approx(acc_norm / 20.0));
+  CHECK(report.metrics[0].n == 20);
+  CHECK(report.protocol["num_fewshot"] == 0);
+  CHECK(report.protocol["bos"] == false);
+  INFO("acc_norm by tokens would be " << acc_norm_tokens / 20.0);
+}
+
+TEST_CASE("acc_norm counts Unicode characters, not bytes or tokens") {
+  RS_REQUIRE_SHARED(stories());
+  const Model model = load_model(stories());
+  // Two choices; the second is 3 characters in 6 bytes ("ééé").
+  Task task;
+  task.name = "unicode";
+  task.metrics = {"acc", "acc_norm"};
+  Doc doc;
+  doc.contexts = {"Once upon a time"};
+  doc.continuations = {"the", "ééé"};
+  doc.gold = {1};
+  task.docs = {doc};
+  const auto& tok = model.require_tokenizer();
+  std::vector<ChoiceGroup> groups(1);
+  for (const auto& c : doc.continuations) {
+    auto p = encode_pair(tok, doc.contexts[0], " " + c, {}, 2);
+    groups[0].context = p.context;
+    groups[0].continuations.push_back(p.continuation);
+  }
+  const auto ll = loglikelihoods(model, groups);
+  const bool second_by_chars = ll[0][1].logprob / 3.0 > ll[0][0].logprob / 3.0;
+  const auto report = evaluate_task(model, task, {});
+  CHECK(report.metrics[1].value == (second_by_chars ? 1.0 : 0.0));
+}
+
+TEST_CASE("a context longer than the window is truncated from the left as lm-eval does, and counted") {
+  RS_REQUIRE_SHARED(stories());
+  const Model model = load_model(stories());
+  std::string long_context;
+  for (int i = 0; i < 200; ++i) long_context += "Once upon a time there was a girl. ";
+  Task task;
+  task.name = "long";
+  task.metrics = {"acc"};
+  Doc doc;
+  doc.contexts = {long_context + "She liked to"};
+  doc.continuations = {"play", "run away"};
+  doc.gold = {0};
+  task.docs = {doc};
+  const auto& tok = model.require_tokenizer();
+  const auto pair = encode_pair(tok, doc.contexts[0], " run away", {}, 2);
+  REQUIRE(static_cast<int64_t>(pair.context.size()) > model.config.n_ctx_train);
+  const auto ll = loglikelihoods(model, std::vector<ChoiceGroup>{{pair.context, {pair.continuation}}});
+  CHECK(ll[0][0].truncated);
+  CHECK(ll[0][0].logprob == Approx(brute_force_loglikelihood(model, pair.context, pair.continuation)).margin(1e-4));
+  const auto report = evaluate_task(model, task, {});
+  CHECK(report.protocol["truncated"] == 1);
+  CHECK(report.metrics[0].status == "ok");
+}
+
+TEST_CASE("a model producing NaN reports status nan, not a number") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("eval-nan");
+  test::copy_model(stories(), dir / "m", {.edit_tensors = [](auto& tensors) {
+                                            for (auto& t : tensors) {
+                                              if (t.name != "model.layers.2.mlp.down_proj.weight") continue;
+                                              Mat m = Mat::Constant(t.tensor.shape[0], t.tensor.shape[1], NAN);
+                                              t.tensor = Tensor::from_matrix(m);
+                                            }
+                                          }});
+  const Model model = load_model(dir / "m");
+  Task task;
+  task.name = "nan";
+  task.metrics = {"acc", "acc_norm"};
+  Doc doc;
+  doc.contexts = {"Once upon a time"};
+  doc.continuations = {"there", "a"};
+  doc.gold = {0};
+  task.docs = {doc, doc};
+  const auto report = evaluate_task(model, task, {});
+  REQUIRE(report.metrics.size() == 2);
+  for (const auto& m : report.metrics) {
+    CHECK(m.status == "nan");
+    CHECK(std::isnan(m.value));
+  }
+  CHECK(report.protocol["nan_docs"] == 2);
+}
+
+TEST_CASE("bert-tiny-sst2: SST-2 dev accuracy equals the golden 687/872 exactly") {
+  RS_REQUIRE_SHARED(test::shared_data("bert-tiny-sst2"));
+  RS_REQUIRE_SHARED(test::shared_data("glue-sst2/dev.tsv"));
+  const Model model = load_model(test::shared_data("bert-tiny-sst2"));
+  const Task task = load_task("sst2", {.data_dir = test::shared_data("")});
+  REQUIRE(task.docs.size() == 872);
+  const auto report = evaluate_task(model, task, {});
+  REQUIRE(report.metrics[0].name() == "sst2.acc");
+  CHECK(report.metrics[0].value == 687.0 / 872.0);
+  CHECK(report.metrics[0].n == 872);
+  CHECK(report.protocol["model_kind"] == "sequence-classifier");
+}
+
+TEST_CASE("few-shot prompts: seeded, never the document itself, MMLU takes the first k of dev") {
+  RS_REQUIRE_SHARED(test::shared_data("arc/arc_easy.jsonl"));
+  const Task task = load_task("arc_easy", {.data_dir = test::shared_data(""), .limit = 5});
+  EvalSettings s{.num_fewshot = 3, .seed = 7};
+  const std::string a = render_context(task, task.docs[0], 0, s);
+  CHECK(a == render_context(task, task.docs[0], 0, s));
+  CHECK(a != render_context(task, task.docs[0], 0, {.num_fewshot = 3, .seed = 8}));
+  CHECK(a.ends_with("\n\n" + task.docs[0].contexts[0]));
+  // Three examples, none of them the document itself: its question appears exactly once.
+  size_t count = 0;
+  for (size_t p = a.find(task.docs[0].contexts[0]); p != std::string::npos; p = a.find(task.docs[0].contexts[0], p + 1)) ++count;
+  CHECK(count == 1);
+  size_t answers = 0;
+  for (size_t p = a.find("\nAnswer: "); p != std::string::npos; p = a.find("\nAnswer: ", p + 1)) ++answers;
+  CHECK(answers == 3);
+
+  RS_REQUIRE_SHARED(test::shared_data("mmlu/dev/anatomy_dev.csv"));
+  const Task mmlu = load_task("mmlu", {.data_dir = test::shared_data(""), .limit = 1});
+  const Doc* anatomy = nullptr;
+  for (const auto& d : mmlu.docs) {
+    if (d.subject == "anatomy") anatomy = &d;
+  }
+  REQUIRE(anatomy != nullptr);
+  const std::string prompt = render_context(mmlu, *anatomy, 0, {.num_fewshot = 2});
+  CHECK(prompt.starts_with("The following are multiple choice questions (with answers) about anatomy.\n\n"));
+  const Doc* first_dev = nullptr;
+  for (const auto& d : mmlu.fewshot_pool) {
+    if (d.subject == "anatomy") {
+      first_dev = &d;
+      break;
+    }
+  }
+  REQUIRE(first_dev != nullptr);
+  CHECK(prompt.find(first_dev->contexts[0] + " " + first_dev->continuations[static_cast<size_t>(first_dev->gold[0])] +
+                    "\n\n") != std::string::npos);
+}
+
+TEST_CASE("rankscope eval: table and JSON with protocol, model hash and canonical config") {
+  RS_REQUIRE_SHARED(stories());
+  RS_REQUIRE_SHARED(test::shared_data("arc/arc_easy.jsonl"));
+  const auto cache = test::scratch_dir("eval-cli");
+  std::string out;
+  const std::string common = stories().string() + " --data-dir " + test::shared_data("").string() +
+                             " --cache-dir " + cache.string();
+  REQUIRE(run_cli("eval " + common + " --tasks arc_easy,size --limit 10 --config 'L0:q,k=4' --json", &out) == 0);
+  const auto j = nlohmann::json::parse(out);
+  CHECK(j["config"] == "L0:q,k=4");
+  std::map<std::string, nlohmann::json> by_name;
+  for (const auto& r : j["results"]) by_name[r["name"]] = r;
+  REQUIRE(by_name.count("arc_easy.acc"));
+  REQUIRE(by_name.count("arc_easy.acc_norm"));
+  REQUIRE(by_name.count("size.params"));
+  REQUIRE(by_name.count("size.reduction_pct"));
+  const auto& acc = by_name["arc_easy.acc"];
+  CHECK(acc["n"] == 10);
+  CHECK(acc["status"] == "ok");
+  CHECK(acc["model_hash"].get<std::string>().size() == 32);
+  CHECK(acc["config"] == "L0:q,k=4");
+  CHECK(acc["protocol"]["num_fewshot"] == 0);
+  CHECK(acc["protocol"]["seed"] == 0);
+  CHECK(acc["protocol"]["bos"] == false);
+  CHECK(acc["protocol"]["limit"] == 10);
+  // q [64x64] and k [32x64] at rank 4: 4096 + 2048 dense -> 4*(64+4+64) + 4*(64+4+32) tucker.
+  CHECK(by_name["size.params"]["value"] == 260032 - (4096 + 2048) + 4 * (64 + 4 + 64) + 4 * (64 + 4 + 32));
+
+  REQUIRE(run_cli("eval " + common + " --tasks arc_easy --limit 3", &out) == 0);
+  CHECK_THAT(out, Contains("arc_easy.acc_norm") && Contains("0-shot"));
+
+  CHECK(run_cli("eval " + common + " --tasks no_such_task", &out) == 1);
+  CHECK_THAT(out, Contains("no_such_task"));
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  CHECK(run_cli("eval " + common, &out) == 1);
+  CHECK_THAT(out, Contains("--tasks"));
+}

@@ -1,0 +1,244 @@
+#include "evaluators/evaluator.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+
+#include "core/error.hpp"
+#include "core/model_hash.hpp"
+#include "evaluators/fidelity.hpp"
+#include "evaluators/perplexity.hpp"
+
+namespace rankscope {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+std::string read_text_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open text file", path.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  if (text.empty()) fail("{}: text file is empty", path.string());
+  return text;
+}
+
+int64_t count_words(const std::string& text) {  // Python's len(re.split(r"\s+", text))
+  int64_t n = 1;
+  bool in_space = false;
+  for (unsigned char ch : text) {
+    const bool space = ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
+    if (space && !in_space) ++n;
+    in_space = space;
+  }
+  return n;
+}
+
+std::string ids_key(const std::vector<TokenId>& ids) {
+  const XXH128_hash_t h = XXH3_128bits(ids.data(), ids.size() * sizeof(TokenId));
+  return fmt::format("{:016x}{:016x}", h.high64, h.low64);
+}
+
+const char* kSpecialTasks[] = {"size", "latency", "fidelity"};
+
+}  // namespace
+
+// A perplexity task, tokenised once.
+struct Evaluator::TextTask {
+  std::string name;
+  std::string protocol;  // llamacpp | chunks | rolling
+  int64_t ctx = 0;
+  std::vector<TokenId> ids;                       // llamacpp / chunks: the whole text, no BOS
+  std::vector<std::vector<TokenId>> doc_ids;      // rolling: per document
+  std::vector<int64_t> words, bytes;              // rolling: per document
+  std::vector<std::string> files;
+  std::string data_key;
+};
+
+Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), request_(std::move(request)) {
+  const auto& c = base_.config;
+  auto default_ctx = [&](const std::string& protocol) -> int64_t {
+    if (request_.ctx > 0) return request_.ctx;
+    if (protocol == "rolling") return c.n_ctx_train;          // lm-eval: the model's max length
+    if (protocol == "chunks") return std::min<int64_t>(512, c.n_ctx_train - 1);
+    return std::min<int64_t>(512, c.n_ctx_train);             // llama.cpp's default n_ctx
+  };
+  auto make_text = [&](const std::string& name, const std::string& protocol, int64_t ctx, const std::string& text,
+                       const std::vector<Doc>& docs, const std::vector<std::filesystem::path>& files) {
+    if (c.arch != Arch::llama) fail("{}: perplexity task {} needs a causal LM, this is {}", base_.dir.string(), name, c.architecture);
+    if (protocol != "llamacpp" && protocol != "chunks" && protocol != "rolling") {
+      fail("--ppl-protocol: unknown protocol '{}' (llamacpp, chunks or rolling)", protocol);
+    }
+    const auto& tok = base_.require_tokenizer();
+    auto t = std::make_unique<TextTask>();
+    t->name = name;
+    t->protocol = protocol;
+    t->ctx = ctx;
+    for (const auto& f : files) t->files.push_back(f.string());
+    if (protocol == "rolling") {
+      for (const auto& d : docs) {
+        t->doc_ids.push_back(tok.encode(d.text));
+        t->words.push_back(d.word_count > 0 ? d.word_count : count_words(d.text));
+        t->bytes.push_back(d.byte_count > 0 ? d.byte_count : static_cast<int64_t>(d.text.size()));
+      }
+      std::vector<TokenId> all;
+      for (const auto& d : t->doc_ids) all.insert(all.end(), d.begin(), d.end());
+      t->data_key = ids_key(all);
+    } else {
+      t->ids = tok.encode(text);
+      t->data_key = ids_key(t->ids);
+    }
+    return t;
+  };
+
+  for (const auto& name : request_.tasks) {
+    if (name.empty()) continue;
+    if (std::find(order_.begin(), order_.end(), name) != order_.end()) continue;  // listed twice
+    order_.push_back(name);
+    if (std::find(std::begin(kSpecialTasks), std::end(kSpecialTasks), name) != std::end(kSpecialTasks)) continue;
+    Task task = load_task(name, request_.load);
+    if (task.kind == TaskKind::perplexity) {
+      std::string protocol = request_.ppl_protocol;
+      if (protocol.empty()) protocol = task.name == "tinystories" ? "chunks" : "llamacpp";
+      int64_t ctx = default_ctx(protocol);
+      if (request_.ctx == 0 && task.name == "tinystories" && protocol == "chunks") ctx = std::min<int64_t>(256, ctx);
+      texts_[name] = make_text(task.name, protocol, ctx, task.text, task.docs, task.files);
+    } else {
+      tasks_.emplace(name, std::move(task));
+    }
+  }
+  if (!request_.text_file.empty()) {
+    const std::string name = request_.text_name.empty() ? request_.text_file.stem().string() : request_.text_name;
+    const std::string protocol = request_.ppl_protocol.empty() ? "llamacpp" : request_.ppl_protocol;
+    const std::string text = read_text_file(request_.text_file);
+    Doc doc;
+    doc.text = text;
+    doc.word_count = count_words(text);
+    doc.byte_count = static_cast<int64_t>(text.size());
+    texts_[name] = make_text(name, protocol, default_ctx(protocol), text, {doc}, {request_.text_file});
+    order_.push_back(name);
+  }
+  if (std::find(order_.begin(), order_.end(), "fidelity") != order_.end()) {
+    auto path = request_.fidelity_text.empty() ? request_.load.data_dir / "wikitext-2-raw" / "wiki.test.raw"
+                                                : request_.fidelity_text;
+    const std::string text = read_text_file(path);
+    fidelity_ = make_text("fidelity", "chunks", default_ctx("chunks"), text, {}, {path});
+  }
+  base_hash_ = model_content_hash(base_);
+}
+
+Evaluator::~Evaluator() = default;
+
+TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, const ProgressFn& progress) const {
+  PerplexityOptions options;
+  options.ctx = t.ctx;
+  options.windows_per_batch = std::max<int64_t>(1, request_.settings.groups_per_batch);
+  options.max_windows = request_.load.limit;
+  if (progress) options.progress = [&](int64_t done, int64_t total) { progress(t.name, done, total); };
+  PerplexityResult r;
+  if (t.protocol == "llamacpp") {
+    r = perplexity_llamacpp(model, t.ids, options);
+  } else if (t.protocol == "chunks") {
+    r = perplexity_chunks(model, t.ids, options);
+  } else {
+    const auto& c = model.config;
+    std::optional<int64_t> prefix = request_.settings.bos ? c.bos_token_id : c.eos_token_id;
+    if (!prefix) fail("{}: the rolling protocol needs an {} token and config.json names none", model.dir.string(),
+                      request_.settings.bos ? "BOS" : "EOS");
+    r = perplexity_rolling(model, t.doc_ids, t.words, t.bytes, static_cast<TokenId>(*prefix), options);
+  }
+  TaskReport report{.task = t.name};
+  const std::string status = r.finite ? "ok" : "nan";
+  auto add = [&](const char* metric, double value, double err, int64_t n) {
+    report.metrics.push_back({.task = t.name, .metric = metric, .value = r.finite ? value : kNaN, .stderr_ = r.finite ? err : kNaN,
+                              .n = n, .status = status});
+  };
+  add("ppl", r.ppl, r.ppl_stderr, r.n_scored);
+  if (t.protocol == "rolling") {
+    add("word_perplexity", r.word_perplexity, kNaN, r.n_words);
+    add("byte_perplexity", r.byte_perplexity, kNaN, r.n_bytes);
+    add("bits_per_byte", r.bits_per_byte, kNaN, r.n_bytes);
+  }
+  report.protocol = {{"task", t.name},
+                     {"protocol", t.protocol},
+                     {"ctx", t.ctx},
+                     {"windows", r.n_windows},
+                     {"tokens_scored", r.n_scored},
+                     {"limit", request_.load.limit},
+                     {"files", t.files},
+                     {"data_key", t.data_key},
+                     {"bos", request_.settings.bos}};
+  if (t.protocol == "rolling") report.protocol["prefix_token"] = request_.settings.bos ? "BOS" : "EOS (lm-eval 0.4.0)";
+  return report;
+}
+
+TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& progress) const {
+  FidelityOptions options;
+  options.ctx = fidelity_->ctx;
+  options.max_windows = request_.load.limit > 0 ? request_.load.limit : 8;
+  options.windows_per_batch = std::max<int64_t>(1, request_.settings.groups_per_batch);
+  options.cache_dir = request_.cache_dir;
+  options.data_key = fidelity_->data_key;
+  if (progress) options.progress = [&](int64_t done, int64_t total) { progress("fidelity", done, total); };
+  const FidelityResult f = fidelity(base_, candidate, fidelity_->ids, options);
+  TaskReport report{.task = "fidelity"};
+  const std::string status = f.finite ? "ok" : "nan";
+  auto add = [&](const char* metric, double value, double err) {
+    report.metrics.push_back({.task = "fidelity", .metric = metric, .value = f.finite ? value : kNaN,
+                              .stderr_ = f.finite ? err : kNaN, .n = f.n_tokens, .status = status});
+  };
+  add("kl", f.kl, f.kl_stderr);
+  add("top1", f.top1, kNaN);
+  add("ppl_ratio", f.ppl_ratio, kNaN);
+  report.protocol = {{"task", "fidelity"},
+                     {"protocol", "chunks"},
+                     {"ctx", fidelity_->ctx},
+                     {"max_windows", options.max_windows},
+                     {"tokens", f.n_tokens},
+                     {"files", fidelity_->files},
+                     {"data_key", fidelity_->data_key},
+                     {"base_ppl", f.ppl_base},
+                     {"candidate_ppl", f.ppl_candidate},
+                     {"base_from_cache", f.base_from_cache},
+                     {"definition", "mean over scored tokens of KL(p_base || p_config); top1 = argmax agreement; "
+                                    "ppl_ratio = ppl_config / ppl_base"}};
+  return report;
+}
+
+std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& config, const ProgressFn& progress) const {
+  const std::string canonical = encode_config(config, base_.config);
+  std::vector<TaskReport> reports;
+  for (const auto& name : order_) {
+    const auto start = std::chrono::steady_clock::now();
+    TaskReport report;
+    if (name == "size") {
+      report = size_metrics(base_, config);
+    } else if (name == "latency") {
+      report = measure_latency(candidate, request_.latency);
+    } else if (name == "fidelity") {
+      report = run_fidelity(candidate, progress);
+    } else if (auto it = texts_.find(name); it != texts_.end()) {
+      report = run_perplexity(candidate, *it->second, progress);
+    } else {
+      const Task& task = tasks_.at(name);
+      EvalSettings settings = request_.settings;
+      settings.limit = request_.load.limit;
+      if (progress) settings.progress = [&](int64_t done, int64_t total) { progress(task.name, done, total); };
+      report = evaluate_task(candidate, task, settings);
+    }
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    report.protocol["model_hash"] = base_hash_;
+    report.protocol["config"] = canonical;
+    reports.push_back(std::move(report));
+  }
+  return reports;
+}
+
+}  // namespace rankscope

@@ -1,0 +1,67 @@
+// One entry point for every evaluation rankscope runs: benchmark tasks, perplexity protocols,
+// fidelity to the base model, size and latency. The `eval` command runs it once; a sweep builds
+// it once (tasks are read and tokenised once) and runs it for every configuration.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config_string.hpp"
+#include "core/model.hpp"
+#include "evaluators/efficiency.hpp"
+#include "evaluators/harness.hpp"
+#include "evaluators/tasks.hpp"
+
+namespace rankscope {
+
+struct EvalRequest {
+  // Task names: the built-in tasks (tasks.hpp), "size", "latency", "fidelity", or .jsonl paths.
+  std::vector<std::string> tasks;
+  std::filesystem::path text_file;  // --text: perplexity of any text file
+  std::string text_name;            // its task name (default: the file's stem)
+  TaskLoadOptions load;             // data directory and --limit
+  EvalSettings settings;            // few-shot, seed, BOS, batching
+  int64_t ctx = 0;                  // perplexity/fidelity window (0: per protocol default)
+  std::string ppl_protocol;         // "" (per-task default), llamacpp, chunks, rolling
+  LatencyOptions latency;
+  std::filesystem::path fidelity_text;  // default: WikiText-2 raw test under load.data_dir
+  std::filesystem::path cache_dir;      // base-model outputs for fidelity ("" = none)
+};
+
+// Reports progress as (label, done, total); the label is the task name.
+using ProgressFn = std::function<void(const std::string& label, int64_t done, int64_t total)>;
+
+class Evaluator {
+ public:
+  // Loads every task named in `request` (errors surface here, before any model runs).
+  Evaluator(const Model& base, EvalRequest request);
+  ~Evaluator();
+  Evaluator(const Evaluator&) = delete;
+  Evaluator& operator=(const Evaluator&) = delete;
+
+  // Evaluates `candidate` (the base model with `config` applied). Every report's protocol also
+  // records the base model's content hash and the canonical configuration.
+  std::vector<TaskReport> run(const Model& candidate, const Config& config, const ProgressFn& progress = {}) const;
+
+  const EvalRequest& request() const { return request_; }
+
+ private:
+  struct TextTask;
+  TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress) const;
+  TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress) const;
+
+  const Model& base_;
+  EvalRequest request_;
+  std::vector<std::string> order_;  // task names in request order
+  std::map<std::string, Task> tasks_;
+  std::map<std::string, std::unique_ptr<TextTask>> texts_;  // perplexity tasks, tokenised once
+  std::unique_ptr<TextTask> fidelity_;
+  std::string base_hash_;
+};
+
+}  // namespace rankscope

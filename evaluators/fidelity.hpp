@@ -1,0 +1,58 @@
+// Fidelity of a candidate (e.g. decomposed) model to its base model on a text, token by token.
+//
+// Windows as the chunk protocol (perplexity.hpp): consecutive windows of `ctx` text tokens (the
+// last may be shorter), each run as [BOS] + window, every text token scored once from the logits of
+// the position before it. Per scored position, with log-probabilities from a float64 log-softmax of
+// the fp32 logits, stored as float32:
+//   KL(P_base || P_cand) = sum_v p_base(v) (log p_base(v) - log p_cand(v))   (summed in float64)
+//   top1: the argmax of the base logits equals the candidate's (first index on ties);
+// and the NLL of the true next token under each model (float64, as perplexity_chunks).
+// kl = mean KL over positions, kl_stderr = sqrt((E[KL^2] - E[KL]^2) / (n - 1)) (llama.cpp's
+// KL-divergence report); ppl_* = exp(mean NLL); ppl_ratio = ppl_candidate / ppl_base.
+//
+// The base side (log-softmax rows, NLLs, argmaxes) is computed once per (model_content_hash(base),
+// data_key, the ids scored, ctx, max_windows) and kept in cache_dir/fidelity/<key>.f32 (format in
+// docs/evaluation.md): checksummed, written to a temporary file and renamed; a file that does not
+// validate is recomputed, never trusted.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/model.hpp"
+
+namespace rankscope {
+
+struct FidelityOptions {
+  int64_t ctx = 256;              // text tokens per window (the model reads ctx + 1 with BOS)
+  int64_t max_windows = -1;       // at most this many windows; -1 = all
+  int64_t windows_per_batch = 8;
+  std::filesystem::path cache_dir;  // empty = no disk cache
+  std::string data_key;           // identifies the text (e.g. a hash of its ids); part of the cache key
+  std::function<void(int64_t done, int64_t total)> progress;  // windows done / to do
+};
+
+struct FidelityResult {
+  double kl = 0, kl_stderr = 0;
+  double top1 = 0;
+  double ppl_base = 0, ppl_candidate = 0, ppl_ratio = 0;
+  int64_t n_tokens = 0;           // positions scored
+  int64_t n_windows = 0;
+  bool base_from_cache = false;   // the base side came from a valid cache file
+  bool cache_rejected = false;    // a cache file was there but did not validate (recomputed, replaced)
+  std::filesystem::path cache_file;  // the file used or written; empty without cache_dir
+  // false: the candidate gave a NaN/Inf log-probability somewhere; kl, kl_stderr, top1,
+  // ppl_candidate and ppl_ratio are then NaN (never silently dropped).
+  bool finite = true;
+};
+
+// Throws Error when the models are not causal LMs of the same vocabulary, the base has no BOS, a
+// window does not fit, `ids` is empty, the base model itself gives NaN/Inf, or the cache file
+// cannot be written.
+FidelityResult fidelity(const Model& base, const Model& candidate, const std::vector<TokenId>& ids,
+                        const FidelityOptions& options);
+
+}  // namespace rankscope

@@ -1,0 +1,61 @@
+// Runs a task on a model and reports its metrics, each with the protocol that produced it.
+//
+// Metric names are stable everywhere (database, objectives, reports): TASK.METRIC, e.g.
+// arc_easy.acc, hellaswag.acc_norm, truthfulqa_mc2.acc, lambada_openai.ppl, sst2.acc,
+// tinystories.ppl, mmlu.acc and per subject mmlu_abstract_algebra.acc.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/model.hpp"
+#include "evaluators/tasks.hpp"
+
+namespace rankscope {
+
+struct MetricResult {
+  std::string task;    // "arc_easy", "mmlu_anatomy", "size", "latency", "fidelity", ...
+  std::string metric;  // "acc", "acc_norm", "ppl", ...
+  double value = std::numeric_limits<double>::quiet_NaN();
+  double stderr_ = std::numeric_limits<double>::quiet_NaN();  // NaN where none is defined
+  int64_t n = 0;                                              // examples (or tokens) behind it
+  std::string status = "ok";                                  // "ok", or "nan" (non-finite outputs)
+  std::string name() const { return task + "." + metric; }
+};
+
+struct TaskReport {
+  std::string task;
+  std::vector<MetricResult> metrics;  // the task's own metrics first, then per-subject ones
+  nlohmann::json protocol;            // everything needed to reproduce the numbers
+  double seconds = 0.0;
+};
+
+struct EvalSettings {
+  int64_t num_fewshot = 0;
+  uint64_t seed = 1234;           // few-shot draws (lm-eval's default seed)
+  bool bos = false;               // prepend BOS to every context (lm-eval 0.4.0 adds none)
+  int64_t limit = -1;             // recorded; the task loader applies it
+  int64_t groups_per_batch = 8;   // contexts prefilled together
+  bool reuse_context = true;      // one context pass per example, its KV cache reused per choice
+  int64_t batch_size = 32;        // classification sequences per forward pass
+  std::function<void(int64_t done, int64_t total)> progress;
+};
+
+// Multiple choice, loglikelihood and classification tasks (perplexity tasks: perplexity.hpp).
+// A BERT sequence classifier runs classification tasks with its head; a causal LM runs them as
+// multiple choice. Throws Error when the model cannot run the task.
+TaskReport evaluate_task(const Model& model, const Task& task, const EvalSettings& settings);
+
+// The full prompt of `doc` (description, few-shot examples, context) for context `i`.
+std::string render_context(const Task& task, const Doc& doc, size_t i, const EvalSettings& settings);
+
+// Sample standard error of a mean: sqrt(var(x, ddof=1) / n), as lm-eval's mean_stderr.
+double mean_stderr(const std::vector<double>& values);
+
+}  // namespace rankscope
