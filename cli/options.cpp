@@ -73,7 +73,7 @@ const std::vector<OptionDef>& option_defs() {
       opt("limit", &Params::limit, {"eval"},
           "first N documents of each task in file order (MMLU: per subject); perplexity and fidelity: first N windows (-1 = all)"),
       opt("num-fewshot", &Params::num_fewshot, {"eval"}, "few-shot examples per prompt (drawn with --seed; MMLU: the first k of dev)"),
-      opt("ctx", &Params::ctx, {"eval"}, "perplexity/fidelity window in text tokens (0 = the protocol's default, see docs/evaluation.md)"),
+      opt("ctx", &Params::ctx, {"eval"}, "perplexity/fidelity window: text tokens per window (chunks, fidelity), positions per chunk with BOS (llamacpp), positions per window with the prefix token (rolling); 0 = the protocol's default (docs/evaluation.md)"),
       opt("ppl-protocol", &Params::ppl_protocol, {"eval"},
           "perplexity protocol for every perplexity task: llamacpp | chunks | rolling (default: per task, docs/tasks.md)"),
       opt("name", &Params::name, {"eval"}, "task name of the --text perplexity (default: the file's stem)"),

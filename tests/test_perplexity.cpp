@@ -1,13 +1,105 @@
-// Perplexity against the golden value of stories260K-hf (transformers and llama2.c agree on it).
+// Perplexity protocols: the chunk protocol against the golden value of stories260K-hf
+// (transformers and llama2.c agree on it); llama.cpp's protocol and lm-eval's rolling windows
+// against brute-force re-implementations here that run each window alone through llama_forward.
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <utility>
 
+#include "core/error.hpp"
 #include "core/llama.hpp"
 #include "evaluators/perplexity.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;
+
+namespace {
+
+// -log softmax(row)[target] in float64, written out again here.
+double nll_of(const Mat& logits, int64_t row, TokenId target) {
+  const auto x = logits.row(row).cast<double>();
+  const double max = x.maxCoeff();
+  const double lse = max + std::log((x.array() - max).exp().sum());
+  return lse - x(target);
+}
+
+std::vector<TokenId> golden_ids(const std::filesystem::path& dir) {
+  return test::read_json(dir / "golden/tinystories_val_50k_ids.json")["ids"].get<std::vector<TokenId>>();
+}
+
+bool close(double a, double b, double rel) {
+  const double d = std::abs(a - b) / std::max(std::abs(a), std::abs(b));
+  if (d > rel) std::fprintf(stderr, "DIFF rel %.3g (%.17g vs %.17g)\n", d, a, b);
+  return d <= rel;
+}
+
+// A copy of `model` whose logits are all NaN.
+Model nan_model(const Model& model) {
+  Model m = model;
+  const auto n = static_cast<size_t>(model.weights.output_norm.numel());
+  m.weights.output_norm = Tensor::owned(model.weights.output_norm.shape,
+                                        std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()));
+  return m;
+}
+
+// lm-eval 0.4 get_rolling_token_windows + make_disjoint_window, transcribed from lm_eval/utils.py
+// (Python slices written out), and the model input of HFLM._loglikelihood_tokens:
+// (context + continuation)[-(max_length + 1):][:-1], scoring its last len(continuation) logits.
+using Pair = std::pair<std::vector<int64_t>, std::vector<int64_t>>;
+std::vector<Pair> lm_eval_windows(const std::vector<int64_t>& tokens, int64_t prefix, int64_t max_seq_len) {
+  auto slice = [&](int64_t a, int64_t b) {
+    return std::vector<int64_t>(tokens.begin() + a, tokens.begin() + b);
+  };
+  std::vector<Pair> out;
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return out;
+  const int64_t context_len = 1;
+  const int64_t pred_len = max_seq_len - context_len + 1;
+  int64_t predicted = 0;
+  const int64_t first_seq_len = std::min(max_seq_len, n);
+  std::vector<int64_t> first = {prefix};
+  for (int64_t i = 0; i < first_seq_len - 1; ++i) first.push_back(tokens[static_cast<size_t>(i)]);
+  out.push_back({first, slice(0, first_seq_len)});
+  predicted += first_seq_len;
+  while (predicted < n) {
+    const int64_t window_pred_len = std::min(n - predicted, pred_len);
+    const int64_t window_end = predicted + window_pred_len;
+    REQUIRE(window_end - max_seq_len - 1 >= 0);  // no negative Python index arises
+    out.push_back({slice(window_end - max_seq_len - 1, window_end - 1), slice(window_end - window_pred_len, window_end)});
+    predicted += window_pred_len;
+  }
+  for (auto& [a, b] : out) a.resize(a.size() - (b.size() - 1));  // make_disjoint_window
+  return out;
+}
+
+// Sum of NLLs of every window of every document, each window run alone.
+std::vector<double> brute_rolling(const Model& model, const std::vector<std::vector<TokenId>>& docs, TokenId prefix,
+                                  int64_t max_len) {
+  std::vector<double> sums;
+  for (const auto& doc : docs) {
+    const std::vector<int64_t> t(doc.begin(), doc.end());
+    for (const auto& [context, continuation] : lm_eval_windows(t, prefix, max_len)) {
+      std::vector<int64_t> whole = context;
+      whole.insert(whole.end(), continuation.begin(), continuation.end());
+      if (static_cast<int64_t>(whole.size()) > max_len + 1) whole.erase(whole.begin(), whole.end() - (max_len + 1));
+      std::vector<TokenId> input(whole.begin(), whole.end() - 1);
+      const Mat logits = llama_forward(model, std::vector<std::vector<TokenId>>{input});
+      const auto n_in = static_cast<int64_t>(input.size());
+      const auto n_cont = static_cast<int64_t>(continuation.size());
+      double s = 0;
+      for (int64_t i = 0; i < n_cont; ++i) {
+        s += nll_of(logits, n_in - n_cont + i, static_cast<TokenId>(continuation[static_cast<size_t>(i)]));
+      }
+      sums.push_back(s);
+    }
+  }
+  return sums;
+}
+
+}  // namespace
 
 TEST_CASE("chunk perplexity of stories260K-hf on TinyStories equals the golden value", "[evaluators][perplexity]") {
   const auto dir = test::shared_data("stories260K-hf");
@@ -21,14 +113,272 @@ TEST_CASE("chunk perplexity of stories260K-hf on TinyStories equals the golden v
   REQUIRE(ids.size() == 23971);
 
   const auto golden = test::read_json(dir / "golden/perplexity.json");
-  const auto r = perplexity_chunks(model, ids, 256);
+  PerplexityOptions options;
+  options.ctx = 256;
+  int64_t last_done = -1, last_total = -1;
+  options.progress = [&](int64_t done, int64_t total) { last_done = done, last_total = total; };
+  const auto r = perplexity_chunks(model, ids, options);
+  CHECK(r.finite);
   CHECK(r.n_scored == 23971);
+  CHECK(r.n_windows == 94);
+  CHECK(last_done == 94);
+  CHECK(last_total == 94);
   REQUIRE(r.window_nll_sums.size() == 94);
   const auto windows = golden["window_nll_sums"].get<std::vector<double>>();
   for (size_t w = 0; w < windows.size(); ++w) CHECK(std::abs(r.window_nll_sums[w] - windows[w]) <= 1e-3);
   CHECK(std::abs(r.ppl - golden["ppl"].get<double>()) <= 1e-5 * golden["ppl"].get<double>());
   CHECK(r.ppl_stderr > 0.0);
   CHECK(r.ppl_stderr < 0.05 * r.ppl);
-  // Batching windows differently changes nothing.
+  // Batching windows differently changes nothing; the (ctx, windows_per_batch) overload is the same.
   CHECK(std::abs(perplexity_chunks(model, ids, 256, 3).nll_sum - r.nll_sum) <= 1e-6 * r.nll_sum);
+
+  SECTION("--limit scores the first windows only") {
+    options.max_windows = 5;
+    const auto l = perplexity_chunks(model, ids, options);
+    CHECK(l.n_windows == 5);
+    CHECK(l.n_scored == 5 * 256);
+    REQUIRE(l.window_nll_sums.size() == 5);
+    double sum = 0;
+    for (int w = 0; w < 5; ++w) sum += r.window_nll_sums[static_cast<size_t>(w)];
+    CHECK(close(l.nll_sum, sum, 1e-9));
+    CHECK(last_done == 5);
+  }
+}
+
+TEST_CASE("llama.cpp perplexity equals a brute-force run of each chunk", "[evaluators][perplexity]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = load_model(dir);
+  const auto all = golden_ids(dir);
+  const TokenId bos = 1;
+
+  for (const int64_t ctx : {int64_t{256}, int64_t{7}}) {
+    const std::vector<TokenId> ids(all.begin(), all.begin() + (ctx == 256 ? 2000 : 60));
+    CAPTURE(ctx, ids.size());
+    // Brute force: the stream [BOS] + ids in chunks of ctx, BOS over each chunk's first token,
+    // positions j in [ctx/2, ctx-1) predict token j+1.
+    std::vector<TokenId> stream = {bos};
+    stream.insert(stream.end(), ids.begin(), ids.end());
+    const int64_t n_chunks = static_cast<int64_t>(stream.size()) / ctx;
+    REQUIRE(n_chunks == (static_cast<int64_t>(ids.size()) + 1) / ctx);
+    std::vector<double> chunk_sums, nlls;
+    for (int64_t k = 0; k < n_chunks; ++k) {
+      std::vector<TokenId> chunk(stream.begin() + k * ctx, stream.begin() + (k + 1) * ctx);
+      chunk[0] = bos;
+      const Mat logits = llama_forward(model, std::vector<std::vector<TokenId>>{chunk});
+      double s = 0;
+      for (int64_t j = ctx / 2; j < ctx - 1; ++j) {
+        const double v = nll_of(logits, j, chunk[static_cast<size_t>(j + 1)]);
+        s += v;
+        nlls.push_back(v);
+      }
+      chunk_sums.push_back(s);
+    }
+    double sum = 0, sq = 0;
+    for (double v : nlls) sum += v, sq += v * v;
+    const auto count = static_cast<double>(nlls.size());
+    const double ppl = std::exp(sum / count);
+    const double stderr_ = ppl * std::sqrt((sq / count - (sum / count) * (sum / count)) / (count - 1));
+
+    for (const int64_t per_batch : {int64_t{1}, int64_t{8}}) {
+      CAPTURE(per_batch);
+      PerplexityOptions options;
+      options.ctx = ctx;
+      options.windows_per_batch = per_batch;
+      const auto r = perplexity_llamacpp(model, ids, options);
+      // One chunk per forward pass is the brute force's computation exactly; batched chunks run
+      // other GEMM shapes, which moves fp32 logits in their last bits.
+      const double tol = per_batch == 1 ? 1e-9 : 1e-6, window_tol = per_batch == 1 ? 1e-9 : 1e-5;
+      CHECK(r.finite);
+      CHECK(r.n_windows == n_chunks);
+      CHECK(r.n_scored == n_chunks * (ctx - 1 - ctx / 2));
+      CHECK(close(r.nll_sum, sum, tol));
+      CHECK(close(r.ppl, ppl, tol));
+      CHECK(close(r.ppl_stderr, stderr_, per_batch == 1 ? 1e-9 : 1e-4));
+      REQUIRE(r.window_nll_sums.size() == chunk_sums.size());
+      for (size_t k = 0; k < chunk_sums.size(); ++k) CHECK(close(r.window_nll_sums[k], chunk_sums[k], window_tol));
+    }
+
+    // --limit: the first chunks only (llama.cpp's --chunks).
+    PerplexityOptions limited;
+    limited.ctx = ctx;
+    limited.windows_per_batch = 1;
+    limited.max_windows = 2;
+    const auto l = perplexity_llamacpp(model, ids, limited);
+    CHECK(l.n_windows == 2);
+    CHECK(l.n_scored == 2 * (ctx - 1 - ctx / 2));
+    CHECK(close(l.nll_sum, chunk_sums[0] + chunk_sums[1], 1e-9));
+  }
+
+  SECTION("the chunk grid counts the BOS: one more text token can add a chunk") {
+    PerplexityOptions options;
+    options.ctx = 256;
+    const std::vector<TokenId> a(all.begin(), all.begin() + 511), b(all.begin(), all.begin() + 510);
+    CHECK(perplexity_llamacpp(model, a, options).n_windows == 2);  // 512 with BOS
+    CHECK(perplexity_llamacpp(model, b, options).n_windows == 1);  // 511 with BOS
+  }
+}
+
+TEST_CASE("rolling windows score every token once, as lm-eval's", "[evaluators][perplexity]") {
+  SECTION("the transcription of lm-eval's windows reproduces lm-eval's own test") {
+    std::vector<int64_t> x(34);
+    for (int64_t i = 0; i < 34; ++i) x[static_cast<size_t>(i)] = i;
+    const auto w = lm_eval_windows(x, -100, 10);
+    REQUIRE(w.size() == 4);
+    // tests/test_utils.py::test_get_rolling_token_windows_v1, after make_disjoint_window.
+    CHECK(w[0].first == std::vector<int64_t>{-100});
+    CHECK(w[0].second == std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+    CHECK(w[1].first == std::vector<int64_t>{9});
+    CHECK(w[1].second == std::vector<int64_t>{10, 11, 12, 13, 14, 15, 16, 17, 18, 19});
+    CHECK(w[3].first == std::vector<int64_t>{23, 24, 25, 26, 27, 28, 29});
+    CHECK(w[3].second == std::vector<int64_t>{30, 31, 32, 33});
+  }
+
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = load_model(dir);
+  const auto all = golden_ids(dir);
+  const TokenId bos = 1;
+  std::vector<std::vector<TokenId>> docs;
+  int64_t at = 0, total = 0;
+  for (const int64_t len : {300, 1, 0, 64, 129, 700, 5}) {
+    docs.emplace_back(all.begin() + at, all.begin() + at + len);
+    at += len;
+    total += len;
+  }
+  const std::vector<int64_t> words = {60, 1, 0, 13, 25, 140, 1}, bytes = {1300, 4, 0, 280, 560, 3000, 20};
+
+  PerplexityOptions options;
+  options.ctx = 128;
+  const auto brute = brute_rolling(model, docs, bos, options.ctx);
+  for (const int64_t per_batch : {int64_t{1}, int64_t{8}}) {
+    CAPTURE(per_batch);
+    options.windows_per_batch = per_batch;
+    const auto r = perplexity_rolling(model, docs, words, bytes, bos, options);
+    const double tol = per_batch == 1 ? 1e-9 : 1e-6, window_tol = per_batch == 1 ? 1e-9 : 1e-5;
+    CHECK(r.finite);
+    CHECK(r.n_scored == total);
+    CHECK(r.n_docs == 7);
+    // 300: 3 windows, 1: 1, 0: none, 64: 1, 129: 2, 700: 6, 5: 1.
+    CHECK(r.n_windows == 14);
+    REQUIRE(r.window_nll_sums.size() == brute.size());
+    double sum = 0;
+    for (size_t k = 0; k < brute.size(); ++k) {
+      CHECK(close(r.window_nll_sums[k], brute[k], window_tol));
+      sum += brute[k];
+    }
+    CHECK(close(r.nll_sum, sum, tol));
+    CHECK(close(r.ppl, std::exp(sum / static_cast<double>(total)), tol));
+    CHECK(r.n_words == 240);
+    CHECK(r.n_bytes == 5164);
+    CHECK(close(r.word_perplexity, std::exp(r.nll_sum / 240.0), 1e-12));
+    CHECK(close(r.byte_perplexity, std::exp(r.nll_sum / 5164.0), 1e-12));
+    CHECK(close(r.bits_per_byte, r.nll_sum / 5164.0 / std::log(2.0), 1e-12));
+  }
+
+  SECTION("a document shorter than the window is one forward of [prefix] + doc") {
+    const auto& doc = docs[3];  // 64 tokens
+    std::vector<TokenId> input = {bos};
+    input.insert(input.end(), doc.begin(), doc.end() - 1);
+    const Mat logits = llama_forward(model, std::vector<std::vector<TokenId>>{input});
+    double sum = 0;
+    for (size_t i = 0; i < doc.size(); ++i) sum += nll_of(logits, static_cast<int64_t>(i), doc[i]);
+    options.windows_per_batch = 1;
+    const auto r = perplexity_rolling(model, {doc}, {}, {}, bos, options);
+    CHECK(r.n_windows == 1);
+    CHECK(r.n_scored == 64);
+    CHECK(close(r.nll_sum, sum, 1e-9));
+    CHECK(std::isnan(r.word_perplexity));  // no counts given
+  }
+
+  SECTION("with ctx >= the document's length, rolling equals the chunk protocol with the prefix as BOS") {
+    for (const auto& doc : {docs[0], docs[4]}) {
+      const auto len = static_cast<int64_t>(doc.size());
+      for (const int64_t ctx : {len, len + 10}) {
+        PerplexityOptions o;
+        o.ctx = ctx;
+        const auto rolling = perplexity_rolling(model, {doc}, {}, {}, bos, o);
+        o.ctx = std::min<int64_t>(ctx, 511);
+        const auto chunks = perplexity_chunks(model, doc, o);
+        CHECK(rolling.n_windows == 1);
+        CHECK(rolling.n_scored == chunks.n_scored);
+        // The chunk input is one position longer (its last logits unused): another GEMM shape,
+        // so fp32 noise only.
+        CHECK(close(rolling.nll_sum, chunks.nll_sum, 1e-7));
+      }
+    }
+  }
+
+  SECTION("--limit takes whole documents while their windows fit") {
+    options.windows_per_batch = 1;
+    options.max_windows = 5;  // docs 0 (3 windows), 1 (1), 2 (0), 3 (1); doc 4 needs 2 more
+    const auto r = perplexity_rolling(model, docs, words, bytes, bos, options);
+    CHECK(r.n_windows == 5);
+    CHECK(r.n_docs == 4);
+    CHECK(r.n_scored == 365);
+    CHECK(r.n_words == 74);
+    CHECK(close(r.nll_sum, brute[0] + brute[1] + brute[2] + brute[3] + brute[4], 1e-9));
+    options.max_windows = 2;
+    CHECK_THROWS_AS(perplexity_rolling(model, docs, words, bytes, bos, options), Error);
+  }
+}
+
+TEST_CASE("perplexity: a NaN is reported, never dropped", "[evaluators][perplexity]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = nan_model(load_model(dir));
+  const auto all = golden_ids(dir);
+  const std::vector<TokenId> ids(all.begin(), all.begin() + 600);
+  PerplexityOptions options;
+  options.ctx = 128;
+  for (const auto& r : {perplexity_chunks(model, ids, options), perplexity_llamacpp(model, ids, options),
+                        perplexity_rolling(model, {ids}, {100}, {400}, 1, options)}) {
+    CHECK_FALSE(r.finite);
+    CHECK(std::isnan(r.ppl));
+    CHECK(std::isnan(r.ppl_stderr));
+    CHECK(r.n_scored > 0);
+  }
+  const auto r = perplexity_rolling(model, {ids}, {100}, {400}, 1, options);
+  CHECK(std::isnan(r.word_perplexity));
+  CHECK(std::isnan(r.bits_per_byte));
+}
+
+TEST_CASE("perplexity: bad arguments are Errors", "[evaluators][perplexity]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = load_model(dir);  // 512 positions
+  const auto all = golden_ids(dir);
+  const std::vector<TokenId> ids(all.begin(), all.begin() + 2000);
+  auto with_ctx = [](int64_t ctx) {
+    PerplexityOptions o;
+    o.ctx = ctx;
+    return o;
+  };
+  // Too big for the model's positions: chunks reads ctx + 1, llama.cpp and rolling ctx.
+  CHECK_THROWS_AS(perplexity_chunks(model, ids, with_ctx(512)), Error);
+  CHECK_NOTHROW(perplexity_chunks(model, ids, with_ctx(511)));
+  CHECK_THROWS_AS(perplexity_llamacpp(model, ids, with_ctx(513)), Error);
+  CHECK_NOTHROW(perplexity_llamacpp(model, ids, with_ctx(512)));
+  CHECK_THROWS_AS(perplexity_rolling(model, {ids}, {}, {}, 1, with_ctx(513)), Error);
+  CHECK_THROWS_AS(perplexity_llamacpp(model, ids, with_ctx(2)), Error);  // scores nothing
+  // No text.
+  CHECK_THROWS_AS(perplexity_chunks(model, {}, with_ctx(128)), Error);
+  CHECK_THROWS_AS(perplexity_llamacpp(model, {}, with_ctx(128)), Error);
+  CHECK_THROWS_AS(perplexity_rolling(model, {}, {}, {}, 1, with_ctx(128)), Error);
+  CHECK_THROWS_AS(perplexity_rolling(model, {{}, {}}, {}, {}, 1, with_ctx(128)), Error);
+  // Fewer tokens than one llama.cpp chunk (BOS counted).
+  CHECK_THROWS_AS(perplexity_llamacpp(model, std::vector<TokenId>(ids.begin(), ids.begin() + 126), with_ctx(128)),
+                  Error);
+  CHECK_NOTHROW(perplexity_llamacpp(model, std::vector<TokenId>(ids.begin(), ids.begin() + 127), with_ctx(128)));
+  // Counts that do not match the documents; an out-of-vocabulary prefix; a zero limit.
+  CHECK_THROWS_AS(perplexity_rolling(model, {ids}, {1, 2}, {3, 4}, 1, with_ctx(128)), Error);
+  CHECK_THROWS_AS(perplexity_rolling(model, {ids}, {}, {}, 512, with_ctx(128)), Error);
+  auto zero = with_ctx(128);
+  zero.max_windows = 0;
+  CHECK_THROWS_AS(perplexity_chunks(model, ids, zero), Error);
+  try {
+    perplexity_llamacpp(model, ids, with_ctx(513));
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find('\n') == std::string::npos);
+  }
 }
