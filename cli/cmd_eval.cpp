@@ -18,6 +18,18 @@ namespace rankscope::cli {
 
 namespace {
 
+// JSON numbers cannot be NaN: a missing value is null (its status says why).
+nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+std::string format_value(const MetricResult& m) {
+  if (m.status != "ok") return m.status;
+  const double v = m.value;
+  if (std::fabs(v) >= 1e6 && std::fabs(v - std::round(v)) < 1e-9) return fmt::format("{:.0f}", v);
+  return fmt::format("{:.6g}", v);
+}
+
+}  // namespace
+
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -32,26 +44,7 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-// JSON numbers cannot be NaN: a missing value is null (its status says why).
-nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
-
-std::string format_value(const MetricResult& m) {
-  if (m.status != "ok") return m.status;
-  const double v = m.value;
-  if (std::fabs(v) >= 1e6 && std::fabs(v - std::round(v)) < 1e-9) return fmt::format("{:.0f}", v);
-  return fmt::format("{:.6g}", v);
-}
-
-}  // namespace
-
-int run_eval(const Params& params) {
-  if (params.model.empty()) throw Error("no MODEL given");
-  if (params.tasks.empty() && params.text.empty()) throw Error("--tasks is required (or --text FILE)");
-  if (params.num_fewshot < 0) throw Error("--num-fewshot must be >= 0");
-  if (params.limit == 0 || params.limit < -1) throw Error("--limit must be a positive number of documents (or -1 for all)");
-  if (params.ctx < 0) throw Error("--ctx must be >= 0");
-  set_num_threads(params.threads);
-
+EvalRequest eval_request(const Params& params) {
   EvalRequest request;
   request.tasks = split_list(params.tasks);
   request.text_file = params.text;
@@ -69,6 +62,18 @@ int run_eval(const Params& params) {
   request.latency = {.batch = params.latency_batch, .tokens = params.latency_tokens, .reps = params.latency_reps};
   request.fidelity_text = params.fidelity_text;
   request.cache_dir = params.cache_dir;
+  return request;
+}
+
+int run_eval(const Params& params) {
+  if (params.model.empty()) throw Error("no MODEL given");
+  if (params.tasks.empty() && params.text.empty()) throw Error("--tasks is required (or --text FILE)");
+  if (params.num_fewshot < 0) throw Error("--num-fewshot must be >= 0");
+  if (params.limit == 0 || params.limit < -1) throw Error("--limit must be a positive number of documents (or -1 for all)");
+  if (params.ctx < 0) throw Error("--ctx must be >= 0");
+  set_num_threads(params.threads);
+  const EvalRequest request = eval_request(params);
+
 
   const bool size_only = !request.tasks.empty() && params.text.empty() &&
                          std::all_of(request.tasks.begin(), request.tasks.end(), [](const auto& t) { return t == "size"; });

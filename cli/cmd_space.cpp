@@ -20,9 +20,7 @@ void print_point(const DesignSpace& space, const ModelConfig& model, const std::
 
 }  // namespace
 
-int run_space(const Params& params) {
-  if (params.model.empty()) throw Error("no MODEL given");
-  const Model model = load_model(params.model, {.weights = false, .tokenizer = false});
+SpaceSpec space_spec(const Params& params) {
   SpaceSpec spec;
   spec.kind = params.space;
   spec.method = parse_method(params.method);
@@ -35,6 +33,13 @@ int run_space(const Params& params) {
   } else {
     spec.choices = parse_space_choices(params.choices, spec.method);
   }
+  return spec;
+}
+
+int run_space(const Params& params) {
+  if (params.model.empty()) throw Error("no MODEL given");
+  const Model model = load_model(params.model, {.weights = false, .tokenizer = false});
+  const SpaceSpec spec = space_spec(params);
   const auto space = make_design_space(model.config, spec);
   const BigInt count = space->count();
   fmt::print("space     {}\n", space->describe());

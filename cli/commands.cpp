@@ -23,6 +23,15 @@ const std::vector<Command>& commands() {
        "MODEL [--config STR] --tasks T1,T2 [--limit N] [--num-fewshot K] [--seed S] [--ctx N] "
        "[--ppl-protocol llamacpp|chunks|rolling] [--text FILE] [--json]",
        run_eval},
+      {"sweep", "run or continue a study: a search strategy proposes configurations, each is decomposed, evaluated and stored",
+       "EXPERIMENT.ini [--db FILE] [--study NAME] [--budget N] [any option of the file]", run_sweep},
+      {"pareto", "the Pareto front of a study over any objectives, with its hypervolume",
+       "--db FILE --study NAME --objectives A:min,B:max [--where EXPR] [--format table|csv|json] [--ref R1,R2]", run_pareto},
+      {"studies", "the studies of a results database with their counts and best points", "--db FILE [--json]", run_studies},
+      {"export", "every evaluation of a study with all its metrics", "--db FILE --study NAME [--format csv|json] [--where EXPR]",
+       run_export},
+      {"report", "a Pareto-front plot (SVG) and a markdown table of a study", "--db FILE --study NAME --out DIR [--objectives ...]",
+       run_report},
   };
   return table;
 }

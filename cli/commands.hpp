@@ -2,7 +2,9 @@
 #pragma once
 
 #include "cli/options.hpp"
+#include "core/design_space.hpp"
 #include "core/factor_cache.hpp"
+#include "evaluators/evaluator.hpp"
 
 namespace rankscope::cli {
 
@@ -14,8 +16,19 @@ int run_config(const Params& params);
 int run_space(const Params& params);
 int run_decompose(const Params& params);
 int run_eval(const Params& params);
+int run_sweep(const Params& params);
+int run_pareto(const Params& params);
+int run_studies(const Params& params);
+int run_export(const Params& params);
+int run_report(const Params& params);
 
 // --svd-backend as a factor-cache policy (decompose, eval).
 SvdPolicy svd_policy(const std::string& backend);
+// --space, --ranks, --choices, --group-size, --method as a design-space spec (space, sweep).
+SpaceSpec space_spec(const Params& params);
+// The evaluation options shared by eval and sweep (tasks, limit, few-shot, protocols, ...).
+EvalRequest eval_request(const Params& params);
+// Comma-separated list, items trimmed, empty items dropped.
+std::vector<std::string> split_list(const std::string& text);
 
 }  // namespace rankscope::cli

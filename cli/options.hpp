@@ -62,6 +62,25 @@ struct Params {
   int64_t latency_tokens = 128;
   int64_t latency_reps = 10;
   std::string fidelity_text;
+  // sweep, pareto, studies, export, report
+  std::string experiment;               // positional EXPERIMENT.ini of sweep
+  std::vector<std::string> configs;     // every --config / config = line (sweep: the list)
+  std::string db;
+  std::string study;
+  std::string strategy = "evolutionary";
+  int64_t budget = 100;
+  int64_t population = 16;
+  int64_t generations = 0;
+  double mutation_rate = -1.0;
+  double crossover_rate = 0.9;
+  std::string objectives;
+  std::string constraints;
+  std::string target;
+  bool include_base = false;
+  double stale_after = 600.0;
+  std::string where;
+  std::string format = "table";
+  std::string ref;
 };
 
 struct OptionDef {

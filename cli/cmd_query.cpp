@@ -1,0 +1,364 @@
+// Queries of the results database: pareto, studies, export, report.
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "core/error.hpp"
+#include "db/results_db.hpp"
+#include "search/pareto.hpp"
+#include "search/strategy.hpp"
+
+namespace rankscope::cli {
+
+namespace {
+
+nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+std::string fmt_value(double v) {
+  if (!std::isfinite(v)) return "nan";
+  if (std::fabs(v) >= 1e5 && std::fabs(v - std::round(v)) < 1e-9) return fmt::format("{:.0f}", v);
+  return fmt::format("{:.6g}", v);
+}
+
+// "a>=1 and b<2" (also "," or "&&" between terms) as constraints.
+std::vector<Constraint> parse_where(std::string text) {
+  for (const std::string sep : {" and ", " AND ", "&&"}) {
+    for (size_t p = text.find(sep); p != std::string::npos; p = text.find(sep)) text.replace(p, sep.size(), ",");
+  }
+  return parse_constraints(text);
+}
+
+ResultsDb open_existing(const std::string& path) {
+  if (path.empty()) throw Error("--db FILE is required");
+  if (!std::filesystem::exists(path)) fail("{}: no such results database", path);
+  return ResultsDb(path);
+}
+
+StudyInfo require_study(const ResultsDb& db, const std::string& name) {
+  if (name.empty()) throw Error("--study NAME is required");
+  auto s = db.find_study(name);
+  if (!s) {
+    std::string names;
+    for (const auto& st : db.studies()) names += (names.empty() ? "" : ", ") + st.name;
+    fail("{}: no study '{}' (studies: {})", db.path().string(), name, names.empty() ? "none" : names);
+  }
+  return *s;
+}
+
+struct Front {
+  std::vector<Objective> objectives;
+  std::vector<Constraint> where;
+  MetricRows rows;
+  std::vector<size_t> candidates;  // rows that pass the filter and have every objective
+  std::vector<size_t> front;       // indices into rows, sorted by the first objective
+  std::vector<double> ref;
+  double hypervolume = 0.0;
+};
+
+Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& params) {
+  Front f;
+  std::string objectives = params.objectives;
+  if (objectives.empty()) objectives = study.settings.value("objectives", std::string());
+  if (objectives.empty()) throw Error("--objectives is required (the study records none)");
+  f.objectives = parse_objectives(objectives);
+  f.where = parse_where(params.where);
+  std::vector<std::string> metrics;
+  for (const auto& o : f.objectives) metrics.push_back(o.metric);
+  for (const auto& c : f.where) metrics.push_back(c.metric);
+  f.rows = db.metric_rows(study.id, metrics);
+  const size_t m = f.objectives.size();
+  std::vector<std::vector<double>> values;
+  std::vector<bool> minimize;
+  for (const auto& o : f.objectives) minimize.push_back(o.minimize);
+  for (size_t i = 0; i < f.rows.rows.size(); ++i) {
+    if (f.rows.statuses[i] != EvalStatus::done) continue;
+    const auto& row = f.rows.rows[i];
+    bool ok = true;
+    for (size_t j = 0; j < m; ++j) ok = ok && std::isfinite(row[j]);
+    for (size_t c = 0; c < f.where.size() && ok; ++c) {
+      std::map<std::string, double> one{{f.where[c].metric, row[m + c]}};
+      ok = std::isfinite(row[m + c]) && satisfies(one, {f.where[c]});
+    }
+    if (!ok) continue;
+    f.candidates.push_back(i);
+    values.emplace_back(row.begin(), row.begin() + static_cast<long>(m));
+  }
+  for (size_t k : pareto_front(values, minimize)) f.front.push_back(f.candidates[k]);
+  std::sort(f.front.begin(), f.front.end(), [&](size_t a, size_t b) {
+    const double x = f.rows.rows[a][0], y = f.rows.rows[b][0];
+    return x != y ? (f.objectives[0].minimize ? x < y : x > y) : f.rows.evaluation_ids[a] < f.rows.evaluation_ids[b];
+  });
+  // Reference point: given, or the worst value of each objective over the candidates plus 10 %
+  // of its range (1 when the range is 0).
+  if (!params.ref.empty()) {
+    for (const auto& item : split_list(params.ref)) {
+      try {
+        f.ref.push_back(std::stod(item));
+      } catch (const std::exception&) {
+        fail("--ref: '{}' is not a number", item);
+      }
+    }
+    if (f.ref.size() != m) fail("--ref has {} values for {} objectives", f.ref.size(), m);
+  } else if (!values.empty()) {
+    for (size_t j = 0; j < m; ++j) {
+      double lo = values[0][j], hi = values[0][j];
+      for (const auto& v : values) {
+        lo = std::min(lo, v[j]);
+        hi = std::max(hi, v[j]);
+      }
+      const double pad = hi > lo ? 0.1 * (hi - lo) : 1.0;
+      f.ref.push_back(f.objectives[j].minimize ? hi + pad : lo - pad);
+    }
+  }
+  if (!values.empty()) f.hypervolume = hypervolume(values, minimize, f.ref);
+  return f;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string objectives_text(const std::vector<Objective>& objectives) {
+  std::string s;
+  for (const auto& o : objectives) s += (s.empty() ? "" : ",") + o.metric + (o.minimize ? ":min" : ":max");
+  return s;
+}
+
+}  // namespace
+
+int run_pareto(const Params& params) {
+  const ResultsDb db = open_existing(params.db);
+  const StudyInfo study = require_study(db, params.study);
+  const Front f = compute_front(db, study, params);
+  const size_t m = f.objectives.size();
+  if (params.format == "json") {
+    nlohmann::json front = nlohmann::json::array();
+    for (size_t i : f.front) {
+      nlohmann::json values;
+      for (size_t j = 0; j < m; ++j) values[f.objectives[j].metric] = number(f.rows.rows[i][j]);
+      front.push_back({{"evaluation", f.rows.evaluation_ids[i]}, {"config", f.rows.configs[i]}, {"values", values}});
+    }
+    nlohmann::json out = {{"study", study.name},           {"objectives", objectives_text(f.objectives)},
+                          {"where", params.where},         {"evaluations", f.candidates.size()},
+                          {"hypervolume", f.hypervolume},  {"ref", f.ref},
+                          {"front", front}};
+    fmt::print("{}\n", out.dump(2));
+  } else if (params.format == "csv") {
+    std::string header = "evaluation,config";
+    for (const auto& o : f.objectives) header += "," + o.metric;
+    fmt::print("{}\n", header);
+    for (size_t i : f.front) {
+      std::string line = fmt::format("{},{}", f.rows.evaluation_ids[i], csv_field(f.rows.configs[i]));
+      for (size_t j = 0; j < m; ++j) line += "," + fmt_value(f.rows.rows[i][j]);
+      fmt::print("{}\n", line);
+    }
+  } else if (params.format == "table") {
+    fmt::print("study {}: Pareto front of {} over {} evaluations{}\n\n", study.name, objectives_text(f.objectives),
+               f.candidates.size(), params.where.empty() ? "" : " where " + params.where);
+    std::string header = fmt::format("{:>6}", "id");
+    for (const auto& o : f.objectives) header += fmt::format("  {:>18}", o.metric);
+    fmt::print("{}  config\n", header);
+    for (size_t i : f.front) {
+      std::string line = fmt::format("{:>6}", f.rows.evaluation_ids[i]);
+      for (size_t j = 0; j < m; ++j) line += fmt::format("  {:>18}", fmt_value(f.rows.rows[i][j]));
+      fmt::print("{}  {}\n", line, f.rows.configs[i].empty() ? "(base model)" : f.rows.configs[i]);
+    }
+    std::string ref;
+    for (double r : f.ref) ref += (ref.empty() ? "" : ",") + fmt_value(r);
+    fmt::print("\n{} points on the front; hypervolume {} (reference {})\n", f.front.size(), fmt_value(f.hypervolume), ref);
+  } else {
+    fail("--format: unknown format '{}' (table, csv or json)", params.format);
+  }
+  return 0;
+}
+
+int run_studies(const Params& params) {
+  const ResultsDb db = open_existing(params.db);
+  const auto studies = db.studies();
+  nlohmann::json out = nlohmann::json::array();
+  if (!params.json) fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  best\n", "study", "done", "failed", "nan", "claimed");
+  for (const auto& s : studies) {
+    // Best point of each objective the study declared.
+    std::string best_text;
+    nlohmann::json best = nlohmann::json::object();
+    const std::string objectives = s.settings.value("objectives", std::string());
+    if (!objectives.empty()) {
+      const auto objs = parse_objectives(objectives);
+      std::vector<std::string> names;
+      for (const auto& o : objs) names.push_back(o.metric);
+      const MetricRows rows = db.metric_rows(s.id, names);
+      for (size_t j = 0; j < objs.size(); ++j) {
+        std::optional<size_t> bi;
+        for (size_t i = 0; i < rows.rows.size(); ++i) {
+          const double v = rows.rows[i][j];
+          if (rows.statuses[i] != EvalStatus::done || !std::isfinite(v)) continue;
+          if (!bi || (objs[j].minimize ? v < rows.rows[*bi][j] : v > rows.rows[*bi][j])) bi = i;
+        }
+        if (!bi) continue;
+        best[objs[j].metric] = {{"value", rows.rows[*bi][j]}, {"config", rows.configs[*bi]}};
+        best_text += fmt::format("{}{} {} ({})", best_text.empty() ? "" : "; ", objs[j].metric, fmt_value(rows.rows[*bi][j]),
+                                 rows.configs[*bi].empty() ? "base" : rows.configs[*bi]);
+      }
+    }
+    if (params.json) {
+      out.push_back({{"study", s.name},
+                     {"done", s.counts.done},
+                     {"failed", s.counts.failed},
+                     {"nan", s.counts.nan},
+                     {"claimed", s.counts.claimed},
+                     {"settings", s.settings},
+                     {"best", best}});
+    } else {
+      fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  {}\n", s.name, s.counts.done, s.counts.failed, s.counts.nan,
+                 s.counts.claimed, best_text);
+    }
+  }
+  if (params.json) fmt::print("{}\n", out.dump(2));
+  return 0;
+}
+
+int run_export(const Params& params) {
+  const ResultsDb db = open_existing(params.db);
+  const StudyInfo study = require_study(db, params.study);
+  const auto where = parse_where(params.where);
+  std::vector<EvaluationRecord> records;
+  std::set<std::string> metric_names;
+  db.for_each_evaluation(study.id, [&](const EvaluationRecord& r) {
+    std::map<std::string, double> values;
+    for (const auto& m : r.metrics) values[m.name] = m.value;
+    if (!where.empty() && !satisfies(values, where)) return;
+    for (const auto& m : r.metrics) metric_names.insert(m.name);
+    records.push_back(r);
+  });
+  if (params.format == "json") {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& r : records) {
+      nlohmann::json metrics = nlohmann::json::object();
+      for (const auto& m : r.metrics) {
+        metrics[m.name] = {{"value", number(m.value)}, {"stderr", number(m.stderr_)}, {"n", m.n}, {"status", m.status},
+                           {"protocol", m.protocol}};
+      }
+      out.push_back({{"evaluation", r.id},        {"config", r.config},      {"config_hash", r.config_hash},
+                     {"model_hash", r.model_hash}, {"status", status_name(r.status)}, {"worker", r.worker},
+                     {"host", r.host},            {"claimed_at", r.claimed_at}, {"finished_at", number(r.finished_at)},
+                     {"wall_s", number(r.wall_s)}, {"error", r.error},       {"metrics", metrics}});
+    }
+    fmt::print("{}\n", nlohmann::json{{"study", study.name}, {"settings", study.settings}, {"evaluations", out}}.dump(2));
+  } else if (params.format == "csv" || params.format == "table") {
+    std::string header = "evaluation,config,status,model_hash,host,wall_s,finished_at";
+    for (const auto& n : metric_names) header += "," + n;
+    fmt::print("{}\n", header);
+    for (const auto& r : records) {
+      std::map<std::string, double> values;
+      for (const auto& m : r.metrics) values[m.name] = m.value;
+      std::string line = fmt::format("{},{},{},{},{},{},{}", r.id, csv_field(r.config), status_name(r.status), r.model_hash,
+                                     csv_field(r.host), fmt_value(r.wall_s), fmt_value(r.finished_at));
+      for (const auto& n : metric_names) line += "," + (values.count(n) ? fmt_value(values[n]) : std::string());
+      fmt::print("{}\n", line);
+    }
+  } else {
+    fail("--format: unknown format '{}' (csv or json)", params.format);
+  }
+  return 0;
+}
+
+int run_report(const Params& params) {
+  if (params.out.empty()) throw Error("--out DIR is required");
+  const ResultsDb db = open_existing(params.db);
+  const StudyInfo study = require_study(db, params.study);
+  const Front f = compute_front(db, study, params);
+  if (f.objectives.size() < 2) fail("report: the plot needs two objectives, got {}", f.objectives.size());
+  std::filesystem::create_directories(params.out);
+  const auto& ox = f.objectives[1];  // x: the second objective (usually size), y: the first
+  const auto& oy = f.objectives[0];
+
+  // The plot, as SVG written directly: every evaluation grey, the front red and joined as a staircase.
+  constexpr double W = 720, H = 480, L = 90, R = 30, T = 40, B = 60;
+  double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+  for (size_t i : f.candidates) {
+    xmin = std::min(xmin, f.rows.rows[i][1]);
+    xmax = std::max(xmax, f.rows.rows[i][1]);
+    ymin = std::min(ymin, f.rows.rows[i][0]);
+    ymax = std::max(ymax, f.rows.rows[i][0]);
+  }
+  if (f.candidates.empty()) xmin = ymin = 0, xmax = ymax = 1;
+  if (xmax == xmin) xmin -= 0.5, xmax += 0.5;
+  if (ymax == ymin) ymin -= 0.5, ymax += 0.5;
+  auto px = [&](double x) { return L + (x - xmin) / (xmax - xmin) * (W - L - R); };
+  auto py = [&](double y) { return H - B - (y - ymin) / (ymax - ymin) * (H - T - B); };
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{}\" y=\"22\" font-size=\"15\">{}: {} evaluations, {} on the Pareto front</text>\n",
+      W, H, L, study.name, f.candidates.size(), f.front.size());
+  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", L, H - B, W - R);
+  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/>\n", L, T, H - B);
+  for (int t = 0; t <= 4; ++t) {
+    const double x = xmin + (xmax - xmin) * t / 4, y = ymin + (ymax - ymin) * t / 4;
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", px(x), H - B + 18, fmt_value(x));
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", L - 6, py(y) + 4, fmt_value(y));
+  }
+  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} ({})</text>\n", (L + W - R) / 2, H - 18, ox.metric,
+                     ox.minimize ? "min" : "max");
+  svg += fmt::format("<text x=\"18\" y=\"{0}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {0})\">{1} ({2})</text>\n",
+                     (T + H - B) / 2, oy.metric, oy.minimize ? "min" : "max");
+  for (size_t i : f.candidates) {
+    svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"#9a9a9a\" fill-opacity=\"0.6\"/>\n",
+                       px(f.rows.rows[i][1]), py(f.rows.rows[i][0]));
+  }
+  std::vector<size_t> by_x = f.front;
+  std::sort(by_x.begin(), by_x.end(), [&](size_t a, size_t b) { return f.rows.rows[a][1] < f.rows.rows[b][1]; });
+  std::string path;
+  for (size_t k = 0; k < by_x.size(); ++k) {
+    const double x = px(f.rows.rows[by_x[k]][1]), y = py(f.rows.rows[by_x[k]][0]);
+    if (k == 0) {
+      path += fmt::format("M{:.1f},{:.1f}", x, y);
+    } else {
+      path += fmt::format(" H{:.1f} V{:.1f}", x, y);
+    }
+  }
+  if (!path.empty()) svg += "<path d=\"" + path + "\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\"/>\n";
+  for (size_t i : f.front) {
+    svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"4.5\" fill=\"#c0392b\"/>\n", px(f.rows.rows[i][1]),
+                       py(f.rows.rows[i][0]));
+  }
+  svg += "</svg>\n";
+  const auto svg_path = std::filesystem::path(params.out) / "pareto.svg";
+  std::ofstream(svg_path) << svg;
+
+  // The markdown table.
+  std::string md = fmt::format("# Study `{}`\n\n{} evaluations ({} done, {} failed, {} nan) in `{}`.\n\n", study.name,
+                               study.counts.finished(), study.counts.done, study.counts.failed, study.counts.nan,
+                               params.db);
+  md += fmt::format("![Pareto front](pareto.svg)\n\nPareto front of {}{}: {} points, hypervolume {}.\n\n",
+                    objectives_text(f.objectives), params.where.empty() ? "" : " where " + params.where, f.front.size(),
+                    fmt_value(f.hypervolume));
+  md += "| id |";
+  for (const auto& o : f.objectives) md += " " + o.metric + " |";
+  md += " configuration |\n| ---: |";
+  for (size_t j = 0; j < f.objectives.size(); ++j) md += " ---: |";
+  md += " --- |\n";
+  for (size_t i : f.front) {
+    md += fmt::format("| {} |", f.rows.evaluation_ids[i]);
+    for (size_t j = 0; j < f.objectives.size(); ++j) md += " " + fmt_value(f.rows.rows[i][j]) + " |";
+    md += " `" + (f.rows.configs[i].empty() ? std::string("(base model)") : f.rows.configs[i]) + "` |\n";
+  }
+  const auto md_path = std::filesystem::path(params.out) / "report.md";
+  std::ofstream(md_path) << md;
+  fmt::print("wrote {} and {}\n", md_path.string(), svg_path.string());
+  return 0;
+}
+
+}  // namespace rankscope::cli

@@ -1,0 +1,1034 @@
+// The results database: see results_db.hpp and docs/database.md.
+#include "db/results_db.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include <fmt/format.h>
+#include <sqlite3.h>
+#include <xxhash.h>
+
+#include "core/error.hpp"
+
+namespace rankscope {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------------
+// The schema: migrations[k] takes PRAGMA user_version k to k+1 (version 0 is an empty file).
+// Append new steps; never edit a released one.
+const std::vector<std::string>& builtin_migrations() {
+  static const std::vector<std::string> steps = {
+      // 0 -> 1: the first schema.
+      R"sql(
+CREATE TABLE studies (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  created_at REAL NOT NULL,
+  settings TEXT NOT NULL
+);
+CREATE TABLE models (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  path TEXT NOT NULL,
+  architecture TEXT NOT NULL,
+  n_params INTEGER NOT NULL
+);
+CREATE TABLE configurations (
+  id INTEGER PRIMARY KEY,
+  canonical TEXT NOT NULL UNIQUE,
+  hash TEXT NOT NULL UNIQUE
+);
+CREATE TABLE evaluations (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+  configuration_id INTEGER NOT NULL REFERENCES configurations(id),
+  model_id INTEGER NOT NULL REFERENCES models(id),
+  status TEXT NOT NULL CHECK (status IN ('claimed', 'done', 'failed', 'nan')),
+  worker TEXT NOT NULL,
+  host TEXT NOT NULL,
+  claimed_at REAL NOT NULL,
+  heartbeat_at REAL NOT NULL,
+  finished_at REAL,
+  wall_s REAL,
+  error TEXT,
+  UNIQUE (study_id, configuration_id)
+);
+CREATE INDEX evaluations_by_status ON evaluations(study_id, status, configuration_id);
+CREATE TABLE metric_names (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE protocols (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  json TEXT NOT NULL
+);
+CREATE TABLE metrics (
+  metric_id INTEGER NOT NULL REFERENCES metric_names(id),
+  evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+  value REAL,
+  stderr REAL,
+  n INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  protocol_id INTEGER REFERENCES protocols(id),
+  PRIMARY KEY (metric_id, evaluation_id)
+) WITHOUT ROWID;
+CREATE INDEX metrics_by_evaluation ON metrics(evaluation_id);
+CREATE TABLE strategy_state (
+  study_id INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
+  state TEXT NOT NULL,
+  updated_at REAL NOT NULL
+);
+)sql",
+  };
+  return steps;
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string hex128(const void* data, size_t size) {
+  const XXH128_hash_t h = XXH3_128bits(data, size);
+  return fmt::format("{:016x}{:016x}", h.high64, h.low64);
+}
+
+// The host part of a "host:pid" worker id (the whole id when it has no ':').
+std::string host_of(std::string_view worker) {
+  const size_t colon = worker.rfind(':');
+  return std::string(colon == std::string_view::npos ? worker : worker.substr(0, colon));
+}
+
+// Thrown inside a transaction when another connection holds a lock; the retry loop catches it.
+struct Busy {};
+
+bool is_busy(int rc) {
+  const int primary = rc & 0xff;
+  return primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
+}
+
+}  // namespace
+
+std::string_view status_name(EvalStatus status) {
+  switch (status) {
+    case EvalStatus::claimed:
+      return "claimed";
+    case EvalStatus::done:
+      return "done";
+    case EvalStatus::failed:
+      return "failed";
+    case EvalStatus::nan:
+      return "nan";
+  }
+  RS_ASSERT(false);
+  return "";
+}
+
+EvalStatus parse_status(std::string_view name) {
+  if (name == "claimed") return EvalStatus::claimed;
+  if (name == "done") return EvalStatus::done;
+  if (name == "failed") return EvalStatus::failed;
+  if (name == "nan") return EvalStatus::nan;
+  fail("unknown evaluation status '{}' (expected claimed, done, failed or nan)", name);
+}
+
+std::string worker_id() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
+  return fmt::format("{}:{}", host, static_cast<long>(getpid()));
+}
+
+std::string config_hash(std::string_view canonical) { return hex128(canonical.data(), canonical.size()); }
+
+// ---------------------------------------------------------------------------------------------
+// The connection, its cached statements and the transaction/retry machinery.
+
+namespace detail {
+
+struct ResultsDbImpl {
+  std::filesystem::path path;
+  std::string name;  // path as text, for messages
+  ResultsDb::Options options;
+  std::vector<std::string> migrations;
+  sqlite3* db = nullptr;
+  std::unordered_map<std::string, sqlite3_stmt*> statements;
+  std::minstd_rand jitter{static_cast<unsigned>(getpid()) ^
+                          static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count())};
+
+  ~ResultsDbImpl() {
+    for (auto& [sql, stmt] : statements) sqlite3_finalize(stmt);
+    if (db) sqlite3_close_v2(db);
+  }
+
+  // Throws Busy for a lock conflict, Error (naming the file) for anything else.
+  void check(int rc, std::string_view what) const {
+    if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
+    if (is_busy(rc)) throw Busy{};
+    fail("{}: {}: {}", name, what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+  }
+
+  sqlite3_stmt* prepare(const std::string& sql) {
+    auto it = statements.find(sql);
+    if (it != statements.end()) return it->second;
+    sqlite3_stmt* stmt = nullptr;
+    const int rc = sqlite3_prepare_v3(db, sql.c_str(), static_cast<int>(sql.size()),
+                                      SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+    if (rc != SQLITE_OK) {
+      sqlite3_finalize(stmt);
+      check(rc, "preparing a statement");
+    }
+    statements.emplace(sql, stmt);
+    return stmt;
+  }
+
+  void exec(const char* sql) {
+    char* message = nullptr;
+    const int rc = sqlite3_exec(db, sql, nullptr, nullptr, &message);
+    std::string text = message ? message : "";
+    sqlite3_free(message);
+    if (rc == SQLITE_OK) return;
+    if (is_busy(rc)) throw Busy{};
+    fail("{}: {}", name, text.empty() ? sqlite3_errstr(rc) : text);
+  }
+
+  void rollback_if_open() {
+    if (db && !sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+
+  // Runs attempt() until it does not throw Busy, sleeping with exponential backoff (1 ms doubling
+  // to 250 ms, with jitter) between tries; Error after options.busy_timeout_seconds.
+  template <typename F>
+  auto retry(F&& attempt) {
+    const auto start = std::chrono::steady_clock::now();
+    double backoff = 0.001;
+    for (;;) {
+      try {
+        return attempt();
+      } catch (const Busy&) {
+        rollback_if_open();
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (waited >= options.busy_timeout_seconds)
+          fail("{}: database is locked by another process for more than {} s", name,
+               options.busy_timeout_seconds);
+        const double sleep = backoff * std::uniform_real_distribution<double>(0.5, 1.5)(jitter);
+        std::this_thread::sleep_for(std::chrono::duration<double>(sleep));
+        backoff = std::min(backoff * 2, 0.25);
+      }
+    }
+  }
+
+  // One transaction: BEGIN IMMEDIATE (write) or BEGIN (read snapshot), body, COMMIT; the whole
+  // transaction is retried on a lock conflict, rolled back on any other exception.
+  template <typename F>
+  auto transaction(bool write, F&& body) {
+    return retry([&] {
+      exec(write ? "BEGIN IMMEDIATE" : "BEGIN");
+      try {
+        if constexpr (std::is_void_v<decltype(body())>) {
+          body();
+          exec("COMMIT");
+        } else {
+          auto result = body();
+          exec("COMMIT");
+          return result;
+        }
+      } catch (...) {
+        rollback_if_open();
+        throw;
+      }
+    });
+  }
+
+  // SQLite's own wait on a lock, per attempt (the retry loop waits longer, between attempts).
+  int busy_wait_ms() const {
+    return static_cast<int>(std::clamp(options.busy_timeout_seconds * 1000.0 / 4, 1.0, 1000.0));
+  }
+
+  void open();
+  void validate_read_only();
+  void migrate();
+
+  int64_t config_id(std::string_view canonical, bool create);
+  int64_t metric_id(const std::string& metric, std::unordered_map<std::string, int64_t>& cache);
+  void insert_metrics(int64_t evaluation, const std::vector<MetricValue>& metrics,
+                      std::unordered_map<std::string, int64_t>& cache);
+};
+
+}  // namespace detail
+
+using Impl = detail::ResultsDbImpl;
+
+namespace {
+
+// A cached statement for one use: bind, step, read columns; reset (and unbound) on destruction.
+class Query {
+ public:
+  Query(Impl& impl, const std::string& sql) : impl_(impl), stmt_(impl.prepare(sql)) {}
+  ~Query() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  Query(const Query&) = delete;
+  Query& operator=(const Query&) = delete;
+
+  Query& bind(int i, int64_t v) { return check_bind(sqlite3_bind_int64(stmt_, i, v)); }
+  Query& bind(int i, double v) {
+    return check_bind(std::isnan(v) ? sqlite3_bind_null(stmt_, i) : sqlite3_bind_double(stmt_, i, v));
+  }
+  Query& bind(int i, std::string_view v) {
+    return check_bind(sqlite3_bind_text64(stmt_, i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  Query& bind(int i, const std::string& v) { return bind(i, std::string_view(v)); }
+  Query& bind(int i, const char* v) { return bind(i, std::string_view(v)); }
+  Query& bind_null(int i) { return check_bind(sqlite3_bind_null(stmt_, i)); }
+
+  // True while a row is available.
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    sqlite3_reset(stmt_);
+    impl_.check(rc, "query failed");
+    return false;
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+
+  bool is_null(int c) const { return sqlite3_column_type(stmt_, c) == SQLITE_NULL; }
+  int64_t i64(int c) const { return sqlite3_column_int64(stmt_, c); }
+  double f64(int c) const { return is_null(c) ? kNaN : sqlite3_column_double(stmt_, c); }
+  std::string text(int c) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, c));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, c))) : std::string();
+  }
+  std::string_view text_view(int c) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, c));
+    return p ? std::string_view(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, c))) : std::string_view();
+  }
+
+ private:
+  Query& check_bind(int rc) {
+    impl_.check(rc, "binding a parameter");
+    return *this;
+  }
+  Impl& impl_;
+  sqlite3_stmt* stmt_;
+};
+
+nlohmann::json parse_json_column(const Impl& impl, std::string_view text, std::string_view where) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed JSON in {}: {}", impl.name, where, e.what());
+  }
+}
+
+// What an existing file holds, read without writing anything.
+struct Header {
+  int64_t application_id = 0, user_version = 0, n_objects = 0;
+};
+
+}  // namespace
+
+// Opens the file read-only to classify it before anything is written: a foreign or newer file
+// is refused with its bytes untouched (a read-only connection never checkpoints or rolls back).
+//
+// Without a -wal file the main file holds the whole database, and it is read with immutable=1:
+// no locks and no -wal/-shm files are created beside a foreign file. With one, a plain read-only
+// connection reads through the WAL (its side files exist already).
+void Impl::validate_read_only() {
+  std::string uri = "file:";
+  for (const unsigned char c : name) {
+    if (std::isalnum(c) || std::strchr("/-._~", c))
+      uri += static_cast<char>(c);
+    else
+      uri += fmt::format("%{:02X}", c);
+  }
+  if (!std::filesystem::exists(name + "-wal")) uri += "?immutable=1";
+  sqlite3* ro = nullptr;
+  int rc = sqlite3_open_v2(uri.c_str(), &ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI,
+                           nullptr);
+  auto close = [&] {
+    sqlite3_close_v2(ro);
+    ro = nullptr;
+  };
+  if (rc != SQLITE_OK) {
+    std::string message = ro ? sqlite3_errmsg(ro) : sqlite3_errstr(rc);
+    close();
+    fail("{}: cannot open database: {}", name, message);
+  }
+  sqlite3_busy_timeout(ro, busy_wait_ms());
+  auto read = [&]() -> Header {
+    Header header;
+    const char* queries[] = {"PRAGMA application_id", "PRAGMA user_version",
+                             "SELECT count(*) FROM sqlite_master"};
+    int64_t* outputs[] = {&header.application_id, &header.user_version, &header.n_objects};
+    for (int i = 0; i < 3; ++i) {
+      sqlite3_stmt* stmt = nullptr;
+      int code = sqlite3_prepare_v2(ro, queries[i], -1, &stmt, nullptr);
+      if (code == SQLITE_OK) code = sqlite3_step(stmt);
+      if (code == SQLITE_ROW) *outputs[i] = sqlite3_column_int64(stmt, 0);
+      sqlite3_finalize(stmt);
+      if (code != SQLITE_ROW) {
+        if (is_busy(code)) throw Busy{};
+        std::string message = sqlite3_errmsg(ro);
+        if ((code & 0xff) == SQLITE_NOTADB || (code & 0xff) == SQLITE_CORRUPT)
+          fail("{}: not a rankscope results database ({})", name, message);
+        fail("{}: cannot read database: {}", name, message);
+      }
+    }
+    return header;
+  };
+  Header header;
+  try {
+    header = retry(read);
+  } catch (...) {
+    close();
+    throw;
+  }
+  close();
+
+  const int64_t latest = static_cast<int64_t>(migrations.size());
+  if (header.application_id == kResultsDbApplicationId) {
+    if (header.user_version <= 0)
+      fail("{}: damaged rankscope results database (application_id set but schema version {})", name,
+           header.user_version);
+    if (header.user_version > latest)
+      fail(
+          "{}: results database has schema version {}, newer than this rankscope supports ({}); "
+          "use a newer rankscope",
+          name, header.user_version, latest);
+    return;
+  }
+  if (header.application_id != 0)
+    fail("{}: not a rankscope results database (an SQLite database with application_id 0x{:08x})", name,
+         static_cast<uint32_t>(header.application_id));
+  if (header.n_objects != 0 || header.user_version != 0)
+    fail(
+        "{}: not a rankscope results database (an SQLite database of another application: {} schema "
+        "objects, user_version {})",
+        name, header.n_objects, header.user_version);
+  // An empty SQLite database: initialised like a new file.
+}
+
+// Brings the schema to the latest version in one transaction (re-checking what validate_read_only
+// saw, since another process may have initialised the file since).
+void Impl::migrate() {
+  const int64_t latest = static_cast<int64_t>(migrations.size());
+  transaction(true, [&] {
+    Header header;
+    {
+      Query q(*this, "PRAGMA application_id");
+      q.step();
+      header.application_id = q.i64(0);
+    }
+    {
+      Query q(*this, "PRAGMA user_version");
+      q.step();
+      header.user_version = q.i64(0);
+    }
+    {
+      Query q(*this, "SELECT count(*) FROM sqlite_master");
+      q.step();
+      header.n_objects = q.i64(0);
+    }
+    int64_t version = header.user_version;
+    if (header.application_id == 0 && header.user_version == 0 && header.n_objects == 0) {
+      version = 0;
+    } else if (header.application_id != kResultsDbApplicationId) {
+      fail("{}: not a rankscope results database (application_id 0x{:08x}, {} schema objects)", name,
+           static_cast<uint32_t>(header.application_id), header.n_objects);
+    } else if (version <= 0 || version > latest) {
+      fail("{}: results database has schema version {}, this rankscope supports 1 to {}", name, version,
+           latest);
+    }
+    if (version == latest) return;
+    for (int64_t k = version; k < latest; ++k) {
+      char* message = nullptr;
+      const int rc = sqlite3_exec(db, migrations[static_cast<size_t>(k)].c_str(), nullptr, nullptr, &message);
+      const std::string text = message ? message : sqlite3_errstr(rc);
+      sqlite3_free(message);
+      if (is_busy(rc)) throw Busy{};
+      if (rc != SQLITE_OK)
+        fail("{}: migrating the schema from version {} to {} failed: {}", name, k, k + 1, text);
+    }
+    exec(fmt::format("PRAGMA application_id = {}", kResultsDbApplicationId).c_str());
+    exec(fmt::format("PRAGMA user_version = {}", latest).c_str());
+  });
+}
+
+void Impl::open() {
+  name = path.string();
+  if (migrations.empty()) fail("{}: no schema migrations given", name);
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  const bool exists = std::filesystem::exists(status);
+  if (exists && !std::filesystem::is_regular_file(status)) fail("{}: not a regular file", name);
+  const uintmax_t size = exists ? std::filesystem::file_size(path, ec) : 0;
+  if (exists && size > 0) {
+    char magic[16] = {};
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("{}: cannot open for reading", name);
+    in.read(magic, sizeof magic);
+    if (in.gcount() != sizeof magic || std::memcmp(magic, "SQLite format 3", 16) != 0)
+      fail("{}: not a rankscope results database (not an SQLite file)", name);
+    validate_read_only();  // throws for foreign or newer files
+  }
+  const int rc = sqlite3_open_v2(name.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    fail("{}: cannot open database: {}", name, message);
+  }
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, busy_wait_ms());
+  exec("PRAGMA foreign_keys = ON");
+  exec("PRAGMA cache_size = -65536");
+  exec("PRAGMA mmap_size = 1073741824");  // scans read the mapping instead of copying pages (~10 %)
+  // WAL before the schema: a new file is never in rollback-journal mode, even if the process
+  // dies while creating it.
+  retry([&] {
+    Query q(*this, "PRAGMA journal_mode = WAL");
+    q.step();
+    const std::string mode = q.text(0);
+    if (mode != "wal") fail("{}: cannot switch to WAL journal mode (got '{}')", name, mode);
+  });
+  exec("PRAGMA synchronous = NORMAL");
+  exec("PRAGMA journal_size_limit = 67108864");
+  // A current schema needs no write lock: read the version in a snapshot first; migrate()
+  // re-reads it under the write lock, since another process may be creating the file right now.
+  const bool needs_migration = transaction(false, [&] {
+    Query q(*this, "PRAGMA user_version");
+    q.step();
+    const int64_t version = q.i64(0);
+    Query a(*this, "PRAGMA application_id");
+    a.step();
+    return !(a.i64(0) == kResultsDbApplicationId && version == static_cast<int64_t>(migrations.size()));
+  });
+  if (needs_migration) migrate();
+}
+
+int64_t Impl::config_id(std::string_view canonical, bool create) {
+  {
+    Query q(*this, "SELECT id FROM configurations WHERE canonical = ?1");
+    q.bind(1, canonical);
+    if (q.step()) return q.i64(0);
+  }
+  if (!create) return -1;
+  const std::string hash = config_hash(canonical);
+  {
+    Query q(*this, "SELECT canonical FROM configurations WHERE hash = ?1");
+    q.bind(1, hash);
+    if (q.step()) fail("{}: configuration hash collision between '{}' and '{}'", name, canonical, q.text(0));
+  }
+  Query q(*this, "INSERT INTO configurations (canonical, hash) VALUES (?1, ?2)");
+  q.bind(1, canonical).bind(2, hash).run();
+  return sqlite3_last_insert_rowid(db);
+}
+
+int64_t Impl::metric_id(const std::string& metric, std::unordered_map<std::string, int64_t>& cache) {
+  if (auto it = cache.find(metric); it != cache.end()) return it->second;
+  int64_t id = -1;
+  {
+    Query q(*this, "SELECT id FROM metric_names WHERE name = ?1");
+    q.bind(1, metric);
+    if (q.step()) id = q.i64(0);
+  }
+  if (id < 0) {
+    Query q(*this, "INSERT INTO metric_names (name) VALUES (?1)");
+    q.bind(1, metric).run();
+    id = sqlite3_last_insert_rowid(db);
+  }
+  cache.emplace(metric, id);
+  return id;
+}
+
+void Impl::insert_metrics(int64_t evaluation, const std::vector<MetricValue>& metrics,
+                          std::unordered_map<std::string, int64_t>& cache) {
+  if (metrics.size() > 1) {
+    std::set<std::string_view> seen;
+    for (const auto& m : metrics)
+      if (!seen.insert(m.name).second)
+        fail("{}: metric '{}' given twice for evaluation {}", name, m.name, evaluation);
+  }
+  for (const auto& m : metrics) {
+    if (m.name.empty()) fail("{}: empty metric name for evaluation {}", name, evaluation);
+    const int64_t mid = metric_id(m.name, cache);
+    int64_t protocol_id = -1;
+    if (!m.protocol.is_null()) {
+      const std::string text = m.protocol.dump();
+      const std::string hash = hex128(text.data(), text.size());
+      {
+        Query q(*this, "SELECT id FROM protocols WHERE hash = ?1");
+        q.bind(1, hash);
+        if (q.step()) protocol_id = q.i64(0);
+      }
+      if (protocol_id < 0) {
+        Query q(*this, "INSERT INTO protocols (hash, json) VALUES (?1, ?2)");
+        q.bind(1, hash).bind(2, text).run();
+        protocol_id = sqlite3_last_insert_rowid(db);
+      }
+    }
+    Query q(*this,
+            "INSERT INTO metrics (metric_id, evaluation_id, value, stderr, n, status, protocol_id) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    q.bind(1, mid).bind(2, evaluation).bind(3, m.value).bind(4, m.stderr_).bind(5, m.n).bind(6, m.status);
+    if (protocol_id >= 0)
+      q.bind(7, protocol_id);
+    else
+      q.bind_null(7);
+    q.run();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+ResultsDb::ResultsDb(const std::filesystem::path& path) : ResultsDb(path, Options{}) {}
+
+ResultsDb::ResultsDb(const std::filesystem::path& path, const Options& options)
+    : impl_(std::make_unique<detail::ResultsDbImpl>()) {
+  impl_->path = path;
+  impl_->options = options;
+  impl_->options.migrations = nullptr;
+  impl_->migrations = options.migrations ? *options.migrations : builtin_migrations();
+  impl_->open();
+}
+
+ResultsDb::~ResultsDb() = default;
+ResultsDb::ResultsDb(ResultsDb&&) noexcept = default;
+ResultsDb& ResultsDb::operator=(ResultsDb&&) noexcept = default;
+
+const std::filesystem::path& ResultsDb::path() const { return impl_->path; }
+
+int ResultsDb::schema_version() { return static_cast<int>(builtin_migrations().size()); }
+
+int64_t ResultsDb::open_study(const std::string& name, const nlohmann::json& settings) {
+  Impl& d = *impl_;
+  return d.transaction(true, [&] {
+    {
+      Query q(d, "SELECT id FROM studies WHERE name = ?1");
+      q.bind(1, name);
+      if (q.step()) return q.i64(0);
+    }
+    Query q(d, "INSERT INTO studies (name, created_at, settings) VALUES (?1, ?2, ?3)");
+    q.bind(1, name).bind(2, now_seconds()).bind(3, settings.dump()).run();
+    return static_cast<int64_t>(sqlite3_last_insert_rowid(d.db));
+  });
+}
+
+namespace {
+
+void add_count(StatusCounts& counts, std::string_view status, int64_t n) {
+  switch (parse_status(status)) {
+    case EvalStatus::claimed:
+      counts.claimed += n;
+      break;
+    case EvalStatus::done:
+      counts.done += n;
+      break;
+    case EvalStatus::failed:
+      counts.failed += n;
+      break;
+    case EvalStatus::nan:
+      counts.nan += n;
+      break;
+  }
+}
+
+}  // namespace
+
+std::optional<StudyInfo> ResultsDb::find_study(const std::string& name) const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&]() -> std::optional<StudyInfo> {
+    StudyInfo s;
+    {
+      Query q(d, "SELECT id, name, created_at, settings FROM studies WHERE name = ?1");
+      q.bind(1, name);
+      if (!q.step()) return std::nullopt;
+      s.id = q.i64(0);
+      s.name = q.text(1);
+      s.created_at = q.f64(2);
+      s.settings = parse_json_column(d, q.text_view(3), fmt::format("the settings of study '{}'", s.name));
+    }
+    Query q(d, "SELECT status, count(*) FROM evaluations WHERE study_id = ?1 GROUP BY status");
+    q.bind(1, s.id);
+    while (q.step()) add_count(s.counts, q.text_view(0), q.i64(1));
+    return s;
+  });
+}
+
+std::vector<StudyInfo> ResultsDb::studies() const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    std::vector<StudyInfo> out;
+    std::unordered_map<int64_t, size_t> index;
+    {
+      Query q(d, "SELECT id, name, created_at, settings FROM studies ORDER BY name");
+      while (q.step()) {
+        StudyInfo s;
+        s.id = q.i64(0);
+        s.name = q.text(1);
+        s.created_at = q.f64(2);
+        s.settings = parse_json_column(d, q.text_view(3), fmt::format("the settings of study '{}'", s.name));
+        index[s.id] = out.size();
+        out.push_back(std::move(s));
+      }
+    }
+    Query q(d, "SELECT study_id, status, count(*) FROM evaluations GROUP BY study_id, status");
+    while (q.step())
+      if (auto it = index.find(q.i64(0)); it != index.end())
+        add_count(out[it->second].counts, q.text_view(1), q.i64(2));
+    return out;
+  });
+}
+
+int64_t ResultsDb::add_model(const ModelInfo& model) {
+  Impl& d = *impl_;
+  if (model.hash.empty()) fail("{}: a model needs a content hash", d.name);
+  return d.transaction(true, [&] {
+    Query q(d,
+            "INSERT INTO models (hash, path, architecture, n_params) VALUES (?1, ?2, ?3, ?4) "
+            "ON CONFLICT (hash) DO UPDATE SET path = excluded.path WHERE excluded.path <> ''");
+    q.bind(1, model.hash).bind(2, model.path).bind(3, model.architecture).bind(4, model.n_params).run();
+    Query id(d, "SELECT id FROM models WHERE hash = ?1");
+    id.bind(1, model.hash);
+    RS_ASSERT(id.step());
+    return id.i64(0);
+  });
+}
+
+std::optional<int64_t> ResultsDb::claim(int64_t study, int64_t model, std::string_view config,
+                                        std::string_view worker, double stale_after_seconds) {
+  Impl& d = *impl_;
+  return d.transaction(true, [&]() -> std::optional<int64_t> {
+    const double now = now_seconds();
+    const int64_t cid = d.config_id(config, true);
+    {
+      Query q(
+          d,
+          "SELECT id, status, heartbeat_at FROM evaluations WHERE study_id = ?1 AND configuration_id = ?2");
+      q.bind(1, study).bind(2, cid);
+      if (q.step()) {
+        const int64_t existing = q.i64(0);
+        if (q.text_view(1) != "claimed") return std::nullopt;
+        if (q.f64(2) >= now - stale_after_seconds) return std::nullopt;
+        // A stale claim: its worker is presumed dead; the new claim gets a new id.
+        Query del(d, "DELETE FROM evaluations WHERE id = ?1");
+        del.bind(1, existing).run();
+      }
+    }
+    Query q(
+        d,
+        "INSERT INTO evaluations (study_id, configuration_id, model_id, status, worker, host, claimed_at, "
+        "heartbeat_at) VALUES (?1, ?2, ?3, 'claimed', ?4, ?5, ?6, ?6)");
+    q.bind(1, study).bind(2, cid).bind(3, model).bind(4, worker).bind(5, host_of(worker)).bind(6, now).run();
+    return static_cast<int64_t>(sqlite3_last_insert_rowid(d.db));
+  });
+}
+
+bool ResultsDb::heartbeat(int64_t evaluation) {
+  Impl& d = *impl_;
+  return d.transaction(true, [&] {
+    Query q(d, "UPDATE evaluations SET heartbeat_at = ?1 WHERE id = ?2 AND status = 'claimed'");
+    q.bind(1, now_seconds()).bind(2, evaluation).run();
+    return sqlite3_changes(d.db) > 0;
+  });
+}
+
+bool ResultsDb::release(int64_t evaluation) {
+  Impl& d = *impl_;
+  return d.transaction(true, [&] {
+    Query q(d, "DELETE FROM evaluations WHERE id = ?1 AND status = 'claimed'");
+    q.bind(1, evaluation).run();
+    return sqlite3_changes(d.db) > 0;
+  });
+}
+
+bool ResultsDb::complete(int64_t evaluation, const std::vector<MetricValue>& metrics, EvalStatus status,
+                         double wall_s, const std::string& error) {
+  Impl& d = *impl_;
+  if (!is_finished(status))
+    fail("{}: evaluation {} cannot be completed with status 'claimed'", d.name, evaluation);
+  return d.transaction(true, [&] {
+    const double now = now_seconds();
+    {
+      Query q(
+          d,
+          "UPDATE evaluations SET status = ?1, finished_at = ?2, heartbeat_at = ?2, wall_s = ?3, error = ?4 "
+          "WHERE id = ?5 AND status = 'claimed'");
+      q.bind(1, status_name(status)).bind(2, now).bind(3, wall_s);
+      if (error.empty())
+        q.bind_null(4);
+      else
+        q.bind(4, error);
+      q.bind(5, evaluation).run();
+      if (sqlite3_changes(d.db) == 0) return false;  // taken over or released: ignore the late result
+    }
+    std::unordered_map<std::string, int64_t> cache;
+    d.insert_metrics(evaluation, metrics, cache);
+    return true;
+  });
+}
+
+int64_t ResultsDb::add_evaluations(int64_t study, int64_t model,
+                                   const std::vector<NewEvaluation>& evaluations, std::string_view worker) {
+  Impl& d = *impl_;
+  for (const auto& e : evaluations)
+    if (!is_finished(e.status))
+      fail("{}: add_evaluations takes finished evaluations only ('{}' is claimed)", d.name, e.config);
+  const std::string worker_text = worker.empty() ? worker_id() : std::string(worker);
+  const std::string host = host_of(worker_text);
+  return d.transaction(true, [&] {
+    const double now = now_seconds();
+    std::unordered_map<std::string, int64_t> cache;
+    int64_t inserted = 0;
+    for (const auto& e : evaluations) {
+      const int64_t cid = d.config_id(e.config, true);
+      {
+        Query q(d, "SELECT 1 FROM evaluations WHERE study_id = ?1 AND configuration_id = ?2");
+        q.bind(1, study).bind(2, cid);
+        if (q.step()) continue;
+      }
+      Query q(
+          d,
+          "INSERT INTO evaluations (study_id, configuration_id, model_id, status, worker, host, claimed_at, "
+          "heartbeat_at, finished_at, wall_s, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)");
+      q.bind(1, study).bind(2, cid).bind(3, model).bind(4, status_name(e.status)).bind(5, worker_text);
+      q.bind(6, host).bind(7, now).bind(8, e.wall_s);
+      if (e.error.empty())
+        q.bind_null(9);
+      else
+        q.bind(9, e.error);
+      q.run();
+      d.insert_metrics(sqlite3_last_insert_rowid(d.db), e.metrics, cache);
+      ++inserted;
+    }
+    return inserted;
+  });
+}
+
+std::optional<EvalStatus> ResultsDb::status_of(int64_t study, std::string_view config) const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&]() -> std::optional<EvalStatus> {
+    Query q(d,
+            "SELECT e.status FROM evaluations e JOIN configurations c ON c.id = e.configuration_id "
+            "WHERE e.study_id = ?1 AND c.canonical = ?2");
+    q.bind(1, study).bind(2, config);
+    if (!q.step()) return std::nullopt;
+    return parse_status(q.text_view(0));
+  });
+}
+
+StatusCounts ResultsDb::counts(int64_t study) const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    StatusCounts counts;
+    Query q(d, "SELECT status, count(*) FROM evaluations WHERE study_id = ?1 GROUP BY status");
+    q.bind(1, study);
+    while (q.step()) add_count(counts, q.text_view(0), q.i64(1));
+    return counts;
+  });
+}
+
+// Evaluations of the study (from the covering index (study_id, status, configuration_id) joined
+// with configurations), sorted by id; then one scan of metrics' primary key (metric_id,
+// evaluation_id) per metric over the study's id range, merge-joined in id order.
+MetricRows ResultsDb::metric_rows(int64_t study, const std::vector<std::string>& metrics) const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    MetricRows out;
+    out.metrics = metrics;
+    struct Row {
+      int64_t id;
+      EvalStatus status;
+      std::string config;
+    };
+    std::vector<Row> rows;
+    {
+      Query q(d,
+              "SELECT e.id, e.status, c.canonical FROM evaluations e JOIN configurations c "
+              "ON c.id = e.configuration_id WHERE e.study_id = ?1 AND e.status <> 'claimed'");
+      q.bind(1, study);
+      while (q.step()) rows.push_back({q.i64(0), parse_status(q.text_view(1)), q.text(2)});
+    }
+    const bool sorted =
+        std::is_sorted(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.id < b.id; });
+    if (!sorted) std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.id < b.id; });
+    const size_t n = rows.size();
+    out.evaluation_ids.reserve(n);
+    out.configs.reserve(n);
+    out.statuses.reserve(n);
+    for (auto& r : rows) {
+      out.evaluation_ids.push_back(r.id);
+      out.statuses.push_back(r.status);
+      out.configs.push_back(std::move(r.config));
+    }
+    rows = {};
+    out.rows.assign(n, std::vector<double>(metrics.size(), kNaN));
+    if (n == 0) return out;
+    for (size_t j = 0; j < metrics.size(); ++j) {
+      int64_t mid = -1;
+      {
+        Query q(d, "SELECT id FROM metric_names WHERE name = ?1");
+        q.bind(1, metrics[j]);
+        if (q.step()) mid = q.i64(0);
+      }
+      if (mid < 0) continue;
+      Query q(
+          d,
+          "SELECT evaluation_id, value FROM metrics WHERE metric_id = ?1 AND evaluation_id BETWEEN ?2 AND ?3 "
+          "ORDER BY evaluation_id");
+      q.bind(1, mid).bind(2, out.evaluation_ids.front()).bind(3, out.evaluation_ids.back());
+      size_t i = 0;
+      while (q.step()) {
+        const int64_t id = q.i64(0);
+        while (i < n && out.evaluation_ids[i] < id) ++i;
+        if (i == n) break;
+        if (out.evaluation_ids[i] == id) out.rows[i][j] = q.f64(1);
+      }
+    }
+    return out;
+  });
+}
+
+namespace {
+
+// The rows of for_each_evaluation, inside a read transaction.
+void visit_all(Impl& d, int64_t study, const std::function<void(const EvaluationRecord&)>& visit) {
+  std::unordered_map<int64_t, nlohmann::json> protocols;
+  Query e(d,
+          "SELECT e.id, c.canonical, c.hash, m.hash, e.status, e.worker, e.host, e.error, e.claimed_at, "
+          "e.heartbeat_at, e.finished_at, e.wall_s FROM evaluations e "
+          "JOIN configurations c ON c.id = e.configuration_id JOIN models m ON m.id = e.model_id "
+          "WHERE e.study_id = ?1 ORDER BY e.id");
+  e.bind(1, study);
+  EvaluationRecord r;
+  while (e.step()) {
+    r.id = e.i64(0);
+    r.config = e.text(1);
+    r.config_hash = e.text(2);
+    r.model_hash = e.text(3);
+    r.status = parse_status(e.text_view(4));
+    r.worker = e.text(5);
+    r.host = e.text(6);
+    r.error = e.text(7);
+    r.claimed_at = e.f64(8);
+    r.heartbeat_at = e.f64(9);
+    r.finished_at = e.f64(10);
+    r.wall_s = e.f64(11);
+    r.metrics.clear();
+    Query m(d,
+            "SELECT n.name, m.value, m.stderr, m.n, m.status, m.protocol_id FROM metrics m "
+            "JOIN metric_names n ON n.id = m.metric_id WHERE m.evaluation_id = ?1 ORDER BY n.name");
+    m.bind(1, r.id);
+    while (m.step()) {
+      MetricValue v;
+      v.name = m.text(0);
+      v.value = m.f64(1);
+      v.stderr_ = m.f64(2);
+      v.n = m.i64(3);
+      v.status = m.text(4);
+      if (!m.is_null(5)) {
+        const int64_t pid = m.i64(5);
+        auto it = protocols.find(pid);
+        if (it == protocols.end()) {
+          Query p(d, "SELECT json FROM protocols WHERE id = ?1");
+          p.bind(1, pid);
+          nlohmann::json json;
+          if (p.step()) json = parse_json_column(d, p.text_view(0), fmt::format("protocol {}", pid));
+          it = protocols.emplace(pid, std::move(json)).first;
+        }
+        v.protocol = it->second;
+      }
+      r.metrics.push_back(std::move(v));
+    }
+    visit(r);
+  }
+}
+
+}  // namespace
+
+void ResultsDb::for_each_evaluation(int64_t study,
+                                    const std::function<void(const EvaluationRecord&)>& visit) const {
+  Impl& d = *impl_;
+  // Start a read snapshot (retried: only its first read can meet a lock); after that, reads
+  // never wait in WAL mode, and visit is never called twice for one evaluation.
+  d.retry([&] {
+    d.exec("BEGIN");
+    try {
+      Query q(d, "SELECT count(*) FROM studies");
+      q.step();
+    } catch (...) {
+      d.rollback_if_open();
+      throw;
+    }
+  });
+  try {
+    visit_all(d, study, visit);
+    d.exec("COMMIT");
+  } catch (const Busy&) {
+    d.rollback_if_open();
+    fail("{}: database locked while reading evaluations of study {}", d.name, study);
+  } catch (...) {
+    d.rollback_if_open();
+    throw;
+  }
+}
+
+void ResultsDb::save_strategy_state(int64_t study, const nlohmann::json& state) {
+  Impl& d = *impl_;
+  d.transaction(true, [&] {
+    Query q(d,
+            "INSERT INTO strategy_state (study_id, state, updated_at) VALUES (?1, ?2, ?3) "
+            "ON CONFLICT (study_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at");
+    q.bind(1, study).bind(2, state.dump()).bind(3, now_seconds()).run();
+  });
+}
+
+std::optional<nlohmann::json> ResultsDb::load_strategy_state(int64_t study) const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&]() -> std::optional<nlohmann::json> {
+    Query q(d, "SELECT state FROM strategy_state WHERE study_id = ?1");
+    q.bind(1, study);
+    if (!q.step()) return std::nullopt;
+    return parse_json_column(d, q.text_view(0), fmt::format("the strategy state of study {}", study));
+  });
+}
+
+std::string ResultsDb::integrity_check() const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    std::string problems;
+    {
+      Query q(d, "PRAGMA integrity_check");
+      while (q.step()) {
+        const std::string line = q.text(0);
+        if (line != "ok") problems += line + "\n";
+      }
+    }
+    Query q(d, "PRAGMA foreign_key_check");
+    while (q.step())
+      problems += fmt::format("foreign key violation: {} row {} -> {}\n", q.text(0), q.i64(1), q.text(2));
+    if (problems.empty()) return std::string("ok");
+    problems.pop_back();
+    return problems;
+  });
+}
+
+}  // namespace rankscope
