@@ -6,8 +6,20 @@
 #include "core/error.hpp"
 #include "core/gemm.hpp"
 #include "core/size.hpp"
+#include "evaluators/calibration.hpp"
 
 namespace rankscope::cli {
+
+CalibrationOptions calibration_options(const Params& params, const std::filesystem::path& cache_dir) {
+  CalibrationOptions o;
+  o.source = params.calib;
+  o.samples = params.calib_samples;
+  o.ctx = params.calib_ctx;
+  o.seed = params.calib_seed;
+  o.data_dir = params.data_dir;
+  o.cache_dir = cache_dir;
+  return o;
+}
 
 SvdPolicy svd_policy(const std::string& backend) {
   SvdPolicy policy;
@@ -31,14 +43,25 @@ int run_decompose(const Params& params) {
   const Config config = parse_config(params.config, base.config);
   const std::string canonical = encode_config(config, base.config);
   FactorCache cache(params.cache_dir, policy);
+  bool calib_cached = false;
+  const ActivationOptions activation = activation_options(base, config, calibration_options(params, params.cache_dir),
+                                                          params.asvd_alpha, &calib_cached);
   DecomposeStats stats;
-  const Model model = decompose_model(base, config, cache, &stats);
+  const Model model = decompose_model(base, config, cache, &stats, activation);
   write_checkpoint(model, params.out, canonical, params.dense);
   const auto size = size_report(base.config, base.n_params(), config);
   fmt::print("config        {}\n", canonical.empty() ? "(base model)" : canonical);
   fmt::print("decomposed    {} matrices: {} factorized, {} from the cache ({}) in {:.2f} s\n", stats.matrices,
              stats.factorized, stats.cache_hits, cache.dir().string(), stats.seconds);
-  fmt::print("error         max ||W - W_r||_F / ||W||_F = {:.6f}\n", stats.max_relative_error);
+  if (activation.calibration) {
+    const auto& info = activation.calibration->info;
+    fmt::print("calibration   {} ({}): {} samples, {} tokens, seed {}{}\n", info.value("data", params.calib),
+               info.value("part", ""), info.value("samples", int64_t{0}), info.value("tokens", int64_t{0}),
+               info.value("seed", uint64_t{0}), calib_cached ? " (from the cache)" : "");
+    for (const auto& note : stats.activation_notes) fmt::print("regularised   {}\n", note);
+  }
+  fmt::print("error         max ||W - W_r||_F / ||W||_F = {:.6f}{}\n", stats.max_relative_error,
+             activation.calibration ? " (asvd/whiten: of W D)" : "");
   fmt::print("parameters    {} -> {} ({:.6f} % smaller)\n", size.params_before, size.params_after, size.reduction_pct());
   fmt::print("wrote         {} ({})\n", params.out, params.dense ? "dense reconstruction" : "factored");
   return 0;

@@ -12,6 +12,7 @@
 #include "core/decompose.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
+#include "evaluators/calibration.hpp"
 #include "evaluators/evaluator.hpp"
 
 namespace rankscope::cli {
@@ -85,9 +86,13 @@ int run_eval(const Params& params) {
   const Evaluator evaluator(base, request);
 
   std::unique_ptr<Model> decomposed;
+  ActivationOptions activation;
   if (!config.is_base() && !size_only) {
     FactorCache cache(params.cache_dir, svd_policy(params.svd_backend));
-    decomposed = std::make_unique<Model>(decompose_model(base, config, cache));
+    activation = activation_options(base, config, calibration_options(params, params.cache_dir), params.asvd_alpha);
+    DecomposeStats stats;
+    decomposed = std::make_unique<Model>(decompose_model(base, config, cache, &stats, activation));
+    for (const auto& note : stats.activation_notes) fmt::print(stderr, "calibration: {}\n", note);
   }
   const Model& model = decomposed ? *decomposed : base;
 
@@ -98,8 +103,14 @@ int run_eval(const Params& params) {
     bar->update(done, total);
     if (done >= total) bar->finish();
   };
-  const auto reports = evaluator.run(model, config, progress);
+  auto reports = evaluator.run(model, config, progress);
   bars.clear();
+  if (activation.calibration) {  // asvd/whiten results depend on the calibration: record it
+    for (auto& r : reports) {
+      r.protocol["calibration"] = activation.calibration->info;
+      r.protocol["asvd_alpha"] = activation.asvd_alpha;
+    }
+  }
 
   const std::string canonical = encode_config(config, base.config);
   if (params.json) {
@@ -123,7 +134,13 @@ int run_eval(const Params& params) {
     fmt::print("{}\n", out.dump(2));
     return 0;
   }
-  fmt::print("model   {}\nconfig  {}\n\n", params.model, canonical.empty() ? "(base model)" : canonical);
+  fmt::print("model   {}\nconfig  {}\n", params.model, canonical.empty() ? "(base model)" : canonical);
+  if (activation.calibration) {
+    const auto& info = activation.calibration->info;
+    fmt::print("calib   {} ({}): {} samples, {} tokens, seed {}\n", info.value("data", params.calib), info.value("part", ""),
+               info.value("samples", int64_t{0}), info.value("tokens", int64_t{0}), info.value("seed", uint64_t{0}));
+  }
+  fmt::print("\n");
   fmt::print("{:<36} {:>14} {:>12} {:>8}  {}\n", "metric", "value", "stderr", "n", "protocol");
   std::vector<const MetricResult*> subjects;
   for (const auto& r : reports) {

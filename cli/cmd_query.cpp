@@ -73,7 +73,6 @@ Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& p
   for (const auto& c : f.where) metrics.push_back(c.metric);
   f.rows = db.metric_rows(study.id, metrics);
   const size_t m = f.objectives.size();
-  std::vector<std::vector<double>> values;
   std::vector<bool> minimize;
   for (const auto& o : f.objectives) minimize.push_back(o.minimize);
   for (size_t i = 0; i < f.rows.rows.size(); ++i) {
@@ -85,10 +84,16 @@ Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& p
       std::map<std::string, double> one{{f.where[c].metric, row[m + c]}};
       ok = std::isfinite(row[m + c]) && satisfies(one, {f.where[c]});
     }
-    if (!ok) continue;
-    f.candidates.push_back(i);
-    values.emplace_back(row.begin(), row.begin() + static_cast<long>(m));
+    if (ok) f.candidates.push_back(i);
   }
+  // The rows hold exactly the objectives when there is no filter: no copy of a million rows then.
+  std::vector<std::vector<double>> copied;
+  const bool all_rows = f.where.empty() && f.candidates.size() == f.rows.rows.size();
+  if (!all_rows) {
+    copied.reserve(f.candidates.size());
+    for (size_t i : f.candidates) copied.emplace_back(f.rows.rows[i].begin(), f.rows.rows[i].begin() + static_cast<long>(m));
+  }
+  const auto& values = all_rows ? f.rows.rows : copied;
   for (size_t k : pareto_front(values, minimize)) f.front.push_back(f.candidates[k]);
   std::sort(f.front.begin(), f.front.end(), [&](size_t a, size_t b) {
     const double x = f.rows.rows[a][0], y = f.rows.rows[b][0];
@@ -116,7 +121,10 @@ Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& p
       f.ref.push_back(f.objectives[j].minimize ? hi + pad : lo - pad);
     }
   }
-  if (!values.empty()) f.hypervolume = hypervolume(values, minimize, f.ref);
+  // The front alone dominates exactly what every candidate dominates.
+  std::vector<std::vector<double>> front_values;
+  for (size_t i : f.front) front_values.emplace_back(f.rows.rows[i].begin(), f.rows.rows[i].begin() + static_cast<long>(m));
+  if (!front_values.empty()) f.hypervolume = hypervolume(front_values, minimize, f.ref);
   return f;
 }
 

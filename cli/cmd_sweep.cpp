@@ -27,6 +27,7 @@
 #include "core/gemm.hpp"
 #include "core/model_hash.hpp"
 #include "db/results_db.hpp"
+#include "evaluators/calibration.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
 
@@ -112,6 +113,10 @@ nlohmann::json study_settings(const Params& p, const std::string& model_hash, co
                          {"mutation_rate", p.mutation_rate}, {"crossover_rate", p.crossover_rate}};
   }
   if (p.strategy == "greedy") s["target"] = p.target;
+  if (!p.calib.empty()) {  // only then: studies created before calibration existed keep their settings
+    s["calibration"] = {{"calib", p.calib}, {"samples", p.calib_samples}, {"ctx", p.calib_ctx},
+                        {"seed", p.calib_seed}, {"asvd_alpha", p.asvd_alpha}};
+  }
   return s;
 }
 
@@ -159,6 +164,7 @@ int run_sweep(const Params& params) {
   options.mutation_rate = params.mutation_rate;
   options.crossover_rate = params.crossover_rate;
   options.target = parse_target(params.target);
+  options.include_zero = params.include_base;  // evolutionary: the dense model joins the first population
   if (params.strategy == "list") {
     if (params.include_base) list.push_back(Config{});
     for (const auto& text : params.configs) list.push_back(parse_config(text, base.config));
@@ -179,6 +185,15 @@ int run_sweep(const Params& params) {
 
   const Evaluator evaluator(base, request);  // reads and tokenises the tasks once
   FactorCache factor_cache(cache_dir, svd_policy(params.svd_backend));
+  // asvd/whiten points: the calibration is captured (or read from the cache) once for the study.
+  const bool aware = space ? is_activation_aware(parse_method(params.method))
+                           : std::any_of(list.begin(), list.end(), [](const Config& c) { return needs_calibration(c); });
+  ActivationOptions activation;
+  activation.asvd_alpha = params.asvd_alpha;
+  if (aware && !size_only) {
+    if (params.calib.empty()) fail("the study's configurations use @asvd or @whiten: give calibration data with --calib FILE|TASK");
+    activation.calibration = calibrate(base, calibration_options(params, cache_dir));
+  }
   const std::string model_hash = model_content_hash(base);
 
   ResultsDb db(params.db);
@@ -267,14 +282,21 @@ int run_sweep(const Params& params) {
     };
     try {
       std::unique_ptr<Model> decomposed;
-      if (!config.is_base() && !size_only) decomposed = std::make_unique<Model>(decompose_model(base, config, factor_cache));
+      if (!config.is_base() && !size_only) {
+        decomposed = std::make_unique<Model>(decompose_model(base, config, factor_cache, nullptr, activation));
+      }
       if (g_signal.load() != 0) throw Interrupted{};
       const auto t_model = std::chrono::steady_clock::now();
       const auto reports = evaluator.run(decomposed ? *decomposed : base, config, progress);
       model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count();
       for (const auto& r : reports) {
         for (const auto& m : r.metrics) {
-          metrics.push_back({m.name(), m.value, m.stderr_, m.n, m.status, r.protocol});
+          nlohmann::json protocol = r.protocol;
+          if (activation.calibration && needs_calibration(config)) {
+            protocol["calibration"] = activation.calibration->info;
+            protocol["asvd_alpha"] = activation.asvd_alpha;
+          }
+          metrics.push_back({m.name(), m.value, m.stderr_, m.n, m.status, protocol});
           if (m.status != "ok") status = EvalStatus::nan;
         }
       }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <set>
@@ -11,6 +12,10 @@
 #include <vector>
 
 #include <boost/program_options.hpp>
+
+namespace rankscope {
+struct CalibrationOptions;  // evaluators/calibration.hpp
+}
 
 namespace rankscope::cli {
 
@@ -47,6 +52,12 @@ struct Params {
   bool dense = false;
   std::string cache_dir = "rankscope-cache";
   std::string svd_backend = "lapack";
+  // decompose, eval, sweep: calibration of the activation-aware methods (asvd, whiten)
+  std::string calib;
+  int64_t calib_samples = 64;
+  int64_t calib_ctx = 256;
+  uint64_t calib_seed = 0;
+  double asvd_alpha = 0.5;
   // eval
   std::string tasks;
   int64_t limit = -1;
@@ -103,6 +114,10 @@ struct Command {
   std::function<int(const Params&)> run;
 };
 const std::vector<Command>& commands();
+
+// --calib, --calib-samples, --calib-ctx, --calib-seed and --data-dir (decompose, eval, sweep) as
+// the options of evaluators/calibration.hpp, caching under `cache_dir`. Defined in cmd_decompose.cpp.
+CalibrationOptions calibration_options(const Params& params, const std::filesystem::path& cache_dir);
 
 // Parses argv for `command` into params. Returns nullopt to go on, or the exit code to stop
 // with: 0 after --help, 2 after a usage error (which prints one line).

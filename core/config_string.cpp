@@ -153,6 +153,15 @@ struct ModelShapes {
   }
 };
 
+constexpr const char* kMethodList = "tucker, svd, asvd or whiten";
+
+std::optional<Method> method_from_name(std::string_view name) {
+  for (auto m : {Method::tucker, Method::svd, Method::asvd, Method::whiten}) {
+    if (name == method_name(m)) return m;
+  }
+  return std::nullopt;
+}
+
 std::string arch_label(Arch arch) { return arch == Arch::llama ? "llama" : "bert"; }
 
 // Checks a cell a Config was built with; `where` prefixes the message.
@@ -258,14 +267,10 @@ void parse_rule(std::string_view text, const ModelShapes& shapes, Config& config
   Choice choice;
   if (at != std::string_view::npos) {
     const auto method_text = trim(value.substr(at + 1));
-    if (method_text.empty()) fail("bad config rule '{}': missing method after '@' (tucker or svd)", rule);
-    if (method_text == "tucker") {
-      choice.method = Method::tucker;
-    } else if (method_text == "svd") {
-      choice.method = Method::svd;
-    } else {
-      fail("bad config rule '{}': unknown method '{}' (tucker or svd)", rule, one_line(method_text));
-    }
+    if (method_text.empty()) fail("bad config rule '{}': missing method after '@' ({})", rule, kMethodList);
+    const auto method = method_from_name(method_text);
+    if (!method) fail("bad config rule '{}': unknown method '{}' ({})", rule, one_line(method_text), kMethodList);
+    choice.method = *method;
   }
   const bool dense = rank_text == "dense";
   if (!dense) {
@@ -323,13 +328,22 @@ std::string matrices_string(uint32_t mask, const ModelShapes& shapes) {
 
 }  // namespace
 
-std::string_view method_name(Method method) { return method == Method::svd ? "svd" : "tucker"; }
+std::string_view method_name(Method method) {
+  switch (method) {
+    case Method::tucker: return "tucker";
+    case Method::svd: return "svd";
+    case Method::asvd: return "asvd";
+    case Method::whiten: return "whiten";
+  }
+  return "tucker";
+}
+
+bool is_activation_aware(Method method) { return method == Method::asvd || method == Method::whiten; }
 
 Method parse_method(std::string_view token) {
-  const auto name = trim(token);
-  if (name == "tucker") return Method::tucker;
-  if (name == "svd") return Method::svd;
-  fail("unknown decomposition method '{}' (tucker or svd)", one_line(token));
+  const auto method = method_from_name(trim(token));
+  if (!method) fail("unknown decomposition method '{}' ({})", one_line(token), kMethodList);
+  return *method;
 }
 
 RankSpec parse_rank(std::string_view token) {

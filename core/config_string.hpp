@@ -5,7 +5,7 @@
 //   layers  := "L*" | "L" item ("," item)*      item := N | N "-" M   (inclusive range)
 //   matrices:= name ("," name)*                 name := q k v o gate up down | attn | mlp | all
 //   rank    := N | P "%" | "dense"              P% of the full rank min(out, in); dense undoes
-//   method  := tucker (default) | svd
+//   method  := tucker (default) | svd | asvd | whiten
 // Later rules override earlier ones cell by cell. BERT has no gate (all = q,k,v,o,up,down;
 // mlp = up,down); Llama attn = q,k,v,o, mlp = gate,up,down.
 #pragma once
@@ -23,10 +23,15 @@
 
 namespace rankscope {
 
-enum class Method { tucker, svd };
+// tucker and svd truncate the SVD of W itself; asvd and whiten (activation-aware, docs/methods.md)
+// truncate the SVD of W D for a calibration-derived D (asvd: diag(mean |x|)^alpha; whiten: the
+// Cholesky factor of X^T X) and need calibration data. asvd and whiten give two factors, as svd.
+enum class Method { tucker, svd, asvd, whiten };
 std::string_view method_name(Method method);
-// "tucker" or "svd"; throws Error naming the token otherwise.
+// "tucker", "svd", "asvd" or "whiten"; throws Error naming the token otherwise.
 Method parse_method(std::string_view token);
+// True for the methods that need calibration activations (asvd, whiten).
+bool is_activation_aware(Method method);
 
 // A rank as written: an absolute integer, or a percentage of the matrix's full rank.
 struct RankSpec {

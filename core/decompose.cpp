@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <tuple>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 #include "core/error.hpp"
 #include "core/json_file.hpp"
@@ -25,23 +29,82 @@ Linear factored_linear(const CachedSvd& svd, int64_t rank, Method method, const 
   return Linear::tucker(Tensor::from_matrix(u), Tensor::from_matrix(core), Tensor::from_matrix(svd.v(rank)), bias);
 }
 
-Model decompose_model(const Model& base, const Config& config, FactorCache& cache, DecomposeStats* stats) {
+Linear activation_factored_linear(const CachedSvd& svd_of_wd, int64_t rank, const ActivationTransform& transform,
+                                  const Tensor& bias) {
+  RS_ASSERT(svd_of_wd.n() == transform.width);
+  const Mat us = svd_of_wd.u(rank) * svd_of_wd.s(rank).asDiagonal();
+  return Linear::svd(Tensor::from_matrix(us), Tensor::from_matrix(transform.unapply_right(svd_of_wd.v(rank))), bias);
+}
+
+std::shared_ptr<const CachedSvd> activation_factors(FactorCache& cache, const Tensor& weight,
+                                                    const ActivationTransform& transform, int64_t rank) {
+  const std::string tag = fmt::format("rankscope-activation-v1|{}|{}|{}", matrix_content_key(weight),
+                                      method_name(transform.method), transform.key);
+  const XXH128_hash_t h = XXH3_128bits(tag.data(), tag.size());
+  return cache.factors_keyed(fmt::format("{:016x}{:016x}", h.high64, h.low64), weight.rows(), weight.cols(),
+                             [&] { return transform.apply(weight.matrix()); }, rank);
+}
+
+bool needs_calibration(const Config& config) {
+  return std::any_of(config.cells.begin(), config.cells.end(),
+                     [](const auto& cell) { return is_activation_aware(cell.second.method); });
+}
+
+Model decompose_model(const Model& base, const Config& config, FactorCache& cache, DecomposeStats* stats,
+                      const ActivationOptions& activation) {
   if (!base.has_weights) fail("{}: shapes-only model (no weights) cannot be decomposed", base.dir.string());
   const auto start = std::chrono::steady_clock::now();
   const int64_t hits_before = cache.hits();
   const int64_t misses_before = cache.misses();
+  const auto cells = resolve_config(config, base.config);
+  for (const auto& cell : cells) {
+    if (is_activation_aware(cell.method) && !activation.calibration) {
+      fail("@{} (L{}:{}) needs calibration activations: give --calib FILE|TASK (docs/methods.md)",
+           method_name(cell.method), cell.layer, matrix_kind_name(cell.kind));
+    }
+  }
   Model model = base;
   int64_t n = 0;
   double max_error = 0.0;
-  for (const auto& cell : resolve_config(config, model.config)) {
+  // One transform per (method, layer, input site): q, k, v share attn_in, gate and up ffn_in.
+  std::map<std::tuple<Method, int64_t, HookSite>, ActivationTransform> transforms;
+  std::vector<std::string> notes;
+  for (const auto& cell : cells) {
     auto& lin = model.weights.layers[static_cast<size_t>(cell.layer)][cell.kind];
     if (lin.form() != Linear::Form::dense) {
       fail("{}: layer {} {} is already factored; decompose the dense model", base.dir.string(), cell.layer,
            matrix_kind_name(cell.kind));
     }
-    const auto svd = cache.factors(lin.weight(), cell.rank);
+    if (!is_activation_aware(cell.method)) {
+      const auto svd = cache.factors(lin.weight(), cell.rank);
+      max_error = std::max(max_error, svd->relative_error(cell.rank));
+      lin = factored_linear(*svd, cell.rank, cell.method, lin.bias());
+      ++n;
+      continue;
+    }
+    const HookSite site = input_site(cell.kind);
+    const auto where = std::make_tuple(cell.method, cell.layer, site);
+    auto it = transforms.find(where);
+    if (it == transforms.end()) {
+      const SiteStats& s = activation.calibration->at(cell.layer, site);
+      if (s.width != lin.n_in()) {
+        fail("calibration {}: {} has width {}, matrix L{}:{} takes {} inputs (recorded on another model?)",
+             activation.calibration->key, hook_name(site, cell.layer), s.width, cell.layer, matrix_kind_name(cell.kind),
+             lin.n_in());
+      }
+      try {
+        it = transforms.emplace(where, cell.method == Method::asvd ? asvd_transform(s, activation.asvd_alpha)
+                                                                   : whiten_transform(s)).first;
+      } catch (const Error& e) {
+        fail("{} ({}): {}", hook_name(site, cell.layer), method_name(cell.method), e.what());
+      }
+      if (!it->second.note.empty()) {
+        notes.push_back(fmt::format("{} ({}): {}", hook_name(site, cell.layer), method_name(cell.method), it->second.note));
+      }
+    }
+    const auto svd = activation_factors(cache, lin.weight(), it->second, cell.rank);
     max_error = std::max(max_error, svd->relative_error(cell.rank));
-    lin = factored_linear(*svd, cell.rank, cell.method, lin.bias());
+    lin = activation_factored_linear(*svd, cell.rank, it->second, lin.bias());
     ++n;
   }
   if (stats != nullptr) {
@@ -49,6 +112,7 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
     stats->factorized = cache.misses() - misses_before;
     stats->cache_hits = cache.hits() - hits_before;
     stats->max_relative_error = max_error;
+    stats->activation_notes = std::move(notes);
     stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   return model;

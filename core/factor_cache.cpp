@@ -103,7 +103,7 @@ FactorCache::FactorCache(std::filesystem::path dir, SvdPolicy policy) : dir_(std
   if (ec || !std::filesystem::is_directory(dir_)) fail("{}: cannot create the factor cache directory: {}", dir_.string(), ec.message());
 }
 
-std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::path& path, const Tensor& weight,
+std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::path& path, int64_t rows, int64_t cols,
                                                        const std::string& key, int64_t expected_k) const {
   std::shared_ptr<const MappedFile> file;
   try {
@@ -116,8 +116,8 @@ std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::pa
   Header h;
   std::memcpy(&h, bytes.data(), sizeof h);
   const auto m = static_cast<int64_t>(h.m), n = static_cast<int64_t>(h.n), k = static_cast<int64_t>(h.k);
-  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion || m != weight.rows() ||
-      n != weight.cols() || k != expected_k || std::string_view(h.key, kKeyChars) != key ||
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion || m != rows ||
+      n != cols || k != expected_k || std::string_view(h.key, kKeyChars) != key ||
       h.payload_bytes != payload_bytes(m, n, k) || bytes.size() != kHeaderBytes + h.payload_bytes) {
     return nullptr;
   }
@@ -137,12 +137,23 @@ int64_t next_power_of_two(int64_t v) {
 
 std::shared_ptr<const CachedSvd> FactorCache::factors(const Tensor& weight, int64_t rank) {
   RS_ASSERT(weight.shape.size() == 2);
-  const int64_t m = weight.rows(), n = weight.cols(), full_k = std::min(m, n);
+  return lookup(matrix_content_key(weight), weight.rows(), weight.cols(), rank,
+                [&weight] { return Mat(weight.matrix()); });
+}
+
+std::shared_ptr<const CachedSvd> FactorCache::factors_keyed(const std::string& key, int64_t m, int64_t n,
+                                                            const std::function<Mat()>& make, int64_t rank) {
+  RS_ASSERT(key.size() == kKeyChars);
+  return lookup(key, m, n, rank, make);
+}
+
+std::shared_ptr<const CachedSvd> FactorCache::lookup(const std::string& key, int64_t m, int64_t n, int64_t rank,
+                                                     const std::function<Mat()>& make) {
+  const int64_t full_k = std::min(m, n);
   if (rank < 0 || rank > full_k) fail("rank {} is outside [1, {}] for a {} x {} matrix", rank, full_k, m, n);
-  const std::string key = matrix_content_key(weight);
   const auto full_path = dir_ / (key + ".svd");
   auto randomized_path = [&](int64_t k) { return dir_ / fmt::format("{}.r{}.svd", key, k); };
-  if (auto cached = try_open(full_path, weight, key, full_k)) {
+  if (auto cached = try_open(full_path, m, n, key, full_k)) {
     ++hits_;
     return cached;
   }
@@ -150,22 +161,24 @@ std::shared_ptr<const CachedSvd> FactorCache::factors(const Tensor& weight, int6
   const bool randomized = policy_.randomized && rank > 0 && k <= full_k / 4;
   if (rank > 0) {
     for (int64_t kk = next_power_of_two(std::max<int64_t>(rank, 1)); kk <= full_k / 4; kk *= 2) {
-      if (auto cached = try_open(randomized_path(kk), weight, key, kk)) {
+      if (auto cached = try_open(randomized_path(kk), m, n, key, kk)) {
         ++hits_;
         return cached;
       }
     }
   }
   ++misses_;
+  const Mat w = make();
+  RS_ASSERT(w.rows() == m && w.cols() == n);
   if (randomized) {
-    return store(randomized_path(k), weight, key, svd_randomized(weight.matrix(), k, policy_.options));
+    return store(randomized_path(k), w, key, svd_randomized(w, k, policy_.options));
   }
-  return store(full_path, weight, key, svd_full(weight.matrix(), policy_.backend));
+  return store(full_path, w, key, svd_full(w, policy_.backend));
 }
 
-std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path& path, const Tensor& weight,
+std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path& path, const Mat& w,
                                                     const std::string& key, const Svd& svd) const {
-  const int64_t m = weight.rows(), n = weight.cols(), k = svd.rank();
+  const int64_t m = w.rows(), n = w.cols(), k = svd.rank();
   const Mat ut = svd.u.transpose();  // [k x m]
   const Mat vt = svd.v.transpose();  // [k x n]
 
@@ -177,7 +190,7 @@ std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path&
   h.k = static_cast<uint64_t>(k);
   std::memcpy(h.key, key.data(), kKeyChars);
   h.payload_bytes = payload_bytes(m, n, k);
-  h.norm2 = weight.matrix().cast<double>().squaredNorm();
+  h.norm2 = w.cast<double>().squaredNorm();
   XXH3_state_t* state = XXH3_createState();
   XXH3_64bits_reset(state);
   XXH3_64bits_update(state, ut.data(), static_cast<size_t>(ut.size()) * sizeof(float));
@@ -208,7 +221,7 @@ std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path&
   }
   ::close(fd);
   std::filesystem::rename(tmp, path);
-  auto stored = try_open(path, weight, key, k);
+  auto stored = try_open(path, m, n, key, k);
   if (!stored) fail("{}: factor cache file unreadable right after writing it", path.string());
   return stored;
 }

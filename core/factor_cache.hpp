@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -72,15 +73,23 @@ class FactorCache {
   // and mapped.
   std::shared_ptr<const CachedSvd> factors(const Tensor& weight, int64_t rank = 0);
 
+  // The same for a matrix [m x n] named by `key` (32 hex digits) instead of its content, built by
+  // `make` only on a miss: the activation-scaled matrices W D of asvd/whiten, keyed by the weight's
+  // content key, the method and the transform D (docs/methods.md). Same files, same policy.
+  std::shared_ptr<const CachedSvd> factors_keyed(const std::string& key, int64_t m, int64_t n,
+                                                 const std::function<Mat()>& make, int64_t rank = 0);
+
   const std::filesystem::path& dir() const { return dir_; }
   int64_t hits() const { return hits_; }
   int64_t misses() const { return misses_; }
 
  private:
-  std::shared_ptr<const CachedSvd> try_open(const std::filesystem::path& path, const Tensor& weight,
+  std::shared_ptr<const CachedSvd> lookup(const std::string& key, int64_t m, int64_t n, int64_t rank,
+                                          const std::function<Mat()>& make);
+  std::shared_ptr<const CachedSvd> try_open(const std::filesystem::path& path, int64_t m, int64_t n,
                                             const std::string& key, int64_t k) const;
-  std::shared_ptr<const CachedSvd> store(const std::filesystem::path& path, const Tensor& weight,
-                                         const std::string& key, const Svd& svd) const;
+  std::shared_ptr<const CachedSvd> store(const std::filesystem::path& path, const Mat& w, const std::string& key,
+                                         const Svd& svd) const;
   std::filesystem::path dir_;
   SvdPolicy policy_;
   std::atomic<int64_t> hits_{0};

@@ -152,7 +152,14 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
     std::optional<int64_t> prefix = request_.settings.bos ? c.bos_token_id : c.eos_token_id;
     if (!prefix) fail("{}: the rolling protocol needs an {} token and config.json names none", model.dir.string(),
                       request_.settings.bos ? "BOS" : "EOS");
-    r = perplexity_rolling(model, t.doc_ids, t.words, t.bytes, static_cast<TokenId>(*prefix), options);
+    // lm-eval's --limit counts documents: the rolling protocol scores the first N whole documents.
+    options.max_windows = -1;
+    const size_t n_docs = request_.load.limit > 0 ? std::min(t.doc_ids.size(), static_cast<size_t>(request_.load.limit))
+                                                  : t.doc_ids.size();
+    const std::vector<std::vector<TokenId>> docs(t.doc_ids.begin(), t.doc_ids.begin() + static_cast<long>(n_docs));
+    const std::vector<int64_t> words(t.words.begin(), t.words.begin() + static_cast<long>(n_docs));
+    const std::vector<int64_t> bytes(t.bytes.begin(), t.bytes.begin() + static_cast<long>(n_docs));
+    r = perplexity_rolling(model, docs, words, bytes, static_cast<TokenId>(*prefix), options);
   }
   TaskReport report{.task = t.name};
   const std::string status = r.finite ? "ok" : "nan";
@@ -170,6 +177,7 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
                      {"protocol", t.protocol},
                      {"ctx", t.ctx},
                      {"windows", r.n_windows},
+                     {"documents", t.protocol == "rolling" ? r.n_docs : int64_t{1}},
                      {"tokens_scored", r.n_scored},
                      {"limit", request_.load.limit},
                      {"files", t.files},

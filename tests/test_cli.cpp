@@ -205,7 +205,7 @@ TEST_CASE("config, space and info --config on Llama-2-7B shapes", "[cli]") {
   CHECK_THAT(info.out, Contains("size reduction       9.006438 %"));
 }
 
-TEST_CASE("decompose writes a checkpoint; a second run factorizes nothing", "[cli]") {
+TEST_CASE("decompose writes a checkpoint and a second run factorizes nothing", "[cli]") {
   RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
   const auto dir = test::scratch_dir("cli_decompose");
   const std::string common = "decompose ../shared/data/stories260K-hf --cache-dir " + (dir / "cache").string();

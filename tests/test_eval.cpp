@@ -245,7 +245,7 @@ TEST_CASE("few-shot prompts: seeded, never the document itself, MMLU takes the f
                     "\n\n") != std::string::npos);
 }
 
-TEST_CASE("rankscope eval: table and JSON with protocol, model hash and canonical config") {
+TEST_CASE("rankscope eval: table and JSON with protocol and model hash and canonical config") {
   RS_REQUIRE_SHARED(stories());
   RS_REQUIRE_SHARED(test::shared_data("arc/arc_easy.jsonl"));
   const auto cache = test::scratch_dir("eval-cli");
@@ -272,6 +272,22 @@ TEST_CASE("rankscope eval: table and JSON with protocol, model hash and canonica
   CHECK(acc["protocol"]["limit"] == 10);
   // q [64x64] and k [32x64] at rank 4: 4096 + 2048 dense -> 4*(64+4+64) + 4*(64+4+32) tucker.
   CHECK(by_name["size.params"]["value"] == 260032 - (4096 + 2048) + 4 * (64 + 4 + 64) + 4 * (64 + 4 + 32));
+
+  // Latency: a median of timed passes, consistent units; rolling perplexity: --limit counts documents.
+  REQUIRE(run_cli("eval " + common + " --tasks latency,wikitext2 --ppl-protocol rolling --limit 2 --latency-reps 3 --json", &out) == 0);
+  INFO(out);
+  by_name.clear();
+  const auto timed = nlohmann::json::parse(out);
+  for (const auto& r : timed["results"]) by_name[r["name"]] = r;
+  const double ms_per_batch = by_name["latency.ms_per_batch"]["value"];
+  const double ms_per_token = by_name["latency.ms_per_token"]["value"];
+  const double tokens_per_s = by_name["latency.tokens_per_s"]["value"];
+  CHECK(ms_per_batch > 0);
+  CHECK(ms_per_token * 128 == Approx(ms_per_batch));
+  CHECK(tokens_per_s * ms_per_token == Approx(1000.0));
+  CHECK(by_name["latency.ms_per_batch"]["protocol"]["reps"] == 3);
+  CHECK(by_name["wikitext2.ppl"]["protocol"]["documents"] == 2);
+  CHECK(by_name["wikitext2.word_perplexity"]["status"] == "ok");
 
   REQUIRE(run_cli("eval " + common + " --tasks arc_easy --limit 3", &out) == 0);
   CHECK_THAT(out, Contains("arc_easy.acc_norm") && Contains("0-shot"));

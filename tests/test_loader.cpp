@@ -78,7 +78,7 @@ TEST_CASE("a config.json path loads shapes only even beside weights", "[loader]"
   CHECK(model.n_params() == 260032);
 }
 
-TEST_CASE("a checkpoint without tokenizer files loads; asking for text says what is missing", "[loader]") {
+TEST_CASE("a checkpoint without tokenizer files loads and asking for text says what is missing", "[loader]") {
   const auto src = test::shared_data("stories260K-hf");
   RS_REQUIRE_SHARED(src);
   const auto dir = test::scratch_dir("no_tokenizer");
@@ -90,7 +90,7 @@ TEST_CASE("a checkpoint without tokenizer files loads; asking for text says what
                       Catch::Matchers::Contains(dir.string()) && Catch::Matchers::Contains("no tokenizer"));
 }
 
-TEST_CASE("F16 and BF16 checkpoints are widened to fp32; shards load like one file", "[loader]") {
+TEST_CASE("F16 and BF16 checkpoints are widened to fp32 and shards load like one file", "[loader]") {
   const auto src = test::shared_data("stories260K-hf");
   RS_REQUIRE_SHARED(src);
   const auto original = load_model(src);

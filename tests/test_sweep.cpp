@@ -311,3 +311,38 @@ TEST_CASE("sweep and queries: bad input is one clear line and leaves files alone
   CHECK(code == 1);
   CHECK_THAT(out, Contains("missing.db"));
 }
+
+TEST_CASE("sweep: SIGTERM finishes the current write, releases the claim in flight and exits cleanly") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-term");
+  auto args = sweep_args(dir, "term", 40, "random");
+  args[std::find(args.begin(), args.end(), "--limit") - args.begin() + 1] = "20";  // slower evaluations
+  const pid_t pid = spawn_rankscope(args, dir / "log.txt");
+  for (int i = 0; i < 600; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!fs::exists(dir / "r.db")) continue;
+    int64_t done = 0;
+    try {
+      ResultsDb db(dir / "r.db");
+      if (auto s = db.find_study("term")) done = s->counts.done;
+    } catch (const std::exception&) {
+    }
+    if (done >= 3) break;
+  }
+  kill(pid, SIGTERM);
+  CHECK(wait_exit(pid) == 128 + SIGTERM);
+  const std::string log = read_file(dir / "log.txt");
+  INFO(log);
+  CHECK_THAT(log, Contains("interrupted (signal 15)") && Contains("rerun to continue"));
+  {
+    ResultsDb db(dir / "r.db");
+    CHECK(db.integrity_check() == "ok");
+    const auto counts = db.find_study("term")->counts;
+    CHECK(counts.claimed == 0);  // the evaluation in flight was released, not left claimed
+    CHECK(counts.done >= 3);
+    CHECK(counts.done < 40);
+  }
+  REQUIRE(run(args, dir / "log2.txt") == 0);
+  const auto evals = evaluations(dir / "r.db", "term");
+  CHECK(evals.size() == 40);
+}

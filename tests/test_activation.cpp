@@ -1,0 +1,412 @@
+// Activation-aware decomposition (asvd, whiten): the methods in configuration strings, their
+// transforms against plain SVD and the theoretical optimum, regularisation of singular Gram
+// matrices, the calibration cache, and an end-to-end decomposition of stories260K-hf.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include <Eigen/QR>
+#include <Eigen/SVD>
+
+#include "core/bert.hpp"
+#include "core/calibration.hpp"
+#include "core/decompose.hpp"
+#include "core/error.hpp"
+#include "core/linalg.hpp"
+#include "core/llama.hpp"
+#include "core/size.hpp"
+#include "evaluators/calibration.hpp"
+#include "evaluators/perplexity.hpp"
+#include "evaluators/tasks.hpp"
+#include "tests/linalg_fixtures.hpp"
+#include "tests/test_support.hpp"
+
+using namespace rankscope;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const std::vector<std::vector<TokenId>> kSequence = {{1, 403, 407, 261, 378, 432, 383, 286, 261, 376}};
+
+// Statistics of activations X, through the accumulator the forward hooks use.
+SiteStats stats_of(const Mat& x) {
+  CalibrationAccumulator acc;
+  acc.add(HookSite::attn_in, 0, x);
+  return acc.finish(std::string(32, '0'), {}).at(0, HookSite::attn_in);
+}
+
+// Statistics with a given Gram matrix and mean |x| (as if from `rows` rows).
+SiteStats synthetic_stats(const Eigen::MatrixXd& gram, const Eigen::VectorXd& mean_abs, int64_t rows) {
+  SiteStats s;
+  s.width = gram.rows();
+  s.rows = rows;
+  s.gram = gram;
+  s.abs_sum = mean_abs * static_cast<double>(rows);
+  return s;
+}
+
+// A calibration of `model` whose every site has Gram = rows * I and mean |x| = 1.
+std::shared_ptr<const Calibration> unit_calibration(const Model& model) {
+  auto c = std::make_shared<Calibration>();
+  c->key = std::string(32, 'a');
+  for (int64_t l = 0; l < model.config.n_layer; ++l) {
+    const auto& layer = model.weights.layers[static_cast<size_t>(l)];
+    for (auto kind : matrix_kinds(model.config.arch)) {
+      const int64_t width = layer[kind].n_in();
+      c->sites[{l, input_site(kind)}] =
+          synthetic_stats(Eigen::MatrixXd::Identity(width, width), Eigen::VectorXd::Ones(width), 1);
+    }
+  }
+  return c;
+}
+
+// ||X W^T - X W_r^T||_F in double, W_r = U V^T of a two-factor Linear.
+double output_error(const Mat& x, const Mat& w, const Linear& lin) {
+  const Eigen::MatrixXd wr = lin.u().matrix().cast<double>() * lin.v().matrix().cast<double>().transpose();
+  return (x.cast<double>() * (w.cast<double>() - wr).transpose()).norm();
+}
+
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+RunResult run_cli(const std::string& args) {
+  const auto dir = test::scratch_dir("activation_cli." + std::to_string(::getpid()));
+  const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && '" RANKSCOPE_EXE "' " + args + " >'" +
+                          (dir / "out").string() + "' 2>'" + (dir / "err").string() + "'";
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir / "out"), slurp(dir / "err")};
+}
+
+double tinystories_ppl(const Model& model, const std::vector<TokenId>& ids) {
+  PerplexityOptions o;
+  o.ctx = 256;
+  o.max_windows = 16;  // the file's first 4096 tokens; calibration reads its second half
+  return perplexity_chunks(model, ids, o).ppl;
+}
+
+}  // namespace
+
+TEST_CASE("asvd and whiten in configuration strings", "[activation][config]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = load_model(dir, {.weights = false});
+  for (auto m : {Method::tucker, Method::svd, Method::asvd, Method::whiten}) CHECK(parse_method(method_name(m)) == m);
+  CHECK(is_activation_aware(Method::asvd));
+  CHECK(is_activation_aware(Method::whiten));
+  CHECK_FALSE(is_activation_aware(Method::svd));
+  CHECK_FALSE(is_activation_aware(Method::tucker));
+
+  const auto c = parse_config(" L0-1 : q,k = 25% @ asvd ; L2:all=8@whiten;L3:mlp=4@svd;L4:o=2", model.config);
+  CHECK(c.cells.at({0, MatrixKind::q}).method == Method::asvd);
+  CHECK(c.cells.at({2, MatrixKind::down}).method == Method::whiten);
+  const auto canonical = encode_config(c, model.config);
+  CHECK(canonical == "L0-1:q,k=25%@asvd;L2:all=8@whiten;L3:mlp=4@svd;L4:o=2");
+  CHECK(parse_config(canonical, model.config) == c);
+  CHECK(encode_config(parse_config(canonical, model.config), model.config) == canonical);
+  CHECK(needs_calibration(c));
+  CHECK_FALSE(needs_calibration(parse_config("L*:all=8@svd;L0:q=4", model.config)));
+  // Later rules override the method cell by cell; @tucker stays the omitted default.
+  CHECK(encode_config(parse_config("L*:all=8@whiten;L*:all=8@tucker", model.config), model.config) == "L*:all=8");
+  CHECK_THROWS_WITH(parse_config("L0:q=1@cp", model.config), Contains("'cp'") && Contains("asvd") && Contains("whiten"));
+  CHECK_THROWS_WITH(parse_method("whitened"), Contains("'whitened'"));
+  // Two factors, as svd: in*r + r*out.
+  CHECK(factored_params(172, 64, 10, Method::asvd) == factored_params(172, 64, 10, Method::svd));
+  CHECK(factored_params(172, 64, 10, Method::whiten) == 64 * 10 + 10 * 172);
+}
+
+TEST_CASE("identity Gram (whiten) and unit scales (asvd) reproduce plain SVD", "[activation]") {
+  const Mat w = test::random_matrix(24, 40, 7);
+  const Tensor weight = Tensor::from_matrix(w);
+  FactorCache cache(test::scratch_dir("activation_identity"));
+  const auto stats = synthetic_stats(Eigen::MatrixXd::Identity(40, 40), Eigen::VectorXd::Ones(40), 100);
+  const auto whiten = whiten_transform(stats);
+  CHECK(whiten.lambda == 0.0);
+  CHECK(whiten.note.empty());
+  CHECK(whiten.chol.isIdentity(0.0));
+  const auto asvd = asvd_transform(stats, 0.5);
+  CHECK(asvd.floored == 0);
+  CHECK(asvd.scale.isOnes(0.0));
+  for (int64_t r : {1, 5, 23, 24}) {
+    INFO("rank " << r);
+    const Linear plain = factored_linear(*cache.factors(weight), r, Method::svd);
+    for (const auto* t : {&whiten, &asvd}) {
+      const Linear aware = activation_factored_linear(*activation_factors(cache, weight, *t), r, *t);
+      CHECK(aware.form() == Linear::Form::svd);
+      CHECK((aware.u().matrix() - plain.u().matrix()).cwiseAbs().maxCoeff() == 0.0f);
+      CHECK((aware.v().matrix() - plain.v().matrix()).cwiseAbs().maxCoeff() == 0.0f);
+    }
+  }
+  // The transform keys differ by method, so the two cached SVDs of W D are separate entries.
+  CHECK(whiten.key != asvd.key);
+}
+
+TEST_CASE("decompose_model: @whiten with identity Grams and @asvd with unit scales give the @svd model",
+          "[activation][decompose]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  FactorCache cache(test::scratch_dir("activation_unit_model"));
+  const ActivationOptions unit{unit_calibration(base), 0.5};
+  const Model svd = decompose_model(base, parse_config("L*:all=50%@svd", base.config), cache);
+  const Mat ref = llama_forward(svd, kSequence);
+  for (const char* m : {"whiten", "asvd"}) {
+    INFO(m);
+    DecomposeStats stats;
+    const Model aware = decompose_model(base, parse_config(std::string("L*:all=50%@") + m, base.config), cache, &stats, unit);
+    CHECK(stats.matrices == 35);
+    CHECK(stats.activation_notes.empty());
+    CHECK((llama_forward(aware, kSequence) - ref).cwiseAbs().maxCoeff() == 0.0f);
+  }
+}
+
+TEST_CASE("whiten minimises the output error on anisotropic inputs, to the theoretical minimum", "[activation]") {
+  const int64_t m = 24, n = 40, rows = 2000;
+  const Mat w = test::random_matrix(m, n, 11);
+  // X = Z diag(scales) Q: channel scales from 1 to 30 in a random orthogonal basis, plus a mean.
+  const Eigen::MatrixXd q =
+      Eigen::HouseholderQR<Eigen::MatrixXd>(test::random_matrix(n, n, 12).cast<double>()).householderQ();
+  Eigen::VectorXd scales(n);
+  for (int64_t j = 0; j < n; ++j) scales[j] = std::pow(30.0, static_cast<double>(j) / (n - 1));
+  Eigen::MatrixXd xd = test::random_matrix(rows, n, 13).cast<double>() * scales.asDiagonal() * q;
+  xd.rowwise() += test::random_matrix(1, n, 14).cast<double>().row(0);
+  const Mat x = xd.cast<float>();
+  const auto stats = stats_of(x);
+  CHECK(stats.rows == rows);
+  CHECK((stats.gram - x.cast<double>().transpose() * x.cast<double>()).norm() <= 1e-9 * stats.gram.norm());
+  const auto whiten = whiten_transform(stats);
+  REQUIRE(whiten.lambda == 0.0);
+  // Theoretical minimum: the tail singular values of W S (double precision).
+  const Eigen::MatrixXd ws = w.cast<double>() * whiten.chol;
+  const Eigen::VectorXd sigma = Eigen::BDCSVD<Eigen::MatrixXd>(ws).singularValues();
+
+  FactorCache cache(test::scratch_dir("activation_optimal"));
+  const Tensor weight = Tensor::from_matrix(w);
+  const auto asvd = asvd_transform(stats, 0.5);
+  for (int64_t r = 1; r < m; ++r) {
+    INFO("rank " << r);
+    const double e_svd = output_error(x, w, factored_linear(*cache.factors(weight), r, Method::svd));
+    const double e_whiten =
+        output_error(x, w, activation_factored_linear(*activation_factors(cache, weight, whiten), r, whiten));
+    const double e_asvd = output_error(x, w, activation_factored_linear(*activation_factors(cache, weight, asvd), r, asvd));
+    const double tail = std::sqrt(sigma.tail(m - r).squaredNorm());
+    CHECK(e_whiten < e_svd);
+    CHECK(e_whiten <= e_asvd * (1 + 1e-6));
+    CHECK(std::abs(e_whiten - tail) <= 1e-4 * tail);
+    // The cached relative error of W D is the relative output error for whiten.
+    const auto svd_of_ws = activation_factors(cache, weight, whiten);
+    // (||W D||^2 - kept energy, in single precision: an absolute tolerance)
+    CHECK(std::abs(svd_of_ws->relative_error(r) - tail / sigma.norm()) <= 1e-4);
+  }
+}
+
+TEST_CASE("a Gram matrix that is not positive definite is regularised and reported", "[activation]") {
+  const int64_t m = 24, n = 40;
+  const Mat w = test::random_matrix(m, n, 21);
+  const Tensor weight = Tensor::from_matrix(w);
+  FactorCache cache(test::scratch_dir("activation_singular"));
+  SECTION("fewer rows than channels") {
+    const Mat x = test::random_matrix(5, n, 22);
+    const auto t = whiten_transform(stats_of(x));
+    CHECK(t.lambda > 0.0);
+    CHECK_THAT(t.note, Contains("not positive definite") && Contains("5 activation rows for 40 channels"));
+    REQUIRE(t.chol.allFinite());
+    for (int64_t r : {1, 4, 5, 12, 24}) {
+      const Linear lin = activation_factored_linear(*activation_factors(cache, weight, t, r), r, t);
+      CHECK(lin.u().matrix().allFinite());
+      CHECK(lin.v().matrix().allFinite());
+      // Rank 5 already reproduces the outputs on the 5 calibration rows (up to the regularisation).
+      if (r >= 5) CHECK(output_error(x, w, lin) <= 1e-2 * (x * w.transpose()).norm());
+    }
+  }
+  SECTION("all-zero activations") {
+    const auto t = whiten_transform(stats_of(Mat::Zero(8, n)));
+    CHECK(t.lambda > 0.0);
+    CHECK(t.chol.allFinite());
+    const auto a = asvd_transform(stats_of(Mat::Zero(8, n)), 0.5);
+    CHECK(a.scale.isOnes(0.0));
+    CHECK_THAT(a.note, Contains("plain SVD"));
+  }
+  SECTION("a dead channel") {
+    Mat x = test::random_matrix(200, n, 23);
+    x.col(3).setZero();
+    const auto t = whiten_transform(stats_of(x));
+    CHECK(t.lambda > 0.0);
+    const auto a = asvd_transform(stats_of(x), 0.5);
+    CHECK(a.floored == 1);
+    CHECK_THAT(a.note, Contains("1 of 40 channels"));
+    const Linear lin = activation_factored_linear(*activation_factors(cache, weight, a, 8), 8, a);
+    CHECK(lin.v().matrix().allFinite());
+  }
+  SECTION("non-finite statistics are an error") {
+    Mat x = test::random_matrix(50, n, 24);
+    x(0, 0) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(whiten_transform(stats_of(x)), Error);
+    CHECK_THROWS_AS(asvd_transform(stats_of(x), 0.5), Error);
+  }
+}
+
+TEST_CASE("too few calibration tokens on a real model: regularised, reported, finite", "[activation][decompose]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  CalibrationOptions o;
+  o.source = "tinystories";
+  o.data_dir = test::shared_data("");
+  o.samples = 1;
+  o.ctx = 8;  // 9 rows (BOS + 8) for widths 64 and 172
+  ActivationOptions activation{calibrate(base, o), 0.5};
+  FactorCache cache(test::scratch_dir("activation_few"));
+  DecomposeStats stats;
+  const Model model = decompose_model(base, parse_config("L*:all=50%@whiten", base.config), cache, &stats, activation);
+  CHECK(stats.activation_notes.size() == 20);  // 5 layers x 4 sites
+  CHECK_THAT(stats.activation_notes.front(), Contains("blk.0.attn_in") && Contains("not positive definite"));
+  CHECK(llama_forward(model, kSequence).allFinite());
+}
+
+TEST_CASE("asvd/whiten without calibration is a clear error", "[activation][decompose][cli]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  FactorCache cache(test::scratch_dir("activation_nocalib"));
+  for (const char* m : {"asvd", "whiten"}) {
+    CHECK_THROWS_WITH(decompose_model(base, parse_config(std::string("L1:q=4@") + m, base.config), cache),
+                      Contains("--calib") && Contains(std::string("@") + m) && Contains("L1:q"));
+  }
+  // No calibration needed (nor read) for the other methods.
+  CHECK_NOTHROW(decompose_model(base, parse_config("L1:q=4@svd;L2:k=2", base.config), cache));
+  const auto out = test::scratch_dir("activation_nocalib_cli");
+  const auto r = run_cli("decompose " + dir.string() + " --config 'L*:all=50%@whiten' --out " + (out / "m").string() +
+                         " --cache-dir " + (out / "cache").string());
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Contains("--calib"));
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') <= 1);
+  const auto e = run_cli("eval " + dir.string() + " --config 'L*:all=50%@asvd' --tasks tinystories --limit 1 --cache-dir " +
+                         (out / "cache").string());
+  CHECK(e.exit_code == 1);
+  CHECK_THAT(e.err, Contains("--calib"));
+}
+
+TEST_CASE("calibration statistics are cached on disk and a corrupt file is recomputed", "[activation][cache]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  CalibrationOptions o;
+  o.source = "tinystories";
+  o.data_dir = test::shared_data("");
+  o.samples = 4;
+  o.ctx = 32;
+  o.seed = 3;
+  o.cache_dir = test::scratch_dir("activation_calib_cache");
+  bool cached = true;
+  const auto first = calibrate(base, o, &cached);
+  CHECK_FALSE(cached);
+  const auto path = calibration_path(o.cache_dir, first->key);
+  REQUIRE(std::filesystem::exists(path));
+  CHECK(first->sites.size() == 20);
+  const auto& ffn_act = first->at(2, HookSite::ffn_act);
+  CHECK(ffn_act.width == 172);
+  CHECK(ffn_act.rows == 4 * 33);
+  CHECK(first->at(0, HookSite::attn_ctx).width == 64);
+  CHECK(first->info.at("tokens") == 4 * 33);
+
+  const auto second = calibrate(base, o, &cached);
+  CHECK(cached);
+  CHECK(second->key == first->key);
+  for (const auto& [where, s] : first->sites) {
+    const auto& t = second->sites.at(where);
+    CHECK(t.rows == s.rows);
+    CHECK(t.gram == s.gram);
+    CHECK(t.abs_sum == s.abs_sum);
+  }
+  CHECK(second->info == first->info);
+
+  // Another seed, another key; the same seed reproduces the statistics without the cache.
+  auto other = o;
+  other.seed = 4;
+  CHECK(calibration_key(base, other) != first->key);
+  auto no_cache = o;
+  no_cache.cache_dir.clear();
+  CHECK(calibrate(base, no_cache)->at(2, HookSite::ffn_act).gram == ffn_act.gram);
+
+  SECTION("a flipped payload byte") {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    const auto at = static_cast<std::streamoff>(std::filesystem::file_size(path) - 100);
+    f.seekg(at);
+    const char byte = static_cast<char>(f.get());
+    f.seekp(at);
+    f.put(static_cast<char>(~byte));
+  }
+  SECTION("a truncated file") { std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2); }
+  SECTION("garbage") { std::ofstream(path, std::ios::trunc) << "not a calibration file"; }
+  CHECK_FALSE(load_calibration(path, first->key));
+  const auto again = calibrate(base, o, &cached);
+  CHECK_FALSE(cached);  // recomputed and rewritten
+  CHECK(again->at(2, HookSite::ffn_act).gram == ffn_act.gram);
+  CHECK(load_calibration(path, first->key));
+  calibrate(base, o, &cached);
+  CHECK(cached);
+}
+
+TEST_CASE("calibration sources: a BERT classifier on a .tsv, bad sources", "[activation][cache]") {
+  const auto dir = test::shared_data("bert-tiny-sst2");
+  const auto tsv = test::shared_data("glue-sst2/alps_train.tsv");
+  RS_REQUIRE_SHARED(dir);
+  RS_REQUIRE_SHARED(tsv);
+  const auto base = load_model(dir);
+  CalibrationOptions o;
+  o.source = tsv.string();
+  o.samples = 16;
+  o.ctx = 64;
+  const auto c = calibrate(base, o);
+  CHECK(c->sites.size() == 8);  // 2 layers x 4 sites
+  CHECK(c->at(1, HookSite::ffn_act).width == 512);
+  CHECK(c->at(1, HookSite::attn_in).width == 128);
+  CHECK(c->info.at("samples") == 16);
+  CHECK(c->at(0, HookSite::attn_in).rows == c->info.at("tokens").get<int64_t>());
+  FactorCache cache(test::scratch_dir("activation_bert"));
+  const Model model = decompose_model(base, parse_config("L*:all=50%@whiten", base.config), cache, nullptr, {c, 0.5});
+  const std::vector<BertInput> in = {bert_encode(*base.tokenizer, "a charming and often affecting journey", "", 128)};
+  CHECK(bert_forward(model, in).logits.allFinite());
+
+  o.source = "no-such-task-or-file";
+  CHECK_THROWS_WITH(calibrate(base, o), Contains("'no-such-task-or-file'") && Contains("neither a file nor"));
+  o.source = tsv.string();
+  o.samples = 0;
+  CHECK_THROWS_WITH(calibrate(base, o), Contains("--calib-samples"));
+}
+
+TEST_CASE("stories260K-hf at 50 %: whiten beats plain SVD in TinyStories perplexity", "[activation][e2e]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  const Task task = load_task("tinystories", {.data_dir = test::shared_data("")});
+  const auto ids = base.require_tokenizer().encode(task.text);
+  CalibrationOptions o;
+  o.source = "tinystories";  // its second half; the perplexity windows below are its start
+  o.data_dir = test::shared_data("");
+  o.cache_dir = test::scratch_dir("activation_e2e");
+  const ActivationOptions activation{calibrate(base, o), 0.5};
+  FactorCache cache(o.cache_dir);
+  const double dense = tinystories_ppl(base, ids);
+  const double svd = tinystories_ppl(decompose_model(base, parse_config("L*:all=50%@svd", base.config), cache), ids);
+  DecomposeStats stats;
+  const Model whitened = decompose_model(base, parse_config("L*:all=50%@whiten", base.config), cache, &stats, activation);
+  CHECK(stats.activation_notes.empty());  // 64 x 257 rows: every Gram matrix is positive definite
+  const double whiten = tinystories_ppl(whitened, ids);
+  INFO("dense " << dense << ", svd " << svd << ", whiten " << whiten);
+  REQUIRE(std::isfinite(whiten));
+  CHECK(whiten < svd);
+  CHECK(whiten > dense);
+}
