@@ -186,8 +186,13 @@ int run_sweep(const Params& params) {
   const Evaluator evaluator(base, request);  // reads and tokenises the tasks once
   FactorCache factor_cache(cache_dir, svd_policy(params.svd_backend));
   // asvd/whiten points: the calibration is captured (or read from the cache) once for the study.
-  const bool aware = space ? is_activation_aware(parse_method(params.method))
-                           : std::any_of(list.begin(), list.end(), [](const Config& c) { return needs_calibration(c); });
+  bool aware = std::any_of(list.begin(), list.end(), [](const Config& c) { return needs_calibration(c); });
+  if (space) {
+    const SpaceSpec spec = space_spec(params);
+    aware = is_activation_aware(spec.method) ||
+            std::any_of(spec.choices.begin(), spec.choices.end(),
+                        [](const SpaceChoice& c) { return !c.dense && is_activation_aware(c.choice.method); });
+  }
   ActivationOptions activation;
   activation.asvd_alpha = params.asvd_alpha;
   if (aware && !size_only) {

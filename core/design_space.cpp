@@ -253,7 +253,11 @@ std::vector<SpaceChoice> parse_space_choices(std::string_view text, Method metho
       choices.push_back({true, {}});
     } else {
       try {
-        choices.push_back({false, {parse_rank(item), method}});
+        // RANK@METHOD overrides the space's method for this entry: the method becomes a
+        // dimension of the space (e.g. dense,25%@svd,25%@whiten).
+        const auto at = item.find('@');
+        const Method m = at == std::string::npos ? method : parse_method(item.substr(at + 1));
+        choices.push_back({false, {parse_rank(item.substr(0, at)), m}});
       } catch (const Error& e) {
         fail("bad choice list '{}': {}", whole, e.what());
       }

@@ -28,7 +28,8 @@ struct SpaceChoice {
   bool dense = false;
   Choice choice;
 };
-// Parses "dense,50%,25%,12.5%,1" (method applied to all non-dense entries). Throws Error.
+// Parses "dense,50%,25%,12.5%,1" (`method` applied to every non-dense entry without its own
+// "@METHOD", e.g. "dense,25%@svd,25%@whiten"). Throws Error.
 std::vector<SpaceChoice> parse_space_choices(std::string_view text, Method method);
 
 struct SpaceSpec {

@@ -452,6 +452,13 @@ TEST_CASE("ranks, methods and choice lists", "[config][space]") {
   CHECK_THROWS_WITH(parse_space_choices("dense,,1", Method::tucker), Contains("empty entry"));
   CHECK_THROWS_WITH(parse_space_choices("dense,0", Method::tucker), Contains("'0'"));
   CHECK_THROWS_WITH(parse_space_choices("50%,abc", Method::tucker), Contains("'abc'"));
+  // The method as a dimension of the space: RANK@METHOD per entry.
+  const auto mixed = parse_space_choices("dense,25%@svd,25%@whiten,25%", Method::tucker);
+  REQUIRE(mixed.size() == 4);
+  CHECK(mixed[1].choice == percent_choice(25, Method::svd));
+  CHECK(mixed[2].choice == percent_choice(25, Method::whiten));
+  CHECK(mixed[3].choice == percent_choice(25, Method::tucker));
+  CHECK_THROWS_WITH(parse_space_choices("25%@cp", Method::tucker), Contains("'cp'"));
 }
 
 TEST_CASE("design space counts are exact", "[space]") {
