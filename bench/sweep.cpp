@@ -5,7 +5,7 @@
 // the cache), and everything else: start-up, strategy, database, live output. Prints the medians
 // and the overhead against the 2 % target.
 //
-//   build/bench/sweep [--reps N] [--budget N] [--exe build/rankscope] [--experiment FILE]
+//   build/bench/sweep [--reps N] [--budget N (default: the file's)] [--exe build/rankscope] [--experiment FILE]
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -33,8 +33,8 @@ struct Run {
 
 Run run_sweep(const std::string& exe, const std::string& experiment, const std::filesystem::path& dir, int budget) {
   for (const char* f : {"b.db", "b.db-wal", "b.db-shm"}) std::filesystem::remove(dir / f);
-  const std::string cmd = fmt::format("{} sweep {} --db {} --cache-dir {} --budget {} 2>&1", exe, experiment,
-                                      (dir / "b.db").string(), (dir / "cache").string(), budget);
+  const std::string cmd = fmt::format("{} sweep {} --db {} --cache-dir {}{} 2>&1", exe, experiment, (dir / "b.db").string(),
+                                      (dir / "cache").string(), budget > 0 ? fmt::format(" --budget {}", budget) : "");
   const auto t0 = std::chrono::steady_clock::now();
   FILE* pipe = popen(cmd.c_str(), "r");
   std::string out;
@@ -57,7 +57,7 @@ Run run_sweep(const std::string& exe, const std::string& experiment, const std::
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 3, budget = 240;
+  int reps = 3, budget = 0;  // 0: the experiment file's budget
   std::string exe = "build/rankscope", experiment = "experiments/quickstart.ini";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
     std::filesystem::create_directories(dir);
     run_sweep(exe, experiment, dir, budget);  // warms the factor cache
     std::vector<double> overhead, overhead_dec, wall;
-    fmt::print("bench/sweep: {} --budget {}, {} runs\n", experiment, budget, reps);
+    fmt::print("bench/sweep: {}{}, {} runs\n", experiment, budget > 0 ? fmt::format(" --budget {}", budget) : "", reps);
     for (int r = 0; r < reps; ++r) {
       const Run run = run_sweep(exe, experiment, dir, budget);
       const double other = run.wall - run.evaluators - run.decomposing;

@@ -52,19 +52,6 @@ constexpr int kWhitenAttempts = 40;
 
 std::string hex128(const XXH128_hash_t& h) { return fmt::format("{:016x}{:016x}", h.high64, h.low64); }
 
-void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path) {
-  const auto* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("{}: write failed: {}", path.string(), std::strerror(errno));
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
 
 HookSite input_site(MatrixKind kind) {

@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "core/error.hpp"
+#include "core/mapped_file.hpp"
 
 namespace rankscope {
 
@@ -38,19 +39,6 @@ static_assert(sizeof(Header) <= kHeaderBytes);
 
 size_t payload_bytes(int64_t m, int64_t n, int64_t k) {
   return static_cast<size_t>(k * m + k + k * n) * sizeof(float);
-}
-
-void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path) {
-  const auto* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("{}: write failed: {}", path.string(), std::strerror(errno));
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
 }
 
 }  // namespace

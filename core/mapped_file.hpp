@@ -28,4 +28,7 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Writes all `size` bytes to `fd` (retrying short writes and EINTR). Throws Error naming `path`.
+void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path);
+
 }  // namespace rankscope

@@ -52,19 +52,6 @@ uint64_t payload_bytes(int64_t n_tokens, int64_t n_vocab) {
          (static_cast<uint64_t>(n_vocab) * sizeof(float) + sizeof(double) + sizeof(int32_t));
 }
 
-void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path) {
-  const auto* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("{}: write failed: {}", path.string(), std::strerror(errno));
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 // What a valid cache file holds, memory-mapped.
 struct CachedBase {
   std::shared_ptr<const MappedFile> file;
