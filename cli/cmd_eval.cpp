@@ -75,7 +75,6 @@ int run_eval(const Params& params) {
   set_num_threads(params.threads);
   const EvalRequest request = eval_request(params);
 
-
   const bool size_only = !request.tasks.empty() && params.text.empty() &&
                          std::all_of(request.tasks.begin(), request.tasks.end(), [](const auto& t) { return t == "size"; });
   const Model base = load_model(params.model, {.weights = !size_only});
