@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "db/results_db.hpp"
@@ -54,6 +55,19 @@ int wait_exit(pid_t pid) {
 }
 
 int run(const std::vector<std::string>& args, const fs::path& log) { return wait_exit(spawn_rankscope(args, log)); }
+
+std::string read_file(const fs::path& p);
+
+// Waits (up to two minutes) until a running sweep's log shows `n` evaluations stored: each
+// stored evaluation prints one "[  k/budget]" line, after its transaction committed.
+bool wait_for_evaluations(const fs::path& log, int n) {
+  const std::string marker = fmt::format("[{:>4}/", n);
+  for (int i = 0; i < 2400; ++i) {
+    if (fs::exists(log) && read_file(log).find(marker) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p);
@@ -99,17 +113,7 @@ TEST_CASE("sweep: a study killed with SIGKILL and restarted evaluates every conf
   const auto args = sweep_args(dir, "kill", 24, "random");
   const pid_t pid = spawn_rankscope(args, dir / "log1.txt");
   // Kill it once some evaluations are stored (it is then likely mid-evaluation).
-  for (int i = 0; i < 600; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!fs::exists(dir / "r.db")) continue;
-    int64_t done = 0;
-    try {
-      ResultsDb db(dir / "r.db");
-      if (auto s = db.find_study("kill")) done = s->counts.done;
-    } catch (const std::exception&) {
-    }
-    if (done >= 6) break;
-  }
+  CHECK(wait_for_evaluations(dir / "log1.txt", 6));
   kill(pid, SIGKILL);
   wait_exit(pid);
   const auto before = evaluations(dir / "r.db", "kill");
@@ -318,17 +322,7 @@ TEST_CASE("sweep: SIGTERM finishes the current write, releases the claim in flig
   auto args = sweep_args(dir, "term", 40, "random");
   args[std::find(args.begin(), args.end(), "--limit") - args.begin() + 1] = "20";  // slower evaluations
   const pid_t pid = spawn_rankscope(args, dir / "log.txt");
-  for (int i = 0; i < 600; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (!fs::exists(dir / "r.db")) continue;
-    int64_t done = 0;
-    try {
-      ResultsDb db(dir / "r.db");
-      if (auto s = db.find_study("term")) done = s->counts.done;
-    } catch (const std::exception&) {
-    }
-    if (done >= 3) break;
-  }
+  CHECK(wait_for_evaluations(dir / "log.txt", 3));
   kill(pid, SIGTERM);
   CHECK(wait_exit(pid) == 128 + SIGTERM);
   const std::string log = read_file(dir / "log.txt");
