@@ -293,6 +293,16 @@ void number_docs(std::vector<Doc>& docs) {
   for (size_t i = 0; i < docs.size(); ++i) docs[i].index = static_cast<int64_t>(i);
 }
 
+// The common end of every task reader: a file without documents is an error; then the prompt
+// summary, document numbering and --limit.
+Task finish_task(Task task, std::string prompt_summary, const TaskLoadOptions& options) {
+  if (task.docs.empty()) fail("{}: no documents", task.files.empty() ? task.name : task.files.front().string());
+  task.prompt_summary = std::move(prompt_summary);
+  number_docs(task.docs);
+  limit_eval_set(task, options.limit);
+  return task;
+}
+
 fs::path data_file(const TaskLoadOptions& options, const std::string& rel) { return options.data_dir / rel; }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,10 +358,7 @@ Task load_arc(const std::string& name, const std::string& rel, const TaskLoadOpt
     std::string q = starts_with(mc.query, "Question: ") ? mc.query : "Question: " + mc.query;
     task.docs.push_back(mc_doc(q + "\nAnswer:", std::move(mc.choices), mc.gold, mc.line));
   }
-  task.prompt_summary = "Question: {question}\\nAnswer: -> \" {choice}\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task), "Question: {question}\\nAnswer: -> \" {choice}\"", options);
 }
 
 // PIQA: "Question: {goal}\nAnswer:"; the file's query is "Question: {goal}\n".
@@ -365,10 +372,7 @@ Task load_piqa(const TaskLoadOptions& options) {
     if (!starts_with(q, "Question: ")) q = "Question: " + q;
     task.docs.push_back(mc_doc(q + "\nAnswer:", std::move(mc.choices), mc.gold, mc.line));
   }
-  task.prompt_summary = "Question: {goal}\\nAnswer: -> \" {sol}\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task), "Question: {goal}\\nAnswer: -> \" {sol}\"", options);
 }
 
 // OpenBookQA: the question stem as is.
@@ -377,10 +381,7 @@ Task load_openbookqa(const TaskLoadOptions& options) {
   Task task = mc_task("openbookqa", {"acc", "acc_norm"});
   task.files = {path};
   for (auto& mc : read_foundry_mc(path)) task.docs.push_back(mc_doc(mc.query, std::move(mc.choices), mc.gold, mc.line));
-  task.prompt_summary = "{question_stem} -> \" {choice}\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task), "{question_stem} -> \" {choice}\"", options);
 }
 
 // BoolQ: "{passage}\nQuestion: {question}?\nAnswer:" with no/yes. The file's query is
@@ -399,10 +400,7 @@ Task load_boolq(const TaskLoadOptions& options) {
     }
     task.docs.push_back(mc_doc(mc.query.substr(9) + "\nAnswer:", std::move(mc.choices), mc.gold, mc.line));
   }
-  task.prompt_summary = "{passage}\\nQuestion: {question}?\\nAnswer: -> \" no\" | \" yes\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task), "{passage}\\nQuestion: {question}?\\nAnswer: -> \" no\" | \" yes\"", options);
 }
 
 // WinoGrande, partial scoring: contexts = sentence up to "_" + option (lm-eval's
@@ -422,11 +420,9 @@ Task load_winogrande(const TaskLoadOptions& options) {
     doc.gold = {gold_index(*gold, doc.contexts.size(), path, entry.line)};
     task.docs.push_back(std::move(doc));
   }
-  if (task.docs.empty()) fail("{}: no documents", path.string());
-  task.prompt_summary = "{sentence up to _}{option} -> \" {rest of sentence}\" (partial scoring)";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task),
+                     "{sentence up to _}{option} -> \" {rest of sentence}\" (partial scoring)",
+                     options);
 }
 
 // LAMBADA (OpenAI): context = text without its last space-separated word, target = " " + word.
@@ -445,11 +441,7 @@ Task load_lambada(const TaskLoadOptions& options) {
     doc.continuations = {get_string(entry.value, "continuation", path, entry.line)};
     task.docs.push_back(std::move(doc));
   }
-  if (task.docs.empty()) fail("{}: no documents", path.string());
-  task.prompt_summary = "{text without last word} -> \" {last word}\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task), "{text without last word} -> \" {last word}\"", options);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,10 +472,7 @@ Task load_hellaswag(const TaskLoadOptions& options) {
     for (size_t k = 2; k < 6; ++k) endings.push_back(hellaswag_preprocess(lines[i + k]));
     task.docs.push_back(mc_doc(hellaswag_preprocess(lines[i]), std::move(endings), g[0] - '0', line_no));
   }
-  task.prompt_summary = "preprocess({activity_label}: {ctx}) -> \" preprocess({ending})\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task), "preprocess({activity_label}: {ctx}) -> \" preprocess({ending})\"", options);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -712,12 +701,10 @@ Task load_truthfulqa(bool mc2, const TaskLoadOptions& options) {
     doc.gold = std::move(gold);
     task.docs.push_back(std::move(doc));
   }
-  if (task.docs.empty()) fail("{}: no documents", path.string());
-  task.prompt_summary = std::string("{fixed 6-shot QA prompt}\\n\\nQ: {question}\\nA: -> \" {choice}\" of ") + key +
-                        (mc2 ? " (mc2: probability mass of the true answers)" : "");
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task),
+                     std::string("{fixed 6-shot QA prompt}\\n\\nQ: {question}\\nA: -> \" {choice}\" of ") + key +
+                         (mc2 ? " (mc2: probability mass of the true answers)" : ""),
+                     options);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,11 +729,9 @@ Task load_sst2(const TaskLoadOptions& options) {
     doc.label = label;
     task.docs.push_back(std::move(doc));
   }
-  if (task.docs.empty()) fail("{}: no documents", path.string());
-  task.prompt_summary = "{sentence}\\nQuestion: Is this sentence positive or negative?\\nAnswer: -> \" negative\" | \" positive\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task),
+                     "{sentence}\\nQuestion: Is this sentence positive or negative?\\nAnswer: -> \" negative\" | \" positive\"",
+                     options);
 }
 
 // MRPC: the labelled MSR test file (GLUE's dev split is not in ../shared). "<QUOTE>" in the MSR
@@ -773,12 +758,9 @@ Task load_mrpc(const TaskLoadOptions& options) {
     doc.label = label;
     task.docs.push_back(std::move(doc));
   }
-  if (task.docs.empty()) fail("{}: no documents", path.string());
-  task.prompt_summary =
-      "Sentence 1: {s1}\\nSentence 2: {s2}\\nQuestion: Do both sentences mean the same thing?\\nAnswer: -> \" no\" | \" yes\"";
-  number_docs(task.docs);
-  limit_eval_set(task, options.limit);
-  return task;
+  return finish_task(std::move(task),
+                     "Sentence 1: {s1}\\nSentence 2: {s2}\\nQuestion: Do both sentences mean the same thing?\\nAnswer: -> \" no\" | \" yes\"",
+                     options);
 }
 
 // ---------------------------------------------------------------------------------------------

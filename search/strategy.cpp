@@ -334,6 +334,12 @@ class StrategyBase : public Strategy {
     return true;
   }
   bool exhausted(const PointSet& known) const { return count_ && known.size() >= *count_; }
+  // Adds every told point of the space to `known` (never asked afterwards).
+  void remember(const std::vector<Observation>& results, PointSet& known) const {
+    for (const auto& r : results) {
+      if (in_space(r.point)) known.insert(r.point);
+    }
+  }
 
   std::vector<int64_t> radices_;
   std::optional<uint64_t> count_;  // nullopt above 2^62
@@ -361,11 +367,7 @@ class ListStrategy final : public StrategyBase {
     return out;
   }
 
-  void tell(const std::vector<Observation>& results) override {
-    for (const auto& r : results) {
-      if (in_space(r.point)) known_.insert(r.point);
-    }
-  }
+  void tell(const std::vector<Observation>& results) override { remember(results, known_); }
 
  protected:
   void save(json& j) const override {
@@ -441,11 +443,7 @@ class RandomStrategy final : public StrategyBase {
     return out;
   }
 
-  void tell(const std::vector<Observation>& results) override {
-    for (const auto& r : results) {
-      if (in_space(r.point)) known_.insert(r.point);
-    }
-  }
+  void tell(const std::vector<Observation>& results) override { remember(results, known_); }
 
  protected:
   void save(json& j) const override {
