@@ -145,7 +145,7 @@ void save_calibration(const std::filesystem::path& path, const Calibration& c) {
   std::random_device rd;
   const auto tmp = path.parent_path() / fmt::format("{}.tmp.{}.{:x}", path.filename().string(), ::getpid(), rd());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail("{}: cannot create: {}", tmp.string(), std::strerror(errno));
+  if (fd < 0) fail_errno(errno, "{}: cannot create", tmp.string());
   try {
     char header[kHeaderBytes] = {};
     std::memcpy(header, &h, sizeof h);

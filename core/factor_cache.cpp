@@ -191,7 +191,7 @@ std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path&
   std::random_device rd;
   const auto tmp = dir_ / fmt::format("{}.svd.tmp.{}.{:x}", key, ::getpid(), rd());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail("{}: cannot create: {}", tmp.string(), std::strerror(errno));
+  if (fd < 0) fail_errno(errno, "{}: cannot create", tmp.string());
   try {
     char header[kHeaderBytes] = {};
     std::memcpy(header, &h, sizeof h);

@@ -45,7 +45,7 @@ void write_all(int fd, const void* data, size_t size, const std::filesystem::pat
     const ssize_t n = ::write(fd, p, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail("{}: write failed: {}", path.string(), std::strerror(errno));
+      fail_errno(errno, "{}: write failed", path.string());
     }
     p += n;
     size -= static_cast<size_t>(n);

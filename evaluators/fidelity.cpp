@@ -105,7 +105,7 @@ class CacheWriter {
     std::random_device rd;
     tmp_ = path_.parent_path() / fmt::format("{}.tmp.{}.{:x}", path_.filename().string(), ::getpid(), rd());
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail("{}: cannot create: {}", tmp_.string(), std::strerror(errno));
+    if (fd_ < 0) fail_errno(errno, "{}: cannot create", tmp_.string());
     state_ = XXH3_createState();
     XXH3_64bits_reset(state_);
     const char zeros[kHeaderBytes] = {};
