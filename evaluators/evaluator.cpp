@@ -220,6 +220,34 @@ TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& pro
   return report;
 }
 
+std::vector<std::string> Evaluator::metric_names() const {
+  std::vector<std::string> names;
+  auto add = [&](const std::string& task, std::initializer_list<const char*> metrics) {
+    for (const char* m : metrics) names.push_back(task + "." + m);
+  };
+  for (const auto& name : order_) {
+    if (name == "size") {
+      add("size", {"params", "bytes", "reduction_pct", "flops_per_token"});
+    } else if (name == "latency") {
+      add("latency", {"ms_per_batch", "ms_per_token", "tokens_per_s"});
+    } else if (name == "fidelity") {
+      add("fidelity", {"kl", "top1", "ppl_ratio"});
+    } else if (auto it = texts_.find(name); it != texts_.end()) {
+      add(it->second->name, {"ppl"});
+      if (it->second->protocol == "rolling") add(it->second->name, {"word_perplexity", "byte_perplexity", "bits_per_byte"});
+    } else {
+      const Task& task = tasks_.at(name);
+      for (const auto& m : task.metrics) names.push_back(task.name + "." + m);
+      std::set<std::string> subjects;
+      for (const auto& d : task.docs)
+        if (!d.subject.empty()) subjects.insert(d.subject);
+      if (subjects.size() > 1)
+        for (const auto& s : subjects) names.push_back(task.name + "_" + s + ".acc");
+    }
+  }
+  return names;
+}
+
 std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& config, const ProgressFn& progress) const {
   const std::string canonical = encode_config(config, base_.config);
   std::vector<TaskReport> reports;

@@ -48,6 +48,10 @@ class Evaluator {
   // records the base model's content hash and the canonical configuration.
   std::vector<TaskReport> run(const Model& candidate, const Config& config, const ProgressFn& progress = {}) const;
 
+  // The name (TASK.METRIC) of every metric run() can report, in request order, known before
+  // anything runs: objectives, constraints and filters are checked against it.
+  std::vector<std::string> metric_names() const;
+
   const EvalRequest& request() const { return request_; }
 
  private:
