@@ -14,6 +14,7 @@
 #include <xxhash.h>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 #include "core/mapped_file.hpp"
 
 namespace rankscope {
@@ -161,7 +162,13 @@ void save_calibration(const std::filesystem::path& path, const Calibration& c) {
 }
 
 std::optional<Calibration> load_calibration(const std::filesystem::path& path, const std::string& key) {
-  if (!std::filesystem::is_regular_file(path)) return std::nullopt;
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status)) return std::nullopt;
+  // Something else under the file's name (a FIFO, a directory) is not ours to replace.
+  if (!std::filesystem::is_regular_file(status)) {
+    fail("{}: in the calibration cache but not a regular file; remove it", path.string());
+  }
   std::shared_ptr<const MappedFile> file;
   try {
     file = MappedFile::open(path);
@@ -182,8 +189,8 @@ std::optional<Calibration> load_calibration(const std::filesystem::path& path, c
   Calibration c;
   c.key = key;
   try {
-    c.info = nlohmann::json::parse(std::string_view(payload, h.info_bytes));
-  } catch (const nlohmann::json::exception&) {
+    c.info = parse_json_text(std::string_view(payload, h.info_bytes), path.string());
+  } catch (const Error&) {
     return std::nullopt;
   }
   size_t pos = h.info_bytes;

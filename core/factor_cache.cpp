@@ -93,6 +93,14 @@ FactorCache::FactorCache(std::filesystem::path dir, SvdPolicy policy) : dir_(std
 
 std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::path& path, int64_t rows, int64_t cols,
                                                        const std::string& key, int64_t expected_k) const {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status)) return nullptr;
+  // Something else under a cache file's name (a FIFO, a directory, a device) is not a stale
+  // entry to overwrite: say so instead of waiting on it or failing to rename over it.
+  if (!std::filesystem::is_regular_file(status)) {
+    fail("{}: in the factor cache but not a regular file; remove it", path.string());
+  }
   std::shared_ptr<const MappedFile> file;
   try {
     file = MappedFile::open(path);

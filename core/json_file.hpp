@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -46,17 +47,42 @@ inline int json_nesting_depth(std::string_view text, int limit = kMaxJsonDepth) 
   return deepest;
 }
 
+// Throws Error naming `where` when `text` nests deeper than kMaxJsonDepth: for readers that
+// parse themselves to phrase their own parse errors (byte offsets, line numbers).
+inline void check_json_depth(std::string_view text, std::string_view where) {
+  if (json_nesting_depth(text) > kMaxJsonDepth)
+    fail("{}: JSON nested more than {} levels deep", where, kMaxJsonDepth);
+}
+
 // Parses `text` as JSON; `where` names the source in the one-line Error ("x.json", "the settings
 // of study 'a' in r.db"). Refuses nesting deeper than kMaxJsonDepth before parsing.
 template <typename Json = nlohmann::json>
 Json parse_json_text(std::string_view text, std::string_view where) {
-  if (json_nesting_depth(text) > kMaxJsonDepth)
-    fail("{}: JSON nested more than {} levels deep", where, kMaxJsonDepth);
+  check_json_depth(text, where);
   try {
     return Json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed JSON: {}", where, e.what());
   }
+}
+
+// `text` (a value read from a file) fit for a one-line error message: control characters escaped
+// as \xNN, cut after `max_chars` bytes with "...".
+inline std::string printable(std::string_view text, size_t max_chars = 80) {
+  std::string out;
+  for (size_t i = 0; i < text.size() && i < max_chars; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (text.size() > max_chars) out += "...";
+  return out;
 }
 
 inline nlohmann::json read_json_file(const std::filesystem::path& path) {

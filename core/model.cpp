@@ -323,15 +323,21 @@ Model load_model(const std::filesystem::path& path, const LoadOptions& options) 
   if (options.weights && !config_only) {
     const auto single = model.dir / kSingleFile;
     const auto index = model.dir / kIndexFile;
-    if (std::filesystem::exists(index)) {
+    // Present as a name (a dangling link or a link loop included): opening it says what is wrong
+    // with it, instead of the model silently loading without weights.
+    const auto present = [](const std::filesystem::path& p) {
+      std::error_code ec;
+      return std::filesystem::exists(std::filesystem::symlink_status(p, ec));
+    };
+    if (present(index)) {
       auto ckpt = open_sharded(index);
       load_weights(model, ckpt, index);
-    } else if (std::filesystem::exists(single)) {
+    } else if (present(single)) {
       Checkpoint ckpt;
       ckpt.add_file(SafetensorsFile::open(single));
       ckpt.index_all();
       load_weights(model, ckpt, single);
-    } else if (std::filesystem::exists(model.dir / "pytorch_model.bin")) {
+    } else if (present(model.dir / "pytorch_model.bin")) {
       fail("{}: only a PyTorch pickle (pytorch_model.bin); rankscope reads safetensors (convert it with "
            "save_pretrained(safe_serialization=True))", model.dir.string());
     }

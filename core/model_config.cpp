@@ -1,6 +1,7 @@
 #include "core/model_config.hpp"
 
 #include <charconv>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -18,28 +19,57 @@ using nlohmann::json;
 constexpr const char* kSupported =
     "LlamaForCausalLM, BertModel, BertForSequenceClassification, BertForMaskedLM";
 
+// Sane maxima of the hyperparameters, far above any real model (Llama 3.1 405B: hidden 16384,
+// intermediate 53248, 126 layers, 128 heads, vocabulary 128256, context 131072) and small enough
+// that every product of them the loader forms (shapes, parameter counts: at most
+// 2^24 x 2^20 x 2^12 x 7) stays far below 2^63. A value beyond one is a corrupt file, refused
+// before anything is sized with it.
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxHidden = int64_t{1} << 18;
+constexpr int64_t kMaxIntermediate = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = int64_t{1} << 12;
+constexpr int64_t kMaxHeads = int64_t{1} << 14;
+constexpr int64_t kMaxHeadDim = int64_t{1} << 14;
+constexpr int64_t kMaxPositions = int64_t{1} << 24;
+constexpr int64_t kMaxTypeVocab = int64_t{1} << 16;
+constexpr int64_t kMaxLabels = int64_t{1} << 16;
+
 struct Reader {
   const json& j;
   std::string where;
 
-  int64_t required_int(const char* key) const {
+  int64_t required_int(const char* key, int64_t max) const {
     if (!j.contains(key)) fail("{}: missing '{}'", where, key);
-    return positive(key, j[key]);
+    return positive(key, j[key], max);
   }
-  int64_t optional_int(const char* key, int64_t fallback) const {
+  int64_t optional_int(const char* key, int64_t fallback, int64_t max) const {
     if (!j.contains(key) || j[key].is_null()) return fallback;
-    return positive(key, j[key]);
+    return positive(key, j[key], max);
   }
-  int64_t positive(const char* key, const json& v) const {
-    if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+  int64_t positive(const char* key, const json& v, int64_t max) const {
+    if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() <= 0) ||
+        (v.is_number_unsigned() && v.get<uint64_t>() == 0)) {
       fail("{}: '{}' must be a positive integer, found {}", where, key, v.dump());
+    }
+    // Compared unsigned: a value above INT64_MAX must not wrap into range through get<int64_t>().
+    if ((v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max)) ||
+        (!v.is_number_unsigned() && v.get<int64_t>() > max)) {
+      fail("{}: '{}' is {}, above the sane maximum {}", where, key, v.dump(), max);
     }
     return v.get<int64_t>();
   }
   double number(const json& obj, const char* key, double fallback) const {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     if (!obj[key].is_number()) fail("{}: '{}' must be a number, found {}", where, key, obj[key].dump());
-    return obj[key].get<double>();
+    const double v = obj[key].get<double>();
+    if (!std::isfinite(v)) fail("{}: '{}' must be a finite number, found {}", where, key, obj[key].dump());
+    return v;
+  }
+  // A number that must be positive (RoPE base and factors).
+  double positive_number(const json& obj, const char* key, double fallback) const {
+    const double v = number(obj, key, fallback);
+    if (!(v > 0)) fail("{}: '{}' must be positive, found {}", where, key, v);
+    return v;
   }
   bool boolean(const char* key, bool fallback) const {
     if (!j.contains(key) || j[key].is_null()) return fallback;
@@ -73,7 +103,7 @@ void read_rope(const Reader& r, ModelConfig& c) {
   // transformers 5 writes rope_parameters; 4.x writes rope_theta and rope_scaling at top level.
   const json* params = j.contains("rope_parameters") && j["rope_parameters"].is_object()
                            ? &j["rope_parameters"] : nullptr;
-  c.rope_theta = r.number(j, "rope_theta", params ? r.number(*params, "rope_theta", 10000.0) : 10000.0);
+  c.rope_theta = r.positive_number(j, "rope_theta", params ? r.positive_number(*params, "rope_theta", 10000.0) : 10000.0);
   const json* scaling = j.contains("rope_scaling") && j["rope_scaling"].is_object()
                             ? &j["rope_scaling"] : params;
   if (scaling == nullptr) return;
@@ -83,15 +113,18 @@ void read_rope(const Reader& r, ModelConfig& c) {
   }
   if (type.empty() || type == "default") return;
   auto& s = c.rope_scaling;
-  s.factor = r.number(*scaling, "factor", 1.0);
+  s.factor = r.positive_number(*scaling, "factor", 1.0);
   if (type == "linear") {
     s.kind = RopeScaling::Kind::linear;
   } else if (type == "llama3") {
     s.kind = RopeScaling::Kind::llama3;
-    s.low_freq_factor = r.number(*scaling, "low_freq_factor", 1.0);
-    s.high_freq_factor = r.number(*scaling, "high_freq_factor", 4.0);
-    s.original_max_position = static_cast<int64_t>(
-        r.number(*scaling, "original_max_position_embeddings", 8192));
+    s.low_freq_factor = r.positive_number(*scaling, "low_freq_factor", 1.0);
+    s.high_freq_factor = r.positive_number(*scaling, "high_freq_factor", 4.0);
+    const double original = r.positive_number(*scaling, "original_max_position_embeddings", 8192);
+    if (original > static_cast<double>(kMaxPositions)) {
+      fail("{}: original_max_position_embeddings {} is above the sane maximum {}", r.where, original, kMaxPositions);
+    }
+    s.original_max_position = static_cast<int64_t>(original);
   } else {
     fail("{}: unsupported RoPE scaling type '{}' (supported: default, linear, llama3)", r.where, type);
   }
@@ -100,9 +133,10 @@ void read_rope(const Reader& r, ModelConfig& c) {
 }  // namespace
 
 ModelConfig read_model_config(const std::filesystem::path& path) {
-  const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
+  std::error_code ec;  // a path that cannot be examined (a link loop) is reported as not a config
+  const auto file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
   const std::string where = file.string();
-  if (!std::filesystem::is_regular_file(file)) fail("{}: cannot open (a model is a directory with config.json)", where);
+  if (!std::filesystem::is_regular_file(file, ec)) fail("{}: cannot open (a model is a directory with config.json)", where);
   const json j = read_json_file(file);
   if (!j.is_object()) fail("{}: not a JSON object", where);
 
@@ -135,14 +169,17 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     fail("{}: unknown architecture '{}' (supported: {})", where, c.architecture, kSupported);
   }
 
-  c.n_vocab = r.required_int("vocab_size");
-  c.n_embd = r.required_int("hidden_size");
-  c.n_ff = r.required_int("intermediate_size");
-  c.n_layer = r.required_int("num_hidden_layers");
-  c.n_head = r.required_int("num_attention_heads");
-  c.n_head_kv = r.optional_int("num_key_value_heads", c.n_head);
-  c.n_embd_head = r.optional_int("head_dim", c.n_embd / c.n_head);
-  c.n_ctx_train = r.optional_int("max_position_embeddings", 2048);
+  c.n_vocab = r.required_int("vocab_size", kMaxVocab);
+  c.n_embd = r.required_int("hidden_size", kMaxHidden);
+  c.n_ff = r.required_int("intermediate_size", kMaxIntermediate);
+  c.n_layer = r.required_int("num_hidden_layers", kMaxLayers);
+  c.n_head = r.required_int("num_attention_heads", kMaxHeads);
+  c.n_head_kv = r.optional_int("num_key_value_heads", c.n_head, kMaxHeads);
+  c.n_embd_head = r.optional_int("head_dim", c.n_embd / c.n_head, kMaxHeadDim);
+  if (c.n_embd_head < 1) {
+    fail("{}: hidden_size {} is smaller than num_attention_heads {} (no head_dim given)", where, c.n_embd, c.n_head);
+  }
+  c.n_ctx_train = r.optional_int("max_position_embeddings", 2048, kMaxPositions);
   c.torch_dtype = r.string("torch_dtype", r.string("dtype", "float32"));
   c.bos_token_id = r.token_id("bos_token_id");
   c.eos_token_id = r.token_id("eos_token_id");
@@ -165,7 +202,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
   } else {
     c.norm_eps = r.number(j, "layer_norm_eps", 1e-12);
     c.activation = parse_activation(r.string("hidden_act", "gelu"), where);
-    c.n_type_vocab = r.optional_int("type_vocab_size", 2);
+    c.n_type_vocab = r.optional_int("type_vocab_size", 2, kMaxTypeVocab);
     c.tie_embeddings = true;  // the MLM decoder is tied to the word embeddings when absent
     c.attention_bias = true;
     c.mlp_bias = true;
@@ -177,7 +214,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
       fail("{}: hidden_size {} is not num_attention_heads x head size", where, c.n_embd);
     }
     if (c.bert_head == BertHead::sequence_classification) {
-      int64_t n_labels = r.optional_int("num_labels", 0);
+      int64_t n_labels = r.optional_int("num_labels", 0, kMaxLabels);
       if (j.contains("id2label") && j["id2label"].is_object()) {
         n_labels = static_cast<int64_t>(j["id2label"].size());
         c.labels.assign(static_cast<size_t>(n_labels), "");
@@ -202,7 +239,8 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     if (rs.contains("factored") && rs["factored"].is_object()) {
       for (const auto& [module, f] : rs["factored"].items()) {
         if (!f.is_object() || !f.contains("method") || !f["method"].is_string() || !f.contains("rank") ||
-            !f["rank"].is_number_integer() || f["rank"].get<int64_t>() <= 0 ||
+            !f["rank"].is_number_integer() || f["rank"].get<int64_t>() <= 0 || f["rank"].get<int64_t>() > kMaxHidden ||
+            (f["rank"].is_number_unsigned() && f["rank"].get<uint64_t>() > static_cast<uint64_t>(kMaxHidden)) ||
             (f["method"] != "tucker" && f["method"] != "svd")) {
           fail("{}: rankscope.factored entry '{}' needs a method (tucker or svd) and a positive rank", where, module);
         }

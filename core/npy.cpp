@@ -3,10 +3,11 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <regex>
 #include <string>
+#include <string_view>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 
 namespace rankscope {
 
@@ -16,7 +17,27 @@ constexpr size_t kMagicLen = 6;
 constexpr size_t kHeaderAlign = 64;
 }  // namespace
 
+namespace {
+
+// numpy refuses headers above 10,000 bytes unless told otherwise; anything near this is corrupt.
+constexpr size_t kMaxHeaderBytes = 1 << 20;
+
+// The text after `'key':` and any spaces in a header dict, or npos.
+size_t value_of(std::string_view header, std::string_view key) {
+  const size_t at = header.find(key);
+  if (at == std::string_view::npos) return at;
+  size_t pos = at + key.size();
+  while (pos < header.size() && (header[pos] == ' ' || header[pos] == '\t')) ++pos;
+  return pos;
+}
+
+}  // namespace
+
 NpyArray read_npy(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+    fail("{}: not a regular file", path.string());
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open", path.string());
   const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -36,38 +57,61 @@ NpyArray read_npy(const std::filesystem::path& path) {
   } else {
     fail("{}: unsupported .npy version {}", path.string(), major);
   }
-  if (data.size() < pos + header_len) fail("{}: truncated .npy header", path.string());
-  const std::string header = data.substr(pos, header_len);
+  if (header_len > kMaxHeaderBytes) fail("{}: .npy header of {} bytes is implausibly large", path.string(), header_len);
+  if (data.size() - pos < header_len) fail("{}: truncated .npy header", path.string());
+  // The header is a Python dict literal; read its three keys by hand (std::regex recurses once
+  // per character matched and overflows the stack on long corrupt headers).
+  const std::string_view header = std::string_view(data).substr(pos, header_len);
   pos += header_len;
 
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex("'descr':\\s*'([^']*)'"))) {
+  const size_t descr_at = value_of(header, "'descr':");
+  if (descr_at == std::string_view::npos || descr_at >= header.size() || header[descr_at] != '\'') {
     fail("{}: .npy header has no descr", path.string());
   }
-  const std::string descr = m[1];
+  const size_t descr_end = header.find('\'', descr_at + 1);
+  if (descr_end == std::string_view::npos) fail("{}: .npy header has no descr", path.string());
+  const std::string descr(header.substr(descr_at + 1, descr_end - descr_at - 1));
   if (descr != "<f4" && descr != "<f8") {
-    fail("{}: .npy dtype '{}' is not supported (need <f4 or <f8)", path.string(), descr);
+    fail("{}: .npy dtype '{}' is not supported (need <f4 or <f8)", path.string(), printable(descr));
   }
-  if (std::regex_search(header, std::regex("'fortran_order':\\s*True"))) {
+  const size_t order_at = value_of(header, "'fortran_order':");
+  if (order_at != std::string_view::npos && header.substr(order_at).starts_with("True")) {
     fail("{}: Fortran-order .npy arrays are not supported", path.string());
   }
-  if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) {
+  const size_t shape_at = value_of(header, "'shape':");
+  if (shape_at == std::string_view::npos || shape_at >= header.size() || header[shape_at] != '(') {
     fail("{}: .npy header has no shape", path.string());
   }
+  const size_t shape_end = header.find(')', shape_at);
+  if (shape_end == std::string_view::npos) fail("{}: .npy header has no shape", path.string());
+  const std::string_view dims = header.substr(shape_at + 1, shape_end - shape_at - 1);
+
   NpyArray array;
-  const std::string dims = m[1];
-  int64_t numel = 1;
-  const std::regex number("\\d+");
-  for (std::sregex_iterator it(dims.begin(), dims.end(), number), end; it != end; ++it) {
-    array.shape.push_back(std::stoll(it->str()));
-    numel *= array.shape.back();
-  }
   const size_t elem = descr == "<f4" ? 4 : 8;
-  if (data.size() - pos < static_cast<size_t>(numel) * elem) {
-    fail("{}: .npy data truncated: {} bytes for shape of {} elements", path.string(),
-         data.size() - pos, numel);
+  const size_t max_numel = (data.size() - pos) / elem;  // what the data section can hold
+  size_t numel = 1;
+  for (size_t i = 0; i < dims.size();) {
+    if (dims[i] < '0' || dims[i] > '9') {
+      ++i;
+      continue;
+    }
+    uint64_t dim = 0;
+    for (; i < dims.size() && dims[i] >= '0' && dims[i] <= '9'; ++i) {
+      dim = dim * 10 + static_cast<uint64_t>(dims[i] - '0');
+      if (dim > max_numel) {
+        fail("{}: .npy shape ({}) needs more data than the file holds", path.string(), printable(dims));
+      }
+    }
+    array.shape.push_back(static_cast<int64_t>(dim));
+    if (dim != 0 && numel > max_numel / dim) {
+      fail("{}: .npy shape ({}) needs more data than the file holds", path.string(), printable(dims));
+    }
+    numel *= static_cast<size_t>(dim);
   }
-  array.values.resize(static_cast<size_t>(numel));
+  if (numel > max_numel) {
+    fail("{}: .npy data truncated: {} bytes for shape of {} elements", path.string(), data.size() - pos, numel);
+  }
+  array.values.resize(numel);
   if (elem == 4) {
     std::memcpy(array.values.data(), data.data() + pos, array.values.size() * 4);
   } else {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 
 namespace rankscope {
 
@@ -59,14 +60,9 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   st.data_start_ = kHeaderLengthBytes + header_len;
   const size_t data_size = bytes.size() - st.data_start_;
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(
-        std::string_view(reinterpret_cast<const char*>(bytes.data()) + kHeaderLengthBytes,
-                         header_len));
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed safetensors header JSON: {}", where, e.what());
-  }
+  const nlohmann::json header = parse_json_text(
+      std::string_view(reinterpret_cast<const char*>(bytes.data()) + kHeaderLengthBytes, header_len),
+      where + " (safetensors header)");
   if (!header.is_object()) fail("{}: safetensors header is not a JSON object", where);
 
   for (const auto& [name, info] : header.items()) {

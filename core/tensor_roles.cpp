@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "core/error.hpp"
+
 namespace rankscope {
 
 namespace {
@@ -158,9 +160,13 @@ int64_t config_param_count(const ModelConfig& c) {
     // tied heads count once, through the embeddings.
     const bool counted = spec.required || spec.role == Role::pooler;
     if (!counted) continue;
+    // read_model_config bounds every dimension so that this cannot overflow; checked anyway, as
+    // a config built in code is not validated.
     int64_t n = 1;
-    for (auto d : spec.shape) n *= d;
-    total += n;
+    for (auto d : spec.shape) {
+      if (d < 0 || __builtin_mul_overflow(n, d, &n)) fail("{}: tensor '{}' is too large", c.source.string(), spec.name);
+    }
+    if (__builtin_add_overflow(total, n, &total)) fail("{}: the parameter count overflows", c.source.string());
   }
   return total;
 }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 #include "core/tokenizer.hpp"
 
 namespace rankscope {
@@ -26,15 +27,11 @@ constexpr bool kDefaultLowerCase = true;
 bool read_lower_case(const std::filesystem::path& config_path) {
   std::error_code ec;
   if (!std::filesystem::exists(config_path, ec)) return kDefaultLowerCase;
+  if (!std::filesystem::is_regular_file(config_path, ec)) fail("{}: not a regular file", config_path.string());
   std::ifstream in(config_path, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", config_path.string());
   const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(content);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: not valid JSON (parse error at byte {})", config_path.string(), e.byte);
-  }
+  const nlohmann::json config = parse_json_text(content, config_path.string());
   if (!config.is_object()) fail("{}: not a JSON object", config_path.string());
   if (!config.contains("do_lower_case") || config["do_lower_case"].is_null()) {
     return kDefaultLowerCase;

@@ -31,9 +31,17 @@ inline std::optional<TokenId> find_id(const VocabMap& vocab, std::string_view to
   return it->second;
 }
 
-inline std::string read_whole_file(const std::filesystem::path& path) {
+// Fails for a path that is not a regular file (a FIFO would block the read forever, a device
+// never end it).
+inline void require_regular_file(const std::filesystem::path& path) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail("{}: no such file", path.string());
+  const auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status)) fail("{}: no such file", path.string());
+  if (!std::filesystem::is_regular_file(status)) fail("{}: not a regular file", path.string());
+}
+
+inline std::string read_whole_file(const std::filesystem::path& path) {
+  require_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", path.string());
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());

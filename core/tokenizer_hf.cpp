@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 #include "core/tokenizer.hpp"
 #include "core/tokenizer_common.hpp"
 #include "core/unicode.hpp"
@@ -40,6 +41,8 @@ using Json = nlohmann::json;
 constexpr std::string_view kMetaspace = "\xE2\x96\x81";
 // Ids beyond this are taken as a corrupt file rather than sized into tables.
 constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+// Ids a file may leave unused (gaps between its vocabulary and added tokens).
+constexpr int64_t kMaxUnusedIds = 4096;
 constexpr size_t kDefaultMaxCharsPerWord = 100;
 constexpr std::string_view kDefaultWordPiecePrefix = "##";
 constexpr size_t kByteCount = 256;
@@ -51,6 +54,7 @@ using tokenizer_detail::VocabMap;
 Json parse_json_file(const std::filesystem::path& path) {
   const std::string content = read_whole_file(path);
   if (content.empty()) fail("{}: empty file, not JSON", path.string());
+  check_json_depth(content, path.string());
   try {
     return Json::parse(content);
   } catch (const Json::parse_error& e) {
@@ -58,6 +62,9 @@ Json parse_json_file(const std::filesystem::path& path) {
     // enough to find the problem.
     fail("{}: not valid JSON (parse error at byte {}); expected a Hugging Face tokenizer JSON file",
          path.string(), e.byte);
+  } catch (const Json::exception& e) {
+    // A number too large for a double ("1e400") is reported as out_of_range, not parse_error.
+    fail("{}: not valid JSON ({})", path.string(), e.what());
   }
 }
 
@@ -109,16 +116,18 @@ std::string literal_pattern(const std::filesystem::path& path, const Json& step)
        pattern.dump());
 }
 
-// True when a ByteLevel step appears anywhere in a (possibly nested) component.
+// True when a ByteLevel step appears anywhere in a (possibly nested) component. Walks with an
+// explicit stack: the depth of a file's nesting must not decide the depth of our recursion.
 bool mentions_byte_level(const Json& component) {
-  if (component.is_object()) {
-    if (component.contains("type") && component["type"] == "ByteLevel") return true;
-    for (const auto& [key, value] : component.items()) {
-      if (mentions_byte_level(value)) return true;
-    }
-  } else if (component.is_array()) {
-    for (const auto& value : component) {
-      if (mentions_byte_level(value)) return true;
+  std::vector<const Json*> pending = {&component};
+  while (!pending.empty()) {
+    const Json& node = *pending.back();
+    pending.pop_back();
+    if (node.is_object()) {
+      if (node.contains("type") && node["type"] == "ByteLevel") return true;
+      for (const auto& [key, value] : node.items()) pending.push_back(&value);
+    } else if (node.is_array()) {
+      for (const auto& value : node) pending.push_back(&value);
     }
   }
   return false;
@@ -1176,6 +1185,12 @@ class HfTokenizer final : public Tokenizer {
     int64_t size = 0;
     for (const auto& [token, id] : model_->vocab()) size = std::max<int64_t>(size, int64_t{id} + 1);
     for (const AddedToken& token : added_) size = std::max<int64_t>(size, int64_t{token.id} + 1);
+    // Ids are dense in real files; a table far larger than the tokens declared is a corrupt id
+    // (one stray id near kMaxTokenId would size half a gigabyte of empty strings).
+    const auto declared = static_cast<int64_t>(model_->vocab().size() + added_.size());
+    if (size > declared + kMaxUnusedIds) {
+      fail("{}: token ids run up to {} but the file declares only {} tokens", source_.string(), size - 1, declared);
+    }
     id_to_token_.assign(static_cast<size_t>(size), std::string());
     skipped_on_decode_.assign(static_cast<size_t>(size), false);
     for (const auto& [token, id] : model_->vocab()) id_to_token_[static_cast<size_t>(id)] = token;

@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "core/tokenizer.hpp"
+#include "core/tokenizer_common.hpp"
 
 namespace rankscope {
 
@@ -88,10 +89,7 @@ class SentencePieceTokenizer final : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(model_file, ec)) {
-    fail("{}: no such file", model_file.string());
-  }
+  tokenizer_detail::require_regular_file(model_file);
   std::ifstream in(model_file, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", model_file.string());
   const std::string serialized((std::istreambuf_iterator<char>(in)),

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 
 namespace rankscope {
 
@@ -28,6 +29,10 @@ namespace {
 // Text helpers
 
 std::string read_text_file(const fs::path& path) {
+  // A FIFO would block the read until some writer appeared, a device might never end it.
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (fs::exists(status) && !fs::is_regular_file(status)) fail("{}: not a regular file", path.string());
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open ({})", path.string(), std::strerror(errno));
   std::stringstream buffer;
@@ -35,6 +40,9 @@ std::string read_text_file(const fs::path& path) {
   if (in.bad()) fail("{}: read error", path.string());
   return buffer.str();
 }
+
+// bzip2 expands a few kB into gigabytes; real task files decompress to tens of MiB.
+constexpr size_t kMaxDecompressedBytes = size_t{512} << 20;
 
 std::string read_bz2_file(const fs::path& path) {
   const std::string packed = read_text_file(path);
@@ -53,6 +61,10 @@ std::string read_bz2_file(const fs::path& path) {
       stream.avail_out = static_cast<unsigned>(chunk.size());
       rc = BZ2_bzDecompress(&stream);
       out.append(chunk.data(), chunk.size() - stream.avail_out);
+      if (out.size() > kMaxDecompressedBytes) {
+        BZ2_bzDecompressEnd(&stream);
+        fail("{}: decompresses to more than {} MiB, not a benchmark file", path.string(), kMaxDecompressedBytes >> 20);
+      }
       if (rc == BZ_OK && stream.avail_in == 0 && stream.avail_out != 0) rc = BZ_UNEXPECTED_EOF;
     }
     const size_t left = stream.avail_in;
@@ -236,10 +248,14 @@ std::vector<JsonLine> read_jsonl(const fs::path& path) {
     if (py_strip(line).empty()) continue;
     JsonLine entry;
     entry.line = static_cast<int64_t>(i + 1);
+    check_json_depth(line, fmt::format("{}:{}", path.string(), entry.line));
     try {
       entry.value = ojson::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
       fail("{}:{}: malformed JSON ({})", path.string(), entry.line, parse_error_detail(e.what()));
+    } catch (const nlohmann::json::exception& e) {
+      // A number too large for a double ("1e400") is reported as out_of_range, not parse_error.
+      fail("{}:{}: malformed JSON ({})", path.string(), entry.line, e.what());
     }
     out.push_back(std::move(entry));
   }
@@ -657,12 +673,7 @@ Task load_truthfulqa(bool mc2, const TaskLoadOptions& options) {
   Task task = mc_task(mc2 ? "truthfulqa_mc2" : "truthfulqa_mc1", {"acc"});
   task.mc2 = mc2;
   task.files = {path};
-  ojson root;
-  try {
-    root = ojson::parse(read_text_file(path));
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: malformed JSON ({})", path.string(), e.what());
-  }
+  const ojson root = parse_json_text<ojson>(read_text_file(path), path.string());
   if (!root.is_array()) fail("{}: expected a JSON list of questions", path.string());
   const char* key = mc2 ? "mc2_targets" : "mc1_targets";
   for (size_t q = 0; q < root.size(); ++q) {

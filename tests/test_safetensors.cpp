@@ -1,8 +1,11 @@
 // safetensors reader/writer: round trips in every dtype and rejection of malformed files.
+#include <sys/stat.h>
+
 #include <fstream>
 #include <random>
 
 #include "core/error.hpp"
+#include "core/npy.hpp"
 #include "core/safetensors.hpp"
 #include "tests/test_support.hpp"
 
@@ -125,5 +128,76 @@ TEST_CASE("malformed safetensors files are rejected with the file named", "[form
     write_raw(path, R"({"ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}})", 16);
     const auto file = SafetensorsFile::open(path);
     REQUIRE_THROWS_WITH(file.load(*file.find("ids")), Contains("I64") && Contains(path.string()));
+  }
+}
+
+// Regressions found by tests/fuzz (corpus: tests/fuzz/corpus/safetensors, .../npy).
+TEST_CASE("a safetensors header nested 100,000 levels deep is refused before anything walks it",
+          "[formats][errors][fuzz]") {
+  const auto dir = test::scratch_dir("safetensors_deep");
+  const auto path = dir / "deep.safetensors";
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  // Formerly parsed, then dumped recursively into the "unknown dtype" message: a stack overflow.
+  write_raw(path, R"({"a":{"dtype":)" + deep + R"(,"shape":[1],"data_offsets":[0,4]}})", 4);
+  try {
+    SafetensorsFile::open(path);
+    FAIL("no Error");
+  } catch (const Error& e) {
+    CHECK_THAT(e.what(), Contains(path.string()) && Contains("nested more than 128 levels"));
+  }
+}
+
+TEST_CASE("a FIFO, a directory or a device named as a safetensors file is refused without waiting",
+          "[formats][errors][fuzz]") {
+  const auto dir = test::scratch_dir("safetensors_special");
+  const auto path = dir / "model.safetensors";
+  SECTION("FIFO (formerly: open() waited for a writer forever)") {
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    REQUIRE_THROWS_WITH(SafetensorsFile::open(path), Contains(path.string()) && Contains("not a regular file (a FIFO)"));
+  }
+  SECTION("directory") {
+    std::filesystem::create_directory(path);
+    REQUIRE_THROWS_WITH(SafetensorsFile::open(path), Contains(path.string()) && Contains("a directory"));
+  }
+  SECTION("link to /dev/zero") {
+    std::filesystem::create_symlink("/dev/zero", path);
+    REQUIRE_THROWS_WITH(SafetensorsFile::open(path), Contains(path.string()) && Contains("a character device"));
+  }
+}
+
+TEST_CASE("corrupt .npy headers are one-line Errors, never exceptions of other types or crashes",
+          "[formats][errors][npy][fuzz]") {
+  const auto dir = test::scratch_dir("npy_bad");
+  const auto path = dir / "bad.npy";
+  auto write_npy_header = [&](const std::string& header, size_t data_bytes) {
+    std::ofstream out(path, std::ios::binary);
+    out << std::string("\x93NUMPY\x01\x00", 8);
+    out.put(static_cast<char>(header.size() & 0xff));
+    out.put(static_cast<char>(header.size() >> 8));
+    out << header << std::string(data_bytes, '\0');
+  };
+  auto error_of = [&]() -> std::string {
+    try {
+      read_npy(path);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  SECTION("a dimension beyond int64 (formerly std::out_of_range from std::stoll)") {
+    write_npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999, ), }\n", 16);
+    CHECK_THAT(error_of(), Contains(path.string()) && Contains("more data than the file holds"));
+  }
+  SECTION("dimensions whose product overflows (formerly wrapped to a small size and was read)") {
+    write_npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }\n", 16);
+    CHECK_THAT(error_of(), Contains(path.string()) && Contains("more data than the file holds"));
+  }
+  SECTION("a 60,000-character descr (formerly std::regex recursed once per character)") {
+    write_npy_header("{'descr': '" + std::string(60000, 'x') + "', 'fortran_order': False, 'shape': (1,), }\n", 4);
+    CHECK_THAT(error_of(), Contains(path.string()) && Contains("is not supported"));
+  }
+  SECTION("a FIFO") {
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    CHECK_THAT(error_of(), Contains(path.string()) && Contains("not a regular file"));
   }
 }

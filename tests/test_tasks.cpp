@@ -1,5 +1,7 @@
 // Task loaders on the real benchmark files in ../shared/data (document counts, rendered
 // lm-eval prompts, --limit) and the generic JSONL task format with its error messages.
+#include <sys/stat.h>
+
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -506,4 +508,41 @@ TEST_CASE("a built-in task with its data missing names the file", "[tasks]") {
   CHECK_THROWS_WITH(load_task("boolq", o), Contains("boolq/boolq.jsonl: cannot open"));
   CHECK_THROWS_WITH(load_task("hellaswag", o), Contains("hellaswag_val_full.txt.bz2: cannot open"));
   CHECK_THROWS_WITH(load_task("mmlu", o), Contains("mmlu/test: cannot list"));
+}
+
+// Regressions found by tests/fuzz (corpus: tests/fuzz/corpus/tasks).
+TEST_CASE("task files that are FIFOs or directories are refused without waiting", "[tasks][fuzz]") {
+  const auto dir = scratch_dir("tasks_fifo");
+  SECTION("a .jsonl user task that is a FIFO (formerly: the read waited for a writer forever)") {
+    REQUIRE(::mkfifo((dir / "mine.jsonl").c_str(), 0600) == 0);
+    CHECK_THAT(load_error((dir / "mine.jsonl").string()), Contains("mine.jsonl: not a regular file"));
+  }
+  SECTION("a built-in task's file that is a FIFO") {
+    std::filesystem::create_directories(dir / "truthfulqa" / "v0");
+    REQUIRE(::mkfifo((dir / "truthfulqa" / "v0" / "mc_task.json").c_str(), 0600) == 0);
+    TaskLoadOptions o;
+    o.data_dir = dir;
+    CHECK_THROWS_WITH(load_task("truthfulqa_mc1", o), Contains("mc_task.json: not a regular file"));
+  }
+  SECTION("a directory named like a task file") {
+    std::filesystem::create_directories(dir / "boolq" / "boolq.jsonl");
+    TaskLoadOptions o;
+    o.data_dir = dir;
+    CHECK_THROWS_WITH(load_task("boolq", o), Contains("boolq.jsonl: not a regular file"));
+  }
+}
+
+TEST_CASE("JSON nested 100,000 levels deep in a task file is refused before it is parsed", "[tasks][fuzz]") {
+  const auto dir = scratch_dir("tasks_deep");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string ok = R"({"context": "q", "choices": ["a", "b"], "gold": 0})";
+  const std::string message = load_error(write_file(dir, "deep.jsonl", ok + "\n" + R"({"context": )" + deep + "}\n").string());
+  CHECK_THAT(message, Contains("deep.jsonl:2") && Contains("nested more than 128 levels"));
+  CHECK(message.find('\n') == std::string::npos);
+
+  std::filesystem::create_directories(dir / "truthfulqa" / "v0");
+  write_file(dir / "truthfulqa" / "v0", "mc_task.json", deep);
+  TaskLoadOptions o;
+  o.data_dir = dir;
+  CHECK_THROWS_WITH(load_task("truthfulqa_mc2", o), Contains("mc_task.json") && Contains("nested more than 128 levels"));
 }

@@ -1,6 +1,8 @@
 // Tokenizers against independent references: llama.cpp's tokenizer test vectors (SentencePiece
 // and BERT), Hugging Face transformers' ids for stories260K's tokenizer.json and for BERT on
 // SST-2, plus round trips and the errors bad files must give.
+#include <sys/stat.h>
+
 #include <chrono>
 #include <fstream>
 #include <iterator>
@@ -612,4 +614,51 @@ TEST_CASE("invalid UTF-8 input does not crash any tokenizer", "[tokenizer]") {
 
   const auto spm = rankscope::load_sentencepiece(model);
   CHECK_FALSE(spm->encode(bad).empty());
+}
+
+// Regressions found by tests/fuzz (corpus: tests/fuzz/corpus/tokenizer).
+TEST_CASE("a tokenizer.json nested 100,000 levels deep is refused before anything walks it",
+          "[tokenizer][errors][fuzz]") {
+  const auto dir = scratch_dir("hf_deep");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  // Formerly parsed, then walked by the recursive mentions_byte_level: a stack overflow.
+  write_file(dir / "tokenizer.json",
+             R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "Sequence", "normalizers": )" +
+                 deep + "}}");
+  const std::string message = error_of([&] { rankscope::load_hf_tokenizer_json(dir / "tokenizer.json"); });
+  CHECK_THAT(message, Catch::Contains((dir / "tokenizer.json").string()) && Catch::Contains("nested more than 128 levels"));
+  CHECK(message.find('\n') == std::string::npos);
+}
+
+TEST_CASE("a ByteLevel step at any depth is still found", "[tokenizer][errors]") {
+  const auto dir = scratch_dir("hf_byte_level_nested");
+  write_file(dir / "tokenizer.json",
+             R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+                 "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Sequence", "pretokenizers": [{"type": "ByteLevel"}]}]}})");
+  CHECK_THAT(error_of([&] { rankscope::load_hf_tokenizer_json(dir / "tokenizer.json"); }),
+             Catch::Contains("byte-level"));
+}
+
+TEST_CASE("a stray token id near 2^24 is refused instead of sizing a 16M-entry table", "[tokenizer][errors][fuzz]") {
+  const auto dir = scratch_dir("hf_stray_id");
+  write_file(dir / "tokenizer.json",
+             R"({"added_tokens": [{"id": 16777000, "content": "<x>", "special": true}],
+                 "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}})");
+  CHECK_THAT(error_of([&] { rankscope::load_hf_tokenizer_json(dir / "tokenizer.json"); }),
+             Catch::Contains("token ids run up to 16777000") && Catch::Contains("declares only 3 tokens"));
+}
+
+TEST_CASE("tokenizer files that are FIFOs are refused without waiting", "[tokenizer][errors][fuzz]") {
+  const auto dir = scratch_dir("tokenizer_fifo");
+  SECTION("tokenizer_config.json beside vocab.txt (formerly: read waited for a writer forever)") {
+    write_file(dir / "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n");
+    REQUIRE(::mkfifo((dir / "tokenizer_config.json").c_str(), 0600) == 0);
+    CHECK_THAT(error_of([&] { rankscope::find_tokenizer(dir); }),
+               Catch::Contains("tokenizer_config.json") && Catch::Contains("not a regular file"));
+  }
+  SECTION("tokenizer.model (formerly reported as 'no such file')") {
+    REQUIRE(::mkfifo((dir / "tokenizer.model").c_str(), 0600) == 0);
+    CHECK_THAT(error_of([&] { rankscope::find_tokenizer(dir); }),
+               Catch::Contains("tokenizer.model") && Catch::Contains("not a regular file"));
+  }
 }
