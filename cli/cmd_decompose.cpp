@@ -48,8 +48,15 @@ int run_decompose(const Params& params) {
                                                           params.asvd_alpha, &calib_cached);
   DecomposeStats stats;
   const Model model = decompose_model(base, config, cache, &stats, activation);
-  write_checkpoint(model, params.out, canonical, params.dense);
-  const auto size = size_report(base.config, base.n_params(), config);
+  // The checkpoint records everything it holds factored: a decomposed source's stored factors
+  // (at their absolute ranks) and this configuration's.
+  Config recorded = config;
+  for (const auto& cell : stored_factored_cells(base.config)) {
+    recorded.cells[{cell.layer, cell.kind}] = {.rank = {.percent = false, .value = static_cast<double>(cell.rank)},
+                                               .method = cell.method};
+  }
+  write_checkpoint(model, params.out, encode_config(recorded, base.config), params.dense);
+  const auto size = size_report(base.config, dense_param_count(base), config);
   fmt::print("config        {}\n", canonical.empty() ? "(base model)" : canonical);
   fmt::print("decomposed    {} matrices: {} factorized, {} from the cache ({}) in {:.2f} s\n", stats.matrices,
              stats.factorized, stats.cache_hits, cache.dir().string(), stats.seconds);
@@ -62,7 +69,14 @@ int run_decompose(const Params& params) {
   }
   fmt::print("error         max ||W - W_r||_F / ||W||_F = {:.6f}{}\n", stats.max_relative_error,
              activation.calibration ? " (asvd/whiten: of W D)" : "");
-  fmt::print("parameters    {} -> {} ({:.6f} % smaller)\n", size.params_before, size.params_after, size.reduction_pct());
+  fmt::print("parameters    {} -> {} ({:.6f} % smaller than the dense model)\n", size.params_before, size.params_after,
+             size.reduction_pct());
+  int64_t not_smaller = 0;
+  for (const auto& f : size.factored) not_smaller += f.not_smaller() ? 1 : 0;
+  if (not_smaller > 0) {
+    fmt::print("warning       {} factored matrices are not smaller than dense (rankscope info --config lists them "
+               "with their break-even ranks)\n", not_smaller);
+  }
   fmt::print("wrote         {} ({})\n", params.out, params.dense ? "dense reconstruction" : "factored");
   return 0;
 }

@@ -7,6 +7,7 @@
 #include "cli/commands.hpp"
 #include "core/bert.hpp"
 #include "core/error.hpp"
+#include "core/factor_cache.hpp"
 #include "core/gemm.hpp"
 #include "core/llama.hpp"
 #include "core/npy.hpp"
@@ -32,6 +33,11 @@ std::vector<TokenId> parse_id_list(const std::string& text, const char* option) 
   return ids;
 }
 
+// write_npy through a temporary beside `path`: a failed write leaves no partial file.
+void write_npy_atomically(const std::filesystem::path& path, const std::vector<int64_t>& shape, const float* values) {
+  write_atomically(path, [&](const std::filesystem::path& tmp) { write_npy(tmp, shape, values); });
+}
+
 }  // namespace
 
 int run_forward(const Params& params) {
@@ -49,20 +55,20 @@ int run_forward(const Params& params) {
     if (!params.type_ids.empty()) throw Error("--type-ids applies to BERT models only");
     const std::vector<std::vector<TokenId>> batch = {ids};
     const Mat logits = llama_forward(model, batch);
-    write_npy(params.out, {n, c.n_vocab}, logits.data());
+    write_npy_atomically(params.out, {n, c.n_vocab}, logits.data());
     fmt::print("wrote {}: logits [{}, {}]\n", params.out, n, c.n_vocab);
     return 0;
   }
   BertInput in{ids, params.type_ids.empty() ? std::vector<TokenId>() : parse_id_list(params.type_ids, "type-ids"), {}};
   const auto out = bert_forward(model, std::span(&in, 1));
   if (params.hidden || c.bert_head == BertHead::none) {
-    write_npy(params.out, {n, c.n_embd}, out.hidden.data());
+    write_npy_atomically(params.out, {n, c.n_embd}, out.hidden.data());
     fmt::print("wrote {}: last hidden states [{}, {}]\n", params.out, n, c.n_embd);
   } else if (c.bert_head == BertHead::sequence_classification) {
-    write_npy(params.out, {out.logits.cols()}, out.logits.data());
+    write_npy_atomically(params.out, {out.logits.cols()}, out.logits.data());
     fmt::print("wrote {}: classifier logits [{}]\n", params.out, out.logits.cols());
   } else {
-    write_npy(params.out, {n, c.n_vocab}, out.logits.data());
+    write_npy_atomically(params.out, {n, c.n_vocab}, out.logits.data());
     fmt::print("wrote {}: masked-LM logits [{}, {}]\n", params.out, n, c.n_vocab);
   }
   return 0;

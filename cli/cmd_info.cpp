@@ -40,9 +40,14 @@ int run_info(const Params& params) {
   const auto& c = model.config;
   const auto matrices = decomposable_matrices(c);
   const int64_t total = model.n_params();
-  // Size accounting starts from the dense model, also for a checkpoint stored factored.
-  const int64_t dense_total = c.factored.empty() ? total : config_param_count(c);
+  // Size accounting starts from the dense model, also for a checkpoint stored factored, whose
+  // stored factors count as stored (core/size.hpp); shown for --config and for such a checkpoint.
+  const int64_t dense_total = dense_param_count(model);
   const int64_t decomposable = model.n_decomposable_params();
+  const bool stored_factored = !stored_factored_cells(c).empty();
+  const bool show_size = !params.config.empty() || stored_factored;
+  const Config config = parse_config(params.config, c);
+  const SizeReport size = show_size ? size_report(c, dense_total, config) : SizeReport{};
 
   if (params.json) {
     nlohmann::json j;
@@ -66,15 +71,24 @@ int run_info(const Params& params) {
       j["matrices"].push_back({{"layer", m.layer}, {"matrix", matrix_kind_name(m.kind)}, {"out", m.n_out},
                                {"in", m.n_in}, {"name", m.name}});
     }
-    if (!params.config.empty()) {
-      const auto config = parse_config(params.config, c);
-      const auto size = size_report(c, dense_total, config);
+    if (show_size) {
       j["config"] = encode_config(config, c);
+      if (stored_factored) j["checkpoint_config"] = c.rankscope_config;
       j["size"] = {{"params_before", size.params_before},   {"params_after", size.params_after},
                    {"bytes_before", size.bytes_before()},   {"bytes_after", size.bytes_after()},
                    {"reduction_pct", size.reduction_pct()}, {"matrices_decomposed", size.n_decomposed},
+                   {"matrices_stored_factored", size.n_stored_factored},
                    {"flops_per_token_before", size.flops_per_token_before},
                    {"flops_per_token_after", size.flops_per_token_after}};
+      j["size"]["not_smaller_than_dense"] = nlohmann::json::array();
+      for (const auto& f : size.factored) {
+        if (!f.not_smaller()) continue;
+        j["size"]["not_smaller_than_dense"].push_back(
+            {{"layer", f.layer},           {"matrix", matrix_kind_name(f.kind)},    {"out", f.n_out},
+             {"in", f.n_in},               {"rank", f.rank},                        {"method", method_name(f.method)},
+             {"stored", f.stored},         {"params_factored", f.params_factored}, {"params_dense", f.params_dense()},
+             {"break_even_rank", f.break_even_rank}});
+      }
     }
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -107,11 +121,17 @@ int run_info(const Params& params) {
     fmt::print("  {:>5}  {:<6} {:>16} {:>12}  {}\n", m.layer, matrix_kind_name(m.kind),
                fmt::format("{} x {}", m.n_out, m.n_in), thousands(m.n_params()), m.name);
   }
-  if (!params.config.empty()) {
-    const auto config = parse_config(params.config, c);
-    const auto size = size_report(c, dense_total, config);
+  if (show_size) {
     const auto canonical = encode_config(config, c);
-    fmt::print("configuration  {}\n", canonical.empty() ? "(base model)" : canonical);
+    if (stored_factored) {
+      fmt::print("checkpoint     decomposed by rankscope: {} ({} matrices stored factored)\n",
+                 c.rankscope_config.empty() ? "(configuration not recorded)" : c.rankscope_config, size.n_stored_factored);
+    }
+    if (!params.config.empty() || !stored_factored) {
+      fmt::print("configuration  {}{}\n", canonical.empty() ? "(base model)" : canonical,
+                 stored_factored ? " (on top of the checkpoint's factors)" : "");
+    }
+    fmt::print("size against the dense model\n");
     fmt::print("  matrices decomposed  {} of {}\n", size.n_decomposed, matrices.size());
     fmt::print("  parameters           {} -> {}\n", thousands(size.params_before), thousands(size.params_after));
     fmt::print("  bytes ({} per param)  {} -> {}\n", size.bytes_per_param, thousands(size.bytes_before()),
@@ -119,6 +139,13 @@ int run_info(const Params& params) {
     fmt::print("  size reduction       {:.6f} %\n", size.reduction_pct());
     fmt::print("  FLOPs per token      {} -> {} (weight products)\n", thousands(size.flops_per_token_before),
                thousands(size.flops_per_token_after));
+    for (const auto& f : size.factored) {
+      if (!f.not_smaller()) continue;
+      fmt::print("  warning: L{}:{} [{} x {}] rank {} @{}{} has {} parameters >= {} dense (break-even rank {})\n",
+                 f.layer, matrix_kind_name(f.kind), f.n_out, f.n_in, f.rank, method_name(f.method),
+                 f.stored ? " (stored)" : "",
+                 thousands(f.params_factored), thousands(f.params_dense()), f.break_even_rank);
+    }
   }
   return 0;
 }

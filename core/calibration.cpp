@@ -15,6 +15,7 @@
 
 #include "core/error.hpp"
 #include "core/json_file.hpp"
+#include "core/factor_cache.hpp"
 #include "core/mapped_file.hpp"
 
 namespace rankscope {
@@ -143,8 +144,8 @@ void save_calibration(const std::filesystem::path& path, const Calibration& c) {
   std::error_code ec;
   std::filesystem::create_directories(path.parent_path(), ec);
   if (ec) fail("{}: cannot create the calibration cache directory: {}", path.parent_path().string(), ec.message());
-  std::random_device rd;
-  const auto tmp = path.parent_path() / fmt::format("{}.tmp.{}.{:x}", path.filename().string(), ::getpid(), rd());
+  remove_stale_temporaries(path.parent_path());  // of killed writers, before adding one
+  const auto tmp = temporary_path(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) fail_errno(errno, "{}: cannot create", tmp.string());
   try {
@@ -158,7 +159,11 @@ void save_calibration(const std::filesystem::path& path, const Calibration& c) {
     throw;
   }
   ::close(fd);
-  std::filesystem::rename(tmp, path);
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    fail("{}: cannot rename the written temporary into place", path.string());
+  }
 }
 
 std::optional<Calibration> load_calibration(const std::filesystem::path& path, const std::string& key) {

@@ -167,20 +167,38 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
   for (const auto& [name, t] : tensors) {
     out.push_back({name, t.shape, std::span<const float>(t.data, static_cast<size_t>(t.numel())), dtype});
   }
-  write_safetensors(out_dir / "model.safetensors", out, {{"format", "pt"}, {"rankscope_config", canonical_config}});
-  std::filesystem::remove(out_dir / "model.safetensors.index.json");
-  {
-    std::ofstream cfg(out_dir / "config.json", std::ios::trunc);
-    cfg << config.dump(2) << "\n";
-    if (!cfg) fail("{}: write failed", (out_dir / "config.json").string());
-  }
-  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                           "special_tokens_map.json", "generation_config.json"}) {
-    const auto src = model.dir / name;
-    if (std::filesystem::exists(src)) {
-      std::filesystem::copy_file(src, out_dir / name, std::filesystem::copy_options::overwrite_existing);
+  // Every file goes to a temporary beside its final name first; only when all are whole are they
+  // renamed into place, so a failed write (a full disk, a killed process) leaves no partial file
+  // and never a new model.safetensors beside an old config.json. On error the temporaries go.
+  std::vector<std::pair<std::filesystem::path, std::filesystem::path>> staged;  // temporary, final
+  auto stage = [&](const std::filesystem::path& final_path) {
+    staged.emplace_back(temporary_path(final_path), final_path);
+    return staged.back().first;
+  };
+  try {
+    const auto weights_tmp = stage(out_dir / "model.safetensors");
+    write_safetensors(weights_tmp, out, {{"format", "pt"}, {"rankscope_config", canonical_config}});
+    const std::string config_text = config.dump(2) + "\n";
+    write_new_file(stage(out_dir / "config.json"), config_text);
+    for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                             "special_tokens_map.json", "generation_config.json"}) {
+      const auto src = model.dir / name;
+      if (std::filesystem::exists(src)) std::filesystem::copy_file(src, stage(out_dir / name));
     }
+    for (const auto& [tmp, final_path] : staged) {
+      std::error_code ec;
+      std::filesystem::rename(tmp, final_path, ec);
+      if (ec) fail("{}: cannot rename the written temporary into place: {}", final_path.string(), ec.message());
+    }
+  } catch (...) {
+    for (const auto& [tmp, final_path] : staged) {
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      std::filesystem::remove(std::filesystem::path(tmp.string() + ".tmp"), ec);  // write_safetensors' own
+    }
+    throw;
   }
+  std::filesystem::remove(out_dir / "model.safetensors.index.json");
 }
 
 }  // namespace rankscope

@@ -68,7 +68,11 @@ bool needs_calibration(const Config& config);
 // Writes `model` as a checkpoint directory rankscope (and, with dense, any Hugging Face loader)
 // reads: config.json from the source plus a "rankscope" section, model.safetensors in the
 // config's torch_dtype, and the tokenizer files of the source. With `dense`, factored matrices are
-// multiplied back (U G V^T) into ordinary weights. `canonical_config` is recorded.
+// multiplied back (U G V^T) into ordinary weights. `canonical_config` is recorded: it should name
+// every factored matrix of `model`, also those a decomposed source already stored.
+// Every file is written to a temporary beside its final name and all are renamed into place only
+// once each is whole: a failed write leaves no partial file (an existing checkpoint in `out_dir`
+// stays as it was) and removes its temporaries.
 void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, const std::string& canonical_config,
                       bool dense);
 

@@ -3,11 +3,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
 #include <xxhash.h>
@@ -89,6 +95,7 @@ FactorCache::FactorCache(std::filesystem::path dir, SvdPolicy policy) : dir_(std
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
   if (ec || !std::filesystem::is_directory(dir_)) fail("{}: cannot create the factor cache directory: {}", dir_.string(), ec.message());
+  remove_stale_temporaries(dir_);  // of killed writers
 }
 
 std::shared_ptr<const CachedSvd> FactorCache::try_open(const std::filesystem::path& path, int64_t rows, int64_t cols,
@@ -195,9 +202,10 @@ std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path&
   h.checksum = XXH3_64bits_digest(state);
   XXH3_freeState(state);
 
-  // Whole file under a unique temporary name, then renamed into place.
-  std::random_device rd;
-  const auto tmp = dir_ / fmt::format("{}.svd.tmp.{}.{:x}", key, ::getpid(), rd());
+  // Whole file under a unique temporary name, then renamed into place. Temporaries of this entry
+  // left by killed writers go first (those of other entries went when the cache was opened).
+  remove_stale_temporaries(dir_, path.filename().string());
+  const auto tmp = temporary_path(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) fail_errno(errno, "{}: cannot create", tmp.string());
   try {
@@ -216,10 +224,124 @@ std::shared_ptr<const CachedSvd> FactorCache::store(const std::filesystem::path&
     throw;
   }
   ::close(fd);
-  std::filesystem::rename(tmp, path);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    fail("{}: cannot rename the written temporary into place", path.string());
+  }
   auto stored = try_open(path, m, n, key, k);
   if (!stored) fail("{}: factor cache file unreadable right after writing it", path.string());
   return stored;
+}
+
+namespace {
+
+// This host's name as it appears in temporary names: [A-Za-z0-9-] only.
+const std::string& host_tag() {
+  static const std::string tag = [] {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0') return std::string("host");
+    std::string t = host;
+    for (char& c : t) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') c = '-';
+    }
+    return t;
+  }();
+  return tag;
+}
+
+bool parse_pid(std::string_view text, int64_t* pid) {
+  if (text.empty() || text.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  *pid = v;
+  return v > 0;
+}
+
+// True when no process `pid` exists on this host (EPERM: it exists, owned by someone else).
+bool process_gone(int64_t pid) {
+  if (pid > std::numeric_limits<pid_t>::max()) return true;
+  return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+}  // namespace
+
+std::filesystem::path temporary_path(const std::filesystem::path& path) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return path.parent_path() / fmt::format("{}.tmp.{}.{}.{:x}", path.filename().string(), host_tag(), ::getpid(), rng());
+}
+
+void write_atomically(const std::filesystem::path& path, const std::function<void(const std::filesystem::path&)>& write) {
+  const auto tmp = temporary_path(path);
+  auto remove_temporaries = [&] {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    std::filesystem::remove(std::filesystem::path(tmp.string() + ".tmp"), ec);  // write_safetensors' own
+  };
+  try {
+    write(tmp);
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) fail("{}: cannot rename the written temporary into place: {}", path.string(), ec.message());
+  } catch (const Error& e) {
+    remove_temporaries();
+    // The message names the file the user asked for, not the temporary that is gone.
+    std::string message = e.what();
+    for (size_t at; (at = message.find(tmp.string())) != std::string::npos;) message.replace(at, tmp.string().size(), path.string());
+    if (dynamic_cast<const TransientError*>(&e) != nullptr) throw TransientError(message);
+    throw Error(message);
+  } catch (...) {
+    remove_temporaries();
+    throw;
+  }
+}
+
+void write_new_file(const std::filesystem::path& path, std::string_view bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail_errno(errno, "{}: cannot create", path.string());
+  try {
+    write_all(fd, bytes.data(), bytes.size(), path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::close(fd) != 0) fail_errno(errno, "{}: write failed", path.string());
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+  write_atomically(path, [&](const std::filesystem::path& tmp) { write_new_file(tmp, bytes); });
+}
+
+int64_t remove_stale_temporaries(const std::filesystem::path& dir, std::string_view prefix) {
+  constexpr std::string_view kMarker = ".tmp.";
+  int64_t removed = 0;
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec), end;
+  const auto now = std::filesystem::file_time_type::clock::now();
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const size_t marker = name.rfind(kMarker);
+    if (marker == std::string::npos || marker == 0 || !std::string_view(name).substr(0, marker).starts_with(prefix)) continue;
+    // After the marker: HOST.PID.RANDOM, or PID.RANDOM (earlier versions, this host).
+    std::vector<std::string_view> parts;
+    std::string_view rest = std::string_view(name).substr(marker + kMarker.size());
+    for (size_t dot; (dot = rest.find('.')) != std::string_view::npos; rest.remove_prefix(dot + 1)) parts.push_back(rest.substr(0, dot));
+    parts.push_back(rest);
+    int64_t pid = 0;
+    if (parts.size() < 2 || parts.size() > 3 || !parse_pid(parts[parts.size() - 2], &pid)) continue;
+    const bool this_host = parts.size() == 2 || parts[0] == host_tag();
+    std::error_code time_ec;
+    const auto written = it->last_write_time(time_ec);
+    const bool old = !time_ec && now - written > kStaleTemporaryAge;
+    if (!(this_host && process_gone(pid)) && !old) continue;
+    std::error_code rm_ec;
+    if (std::filesystem::remove(it->path(), rm_ec)) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace rankscope

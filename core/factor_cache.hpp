@@ -9,11 +9,13 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/linalg.hpp"
 #include "core/mapped_file.hpp"
@@ -95,5 +97,34 @@ class FactorCache {
   std::atomic<int64_t> hits_{0};
   std::atomic<int64_t> misses_{0};
 };
+
+// Temporaries of atomic writes (the factor cache, the calibration cache, checkpoints, reports).
+// A file PATH is written as PATH.tmp.HOST.PID.RANDOM in the same directory (HOST: this host's name,
+// characters other than [A-Za-z0-9-] replaced by '-') and renamed over PATH, so a reader sees the
+// old file, the whole new one, or none.
+std::filesystem::path temporary_path(const std::filesystem::path& path);
+
+// Creates `path`, which must not exist yet, holding `bytes`. Throws Error naming it when it cannot.
+void write_new_file(const std::filesystem::path& path, std::string_view bytes);
+
+// Writes `bytes` to temporary_path(path) and renames it to `path`. On any error the temporary is
+// removed and Error names `path`: no partial file is ever left under either name.
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
+
+// Runs `write` on temporary_path(path) and renames the result to `path`; when `write` or the rename
+// throws, the temporary (and a file `write` may have left at the temporary's own ".tmp") is removed
+// and the error propagates.
+void write_atomically(const std::filesystem::path& path, const std::function<void(const std::filesystem::path&)>& write);
+
+// A temporary left by a writer that died: older than this, whoever wrote it, is abandoned (no
+// writer keeps one open for long: the data is computed before the file is created).
+constexpr std::chrono::hours kStaleTemporaryAge{6};
+
+// Removes the temporaries in `dir` (names NAME.tmp.HOST.PID.RANDOM, or NAME.tmp.PID.RANDOM of
+// earlier versions, taken as this host's) whose NAME starts with `prefix` and whose writer is gone:
+// written on this host by a process that no longer exists, or older than kStaleTemporaryAge. A
+// live writer's temporary is left alone. Errors (a vanished file, no permission) are ignored.
+// Returns how many were removed.
+int64_t remove_stale_temporaries(const std::filesystem::path& dir, std::string_view prefix = {});
 
 }  // namespace rankscope

@@ -11,6 +11,7 @@
 
 #include "core/bert.hpp"
 #include "core/error.hpp"
+#include "core/factor_cache.hpp"
 #include "core/llama.hpp"
 #include "core/model_hash.hpp"
 #include "evaluators/tasks.hpp"
@@ -239,8 +240,14 @@ std::shared_ptr<const Calibration> calibrate(const Model& base, const Calibratio
   std::filesystem::path path;
   if (!options.cache_dir.empty()) {
     path = calibration_path(options.cache_dir, key);
+    if (std::filesystem::is_directory(path.parent_path())) remove_stale_temporaries(path.parent_path());
     if (auto cached = load_calibration(path, key)) {
       if (from_cache != nullptr) *from_cache = true;
+      // The key is the source's content, not its name: another name for the same text (a copy of
+      // the file, the task whose file it is) shares the entry. What is recorded is what this
+      // request named, never the name of whichever request filled the cache.
+      cached->info["source"] = options.source;
+      cached->info["data"] = src.description;
       return std::make_shared<const Calibration>(std::move(*cached));
     }
   }

@@ -15,7 +15,10 @@
 //  - BERT: N distinct segments drawn at random (fewer if the half has fewer), each encoded as
 //    [CLS] a [SEP] (b [SEP]) truncated to L tokens; a plain text is split into its non-empty lines.
 // The statistics are cached in <cache_dir>/calib/<key>.bin, key = XXH3-128 of (format version,
-// the model's content hash, the source's kind and content, N, L, seed).
+// the model's content hash, the source's kind and content, N, L, seed). The key holds the source's
+// content, not its name: two names for the same content (a copied file, a task and its file) give
+// the same statistics and share the entry, while the `source` and `data` recorded in the protocol
+// are always those of the request (--calib as given), not of whichever request filled the cache.
 #pragma once
 
 #include <cstdint>

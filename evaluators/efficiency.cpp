@@ -14,7 +14,7 @@
 namespace rankscope {
 
 TaskReport size_metrics(const Model& base, const Config& config) {
-  const SizeReport s = size_report(base.config, base.n_params(), config);
+  const SizeReport s = size_report(base.config, dense_param_count(base), config);
   TaskReport r{.task = "size"};
   auto add = [&](const char* metric, double value) {
     r.metrics.push_back({.task = "size", .metric = metric, .value = value, .n = 1});
@@ -23,12 +23,19 @@ TaskReport size_metrics(const Model& base, const Config& config) {
   add("bytes", static_cast<double>(s.bytes_after()));
   add("reduction_pct", s.reduction_pct());
   add("flops_per_token", static_cast<double>(s.flops_per_token_after));
+  int64_t not_smaller = 0;
+  for (const auto& f : s.factored) not_smaller += f.not_smaller() ? 1 : 0;
   r.protocol = {{"task", "size"},
                 {"params_before", s.params_before},
+                {"flops_per_token_before", s.flops_per_token_before},
                 {"bytes_per_param", s.bytes_per_param},
                 {"matrices_decomposed", s.n_decomposed},
-                {"definition", "parameters as run (factors counted; tied embeddings once); bytes in the storage dtype; "
+                {"matrices_stored_factored", s.n_stored_factored},
+                {"matrices_not_smaller_than_dense", not_smaller},
+                {"definition", "parameters as run (factors counted, also those a decomposed checkpoint stores; tied "
+                               "embeddings once); before = the dense model; bytes in the storage dtype; "
                                "reduction = 100 * removed / total; FLOPs = 2 * weight-product MACs per token"}};
+  if (s.n_stored_factored > 0) r.protocol["checkpoint_config"] = base.config.rankscope_config;
   return r;
 }
 

@@ -10,7 +10,9 @@
 namespace rankscope {
 
 // size.params, size.bytes (storage dtype), size.reduction_pct, size.flops_per_token of
-// `config` applied to `base` (the dense model; shapes-only is enough).
+// `config` applied to `base`: a dense model or a checkpoint written by `rankscope decompose`, whose
+// stored factors count as stored; reduction against the dense model (core/size.hpp). Shapes-only
+// is enough and gives the same figures as the loaded weights.
 TaskReport size_metrics(const Model& base, const Config& config);
 
 struct LatencyOptions {

@@ -359,6 +359,42 @@ TEST_CASE("calibration statistics are cached on disk and a corrupt file is recom
   CHECK(cached);
 }
 
+TEST_CASE("a calibration from the cache records the source this request named", "[activation][cache]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  const auto text_file = test::shared_data("tinystories/tinystories_val.txt");
+  RS_REQUIRE_SHARED(dir);
+  RS_REQUIRE_SHARED(text_file);
+  const auto base = load_model(dir);
+  // Two names for one text: the statistics are the same, so is the cache entry (its key is the
+  // content); each request records its own name.
+  const auto scratch = test::scratch_dir("activation_calib_source");
+  std::string text(20000, '\0');
+  std::ifstream(text_file, std::ios::binary).read(text.data(), static_cast<std::streamsize>(text.size()));
+  std::ofstream(scratch / "a.txt", std::ios::binary) << text;
+  std::ofstream(scratch / "b.txt", std::ios::binary) << text;
+  CalibrationOptions o;
+  o.samples = 2;
+  o.ctx = 16;
+  o.cache_dir = scratch / "cache";
+  o.source = (scratch / "a.txt").string();
+  bool cached = true;
+  const auto a = calibrate(base, o, &cached);
+  CHECK_FALSE(cached);
+  CHECK(a->info["source"] == o.source);
+  o.source = (scratch / "b.txt").string();
+  const auto b = calibrate(base, o, &cached);
+  CHECK(cached);
+  CHECK(b->key == a->key);
+  CHECK(b->info["source"] == o.source);
+  CHECK(b->info["data"] == o.source);
+  CHECK(b->at(1, HookSite::attn_in).gram == a->at(1, HookSite::attn_in).gram);
+  // What eval and sweep record with each result is this info.
+  ActivationOptions activation =
+      activation_options(base, parse_config("L0:q=4@whiten", base.config), o, 0.5, &cached);
+  REQUIRE(activation.calibration);
+  CHECK(activation.calibration->info["source"] == o.source);
+}
+
 TEST_CASE("calibration sources: a BERT classifier on a .tsv, bad sources", "[activation][cache]") {
   const auto dir = test::shared_data("bert-tiny-sst2");
   const auto tsv = test::shared_data("glue-sst2/alps_train.tsv");
