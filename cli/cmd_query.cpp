@@ -1,6 +1,7 @@
 // Queries of the results database: pareto, studies, export, report.
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <set>
@@ -10,6 +11,7 @@
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
+#include "core/factor_cache.hpp"
 #include "db/results_db.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
@@ -237,6 +239,85 @@ int run_studies(const Params& params) {
   return 0;
 }
 
+namespace {
+
+// Export and report: numbers at full precision, times in ISO 8601, names escaped for their format.
+
+// The shortest decimal that parses back to exactly `v` (as %.17g, without its noise digits);
+// "nan", "inf", "-inf" for non-finite values.
+std::string exact_number(double v) {
+  if (std::isnan(v)) return "nan";
+  return fmt::format("{}", v);
+}
+
+// Unix seconds as ISO 8601 UTC with microseconds ("2026-11-29T04:26:24.123456Z"); "" for NaN.
+std::string iso8601_utc(double unix_seconds) {
+  if (!std::isfinite(unix_seconds)) return "";
+  auto whole = static_cast<std::time_t>(std::floor(unix_seconds));
+  auto micros = static_cast<int64_t>(std::llround((unix_seconds - static_cast<double>(whole)) * 1e6));
+  if (micros >= 1000000) {
+    whole += 1;
+    micros -= 1000000;
+  }
+  std::tm tm{};
+  gmtime_r(&whole, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec, micros);
+}
+
+// Text for SVG character data and attribute values.
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&apos;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// Markdown text (GitHub flavour) shown literally, also inside a table cell: every character with
+// a meaning is backslash-escaped, a line break becomes a space (it would end the table row).
+std::string md_text(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n' || c == '\r') {
+      out += ' ';
+    } else {
+      if (std::string_view("\\`*_{}[]<>()#+-!|~&$").find(c) != std::string_view::npos) out += '\\';
+      out += c;
+    }
+  }
+  return out;
+}
+
+// A markdown code span showing `s` literally: fenced with more backticks than any run of them in
+// `s`, line breaks as spaces; in a table cell pipes escaped too (GitHub reads "\|" in a table
+// cell as "|", also in code; elsewhere it would show the backslash).
+std::string md_code(const std::string& s, bool table_cell = false) {
+  std::string body;
+  size_t run = 0, longest = 0;
+  for (char c : s) {
+    run = c == '`' ? run + 1 : 0;
+    longest = std::max(longest, run);
+    if (c == '|' && table_cell) {
+      body += "\\|";
+    } else {
+      body += c == '\n' || c == '\r' ? ' ' : c;
+    }
+  }
+  const std::string fence(longest + 1, '`');
+  const bool pad = !body.empty() && (body.front() == '`' || body.back() == '`');
+  return fence + (pad ? " " : "") + body + (pad ? " " : "") + fence;
+}
+
+}  // namespace
+
 int run_export(const Params& params) {
   const ResultsDb db = open_existing(params.db);
   const StudyInfo study = require_study(db, params.study);
@@ -265,15 +346,26 @@ int run_export(const Params& params) {
     }
     fmt::print("{}\n", nlohmann::json{{"study", study.name}, {"settings", study.settings}, {"evaluations", out}}.dump(2));
   } else if (params.format == "csv" || params.format == "table") {
-    std::string header = "evaluation,config,status,model_hash,host,wall_s,finished_at";
-    for (const auto& n : metric_names) header += "," + n;
+    // Every number as the shortest decimal that reads back exactly; times ISO 8601 UTC; each
+    // metric followed by its standard error (empty when it has none, or the metric is absent).
+    std::string header = "evaluation,config,status,model_hash,host,wall_s,claimed_at,finished_at";
+    for (const auto& n : metric_names) header += "," + csv_field(n) + "," + csv_field(n + "_stderr");
     fmt::print("{}\n", header);
     for (const auto& r : records) {
-      std::map<std::string, double> values;
-      for (const auto& m : r.metrics) values[m.name] = m.value;
-      std::string line = fmt::format("{},{},{},{},{},{},{}", r.id, csv_field(r.config), status_name(r.status), r.model_hash,
-                                     csv_field(r.host), fmt_value(r.wall_s), fmt_value(r.finished_at));
-      for (const auto& n : metric_names) line += "," + (values.count(n) ? fmt_value(values[n]) : std::string());
+      std::map<std::string, const MetricValue*> by_name;
+      for (const auto& m : r.metrics) by_name[m.name] = &m;
+      std::string line = fmt::format("{},{},{},{},{},{},{},{}", r.id, csv_field(r.config), status_name(r.status),
+                                     r.model_hash, csv_field(r.host), std::isnan(r.wall_s) ? "" : exact_number(r.wall_s),
+                                     iso8601_utc(r.claimed_at), iso8601_utc(r.finished_at));
+      for (const auto& n : metric_names) {
+        const auto it = by_name.find(n);
+        if (it == by_name.end()) {
+          line += ",,";
+          continue;
+        }
+        const MetricValue& m = *it->second;
+        line += "," + exact_number(m.value) + "," + (std::isnan(m.stderr_) ? std::string() : exact_number(m.stderr_));
+      }
       fmt::print("{}\n", line);
     }
   } else {
@@ -318,7 +410,7 @@ int run_report(const Params& params) {
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
       "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
       "<text x=\"{}\" y=\"22\" font-size=\"15\">{}: {} evaluations, {} on the Pareto front</text>\n",
-      W, H, L, study.name, f.candidates.size(), f.front.size());
+      W, H, L, xml_escape(study.name), f.candidates.size(), f.front.size());
   svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", L, H - B, W - R);
   svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/>\n", L, T, H - B);
   for (int t = 0; t <= 4; ++t) {
@@ -326,10 +418,10 @@ int run_report(const Params& params) {
     svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", px(x), H - B + 18, fmt_value(x));
     svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", L - 6, py(y) + 4, fmt_value(y));
   }
-  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} ({}{})</text>\n", (L + W - R) / 2, H - 18, ox.metric,
+  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} ({}{})</text>\n", (L + W - R) / 2, H - 18, xml_escape(ox.metric),
                      ox.minimize ? "min" : "max", xlog ? ", log scale" : "");
   svg += fmt::format("<text x=\"18\" y=\"{0}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {0})\">{1} ({2}{3})</text>\n",
-                     (T + H - B) / 2, oy.metric, oy.minimize ? "min" : "max", ylog ? ", log scale" : "");
+                     (T + H - B) / 2, xml_escape(oy.metric), oy.minimize ? "min" : "max", ylog ? ", log scale" : "");
   for (size_t i : f.candidates) {
     svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"#9a9a9a\" fill-opacity=\"0.6\"/>\n",
                        px(f.rows.rows[i][1]), py(f.rows.rows[i][0]));
@@ -352,27 +444,28 @@ int run_report(const Params& params) {
   }
   svg += "</svg>\n";
   const auto svg_path = std::filesystem::path(params.out) / "pareto.svg";
-  std::ofstream(svg_path) << svg;
 
   // The markdown table.
-  std::string md = fmt::format("# Study `{}`\n\n{} evaluations ({} done, {} failed, {} nan) in `{}`.\n\n", study.name,
+  std::string md = fmt::format("# Study {}\n\n{} evaluations ({} done, {} failed, {} nan) in {}.\n\n", md_code(study.name),
                                study.counts.finished(), study.counts.done, study.counts.failed, study.counts.nan,
-                               params.db);
+                               md_code(params.db));
   md += fmt::format("![Pareto front](pareto.svg)\n\nPareto front of {}{}: {} points, hypervolume {}.\n\n",
-                    objectives_text(f.objectives), params.where.empty() ? "" : " where " + params.where, f.front.size(),
-                    fmt_value(f.hypervolume));
+                    md_code(objectives_text(f.objectives)), params.where.empty() ? "" : " where " + md_code(params.where),
+                    f.front.size(), fmt_value(f.hypervolume));
   md += "| id |";
-  for (const auto& o : f.objectives) md += " " + o.metric + " |";
+  for (const auto& o : f.objectives) md += " " + md_text(o.metric) + " |";
   md += " configuration |\n| ---: |";
   for (size_t j = 0; j < f.objectives.size(); ++j) md += " ---: |";
   md += " --- |\n";
   for (size_t i : f.front) {
     md += fmt::format("| {} |", f.rows.evaluation_ids[i]);
     for (size_t j = 0; j < f.objectives.size(); ++j) md += " " + fmt_value(f.rows.rows[i][j]) + " |";
-    md += " `" + (f.rows.configs[i].empty() ? std::string("(base model)") : f.rows.configs[i]) + "` |\n";
+    md += " " + md_code(f.rows.configs[i].empty() ? std::string("(base model)") : f.rows.configs[i], true) + " |\n";
   }
   const auto md_path = std::filesystem::path(params.out) / "report.md";
-  std::ofstream(md_path) << md;
+  // Each file through a temporary renamed into place: a failed write leaves no partial file.
+  write_file_atomically(svg_path, svg);
+  write_file_atomically(md_path, md);
   fmt::print("wrote {} and {}\n", md_path.string(), svg_path.string());
   return 0;
 }

@@ -305,3 +305,144 @@ TEST_CASE("write_file_atomically: whole file or none, no temporary left", "[hone
   CHECK_THROWS_WITH(write_file_atomically(dir / "b.txt", "x"), Contains("b.txt"));
   CHECK(names_in(dir) == std::vector<std::string>{"a.txt", "b.txt"});
 }
+
+namespace {
+
+// One CSV record (RFC 4180 quoting, no line breaks inside fields).
+std::vector<std::string> csv_fields(const std::string& line) {
+  std::vector<std::string> out(1);
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+        out.back() += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        out.back() += c;
+      }
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      out.emplace_back();
+    } else {
+      out.back() += c;
+    }
+  }
+  return out;
+}
+
+// "2026-11-29T04:48:14.918024Z" as Unix seconds; NaN when it is not of that form.
+double parse_iso8601_utc(const std::string& s) {
+  std::tm tm{};
+  int micros = -1;
+  char z = 0;
+  if (s.size() != 27 || std::sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%6d%c", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &micros, &z) != 8 || z != 'Z') {
+    return std::nan("");
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<double>(timegm(&tm)) + micros * 1e-6;
+}
+
+// A study of 5 configurations of stories260K-hf on a JSONL task whose name needs escaping in
+// markdown, tinystories (a metric with a standard error) and size, under a study name that needs
+// escaping everywhere.
+const std::string kOddStudy = "S<b>&\"q|`t";
+
+std::string make_study(const std::filesystem::path& dir) {
+  std::ofstream(dir / "t.jsonl") << "{\"rankscope_task\": {\"name\": \"_odd_name_\"}}\n"
+                                    "{\"context\": \"Once upon a time there was a\", \"choices\": [\" girl\", \" dog\"], \"gold\": 0}\n"
+                                    "{\"context\": \"The cat sat on the\", \"choices\": [\" mat\", \" sky\"], \"gold\": 0}\n";
+  const std::string db = (dir / "r.db").string();
+  const auto sweep = run("sweep --model " + stories().string() + " --db " + db + " --study '" + kOddStudy +
+                         "' --strategy random --budget 5 --space per-matrix --choices dense,50%,25% --method svd --tasks " +
+                         (dir / "t.jsonl").string() + ",tinystories,size --limit 2 --objectives '_odd_name_.acc:max,size.params:min'"
+                         " --seed 1 --data-dir " + test::shared_data("").string());
+  INFO(sweep.err);
+  REQUIRE(sweep.exit_code == 0);
+  return " --db " + db + " --study '" + kOddStudy + "'";
+}
+
+}  // namespace
+
+TEST_CASE("export --format csv: every number reads back exactly, times in ISO 8601 UTC, stderr beside each metric",
+          "[honest][export][cli]") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("honest-export");
+  const std::string study = make_study(dir);
+  const auto csv = run("export" + study + " --format csv");
+  REQUIRE(csv.exit_code == 0);
+  const auto json = run("export" + study + " --format json");
+  REQUIRE(json.exit_code == 0);
+  const auto evaluations = nlohmann::json::parse(json.out)["evaluations"];
+  REQUIRE(evaluations.size() == 5);
+
+  std::istringstream lines(csv.out);
+  std::string line;
+  REQUIRE(std::getline(lines, line));
+  const auto header = csv_fields(line);
+  auto column = [&](const std::string& name) {
+    const auto it = std::find(header.begin(), header.end(), name);
+    REQUIRE(it != header.end());
+    return static_cast<size_t>(it - header.begin());
+  };
+  const size_t ppl = column("tinystories.ppl");
+  CHECK(header.at(ppl + 1) == "tinystories.ppl_stderr");
+  const size_t params = column("size.params");
+  CHECK(header.at(params + 1) == "size.params_stderr");
+  const size_t finished = column("finished_at"), claimed = column("claimed_at"), wall = column("wall_s");
+  size_t rows = 0;
+  for (; std::getline(lines, line); ++rows) {
+    const auto fields = csv_fields(line);
+    REQUIRE(fields.size() == header.size());
+    const auto& e = evaluations.at(rows);
+    CHECK(std::stoll(fields[0]) == e["evaluation"].get<int64_t>());
+    // Exactly the stored doubles (JSON carries them at full precision).
+    for (size_t c = 8; c < header.size(); c += 2) {
+      INFO(header[c] << " " << fields[c]);
+      const auto& m = e["metrics"].at(header[c]);
+      CHECK(std::strtod(fields[c].c_str(), nullptr) == m["value"].get<double>());
+      if (m["stderr"].is_null()) {
+        CHECK(fields[c + 1].empty());
+      } else {
+        CHECK(std::strtod(fields[c + 1].c_str(), nullptr) == m["stderr"].get<double>());
+      }
+    }
+    CHECK(!fields[ppl + 1].empty());  // perplexity has a standard error
+    CHECK(std::strtod(fields[wall].c_str(), nullptr) == e["wall_s"].get<double>());
+    // Microseconds: the round trip through ISO 8601 is within half of one, plus the double's ulp.
+    CHECK(std::abs(parse_iso8601_utc(fields[finished]) - e["finished_at"].get<double>()) <= 0.5e-6 + 1e-6);
+    CHECK(std::abs(parse_iso8601_utc(fields[claimed]) - e["claimed_at"].get<double>()) <= 0.5e-6 + 1e-6);
+  }
+  CHECK(rows == 5);
+}
+
+TEST_CASE("report escapes names in SVG and markdown and writes whole files or none", "[honest][report][cli]") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("honest-report");
+  const std::string study = make_study(dir);
+  const auto out = dir / "report";
+  REQUIRE(run("report" + study + " --out " + out.string()).exit_code == 0);
+  const std::string svg = slurp(out / "pareto.svg");
+  CHECK_THAT(svg, Contains(">S&lt;b&gt;&amp;&quot;q|`t: 5 evaluations"));
+  CHECK_THAT(svg, !Contains("<b>"));
+  const std::string md = slurp(out / "report.md");
+  // The study name in a code span fenced longer than its backtick; the metric's underscores
+  // escaped (they would start emphasis); configurations in code spans.
+  CHECK_THAT(md, Contains("# Study ``S<b>&\"q|`t``\n"));
+  CHECK_THAT(md, Contains("| id | \\_odd\\_name\\_.acc | size.params | configuration |"));
+  CHECK(names_in(out) == std::vector<std::string>{"pareto.svg", "report.md"});
+
+  // report.md cannot be replaced (a directory stands there): an error naming it, no temporary left.
+  const auto blocked = dir / "blocked";
+  std::filesystem::create_directories(blocked / "report.md" / "inside");
+  const auto failed = run("report" + study + " --out " + blocked.string());
+  CHECK(failed.exit_code == 1);
+  CHECK_THAT(failed.err, Contains("report.md"));
+  CHECK(names_in(blocked) == std::vector<std::string>{"pareto.svg", "report.md"});
+  CHECK(slurp(blocked / "pareto.svg") == svg);
+}
