@@ -12,6 +12,8 @@
 #include <cmath>
 #include <csignal>
 #include <map>
+#include <new>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <condition_variable>
@@ -19,6 +21,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
@@ -26,6 +29,7 @@
 #include "core/error.hpp"
 #include "core/gemm.hpp"
 #include "core/model_hash.hpp"
+#include "core/suggest.hpp"
 #include "db/results_db.hpp"
 #include "evaluators/calibration.hpp"
 #include "search/pareto.hpp"
@@ -41,24 +45,20 @@ extern "C" void on_signal(int sig) { g_signal.store(sig); }
 
 struct Interrupted {};
 
-// Refreshes the heartbeat of the claim being evaluated from its own connection, so a long
-// evaluation (a 7B decomposition, MMLU) is never mistaken for a dead worker.
+struct ClaimLost {
+  std::string why;
+};
+
+// Keeps the claim being evaluated alive: one thread and one database connection for the whole
+// sweep (opened once: a connection per claim would come and go every few seconds), refreshing
+// the claim's heartbeat every `every_s` seconds so that a long evaluation (a 7B decomposition,
+// MMLU) is never mistaken for a dead worker. When the claim is lost (another worker took it
+// over) or the heartbeats keep failing for half the stale-claim timeout (another worker may
+// soon take it over), lost() says why and the evaluation stops at its next progress report.
 class Heartbeat {
  public:
-  Heartbeat(std::filesystem::path db, int64_t evaluation, double every_s)
-      : thread_([this, db = std::move(db), evaluation, every_s] {
-          std::unique_ptr<ResultsDb> conn;
-          std::unique_lock lock(mutex_);
-          while (!stop_) {
-            if (cv_.wait_for(lock, std::chrono::duration<double>(every_s), [this] { return stop_; })) break;
-            try {
-              if (!conn) conn = std::make_unique<ResultsDb>(db);
-              conn->heartbeat(evaluation);
-            } catch (const std::exception&) {
-              // The next beat retries; the claim only goes stale after --stale-after seconds.
-            }
-          }
-        }) {}
+  Heartbeat(const std::filesystem::path& db, double every_s, double stale_after_s)
+      : conn_(db), every_s_(every_s), give_up_s_(stale_after_s / 2), thread_([this] { loop(); }) {}
   ~Heartbeat() {
     {
       std::lock_guard lock(mutex_);
@@ -67,13 +67,86 @@ class Heartbeat {
     cv_.notify_all();
     thread_.join();
   }
+  Heartbeat(const Heartbeat&) = delete;
+  Heartbeat& operator=(const Heartbeat&) = delete;
+
+  void watch(int64_t evaluation) {
+    std::lock_guard lock(mutex_);
+    evaluation_ = evaluation;
+    lost_.clear();
+    lost_flag_.store(false);
+  }
+  void unwatch() {
+    std::lock_guard lock(mutex_);
+    evaluation_ = -1;
+  }
+  bool is_lost() const { return lost_flag_.load(); }
+  std::string lost() const {
+    std::lock_guard lock(mutex_);
+    return lost_;
+  }
 
  private:
-  std::mutex mutex_;
+  void loop() {
+    std::unique_lock lock(mutex_);
+    std::optional<std::chrono::steady_clock::time_point> failing_since;
+    while (!stop_) {
+      if (cv_.wait_for(lock, std::chrono::duration<double>(every_s_), [this] { return stop_; })) break;
+      if (evaluation_ < 0 || lost_flag_.load()) {
+        failing_since.reset();
+        continue;
+      }
+      const int64_t evaluation = evaluation_;
+      lock.unlock();  // the beat may wait for the write lock: never block watch()/unwatch()
+      std::string why;
+      try {
+        if (!conn_.heartbeat(evaluation)) why = "another worker took the claim over";
+        failing_since.reset();
+      } catch (const std::exception& e) {
+        const auto now = std::chrono::steady_clock::now();
+        if (!failing_since) failing_since = now;
+        const double failing = std::chrono::duration<double>(now - *failing_since).count();
+        if (failing >= give_up_s_)
+          why = fmt::format("its heartbeats failed for {:.0f} s ({}), so another worker may take it over", failing,
+                            e.what());
+      }
+      lock.lock();
+      if (!why.empty() && evaluation_ == evaluation) {
+        lost_ = why;
+        lost_flag_.store(true);
+      }
+    }
+  }
+
+  ResultsDb conn_;
+  const double every_s_, give_up_s_;
+  mutable std::mutex mutex_;
   std::condition_variable cv_;
   bool stop_ = false;
-  std::thread thread_;
+  int64_t evaluation_ = -1;
+  std::string lost_;
+  std::atomic<bool> lost_flag_{false};
+  std::thread thread_;  // last: starts once everything above is constructed
 };
+
+// Whether an exception thrown while evaluating says something about the machine rather than
+// about the configuration: the configuration is then released for a rerun, never stored as
+// failed. Returns the one-line description, or "" for a permanent failure (an Error).
+std::string transient_reason(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const TransientError& e) {
+    return e.what();
+  } catch (const Error&) {
+    return "";
+  } catch (const std::bad_alloc&) {
+    return "out of memory (std::bad_alloc)";
+  } catch (const std::exception& e) {
+    return fmt::format("unexpected error: {}", e.what());
+  } catch (...) {
+    return "unexpected error of unknown type";
+  }
+}
 
 std::map<std::string, double> parse_target(const std::string& text) {
   std::map<std::string, double> out;
@@ -96,12 +169,30 @@ std::string clock_text(double seconds) {
   return fmt::format("{}:{:02}", s / 60, s % 60);
 }
 
-// The settings that define a study: a rerun must agree on them (the budget may grow).
+// A path as recorded in the settings: absolute and normalised, so that the same directory
+// reached from another working directory compares equal.
+std::string settled_path(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code ec;
+  const auto p = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
+  return ec ? path : p.string();
+}
+
+// The settings that define a study: everything that changes which configurations are evaluated
+// or any number measured. A rerun must agree on all of them (the budget may grow; the stale-claim
+// timeout is the study's own, recorded here and adopted by every later worker).
 nlohmann::json study_settings(const Params& p, const std::string& model_hash, const std::vector<std::string>& list) {
   nlohmann::json s = {{"model_hash", model_hash},   {"strategy", p.strategy},   {"seed", p.seed},
                       {"objectives", p.objectives}, {"constraints", p.constraints}, {"tasks", p.tasks},
                       {"limit", p.limit},           {"num_fewshot", p.num_fewshot}, {"ctx", p.ctx},
-                      {"ppl_protocol", p.ppl_protocol}, {"bos", p.bos},          {"text", p.text}};
+                      {"ppl_protocol", p.ppl_protocol}, {"bos", p.bos},          {"text", p.text},
+                      {"data_dir", settled_path(p.data_dir)}, {"svd_backend", p.svd_backend},
+                      {"include_base", p.include_base}, {"stale_after", p.stale_after}};
+  s["fidelity_text"] = settled_path(p.fidelity_text);
+  s["text_name"] = p.name;
+  if (p.tasks.find("latency") != std::string::npos) {
+    s["latency"] = {{"batch", p.latency_batch}, {"tokens", p.latency_tokens}, {"reps", p.latency_reps}};
+  }
   if (p.strategy == "list") {
     s["configs"] = list;
   } else {
@@ -118,6 +209,36 @@ nlohmann::json study_settings(const Params& p, const std::string& model_hash, co
                         {"seed", p.calib_seed}, {"asvd_alpha", p.asvd_alpha}};
   }
   return s;
+}
+
+// Refuses a rerun whose settings differ from the study's. A key the study lacks was added to
+// the settings after the study was created: the study predates it and is not checked against it.
+void check_settings(const std::string& db, const std::string& study, const nlohmann::json& existing,
+                    const nlohmann::json& settings) {
+  for (const auto& [key, value] : settings.items()) {
+    if (key == "stale_after" || !existing.contains(key)) continue;
+    if (existing.at(key) != value) {
+      fail("{}: study '{}' was created with {} = {}, this run has {} (use another --study)", db, study, key,
+           existing.at(key).dump(), value.dump());
+    }
+  }
+  for (const auto& [key, value] : existing.items()) {
+    if (key != "stale_after" && !settings.contains(key) && !value.is_null() && key != "calibration") {
+      fail("{}: study '{}' was created with {} = {}, this run has none (use another --study)", db, study, key,
+           value.dump());
+    }
+  }
+}
+
+// Every metric named in objectives, constraints and targets must be one the study's tasks
+// produce: an unknown name is an error before anything is created or evaluated.
+void check_metric_names(const std::vector<std::string>& used, const std::vector<std::string>& produced,
+                        const std::string& tasks) {
+  for (const auto& name : used) {
+    if (std::find(produced.begin(), produced.end(), name) != produced.end()) continue;
+    fail("unknown metric '{}': the tasks {} produce {}{}", name, tasks, fmt::join(produced, ", "),
+         did_you_mean(name, produced));
+  }
 }
 
 }  // namespace
@@ -184,6 +305,13 @@ int run_sweep(const Params& params) {
   auto to_config = [&](const Point& p) { return space ? space->to_config(p) : list.at(static_cast<size_t>(p.at(0))); };
 
   const Evaluator evaluator(base, request);  // reads and tokenises the tasks once
+  // Metric names are checked before anything is computed or the database is touched.
+  std::vector<std::string> used_metrics;
+  for (const auto& o : objectives) used_metrics.push_back(o.metric);
+  for (const auto& c : constraints) used_metrics.push_back(c.metric);
+  for (const auto& [m, v] : options.target) used_metrics.push_back(m);
+  if (params.strategy == "greedy") used_metrics.push_back(options.size_metric);
+  check_metric_names(used_metrics, evaluator.metric_names(), params.tasks);
   FactorCache factor_cache(cache_dir, svd_policy(params.svd_backend));
   // asvd/whiten points: the calibration is captured (or read from the cache) once for the study.
   bool aware = std::any_of(list.begin(), list.end(), [](const Config& c) { return needs_calibration(c); });
@@ -204,22 +332,20 @@ int run_sweep(const Params& params) {
   ResultsDb db(params.db);
   const int64_t model_id = db.add_model({model_hash, params.model, base.config.architecture, base.n_params()});
   const nlohmann::json settings = study_settings(params, model_hash, list_text);
-  if (const auto existing = db.find_study(study_name)) {
-    for (const auto& [key, value] : settings.items()) {
-      if (existing->settings.value(key, nlohmann::json()) != value) {
-        fail("{}: study '{}' was created with {} = {}, this run has {} (use another --study)", params.db, study_name, key,
-             existing->settings.value(key, nlohmann::json()).dump(), value.dump());
-      }
-    }
+  double stale_after = params.stale_after;
+  const int64_t study = db.open_study(study_name, settings, [&](const nlohmann::json& existing) {
+    check_settings(params.db, study_name, existing, settings);
+    if (existing.contains("stale_after") && existing.at("stale_after").is_number())
+      stale_after = existing.at("stale_after").get<double>();
+  });
+  if (stale_after != params.stale_after) {
+    fmt::print(stderr, "sweep: study '{}' takes claims over after {:g} s of silence (set when it was created); "
+               "this run's --stale-after {:g} does not change that\n", study_name, stale_after, params.stale_after);
   }
-  const int64_t study = db.open_study(study_name, settings);
   auto strategy = make_strategy(params.strategy, radices, options);
 
   // Metrics the strategy needs, and what the study already holds.
-  std::vector<std::string> needed;
-  for (const auto& o : objectives) needed.push_back(o.metric);
-  for (const auto& c : constraints) needed.push_back(c.metric);
-  for (const auto& [m, v] : options.target) needed.push_back(m);
+  std::vector<std::string> needed = used_metrics;
   needed.push_back(options.size_metric);
   std::sort(needed.begin(), needed.end());
   needed.erase(std::unique(needed.begin(), needed.end()), needed.end());
@@ -254,6 +380,7 @@ int run_sweep(const Params& params) {
   };
 
   const auto worker = worker_id();
+  Heartbeat heartbeat(params.db, std::min(30.0, stale_after / 4), stale_after);
   g_signal.store(0);
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -269,17 +396,23 @@ int run_sweep(const Params& params) {
   std::vector<Point> pending;  // asked, not yet told
   bool finished = false, budget_reached = false;
   int exit_code = 0;
-  std::vector<std::string> metric_order;
 
-  auto evaluate = [&](const Point& p, const Config& config, const std::string& canonical, int64_t claim) -> Observation {
-    Heartbeat heartbeat(params.db, claim, std::min(30.0, params.stale_after / 4));
+  // Evaluates one claimed configuration and stores the result; nullopt when the claim was lost
+  // on the way (nothing stored: the worker that took it over stores its own result).
+  auto evaluate = [&](const Point& p, const Config& config, const std::string& canonical,
+                      int64_t claim) -> std::optional<Observation> {
+    heartbeat.watch(claim);
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<MetricValue> metrics;
     EvalStatus status = EvalStatus::done;
     std::string error;
     std::map<std::string, std::unique_ptr<Progress>> bars;
-    const ProgressFn progress = [&](const std::string& label, int64_t done, int64_t total) {
+    auto check_claim = [&] {
       if (g_signal.load() != 0) throw Interrupted{};
+      if (heartbeat.is_lost()) throw ClaimLost{heartbeat.lost()};
+    };
+    const ProgressFn progress = [&](const std::string& label, int64_t done, int64_t total) {
+      check_claim();
       auto& bar = bars[label];
       if (!bar) bar = std::make_unique<Progress>(label);
       bar->update(done, total);
@@ -290,10 +423,11 @@ int run_sweep(const Params& params) {
       if (!config.is_base() && !size_only) {
         decomposed = std::make_unique<Model>(decompose_model(base, config, factor_cache, nullptr, activation));
       }
-      if (g_signal.load() != 0) throw Interrupted{};
+      check_claim();
       const auto t_model = std::chrono::steady_clock::now();
       const auto reports = evaluator.run(decomposed ? *decomposed : base, config, progress);
       model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count();
+      check_claim();
       for (const auto& r : reports) {
         for (const auto& m : r.metrics) {
           nlohmann::json protocol = r.protocol;
@@ -301,19 +435,54 @@ int run_sweep(const Params& params) {
             protocol["calibration"] = activation.calibration->info;
             protocol["asvd_alpha"] = activation.asvd_alpha;
           }
-          metrics.push_back({m.name(), m.value, m.stderr_, m.n, m.status, protocol});
-          if (m.status != "ok") status = EvalStatus::nan;
+          // An infinite value (a perplexity that overflowed) is as unusable as a NaN.
+          const bool finite = m.status == "ok" && std::isfinite(m.value);
+          metrics.push_back({m.name(), m.value, m.stderr_, m.n, finite ? m.status : "nan", protocol});
+          if (!finite) status = EvalStatus::nan;
         }
       }
-    } catch (const Error& e) {
-      status = EvalStatus::failed;
-      error = e.what();
-      metrics.clear();
+    } catch (const Interrupted&) {
+      heartbeat.unwatch();
+      throw;
+    } catch (const ClaimLost& lost) {
+      heartbeat.unwatch();
+      bars.clear();
+      const bool released = db.release(claim);
+      fmt::print(stderr, "sweep: stopped evaluating {}: {}; nothing of it was stored by this worker{}\n",
+                 canonical.empty() ? "(base model)" : canonical, lost.why,
+                 released ? " (its claim is released)" : "");
+      return std::nullopt;
+    } catch (...) {
+      heartbeat.unwatch();
+      const std::string transient = transient_reason(std::current_exception());
+      if (!transient.empty()) {
+        bars.clear();
+        bool released = false;
+        try {
+          released = db.release(claim);
+        } catch (const std::exception&) {
+        }
+        fail("evaluating {}: {}; nothing was stored for it and {}; rerun to retry it",
+             canonical.empty() ? "(base model)" : canonical, transient,
+             released ? "its claim is released"
+                      : fmt::format("its claim will be taken over once stale ({:g} s, or at once on this host)", stale_after));
+      }
+      try {
+        throw;
+      } catch (const Error& e) {  // bad input for this configuration: a permanent failure
+        status = EvalStatus::failed;
+        error = e.what();
+        metrics.clear();
+      }
     }
+    heartbeat.unwatch();
     bars.clear();
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!db.complete(claim, metrics, status, wall, error)) {
-      fmt::print(stderr, "sweep: the claim on {} was taken over by another worker; its result is kept\n", canonical);
+      fmt::print(stderr, "sweep: the claim on {} was taken over by another worker while this one evaluated it; "
+                 "this result was discarded, the other worker's is the one stored\n",
+                 canonical.empty() ? "(base model)" : canonical);
+      return std::nullopt;
     }
     ++evaluated;
     eval_seconds += wall;
@@ -325,7 +494,7 @@ int run_sweep(const Params& params) {
     // The live line: progress, this configuration's objectives, ETA, front size.
     const StatusCounts counts = db.counts(study);
     const double per_eval = eval_seconds / static_cast<double>(evaluated);
-    const double eta = per_eval * static_cast<double>(std::max<int64_t>(0, budget - counts.total()));
+    const double eta = per_eval * static_cast<double>(std::max<int64_t>(0, budget - counts.finished()));
     std::string values;
     for (const auto& o : objectives) {
       values += fmt::format("{}={} ", o.metric, obs.metrics.count(o.metric) ? short_number(obs.metrics[o.metric]) : "-");
@@ -335,6 +504,23 @@ int run_sweep(const Params& params) {
                front_size(), clock_text(eta), canonical.empty() ? "(base model)" : canonical);
     std::fflush(stdout);
     return obs;
+  };
+
+  // What this worker waits for, and when it last said so (a line when a wait begins, then one a
+  // minute): never a silent wait.
+  std::map<std::string, std::chrono::steady_clock::time_point> wait_noted;
+  auto note_wait = [&](const std::string& key, const std::string& line) {
+    const auto now = std::chrono::steady_clock::now();
+    auto it = wait_noted.find(key);
+    if (it != wait_noted.end() && now - it->second < std::chrono::seconds(60)) return;
+    wait_noted[key] = now;
+    fmt::print("{}\n", line);
+    std::fflush(stdout);
+  };
+  auto describe_claim = [&](const ClaimInfo& c) {
+    const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    return fmt::format("claimed by {} {:.0f} s ago, last heartbeat {:.0f} s ago; taken over after {:g} s without one",
+                       c.worker, now - c.claimed_at, now - c.heartbeat_at, stale_after);
   };
 
   try {
@@ -360,19 +546,49 @@ int run_sweep(const Params& params) {
           told.push_back({p, it->second.metrics, it->second.ok});
           continue;
         }
-        if (db.counts(study).total() >= budget) {
+        // The budget counts finished evaluations. Claims of live workers hold the rest of it:
+        // wait for them; claims of dead workers (stale) are taken over below.
+        const StatusCounts counts = db.counts(study);
+        if (counts.finished() >= budget) {
           budget_reached = true;
           still.push_back(p);
           continue;
         }
-        const auto claim = db.claim(study, model_id, canonical, worker, params.stale_after);
-        if (!claim) {  // finished meanwhile, or another worker has it
+        const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+        const auto claims = db.claims(study);
+        const ClaimInfo* held = nullptr;
+        int64_t live = 0;
+        for (const auto& c : claims) {
+          if (claim_is_stale(c, now, stale_after)) continue;
+          ++live;
+          if (c.config == canonical) held = &c;
+        }
+        if (!held && counts.finished() + live >= budget) {
           waiting_on_others = true;
+          note_wait("budget", fmt::format("sweep: {} of {} evaluations finished and {} in flight by other workers: "
+                                          "waiting for them", counts.finished(), budget, live));
           still.push_back(p);
           continue;
         }
+        std::optional<int64_t> claim;
+        if (!held) claim = db.claim(study, model_id, canonical, worker, stale_after);
+        if (!claim) {  // finished meanwhile, or another worker has it
+          waiting_on_others = true;
+          if (held) {
+            note_wait(canonical, fmt::format("sweep: waiting for {} ({})", canonical.empty() ? "(base model)" : canonical,
+                                             describe_claim(*held)));
+          }
+          still.push_back(p);
+          continue;
+        }
+        wait_noted.erase(canonical);
         try {
-          told.push_back(evaluate(p, config, canonical, *claim));
+          if (auto obs = evaluate(p, config, canonical, *claim)) {
+            told.push_back(std::move(*obs));
+          } else {
+            waiting_on_others = true;  // another worker has it now
+            still.push_back(p);
+          }
         } catch (const Interrupted&) {
           db.release(*claim);
           still.push_back(p);
@@ -410,6 +626,7 @@ int run_sweep(const Params& params) {
                wall, model_seconds, eval_seconds - model_seconds, wall - eval_seconds,
                wall > 0 ? 100.0 * (wall - eval_seconds) / wall : 0.0);
   }
+  std::fflush(stdout);  // the summary is out before the connections close
   return exit_code;
 }
 

@@ -1,14 +1,16 @@
 // The results database: see results_db.hpp and docs/database.md.
 #include "db/results_db.hpp"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <random>
 #include <set>
 #include <thread>
@@ -20,6 +22,7 @@
 #include <xxhash.h>
 
 #include "core/error.hpp"
+#include "core/json_file.hpp"
 
 namespace rankscope {
 
@@ -121,6 +124,24 @@ bool is_busy(int rc) {
   return primary == SQLITE_BUSY || primary == SQLITE_LOCKED;
 }
 
+// Out of disk space, out of memory, an I/O error: the machine, not the database, is at fault.
+bool is_transient(int rc) {
+  const int primary = rc & 0xff;
+  return primary == SQLITE_FULL || primary == SQLITE_NOMEM || primary == SQLITE_IOERR;
+}
+
+// A metric a search can use: status ok and a finite value (an infinite perplexity is as
+// unusable as a NaN one, and is stored with status nan).
+bool metric_usable(const MetricValue& m) { return m.status == "ok" && !std::isinf(m.value); }
+
+// The status an evaluation is stored with: `done` becomes `nan` when a metric is not usable.
+EvalStatus settled_status(EvalStatus status, const std::vector<MetricValue>& metrics) {
+  if (status != EvalStatus::done) return status;
+  for (const auto& m : metrics)
+    if (!metric_usable(m)) return EvalStatus::nan;
+  return status;
+}
+
 }  // namespace
 
 std::string_view status_name(EvalStatus status) {
@@ -152,6 +173,29 @@ std::string worker_id() {
   return fmt::format("{}:{}", host, static_cast<long>(getpid()));
 }
 
+bool worker_is_gone(std::string_view worker) {
+  const size_t colon = worker.rfind(':');
+  if (colon == std::string_view::npos) return false;
+  const std::string self = worker_id();
+  if (host_of(worker) != host_of(self)) return false;
+  long pid = 0;
+  const std::string_view digits = worker.substr(colon + 1);
+  if (digits.empty() || digits.size() > 9) return false;
+  for (const char c : digits) {
+    if (c < '0' || c > '9') return false;
+    pid = pid * 10 + (c - '0');
+  }
+  if (pid <= 0) return false;
+  // kill(pid, 0) checks existence without signalling; EPERM means it exists (another user's).
+  return kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+bool claim_is_stale(const ClaimInfo& claim, double now, double stale_after_seconds) {
+  if (claim.heartbeat_at < now - stale_after_seconds) return true;
+  if (claim.heartbeat_at > now + stale_after_seconds) return true;
+  return worker_is_gone(claim.worker);
+}
+
 std::string config_hash(std::string_view canonical) { return hex128(canonical.data(), canonical.size()); }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,7 +222,9 @@ struct ResultsDbImpl {
   void check(int rc, std::string_view what) const {
     if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
     if (is_busy(rc)) throw Busy{};
-    fail("{}: {}: {}", name, what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    const std::string message = fmt::format("{}: {}: {}", name, what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    if (is_transient(rc)) throw TransientError(message);
+    throw Error(message);
   }
 
   sqlite3_stmt* prepare(const std::string& sql) {
@@ -202,7 +248,9 @@ struct ResultsDbImpl {
     sqlite3_free(message);
     if (rc == SQLITE_OK) return;
     if (is_busy(rc)) throw Busy{};
-    fail("{}: {}", name, text.empty() ? sqlite3_errstr(rc) : text);
+    const std::string line = fmt::format("{}: {}", name, text.empty() ? sqlite3_errstr(rc) : text);
+    if (is_transient(rc)) throw TransientError(line);
+    throw Error(line);
   }
 
   void rollback_if_open() {
@@ -259,7 +307,7 @@ struct ResultsDbImpl {
   }
 
   void open();
-  void validate_read_only();
+  void classify();
   void migrate();
 
   int64_t config_id(std::string_view canonical, bool create);
@@ -332,11 +380,7 @@ class Query {
 };
 
 nlohmann::json parse_json_column(const Impl& impl, std::string_view text, std::string_view where) {
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed JSON in {}: {}", impl.name, where, e.what());
-  }
+  return parse_json_text(text, fmt::format("{}: {}", impl.name, where));
 }
 
 // What an existing file holds, read without writing anything.
@@ -346,64 +390,38 @@ struct Header {
 
 }  // namespace
 
-// Opens the file read-only to classify it before anything is written: a foreign or newer file
-// is refused with its bytes untouched (a read-only connection never checkpoints or rolls back).
+// Classifies the file through the connection itself, before anything is written: a foreign or
+// newer file is refused with its bytes untouched (reads change nothing; in WAL mode SQLite's own
+// -wal/-shm files come and go as for any reader).
 //
-// Without a -wal file the main file holds the whole database, and it is read with immutable=1:
-// no locks and no -wal/-shm files are created beside a foreign file. With one, a plain read-only
-// connection reads through the WAL (its side files exist already).
-void Impl::validate_read_only() {
-  std::string uri = "file:";
-  for (const unsigned char c : name) {
-    if (std::isalnum(c) || std::strchr("/-._~", c))
-      uri += static_cast<char>(c);
-    else
-      uri += fmt::format("%{:02X}", c);
-  }
-  if (!std::filesystem::exists(name + "-wal")) uri += "?immutable=1";
-  sqlite3* ro = nullptr;
-  int rc = sqlite3_open_v2(uri.c_str(), &ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI,
-                           nullptr);
-  auto close = [&] {
-    sqlite3_close_v2(ro);
-    ro = nullptr;
-  };
-  if (rc != SQLITE_OK) {
-    std::string message = ro ? sqlite3_errmsg(ro) : sqlite3_errstr(rc);
-    close();
-    fail("{}: cannot open database: {}", name, message);
-  }
-  sqlite3_busy_timeout(ro, busy_wait_ms());
+// The file is never opened other than through SQLite. POSIX locks belong to the process, not to
+// a descriptor: closing any descriptor of the file (an ifstream peeking at the header, or an
+// `immutable=1` connection, which closes its descriptor directly) drops every lock this process
+// holds on it, including those of its other connections. Other processes then take this
+// process's connections for gone, and the last one to close deletes -wal and -shm under them:
+// the corruption issue 10 saw with four workers and a polling reader.
+void Impl::classify() {
   auto read = [&]() -> Header {
     Header header;
-    const char* queries[] = {"PRAGMA application_id", "PRAGMA user_version",
-                             "SELECT count(*) FROM sqlite_master"};
+    const char* queries[] = {"PRAGMA application_id", "PRAGMA user_version", "SELECT count(*) FROM sqlite_master"};
     int64_t* outputs[] = {&header.application_id, &header.user_version, &header.n_objects};
     for (int i = 0; i < 3; ++i) {
       sqlite3_stmt* stmt = nullptr;
-      int code = sqlite3_prepare_v2(ro, queries[i], -1, &stmt, nullptr);
+      int code = sqlite3_prepare_v2(db, queries[i], -1, &stmt, nullptr);
       if (code == SQLITE_OK) code = sqlite3_step(stmt);
       if (code == SQLITE_ROW) *outputs[i] = sqlite3_column_int64(stmt, 0);
       sqlite3_finalize(stmt);
       if (code != SQLITE_ROW) {
         if (is_busy(code)) throw Busy{};
-        std::string message = sqlite3_errmsg(ro);
-        if ((code & 0xff) == SQLITE_NOTADB || (code & 0xff) == SQLITE_CORRUPT)
-          fail("{}: not a rankscope results database ({})", name, message);
+        std::string message = sqlite3_errmsg(db);
+        if ((code & 0xff) == SQLITE_NOTADB) fail("{}: not a rankscope results database (not an SQLite file)", name);
+        if ((code & 0xff) == SQLITE_CORRUPT) fail("{}: damaged results database ({})", name, message);
         fail("{}: cannot read database: {}", name, message);
       }
     }
     return header;
   };
-  Header header;
-  try {
-    header = retry(read);
-  } catch (...) {
-    close();
-    throw;
-  }
-  close();
-
+  const Header header = retry(read);
   const int64_t latest = static_cast<int64_t>(migrations.size());
   if (header.application_id == kResultsDbApplicationId) {
     if (header.user_version <= 0)
@@ -480,22 +498,15 @@ void Impl::open() {
   const auto status = std::filesystem::status(path, ec);
   const bool exists = std::filesystem::exists(status);
   if (exists && !std::filesystem::is_regular_file(status)) fail("{}: not a regular file", name);
-  const uintmax_t size = exists ? std::filesystem::file_size(path, ec) : 0;
-  if (exists && size > 0) {
-    char magic[16] = {};
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("{}: cannot open for reading", name);
-    in.read(magic, sizeof magic);
-    if (in.gcount() != sizeof magic || std::memcmp(magic, "SQLite format 3", 16) != 0)
-      fail("{}: not a rankscope results database (not an SQLite file)", name);
-    validate_read_only();  // throws for foreign or newer files
-  }
-  const int rc = sqlite3_open_v2(name.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (!exists && !options.create) fail("{}: no such results database", name);
+  const int flags = SQLITE_OPEN_READWRITE | (options.create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
+  const int rc = sqlite3_open_v2(name.c_str(), &db, flags, nullptr);
   if (rc != SQLITE_OK) {
     std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     fail("{}: cannot open database: {}", name, message);
   }
+  sqlite3_busy_timeout(db, busy_wait_ms());
+  classify();  // throws for foreign or newer files, before anything is written
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, busy_wait_ms());
   exec("PRAGMA foreign_keys = ON");
@@ -588,7 +599,8 @@ void Impl::insert_metrics(int64_t evaluation, const std::vector<MetricValue>& me
     Query q(*this,
             "INSERT INTO metrics (metric_id, evaluation_id, value, stderr, n, status, protocol_id) "
             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    q.bind(1, mid).bind(2, evaluation).bind(3, m.value).bind(4, m.stderr_).bind(5, m.n).bind(6, m.status);
+    q.bind(1, mid).bind(2, evaluation).bind(3, m.value).bind(4, m.stderr_).bind(5, m.n);
+    q.bind(6, metric_usable(m) ? std::string_view(m.status) : std::string_view("nan"));
     if (protocol_id >= 0)
       q.bind(7, protocol_id);
     else
@@ -618,17 +630,61 @@ const std::filesystem::path& ResultsDb::path() const { return impl_->path; }
 
 int ResultsDb::schema_version() { return static_cast<int>(builtin_migrations().size()); }
 
-int64_t ResultsDb::open_study(const std::string& name, const nlohmann::json& settings) {
+int64_t ResultsDb::open_study(const std::string& name, const nlohmann::json& settings,
+                              const std::function<void(const nlohmann::json& existing)>& check_existing) {
   Impl& d = *impl_;
   return d.transaction(true, [&] {
     {
-      Query q(d, "SELECT id FROM studies WHERE name = ?1");
+      Query q(d, "SELECT id, settings FROM studies WHERE name = ?1");
       q.bind(1, name);
-      if (q.step()) return q.i64(0);
+      if (q.step()) {
+        const int64_t id = q.i64(0);
+        if (check_existing)
+          check_existing(parse_json_column(d, q.text_view(1), fmt::format("the settings of study '{}'", name)));
+        return id;
+      }
     }
     Query q(d, "INSERT INTO studies (name, created_at, settings) VALUES (?1, ?2, ?3)");
     q.bind(1, name).bind(2, now_seconds()).bind(3, settings.dump()).run();
     return static_cast<int64_t>(sqlite3_last_insert_rowid(d.db));
+  });
+}
+
+bool ResultsDb::delete_study(const std::string& name) {
+  Impl& d = *impl_;
+  return d.transaction(true, [&] {
+    int64_t id = -1;
+    {
+      Query q(d, "SELECT id FROM studies WHERE name = ?1");
+      q.bind(1, name);
+      if (!q.step()) return false;
+      id = q.i64(0);
+    }
+    // Metrics first (their cascade from evaluations would visit them one evaluation at a time).
+    Query m(d, "DELETE FROM metrics WHERE evaluation_id IN (SELECT id FROM evaluations WHERE study_id = ?1)");
+    m.bind(1, id).run();
+    Query e(d, "DELETE FROM evaluations WHERE study_id = ?1");
+    e.bind(1, id).run();
+    Query st(d, "DELETE FROM strategy_state WHERE study_id = ?1");
+    st.bind(1, id).run();
+    Query s(d, "DELETE FROM studies WHERE id = ?1");
+    s.bind(1, id).run();
+    return true;
+  });
+}
+
+void ResultsDb::rename_study(const std::string& from, const std::string& to) {
+  Impl& d = *impl_;
+  if (to.empty()) fail("{}: a study needs a non-empty name", d.name);
+  d.transaction(true, [&] {
+    {
+      Query q(d, "SELECT 1 FROM studies WHERE name = ?1");
+      q.bind(1, to);
+      if (q.step()) fail("{}: cannot rename study '{}' to '{}': a study of that name exists", d.name, from, to);
+    }
+    Query q(d, "UPDATE studies SET name = ?1 WHERE name = ?2");
+    q.bind(1, to).bind(2, from).run();
+    if (sqlite3_changes(d.db) == 0) fail("{}: no study '{}'", d.name, from);
   });
 }
 
@@ -720,14 +776,17 @@ std::optional<int64_t> ResultsDb::claim(int64_t study, int64_t model, std::strin
     const double now = now_seconds();
     const int64_t cid = d.config_id(config, true);
     {
-      Query q(
-          d,
-          "SELECT id, status, heartbeat_at FROM evaluations WHERE study_id = ?1 AND configuration_id = ?2");
+      Query q(d,
+              "SELECT id, status, heartbeat_at, worker FROM evaluations WHERE study_id = ?1 AND "
+              "configuration_id = ?2");
       q.bind(1, study).bind(2, cid);
       if (q.step()) {
         const int64_t existing = q.i64(0);
         if (q.text_view(1) != "claimed") return std::nullopt;
-        if (q.f64(2) >= now - stale_after_seconds) return std::nullopt;
+        ClaimInfo held;
+        held.heartbeat_at = q.f64(2);
+        held.worker = q.text(3);
+        if (!claim_is_stale(held, now, stale_after_seconds)) return std::nullopt;
         // A stale claim: its worker is presumed dead; the new claim gets a new id.
         Query del(d, "DELETE FROM evaluations WHERE id = ?1");
         del.bind(1, existing).run();
@@ -772,7 +831,7 @@ bool ResultsDb::complete(int64_t evaluation, const std::vector<MetricValue>& met
           d,
           "UPDATE evaluations SET status = ?1, finished_at = ?2, heartbeat_at = ?2, wall_s = ?3, error = ?4 "
           "WHERE id = ?5 AND status = 'claimed'");
-      q.bind(1, status_name(status)).bind(2, now).bind(3, wall_s);
+      q.bind(1, status_name(settled_status(status, metrics))).bind(2, now).bind(3, wall_s);
       if (error.empty())
         q.bind_null(4);
       else
@@ -809,7 +868,8 @@ int64_t ResultsDb::add_evaluations(int64_t study, int64_t model,
           d,
           "INSERT INTO evaluations (study_id, configuration_id, model_id, status, worker, host, claimed_at, "
           "heartbeat_at, finished_at, wall_s, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)");
-      q.bind(1, study).bind(2, cid).bind(3, model).bind(4, status_name(e.status)).bind(5, worker_text);
+      q.bind(1, study).bind(2, cid).bind(3, model).bind(4, status_name(settled_status(e.status, e.metrics)));
+      q.bind(5, worker_text);
       q.bind(6, host).bind(7, now).bind(8, e.wall_s);
       if (e.error.empty())
         q.bind_null(9);
@@ -843,6 +903,30 @@ StatusCounts ResultsDb::counts(int64_t study) const {
     q.bind(1, study);
     while (q.step()) add_count(counts, q.text_view(0), q.i64(1));
     return counts;
+  });
+}
+
+std::vector<std::string> ResultsDb::metric_names() const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    std::vector<std::string> out;
+    Query q(d, "SELECT name FROM metric_names ORDER BY name");
+    while (q.step()) out.push_back(q.text(0));
+    return out;
+  });
+}
+
+std::vector<ClaimInfo> ResultsDb::claims(int64_t study) const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    std::vector<ClaimInfo> out;
+    Query q(d,
+            "SELECT e.id, c.canonical, e.worker, e.claimed_at, e.heartbeat_at FROM evaluations e "
+            "JOIN configurations c ON c.id = e.configuration_id WHERE e.study_id = ?1 AND e.status = 'claimed' "
+            "ORDER BY e.id");
+    q.bind(1, study);
+    while (q.step()) out.push_back({q.i64(0), q.text(1), q.text(2), q.f64(3), q.f64(4)});
+    return out;
   });
 }
 

@@ -39,6 +39,10 @@ inline bool is_finished(EvalStatus status) { return status != EvalStatus::claime
 
 // "hostname:pid" of this process: the worker id recorded with every claim.
 std::string worker_id();
+// True when `worker` ("host:pid") names a process on this host that no longer exists: its
+// claims can be taken over at once. False for other hosts (nothing can be known of them) and
+// for live processes.
+bool worker_is_gone(std::string_view worker);
 // 32 hex digits: XXH3-128 of the canonical configuration string (configurations.hash).
 std::string config_hash(std::string_view canonical);
 
@@ -96,6 +100,18 @@ struct EvaluationRecord {
   std::vector<MetricValue> metrics;  // sorted by name
 };
 
+// A live claim: a configuration a worker is evaluating (or was, until it died).
+struct ClaimInfo {
+  int64_t id = 0;  // the evaluation's id
+  std::string config, worker;
+  double claimed_at = 0, heartbeat_at = 0;  // Unix seconds, the claimant's clock
+};
+
+// Whether a claim may be taken over at time `now`: its heartbeat is older than stale_after
+// seconds, or more than stale_after seconds in the future (a clock or a file that cannot be
+// trusted: waiting for it would never end), or its worker is a process of this host that is gone.
+bool claim_is_stale(const ClaimInfo& claim, double now, double stale_after_seconds);
+
 // A finished evaluation recorded without a claim (imports, benchmarks): see add_evaluations.
 struct NewEvaluation {
   std::string config;  // canonical string
@@ -113,6 +129,9 @@ class ResultsDb {
     // The schema steps (migrations[k] takes version k to k+1); nullptr: the built-in list.
     // Only tests pass their own, to exercise upgrades.
     const std::vector<std::string>* migrations = nullptr;
+    // Create the file (and its schema) when it does not exist. Read-only commands pass false:
+    // a mistyped path is then an error, not a new empty database.
+    bool create = true;
   };
 
   // Opens `path`, creating it (and its schema) when it does not exist or is empty, and migrating
@@ -130,9 +149,17 @@ class ResultsDb {
   static int schema_version();  // the version this build writes (PRAGMA user_version)
 
   // --- studies and models ---------------------------------------------------------------------
-  // The id of study `name`, created with `settings` when absent (an existing study keeps its
-  // settings: compare them through find_study).
-  int64_t open_study(const std::string& name, const nlohmann::json& settings);
+  // The id of study `name`, created with `settings` when absent. An existing study keeps its
+  // settings: `check_existing`, when given, is called with them inside the same write
+  // transaction (throw Error to refuse), so the check and the creation are atomic.
+  int64_t open_study(const std::string& name, const nlohmann::json& settings,
+                     const std::function<void(const nlohmann::json& existing)>& check_existing = {});
+  // Deletes a study and everything recorded for it (evaluations, metrics, strategy state);
+  // false when there is no such study. Configurations, models and protocols shared with other
+  // studies stay.
+  bool delete_study(const std::string& name);
+  // Renames a study; Error when `from` does not exist or `to` is taken.
+  void rename_study(const std::string& from, const std::string& to);
   std::optional<StudyInfo> find_study(const std::string& name) const;
   std::vector<StudyInfo> studies() const;  // by name, with counts per status
   // The id of the model with this content hash, inserted when new (path updated when known).
@@ -141,8 +168,8 @@ class ResultsDb {
   // --- the claim protocol ---------------------------------------------------------------------
   // Atomically claims (study, config) for `worker` ("host:pid", see worker_id(); the part before
   // the last ':' is recorded as the host): returns the new evaluation's id, or nullopt
-  // when the configuration is finished in this study or claimed with a heartbeat younger than
-  // stale_after_seconds. A stale claim is taken over: it is deleted and a new evaluation (a new,
+  // when the configuration is finished in this study or claimed and not stale (see
+  // claim_is_stale). A stale claim is taken over: it is deleted and a new evaluation (a new,
   // never reused id) is returned, so the old worker's id no longer names a claim.
   std::optional<int64_t> claim(int64_t study, int64_t model, std::string_view config, std::string_view worker,
                                double stale_after_seconds);
@@ -153,7 +180,8 @@ class ResultsDb {
   // `evaluation` is no longer a claim.
   bool release(int64_t evaluation);
   // Finishes a claim: status (done, failed or nan), metrics, wall time and error text in one
-  // transaction. Returns false and writes nothing when `evaluation` is no longer a claim (it was
+  // transaction. A metric whose status is not "ok" or whose value is infinite is stored with
+  // status "nan", and turns a `done` evaluation into `nan` (add_evaluations alike). Returns false and writes nothing when `evaluation` is no longer a claim (it was
   // taken over or released): a late result is ignored, never duplicated. Throws Error for a
   // status of claimed or a metric named twice.
   bool complete(int64_t evaluation, const std::vector<MetricValue>& metrics, EvalStatus status, double wall_s,
@@ -169,6 +197,10 @@ class ResultsDb {
   // The status of (study, config), nullopt when it was never claimed (or its claim released).
   std::optional<EvalStatus> status_of(int64_t study, std::string_view config) const;
   StatusCounts counts(int64_t study) const;
+  // Every metric name recorded in the database (any study), sorted.
+  std::vector<std::string> metric_names() const;
+  // The study's claims (status claimed), ascending by id.
+  std::vector<ClaimInfo> claims(int64_t study) const;
   // The Pareto input (see MetricRows): one index scan of the study's evaluations plus one ordered
   // primary-key scan per metric, merge-joined; about 0.5 s for 1,000,000 evaluations x 2 metrics.
   MetricRows metric_rows(int64_t study, const std::vector<std::string>& metrics) const;

@@ -136,7 +136,11 @@ void require_refused(const fs::path& path, const std::string& reason) {
     CHECK(message.find('\n') == std::string::npos);
   }
   CHECK(read_bytes(path) == before);
-  CHECK(list_dir(path.parent_path()) == files_before);  // no -wal/-shm/-journal left beside it
+  // No -wal/-shm/-journal left beside it. (Side files another program left there may go: the
+  // refusing connection, the last one to close, checkpoints an empty WAL and removes both.)
+  const auto files_after = list_dir(path.parent_path());
+  CHECK(std::includes(files_before.begin(), files_before.end(), files_after.begin(), files_after.end()));
+  CHECK(files_after.count(path.filename().string()) == 1);
 }
 
 }  // namespace
@@ -624,4 +628,126 @@ TEST_CASE("db: a writer killed with SIGKILL leaves a valid database and its clai
   REQUIRE(taken);
   CHECK(db.complete(*taken, {{"task.ppl", 1.0}}, EvalStatus::done, 0.1));
   CHECK(db.status_of(study, "L0:all=1") == EvalStatus::done);
+}
+
+TEST_CASE("db: which claims may be taken over") {
+  const double now = 1.0e9;
+  const std::string self = worker_id();
+  const std::string host = self.substr(0, self.rfind(':'));
+  const pid_t gone = spawn([] { return 0; });
+  wait_exit_code(gone);
+  ClaimInfo c;
+  c.worker = "elsewhere:1";
+  c.heartbeat_at = now - 10;
+  CHECK(!claim_is_stale(c, now, 60));          // another host, heard from 10 s ago
+  CHECK(claim_is_stale(c, now, 5));            // ... stale after 5 s of silence
+  c.heartbeat_at = now + 30;
+  CHECK(!claim_is_stale(c, now, 60));          // a little ahead: clocks of two hosts
+  c.heartbeat_at = now + 3600;
+  CHECK(claim_is_stale(c, now, 60));           // far ahead: never trusted, never waited for
+  c.heartbeat_at = now;
+  c.worker = self;
+  CHECK(!claim_is_stale(c, now, 60));          // this very process
+  c.worker = fmt::format("{}:{}", host, gone);
+  CHECK(claim_is_stale(c, now, 3600));         // a process of this host that is gone
+  CHECK(worker_is_gone(c.worker));
+  CHECK(!worker_is_gone(self));
+  CHECK(!worker_is_gone("elsewhere:1"));
+  CHECK(!worker_is_gone(host + ":notapid"));
+  CHECK(!worker_is_gone(host));
+
+  // claim() takes such a claim over at once, whatever the timeout.
+  const auto dir = test::scratch_dir("db_stale_kinds");
+  ResultsDb db(dir / "r.db");
+  const int64_t study = db.open_study("s", {});
+  const int64_t model = db.add_model(test_model());
+  const auto dead = db.claim(study, model, "L0:q=1", c.worker, 3600);
+  REQUIRE(dead);
+  const auto taken = db.claim(study, model, "L0:q=1", "elsewhere:2", 3600);
+  REQUIRE(taken);
+  CHECK(*taken != *dead);
+  const auto claims = db.claims(study);
+  REQUIRE(claims.size() == 1);
+  CHECK(claims[0].worker == "elsewhere:2");
+  CHECK(claims[0].config == "L0:q=1");
+}
+
+TEST_CASE("db: an infinite metric is stored with status nan") {
+  const auto dir = test::scratch_dir("db_inf");
+  ResultsDb db(dir / "r.db");
+  const int64_t study = db.open_study("s", {});
+  const int64_t model = db.add_model(test_model());
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto a = db.claim(study, model, "L0:q=1", "h:1", 60);
+  REQUIRE(db.complete(*a, {{"t.ppl", inf}, {"size.params", 10.0}}, EvalStatus::done, 1.0));
+  CHECK(db.status_of(study, "L0:q=1") == EvalStatus::nan);
+  CHECK(db.add_evaluations(study, model, {{"L1:q=1", EvalStatus::done, {{"t.ppl", -inf}}}}) == 1);
+  CHECK(db.status_of(study, "L1:q=1") == EvalStatus::nan);
+  CHECK(db.add_evaluations(study, model, {{"L2:q=1", EvalStatus::done, {{"t.ppl", 3.0}}}}) == 1);
+  CHECK(db.status_of(study, "L2:q=1") == EvalStatus::done);
+  std::map<std::string, std::string> metric_status;
+  db.for_each_evaluation(study, [&](const EvaluationRecord& r) {
+    for (const auto& m : r.metrics) metric_status[r.config + " " + m.name] = m.status;
+  });
+  CHECK(metric_status["L0:q=1 t.ppl"] == "nan");
+  CHECK(metric_status["L0:q=1 size.params"] == "ok");
+  CHECK(metric_status["L1:q=1 t.ppl"] == "nan");
+  CHECK(metric_status["L2:q=1 t.ppl"] == "ok");
+  CHECK(db.counts(study).nan == 2);
+}
+
+TEST_CASE("db: JSON nested past any sane depth is one error, not a crash") {
+  const auto dir = test::scratch_dir("db_deep_json");
+  const auto path = dir / "r.db";
+  {
+    ResultsDb db(path);
+    const int64_t study = db.open_study("s", {{"a", 1}});
+    db.save_strategy_state(study, {{"b", 2}});
+  }
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  raw_exec(path, "UPDATE studies SET settings = '" + deep + "'; UPDATE strategy_state SET state = '" + deep + "';");
+  ResultsDb db(path);
+  CHECK_THROWS_WITH(db.find_study("s"), Contains("r.db") && Contains("nested more than"));
+  CHECK_THROWS_WITH(db.studies(), Contains("nested more than"));
+  CHECK_THROWS_WITH(db.load_strategy_state(1), Contains("nested more than"));
+  CHECK(db.integrity_check() == "ok");
+}
+
+TEST_CASE("db: studies are deleted and renamed whole; a missing file is not created on request") {
+  const auto dir = test::scratch_dir("db_study_edit");
+  CHECK_THROWS_WITH(ResultsDb(dir / "absent.db", {.create = false}), Contains("absent.db: no such results database"));
+  CHECK(!fs::exists(dir / "absent.db"));
+  ResultsDb db(dir / "r.db");
+  const int64_t a = db.open_study("a", {});
+  const int64_t b = db.open_study("b", {});
+  const int64_t model = db.add_model(test_model());
+  db.add_evaluations(a, model, {{"L0:q=1", EvalStatus::done, {{"x.y", 1.0}}}});
+  db.add_evaluations(b, model, {{"L0:q=1", EvalStatus::done, {{"x.y", 2.0}}}, {"L1:q=1", EvalStatus::done, {{"x.y", 3.0}}}});
+  db.save_strategy_state(b, {{"s", 1}});
+  CHECK(db.metric_names() == std::vector<std::string>{"x.y"});
+  CHECK_THROWS_WITH(db.rename_study("a", "b"), Contains("a study of that name exists"));
+  CHECK_THROWS_WITH(db.rename_study("zz", "q"), Contains("no study 'zz'"));
+  db.rename_study("a", "c");
+  CHECK(!db.find_study("a"));
+  CHECK(db.find_study("c")->counts.done == 1);
+  CHECK(db.delete_study("b"));
+  CHECK(!db.delete_study("b"));
+  CHECK(!db.find_study("b"));
+  CHECK(raw_one(dir / "r.db", "SELECT count(*) FROM evaluations") == "1");
+  CHECK(raw_one(dir / "r.db", "SELECT count(*) FROM metrics") == "1");
+  CHECK(raw_one(dir / "r.db", "SELECT count(*) FROM strategy_state") == "0");
+  CHECK(db.integrity_check() == "ok");
+}
+
+TEST_CASE("db: the settings check and the study's creation are one transaction") {
+  const auto dir = test::scratch_dir("db_open_study_check");
+  ResultsDb db(dir / "r.db");
+  int calls = 0;
+  const int64_t id = db.open_study("s", {{"seed", 1}}, [&](const nlohmann::json&) { ++calls; });
+  CHECK(calls == 0);  // created: nothing to check
+  nlohmann::json seen;
+  CHECK(db.open_study("s", {{"seed", 2}}, [&](const nlohmann::json& existing) { seen = existing; }) == id);
+  CHECK(seen == nlohmann::json{{"seed", 1}});
+  CHECK_THROWS_WITH(db.open_study("s", {}, [](const nlohmann::json&) { rankscope::fail("refused"); }), "refused");
+  CHECK(db.studies().size() == 1);
 }

@@ -1,21 +1,25 @@
 // rankscope sweep as users run it: real processes on real SQLite files with real models.
 // Killed and restarted studies, concurrent workers, resumed evolution, the paper's experiment
 // file against Llama-2-7B shapes, one small case study end to end, and the query commands.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sqlite3.h>
 
 #include "db/results_db.hpp"
 #include "search/pareto.hpp"
@@ -193,7 +197,7 @@ TEST_CASE("sweep: the paper's accuracy-impact file against Llama-2-7B shapes sto
   const auto dir = test::scratch_dir("sweep-paper");
   const fs::path experiment = fs::path(RANKSCOPE_SOURCE_DIR) / "experiments" / "paper" / "accuracy_impact.ini";
   REQUIRE(run({"sweep", experiment.string(), "--model", (test::shared_dir() / "configs" / "llama-2-7b").string(), "--tasks",
-               "size", "--db", (dir / "paper.db").string()},
+               "size", "--objectives", "size.reduction_pct:max", "--db", (dir / "paper.db").string()},
               dir / "log.txt") == 0);
   INFO(read_file(dir / "log.txt"));
   // The CSV's "Decomposition Percentage" column (4th), in file order.
@@ -339,4 +343,349 @@ TEST_CASE("sweep: SIGTERM finishes the current write, releases the claim in flig
   REQUIRE(run(args, dir / "log2.txt") == 0);
   const auto evals = evaluations(dir / "r.db", "term");
   CHECK(evals.size() == 40);
+}
+
+namespace {
+
+// ResultsDb options for a test's own reads: never create what is not there.
+ResultsDb open_existing_db(const fs::path& path) {
+  ResultsDb::Options options;
+  options.create = false;
+  return ResultsDb(path, options);
+}
+
+// A pid that existed a moment ago and no longer does (a child that exited and was reaped).
+pid_t dead_pid() {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return pid;
+}
+
+std::string this_host() { return worker_id().substr(0, worker_id().rfind(':')); }
+
+// Size-only list sweeps: no weights are read, so they take a fraction of a second.
+std::vector<std::string> list_args(const fs::path& dir, const std::string& study, int budget) {
+  return {"sweep", "--model", stories().string(), "--db", (dir / "r.db").string(), "--study", study,
+          "--strategy", "list", "--budget", std::to_string(budget), "--tasks", "size",
+          "--objectives", "size.params:min", "--config", "L0:q=50%@svd", "--config", "L1:q=50%@svd",
+          "--config", "L2:q=50%@svd", "--config", "L3:q=50%@svd", "--data-dir", test::shared_data("").string()};
+}
+
+}  // namespace
+
+TEST_CASE("sweep: closing a connection in one process never removes the -wal of another's open database") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-wal-locks");
+  REQUIRE(run(list_args(dir, "w", 4), dir / "log.txt") == 0);
+  const fs::path db_path = dir / "r.db";
+  ResultsDb held = open_existing_db(db_path);
+  const int64_t study = held.find_study("w")->id;
+  held.save_strategy_state(study, {{"x", 1}});  // a write: -wal holds a frame
+  REQUIRE(fs::exists(db_path.string() + "-wal"));
+  // Other connections of this process come and go (a sweep's heartbeat and queries did so)...
+  for (int i = 0; i < 3; ++i) {
+    ResultsDb other = open_existing_db(db_path);
+    CHECK(other.counts(study).done == 4);
+  }
+  // ...then another process opens and closes the database: it must see this process's
+  // connection, so it is not the last one and leaves -wal and -shm in place.
+  int code = 0;
+  const std::string out = capture("studies --db " + db_path.string(), &code);
+  INFO(out);
+  CHECK(code == 0);
+  CHECK(fs::exists(db_path.string() + "-wal"));
+  CHECK(fs::exists(db_path.string() + "-shm"));
+  CHECK(held.load_strategy_state(study)->at("x") == 1);
+  CHECK(held.integrity_check() == "ok");
+}
+
+TEST_CASE("sweep: four workers and a reader polling every 0.2 s leave a sound, complete database") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-four");
+  auto args = sweep_args(dir, "four", 48, "random");
+  args[std::find(args.begin(), args.end(), "--stale-after") - args.begin() + 1] = "60";
+  const fs::path db_path = dir / "r.db";
+  const std::string wal = db_path.string() + "-wal";
+  // The first worker creates the database; the others join it once it exists.
+  std::vector<pid_t> workers = {spawn_rankscope(args, dir / "w0.txt")};
+  for (int i = 0; i < 600 && !fs::exists(wal); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(fs::exists(wal));
+  for (int i = 1; i < 4; ++i) workers.push_back(spawn_rankscope(args, dir / fmt::format("w{}.txt", i)));
+
+  // A watcher: -wal must exist, as the same file, for as long as any worker holds its connection:
+  // from its "study" line until its closing summary (printed before its connection closes), and
+  // while its process runs. A worker active both before and after a look at -wal held it then.
+  std::atomic<bool> running{true};
+  std::atomic<int> wal_missing{0}, wal_replaced{0};
+  auto active_workers = [&] {
+    std::set<int> active;
+    for (int i = 0; i < 4; ++i) {
+      std::ifstream stat_file(fmt::format("/proc/{}/stat", workers[static_cast<size_t>(i)]));
+      std::string pid, comm, state;
+      if (!(stat_file >> pid >> comm >> state) || state == "Z" || state == "X") continue;
+      const std::string log = read_file(dir / fmt::format("w{}.txt", i));
+      if (log.find("study four in") == std::string::npos) continue;
+      if (log.find("budget reached") != std::string::npos || log.find("strategy finished") != std::string::npos) continue;
+      active.insert(i);
+    }
+    return active;
+  };
+  std::thread watcher([&] {
+    struct stat first {};
+    const bool have_first = stat(wal.c_str(), &first) == 0;
+    while (running.load()) {
+      const std::set<int> before = active_workers();
+      struct stat now {};
+      const bool missing = stat(wal.c_str(), &now) != 0;
+      const bool replaced = !missing && have_first && now.st_ino != first.st_ino;
+      if (missing || replaced) {
+        const std::set<int> after = active_workers();
+        const bool held = std::any_of(before.begin(), before.end(), [&](int w) { return after.count(w) > 0; });
+        if (held && missing) ++wal_missing;
+        if (held && replaced) ++wal_replaced;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  // A reader: `rankscope studies` every 0.2 s, each a process that opens and closes the file.
+  std::atomic<int> reads{0}, failed_reads{0};
+  std::thread reader([&] {
+    while (running.load()) {
+      int code = 0;
+      capture("studies --db " + db_path.string(), &code);
+      ++reads;
+      if (code != 0) ++failed_reads;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  std::vector<int> codes;
+  for (pid_t w : workers) codes.push_back(wait_exit(w));
+  running.store(false);
+  reader.join();
+  watcher.join();
+
+  std::string logs;
+  int64_t stored_lines = 0;
+  for (int i = 0; i < 4; ++i) {
+    const std::string log = read_file(dir / fmt::format("w{}.txt", i));
+    logs += log + "\n---\n";
+    for (size_t p = log.find("\n["); p != std::string::npos; p = log.find("\n[", p + 1)) ++stored_lines;
+  }
+  INFO(logs);
+  for (int code : codes) CHECK(code == 0);
+  CHECK(reads.load() > 0);
+  CHECK(failed_reads.load() == 0);
+  CHECK(wal_missing.load() == 0);
+  CHECK(wal_replaced.load() == 0);
+  ResultsDb db = open_existing_db(db_path);
+  CHECK(db.integrity_check() == "ok");
+  const auto counts = db.find_study("four")->counts;
+  CHECK(counts.done == 48);
+  CHECK(counts.claimed == 0);
+  CHECK(counts.total() == 48);
+  // Every evaluation a worker reported as stored is in the study, and no more.
+  CHECK(stored_lines == 48);
+  CHECK_THAT(logs, !Contains("locked") && !Contains("malformed"));
+}
+
+TEST_CASE("sweep: the budget counts finished evaluations; claims of dead, silent or future-dated workers are taken over") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-budget-claims");
+  // Create the study (stale-after 3 s) with its first configuration, then leave three claims on
+  // the other configurations, as killed or broken workers would.
+  auto args = list_args(dir, "b", 1);
+  args.insert(args.end(), {"--stale-after", "3"});
+  REQUIRE(run(args, dir / "log1.txt") == 0);
+  {
+    ResultsDb db = open_existing_db(dir / "r.db");
+    const auto study = db.find_study("b");
+    REQUIRE(study);
+    CHECK(study->counts.done == 1);
+    const int64_t model = db.add_model({"placeholder-hash", "", "llama", 1});
+    const std::string dead = fmt::format("{}:{}", this_host(), dead_pid());
+    REQUIRE(db.claim(study->id, model, "L1:q=50%@svd", dead, 3));             // a killed worker of this host
+    REQUIRE(db.claim(study->id, model, "L2:q=50%@svd", "elsewhere:42", 3));    // another host, silent from now on
+    const auto future = db.claim(study->id, model, "L3:q=50%@svd", "elsewhere:43", 3);
+    REQUIRE(future);
+    // A heartbeat far in the future (a wrong clock or a damaged row) must not stall anyone.
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open((dir / "r.db").c_str(), &raw) == SQLITE_OK);
+    const std::string sql = fmt::format("UPDATE evaluations SET heartbeat_at = heartbeat_at + 1e7 WHERE id = {}", *future);
+    CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  args = list_args(dir, "b", 4);
+  args.insert(args.end(), {"--stale-after", "3"});
+  REQUIRE(run(args, dir / "log2.txt") == 0);
+  const std::string log = read_file(dir / "log2.txt");
+  INFO(log);
+  // The silent claim was waited for, and the wait said so; then it was taken over.
+  CHECK_THAT(log, Contains("waiting for L2:q=50%@svd (claimed by elsewhere:42"));
+  CHECK_THAT(log, Contains("3 configurations evaluated in this run, 4 in the study (4 done"));
+  ResultsDb db = open_existing_db(dir / "r.db");
+  const auto counts = db.find_study("b")->counts;
+  CHECK(counts.done == 4);
+  CHECK(counts.claimed == 0);
+}
+
+TEST_CASE("sweep: the stale-claim timeout is the study's, not each worker's") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-stale-setting");
+  auto args = list_args(dir, "s", 1);
+  args.insert(args.end(), {"--stale-after", "600"});
+  REQUIRE(run(args, dir / "log1.txt") == 0);
+  int64_t held = 0;
+  {
+    ResultsDb db = open_existing_db(dir / "r.db");
+    const auto study = db.find_study("s");
+    const int64_t model = db.add_model({"placeholder-hash", "", "llama", 1});
+    // A live worker elsewhere, last heard from 5 s ago: stale for --stale-after 1, not for 600.
+    held = *db.claim(study->id, model, "L1:q=50%@svd", "elsewhere:7", 600);
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open((dir / "r.db").c_str(), &raw) == SQLITE_OK);
+    const std::string sql = fmt::format("UPDATE evaluations SET heartbeat_at = heartbeat_at - 5 WHERE id = {}", held);
+    CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  args = list_args(dir, "s", 4);
+  args.insert(args.end(), {"--stale-after", "1"});
+  const pid_t pid = spawn_rankscope(args, dir / "log2.txt");
+  bool waited = false;
+  for (int i = 0; i < 600 && !waited; ++i) {
+    waited = read_file(dir / "log2.txt").find("waiting for L1:q=50%@svd") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // past this run's 1 s
+  kill(pid, SIGTERM);
+  CHECK(wait_exit(pid) == 128 + SIGTERM);
+  const std::string log = read_file(dir / "log2.txt");
+  INFO(log);
+  CHECK(waited);
+  CHECK_THAT(log, Contains("takes claims over after 600 s of silence"));
+  ResultsDb db = open_existing_db(dir / "r.db");
+  const auto claims = db.claims(db.find_study("s")->id);
+  REQUIRE(claims.size() == 1);
+  CHECK(claims[0].id == held);
+  CHECK(claims[0].worker == "elsewhere:7");
+}
+
+TEST_CASE("sweep: every setting that changes a number belongs to the study, checked before anything is written") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-settings");
+  REQUIRE(run(list_args(dir, "s", 2), dir / "log1.txt") == 0);
+  for (const auto& [option, value, key] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"--data-dir", dir.string(), "data_dir"},
+           {"--svd-backend", "randomized", "svd_backend"},
+           {"--fidelity-text", (dir / "log1.txt").string(), "fidelity_text"}}) {
+    auto args = list_args(dir, "s", 4);
+    args.insert(args.end(), {option, value});
+    if (option == "--data-dir") args.erase(args.end() - 4, args.end() - 2);  // drop the earlier --data-dir
+    const fs::path log = dir / ("log-" + key + ".txt");
+    CHECK(run(args, log) == 1);
+    const std::string out = read_file(log);
+    INFO(out);
+    CHECK_THAT(out, Contains("was created with " + key));
+    CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  }
+  ResultsDb db = open_existing_db(dir / "r.db");
+  CHECK(db.find_study("s")->counts.total() == 2);  // nothing evaluated by the refused runs
+}
+
+TEST_CASE("sweep and queries: unknown metric names are one line naming the closest valid one") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-metric-names");
+  auto args = list_args(dir, "m", 2);
+  args[std::find(args.begin(), args.end(), "--objectives") - args.begin() + 1] = "size.param:min";
+  CHECK(run(args, dir / "log1.txt") == 1);
+  std::string out = read_file(dir / "log1.txt");
+  CHECK_THAT(out, Contains("unknown metric 'size.param'") && Contains("did you mean 'size.params'"));
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  CHECK(!fs::exists(dir / "r.db"));  // nothing created
+
+  REQUIRE(run(list_args(dir, "m", 2), dir / "log2.txt") == 0);
+  const std::string db = (dir / "r.db").string();
+  int code = 0;
+  out = capture("pareto --db " + db + " --study m --objectives size.param:min", &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("no metric 'size.param'") && Contains("did you mean 'size.params'"));
+  out = capture("export --db " + db + " --study m --where 'size.reduction>1'", &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("did you mean 'size.reduction_pct'"));
+  // A mistyped database path is not created by a read-only command.
+  out = capture("studies --db " + (dir / "typo.db").string(), &code);
+  CHECK(code == 1);
+  CHECK(!fs::exists(dir / "typo.db"));
+}
+
+TEST_CASE("studies: --delete and --rename") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-studies-edit");
+  REQUIRE(run(list_args(dir, "a", 2), dir / "log1.txt") == 0);
+  REQUIRE(run(list_args(dir, "b", 3), dir / "log2.txt") == 0);
+  const std::string db = (dir / "r.db").string();
+  int code = 0;
+  std::string out = capture("studies --db " + db + " --study a --rename c", &code);
+  CHECK(code == 0);
+  out = capture("studies --db " + db + " --study b --rename c", &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("a study of that name exists"));
+  out = capture("studies --db " + db + " --study b --delete", &code);
+  CHECK(code == 0);
+  CHECK_THAT(out, Contains("deleted study 'b' (3 evaluations)"));
+  ResultsDb r = open_existing_db(dir / "r.db");
+  CHECK(!r.find_study("a"));
+  CHECK(!r.find_study("b"));
+  REQUIRE(r.find_study("c"));
+  CHECK(r.find_study("c")->counts.done == 2);
+  CHECK(r.integrity_check() == "ok");
+  out = capture("studies --db " + db + " --study nope --delete", &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("no study 'nope'"));
+}
+
+TEST_CASE("sweep: a full disk releases the configuration for a rerun instead of storing it as failed") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-disk-full");
+  const fs::path disk = dir / "small-disk";
+  fs::create_directories(disk);
+  // A real full file system: a 256 kB tmpfs filled to the last byte (needs root, as CI has).
+  if (std::system(("mount -t tmpfs -o size=256k tmpfs " + disk.string() + " 2>/dev/null").c_str()) != 0) {
+    WARN("SKIPPED: cannot mount a small tmpfs here (needs root): the disk-full case is not run");
+    return;
+  }
+  struct Unmount {
+    fs::path path;
+    ~Unmount() { std::system(("umount " + path.string()).c_str()); }
+  } unmount{disk};
+  {
+    std::ofstream filler(disk / "filler", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (filler.write(block.data(), block.size())) {
+    }
+  }
+  auto args = list_args(dir, "full", 4);
+  args[std::find(args.begin(), args.end(), "--tasks") - args.begin() + 1] = "size,tinystories";
+  args.insert(args.end(), {"--limit", "1", "--cache-dir", (disk / "cache").string()});
+  fs::create_directories(disk / "cache");
+  CHECK(run(args, dir / "log1.txt") == 1);
+  const std::string out = read_file(dir / "log1.txt");
+  INFO(out);
+  CHECK_THAT(out, Contains("No space left on device") && Contains("L0:q=50%@svd") && Contains("rerun to retry"));
+  CHECK_THAT(out, Contains("its claim is released"));
+  {
+    ResultsDb db = open_existing_db(dir / "r.db");
+    const auto counts = db.find_study("full")->counts;
+    CHECK(counts.failed == 0);  // not a property of the configuration
+    CHECK(counts.claimed == 0);
+    CHECK(counts.done == 0);
+  }
+  // With space again (the cache beside the database), the rerun evaluates everything.
+  args.erase(args.end() - 2, args.end());
+  REQUIRE(run(args, dir / "log2.txt") == 0);
+  ResultsDb db = open_existing_db(dir / "r.db");
+  const auto counts = db.find_study("full")->counts;
+  CHECK(counts.done == 4);
+  CHECK(counts.failed == 0);
 }
