@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -688,4 +689,51 @@ TEST_CASE("sweep: a full disk releases the configuration for a rerun instead of 
   const auto counts = db.find_study("full")->counts;
   CHECK(counts.done == 4);
   CHECK(counts.failed == 0);
+}
+
+TEST_CASE("sweep: a worker whose claim is taken over stops evaluating it and stores nothing of it") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-claim-lost");
+  auto args = list_args(dir, "lost", 1);
+  args[std::find(args.begin(), args.end(), "--tasks") - args.begin() + 1] = "tinystories,size";
+  args[std::find(args.begin(), args.end(), "--objectives") - args.begin() + 1] = "tinystories.ppl:min";
+  args.insert(args.end(), {"--limit", "200", "--stale-after", "2"});  // seconds of work; beats every 0.5 s
+  const pid_t pid = spawn_rankscope(args, dir / "log.txt");
+  const std::string worker = fmt::format("{}:{}", this_host(), pid);
+  std::optional<ClaimInfo> mine;
+  for (int i = 0; i < 3000 && !mine; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!fs::exists(dir / "r.db")) continue;
+    ResultsDb db = open_existing_db(dir / "r.db");
+    const auto study = db.find_study("lost");
+    if (!study) continue;
+    for (const auto& c : db.claims(study->id))
+      if (c.worker == worker) mine = c;
+  }
+  REQUIRE(mine);
+  {
+    // Another worker takes it over (as after a stall longer than the timeout).
+    ResultsDb db = open_existing_db(dir / "r.db");
+    const auto study = db.find_study("lost");
+    REQUIRE(db.release(mine->id));
+    REQUIRE(db.claim(study->id, db.add_model({"placeholder-hash", "", "llama", 1}), mine->config, "elsewhere:9", 3600));
+  }
+  bool said = false;
+  for (int i = 0; i < 3000 && !said; ++i) {
+    const std::string log = read_file(dir / "log.txt");
+    said = log.find("stopped evaluating") != std::string::npos || log.find("result was discarded") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGTERM);  // it now waits for elsewhere:9, which never finishes
+  wait_exit(pid);
+  const std::string log = read_file(dir / "log.txt");
+  INFO(log);
+  CHECK(said);
+  CHECK_THAT(log, Contains("another worker took the claim over") || Contains("the other worker's is the one stored"));
+  ResultsDb db = open_existing_db(dir / "r.db");
+  const auto study = db.find_study("lost");
+  CHECK(study->counts.finished() == 0);
+  const auto claims = db.claims(study->id);
+  REQUIRE(claims.size() == 1);
+  CHECK(claims[0].worker == "elsewhere:9");
 }
