@@ -131,6 +131,7 @@ DType storage_dtype(const std::string& torch_dtype) {
 void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, const std::string& canonical_config,
                       bool dense) {
   if (!model.has_weights) fail("{}: shapes-only model has no weights to write", model.dir.string());
+  const bool created = !std::filesystem::exists(out_dir);
   std::filesystem::create_directories(out_dir);
   if (std::filesystem::equivalent(out_dir, model.dir)) fail("{}: refusing to overwrite the source model", out_dir.string());
 
@@ -196,7 +197,21 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
       std::filesystem::remove(tmp, ec);
       std::filesystem::remove(std::filesystem::path(tmp.string() + ".tmp"), ec);  // write_safetensors' own
     }
-    throw;
+    std::error_code ec;
+    if (created) std::filesystem::remove(out_dir, ec);  // the directory this call made, if still empty
+    try {
+      throw;
+    } catch (const Error& e) {
+      // Name the file the user asked for, not a temporary that is gone.
+      std::string message = e.what();
+      for (const auto& [tmp, final_path] : staged) {
+        for (const std::string name : {tmp.string() + ".tmp", tmp.string()}) {
+          for (size_t at; (at = message.find(name)) != std::string::npos;) message.replace(at, name.size(), final_path.string());
+        }
+      }
+      if (dynamic_cast<const TransientError*>(&e) != nullptr) throw TransientError(message);
+      throw Error(message);
+    }
   }
   std::filesystem::remove(out_dir / "model.safetensors.index.json");
 }
