@@ -366,6 +366,22 @@ pid_t dead_pid() {
 
 std::string this_host() { return worker_id().substr(0, worker_id().rfind(':')); }
 
+// Sets the value that follows `option` in `args`.
+void set_arg(std::vector<std::string>& args, const std::string& option, const std::string& value) {
+  const auto it = std::find(args.begin(), args.end(), option);
+  REQUIRE(it != args.end());
+  *(it + 1) = value;
+}
+
+// One statement on the file, behind rankscope's back (a damaged row, a clock gone wrong).
+void raw_sql(const fs::path& path, const std::string& sql) {
+  sqlite3* raw = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
+  const int rc = sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr);
+  sqlite3_close(raw);
+  REQUIRE(rc == SQLITE_OK);
+}
+
 // Size-only list sweeps: no weights are read, so they take a fraction of a second.
 std::vector<std::string> list_args(const fs::path& dir, const std::string& study, int budget) {
   return {"sweep", "--model", stories().string(), "--db", (dir / "r.db").string(), "--study", study,
@@ -406,7 +422,7 @@ TEST_CASE("sweep: four workers and a reader polling every 0.2 s leave a sound, c
   RS_REQUIRE_SHARED(stories());
   const auto dir = test::scratch_dir("sweep-four");
   auto args = sweep_args(dir, "four", 48, "random");
-  args[std::find(args.begin(), args.end(), "--stale-after") - args.begin() + 1] = "60";
+  set_arg(args, "--stale-after", "60");
   const fs::path db_path = dir / "r.db";
   const std::string wal = db_path.string() + "-wal";
   // The first worker creates the database; the others join it once it exists.
@@ -511,11 +527,7 @@ TEST_CASE("sweep: the budget counts finished evaluations; claims of dead, silent
     const auto future = db.claim(study->id, model, "L3:q=50%@svd", "elsewhere:43", 3);
     REQUIRE(future);
     // A heartbeat far in the future (a wrong clock or a damaged row) must not stall anyone.
-    sqlite3* raw = nullptr;
-    REQUIRE(sqlite3_open((dir / "r.db").c_str(), &raw) == SQLITE_OK);
-    const std::string sql = fmt::format("UPDATE evaluations SET heartbeat_at = heartbeat_at + 1e7 WHERE id = {}", *future);
-    CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(raw);
+    raw_sql(dir / "r.db", fmt::format("UPDATE evaluations SET heartbeat_at = heartbeat_at + 1e7 WHERE id = {}", *future));
   }
   args = list_args(dir, "b", 4);
   args.insert(args.end(), {"--stale-after", "3"});
@@ -544,11 +556,7 @@ TEST_CASE("sweep: the stale-claim timeout is the study's, not each worker's") {
     const int64_t model = db.add_model({"placeholder-hash", "", "llama", 1});
     // A live worker elsewhere, last heard from 5 s ago: stale for --stale-after 1, not for 600.
     held = *db.claim(study->id, model, "L1:q=50%@svd", "elsewhere:7", 600);
-    sqlite3* raw = nullptr;
-    REQUIRE(sqlite3_open((dir / "r.db").c_str(), &raw) == SQLITE_OK);
-    const std::string sql = fmt::format("UPDATE evaluations SET heartbeat_at = heartbeat_at - 5 WHERE id = {}", held);
-    CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(raw);
+    raw_sql(dir / "r.db", fmt::format("UPDATE evaluations SET heartbeat_at = heartbeat_at - 5 WHERE id = {}", held));
   }
   args = list_args(dir, "s", 4);
   args.insert(args.end(), {"--stale-after", "1"});
@@ -598,7 +606,7 @@ TEST_CASE("sweep and queries: unknown metric names are one line naming the close
   RS_REQUIRE_SHARED(stories());
   const auto dir = test::scratch_dir("sweep-metric-names");
   auto args = list_args(dir, "m", 2);
-  args[std::find(args.begin(), args.end(), "--objectives") - args.begin() + 1] = "size.param:min";
+  set_arg(args, "--objectives", "size.param:min");
   CHECK(run(args, dir / "log1.txt") == 1);
   std::string out = read_file(dir / "log1.txt");
   CHECK_THAT(out, Contains("unknown metric 'size.param'") && Contains("did you mean 'size.params'"));
@@ -667,7 +675,7 @@ TEST_CASE("sweep: a full disk releases the configuration for a rerun instead of 
     }
   }
   auto args = list_args(dir, "full", 4);
-  args[std::find(args.begin(), args.end(), "--tasks") - args.begin() + 1] = "size,tinystories";
+  set_arg(args, "--tasks", "size,tinystories");
   args.insert(args.end(), {"--limit", "1", "--cache-dir", (disk / "cache").string()});
   fs::create_directories(disk / "cache");
   CHECK(run(args, dir / "log1.txt") == 1);
@@ -695,8 +703,8 @@ TEST_CASE("sweep: a worker whose claim is taken over stops evaluating it and sto
   RS_REQUIRE_SHARED(stories());
   const auto dir = test::scratch_dir("sweep-claim-lost");
   auto args = list_args(dir, "lost", 1);
-  args[std::find(args.begin(), args.end(), "--tasks") - args.begin() + 1] = "tinystories,size";
-  args[std::find(args.begin(), args.end(), "--objectives") - args.begin() + 1] = "tinystories.ppl:min";
+  set_arg(args, "--tasks", "tinystories,size");
+  set_arg(args, "--objectives", "tinystories.ppl:min");
   args.insert(args.end(), {"--limit", "200", "--stale-after", "2"});  // seconds of work; beats every 0.5 s
   const pid_t pid = spawn_rankscope(args, dir / "log.txt");
   const std::string worker = fmt::format("{}:{}", this_host(), pid);
