@@ -136,7 +136,9 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
   std::error_code ec;  // a path that cannot be examined (a link loop) is reported as not a config
   const auto file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
   const std::string where = file.string();
-  if (!std::filesystem::is_regular_file(file, ec)) fail("{}: cannot open (a model is a directory with config.json)", where);
+  const auto status = std::filesystem::status(file, ec);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) fail("{}: not a regular file", where);
+  if (!std::filesystem::is_regular_file(status)) fail("{}: cannot open (a model is a directory with config.json)", where);
   const json j = read_json_file(file);
   if (!j.is_object()) fail("{}: not a JSON object", where);
 

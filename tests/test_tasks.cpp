@@ -546,3 +546,21 @@ TEST_CASE("JSON nested 100,000 levels deep in a task file is refused before it i
   o.data_dir = dir;
   CHECK_THROWS_WITH(load_task("truthfulqa_mc2", o), Contains("mc_task.json") && Contains("nested more than 128 levels"));
 }
+
+TEST_CASE("an MMLU subject file that is a link loop is an Error, not a filesystem exception", "[tasks][fuzz]") {
+  // Found by the fuzzer (corpus: tests/fuzz/corpus/tasks/s2-c5384): listing the subjects called
+  // directory_entry::is_regular_file(), which throws std::filesystem::filesystem_error on a loop.
+  const auto dir = scratch_dir("tasks_mmlu_loop");
+  std::filesystem::create_directories(dir / "mmlu" / "test");
+  std::filesystem::create_directories(dir / "mmlu" / "dev");
+  std::filesystem::create_symlink("algebra_test.csv", dir / "mmlu" / "test" / "algebra_test.csv");
+  TaskLoadOptions o;
+  o.data_dir = dir;
+  std::string message = "(no Error)";
+  try {
+    load_task("mmlu", o);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CHECK_THAT(message, Contains("algebra_test.csv") && Contains("cannot open"));
+}

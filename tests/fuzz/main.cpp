@@ -405,7 +405,8 @@ int main(int argc, char** argv) {
   }
 
   const auto start = std::chrono::steady_clock::now();
-  int64_t loaded = 0, rejected = 0, failed = 0;
+  int64_t loaded = 0, rejected = 0, failed = 0, unnamed = 0, unnamed_case = 0;
+  std::string unnamed_example;
   const fs::path dir = work / "case";
   for (int64_t k = 0; k < cases; ++k) {
     const std::string what = fuzzer.materialize(seed, k, dir);
@@ -416,7 +417,16 @@ int main(int argc, char** argv) {
     const Result r = run_case(*chosen, dir, timeout_s);
     switch (r.outcome) {
       case Outcome::loaded: ++loaded; break;
-      case Outcome::rejected: ++rejected; break;
+      case Outcome::rejected:
+        ++rejected;
+        // Every Error should name the file it is about; all of a case's files lie under `dir`.
+        if (r.detail.find(dir.string()) == std::string::npos) {
+          if (unnamed++ == 0) {
+            unnamed_case = k;
+            unnamed_example = r.detail;
+          }
+        }
+        break;
       case Outcome::failed:
         ++failed;
         std::cout << fmt::format("FAILED case {}: {}\n  {}\n", k, what, r.detail);
@@ -429,6 +439,10 @@ int main(int argc, char** argv) {
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (unnamed > 0) {
+    std::cout << fmt::format("note: {} of the {} Errors do not name a file of the input, e.g. case {}: {}\n", unnamed,
+                             rejected, unnamed_case, unnamed_example);
+  }
   std::cout << fmt::format("fuzz {}: {} cases (seed {}, {} seeds) in {:.1f} s: {} rejected with an Error, {} loaded, {} failed\n",
                            chosen->name, cases, seed, fuzzer.seeds.size(), seconds, rejected, loaded, failed);
   std::error_code ec;

@@ -328,6 +328,7 @@ Target tasks_target() {
       load_task((dir / "task.jsonl").string(), options);
     }
   };
+  t.default_cases = 4000;
   return t;
 }
 
@@ -339,8 +340,9 @@ Target cache_target() {
     const fs::path dir = seed_scratch("cache");
     const Tensor w = cache_weight();
     const std::string key = matrix_content_key(w);
-    FactorCache(dir / "factors").factors(w, 0);
-    FactorCache(dir / "factors", randomized_policy()).factors(w, kCacheRank);
+    // Separate directories: with the full SVD present the randomized one would never be written.
+    FactorCache(dir / "full").factors(w, 0);
+    FactorCache(dir / "randomized", randomized_policy()).factors(w, kCacheRank);
     CalibrationAccumulator acc;
     Rng rng(3);
     Mat x1(5, 6), x2(7, 4);
@@ -353,17 +355,21 @@ Target cache_target() {
     std::vector<Seed> seeds;
     const std::string full = "factors/" + key + ".svd", randomized = fmt::format("factors/{}.r{}.svd", key, kCacheRank);
     const std::string calib_rel = "calib/" + std::string(kCalibrationKey) + ".bin";
-    seeds.push_back({"full SVD factor file", {file_of(full, read_file(dir / full), false, 160)}, 3});
-    seeds.push_back({"randomized SVD factor file", {file_of(randomized, read_file(dir / randomized), false, 160)}, 2});
+    const std::string full_bytes = read_file(dir / "full" / fs::path(full).filename());
+    const std::string randomized_bytes = read_file(dir / "randomized" / fs::path(randomized).filename());
+    if (full_bytes.empty() || randomized_bytes.empty()) throw std::runtime_error("cache seeds were not written");
+    seeds.push_back({"full SVD factor file", {file_of(full, full_bytes, false, 160)}, 3});
+    seeds.push_back({"randomized SVD factor file", {file_of(randomized, randomized_bytes, false, 160)}, 2});
     seeds.push_back({"calibration file", {file_of(calib_rel, read_file(calib), false, 400)}, 3});
     return seeds;
   };
   t.run = [](const fs::path& dir) {
     const Tensor w = cache_weight();
-    FactorCache full(dir / "factors");
-    touch(*full.factors(w, 0));
+    // Randomized first: once a full SVD is stored, every lookup is served by it.
     FactorCache randomized(dir / "factors", randomized_policy());
     touch(*randomized.factors(w, kCacheRank));
+    FactorCache full(dir / "factors");
+    touch(*full.factors(w, 0));
     if (const auto c = load_calibration(calibration_path(dir, kCalibrationKey), kCalibrationKey)) {
       for (const auto& [where, stats] : c->sites) {
         stats.mean_abs();
@@ -373,7 +379,7 @@ Target cache_target() {
       }
     }
   };
-  t.default_cases = 2500;
+  t.default_cases = 3000;
   return t;
 }
 

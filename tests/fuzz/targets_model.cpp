@@ -241,6 +241,7 @@ Target safetensors_target() {
       file.find("w");
     }
   };
+  t.default_cases = 5000;
   return t;
 }
 
@@ -278,6 +279,7 @@ Target npy_target() {
   t.run = [](const fs::path& dir) {
     for (const auto& entry : fs::directory_iterator(dir)) read_npy(entry.path());
   };
+  t.default_cases = 5000;
   return t;
 }
 
@@ -344,7 +346,7 @@ Target model_target() {
       shapes.n_decomposable_params();
     }
   };
-  t.default_cases = 2500;
+  t.default_cases = 5000;
   return t;
 }
 
