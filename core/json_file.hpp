@@ -85,6 +85,14 @@ inline std::string printable(std::string_view text, size_t max_chars = 80) {
   return out;
 }
 
+// True when `text` holds a control character (which would split a one-line message naming it).
+inline bool has_control_characters(std::string_view text) {
+  return std::any_of(text.begin(), text.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+}
+
 inline nlohmann::json read_json_file(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))

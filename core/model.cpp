@@ -41,10 +41,16 @@ Checkpoint open_sharded(const std::filesystem::path& index_path) {
   Checkpoint ckpt;
   std::map<std::string, size_t> shard_index;
   for (const auto& [name, shard] : index["weight_map"].items()) {
-    if (!shard.is_string()) fail("{}: weight_map entry '{}' is not a file name", index_path.string(), name);
+    if (!shard.is_string()) fail("{}: weight_map entry '{}' is not a file name", index_path.string(), printable(name));
     const std::string shard_name = shard;
     if (shard_name.find('/') != std::string::npos) {
-      fail("{}: weight_map entry '{}' names a path outside the directory: {}", index_path.string(), name, shard_name);
+      fail("{}: weight_map entry '{}' names a path outside the directory: {}", index_path.string(), printable(name),
+           printable(shard_name));
+    }
+    // A control character in a file name would split every message that names the file.
+    if (has_control_characters(shard_name)) {
+      fail("{}: weight_map entry '{}' names a file with control characters: {}", index_path.string(), printable(name),
+           printable(shard_name));
     }
     if (!shard_index.contains(shard_name)) {
       shard_index[shard_name] = ckpt.files.size();
@@ -56,7 +62,7 @@ Checkpoint open_sharded(const std::filesystem::path& index_path) {
     const auto it = ckpt.tensors.find(name);
     const auto& file = ckpt.files[shard_index[shard.get<std::string>()]];
     if (it == ckpt.tensors.end() || &ckpt.files[it->second.first] != &file) {
-      fail("{}: weight_map puts tensor '{}' in {}, which does not contain it", index_path.string(), name,
+      fail("{}: weight_map puts tensor '{}' in {}, which does not contain it", index_path.string(), printable(name),
            shard.get<std::string>());
     }
   }
@@ -137,7 +143,7 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
     }
     if (declared && *entry.dtype != *declared) {
       fail("{}: tensor '{}' is stored as {} but config.json declares torch_dtype {}", file.path().string(), name,
-           entry.dtype_name, c.torch_dtype);
+           entry.dtype_name, printable(c.torch_dtype));
     }
     dtypes.insert(entry.dtype_name);
     used.insert(name);
@@ -151,7 +157,7 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
       if (f != c.factored.end()) {
         // Stored factored by rankscope decompose: U [out x r], (core [r x r]), V [in x r].
         const int64_t r = f->second.rank, out = spec.shape[0], in = spec.shape[1];
-        if (r > std::min(out, in)) fail("{}: rankscope.factored '{}' has rank {} above min({}, {})", c.source.string(), module, r, out, in);
+        if (r > std::min(out, in)) fail("{}: rankscope.factored '{}' has rank {} above min({}, {})", c.source.string(), printable(module), r, out, in);
         Tensor u = fetch(module + ".U", {out, r});
         Tensor v = fetch(module + ".V", {in, r});
         factored[{spec.layer, *spec.matrix}] =

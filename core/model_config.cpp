@@ -49,20 +49,20 @@ struct Reader {
   int64_t positive(const char* key, const json& v, int64_t max) const {
     if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() <= 0) ||
         (v.is_number_unsigned() && v.get<uint64_t>() == 0)) {
-      fail("{}: '{}' must be a positive integer, found {}", where, key, v.dump());
+      fail("{}: '{}' must be a positive integer, found {}", where, key, printable(v.dump()));
     }
     // Compared unsigned: a value above INT64_MAX must not wrap into range through get<int64_t>().
     if ((v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max)) ||
         (!v.is_number_unsigned() && v.get<int64_t>() > max)) {
-      fail("{}: '{}' is {}, above the sane maximum {}", where, key, v.dump(), max);
+      fail("{}: '{}' is {}, above the sane maximum {}", where, key, printable(v.dump()), max);
     }
     return v.get<int64_t>();
   }
   double number(const json& obj, const char* key, double fallback) const {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
-    if (!obj[key].is_number()) fail("{}: '{}' must be a number, found {}", where, key, obj[key].dump());
+    if (!obj[key].is_number()) fail("{}: '{}' must be a number, found {}", where, key, printable(obj[key].dump()));
     const double v = obj[key].get<double>();
-    if (!std::isfinite(v)) fail("{}: '{}' must be a finite number, found {}", where, key, obj[key].dump());
+    if (!std::isfinite(v)) fail("{}: '{}' must be a finite number, found {}", where, key, printable(obj[key].dump()));
     return v;
   }
   // A number that must be positive (RoPE base and factors).
@@ -95,7 +95,7 @@ Activation parse_activation(const std::string& name, const std::string& where) {
   if (name == "gelu") return Activation::gelu_erf;
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return Activation::gelu_tanh;
   if (name == "relu") return Activation::relu;
-  fail("{}: unsupported hidden_act '{}'", where, name);
+  fail("{}: unsupported hidden_act '{}'", where, printable(name));
 }
 
 void read_rope(const Reader& r, ModelConfig& c) {
@@ -126,7 +126,7 @@ void read_rope(const Reader& r, ModelConfig& c) {
     }
     s.original_max_position = static_cast<int64_t>(original);
   } else {
-    fail("{}: unsupported RoPE scaling type '{}' (supported: default, linear, llama3)", r.where, type);
+    fail("{}: unsupported RoPE scaling type '{}' (supported: default, linear, llama3)", r.where, printable(type));
   }
 }
 
@@ -153,7 +153,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     const auto type = r.string("model_type", "");
     if (type == "llama") c.architecture = "LlamaForCausalLM";
     else if (type == "bert") c.architecture = "BertModel";
-    else fail("{}: no 'architectures' entry and unknown model_type '{}' (supported: {})", where, type, kSupported);
+    else fail("{}: no 'architectures' entry and unknown model_type '{}' (supported: {})", where, printable(type), kSupported);
   }
 
   if (c.architecture == "LlamaForCausalLM") {
@@ -168,7 +168,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     c.arch = Arch::bert;
     c.bert_head = BertHead::masked_lm;
   } else {
-    fail("{}: unknown architecture '{}' (supported: {})", where, c.architecture, kSupported);
+    fail("{}: unknown architecture '{}' (supported: {})", where, printable(c.architecture), kSupported);
   }
 
   c.n_vocab = r.required_int("vocab_size", kMaxVocab);
@@ -210,7 +210,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     c.mlp_bias = true;
     const auto position_type = r.string("position_embedding_type", "absolute");
     if (position_type != "absolute") {
-      fail("{}: unsupported position_embedding_type '{}' (only absolute)", where, position_type);
+      fail("{}: unsupported position_embedding_type '{}' (only absolute)", where, printable(position_type));
     }
     if (c.n_embd_head * c.n_head != c.n_embd) {
       fail("{}: hidden_size {} is not num_attention_heads x head size", where, c.n_embd);
@@ -224,7 +224,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
           int64_t id = -1;
           const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
           if (ec != std::errc() || end != key.data() + key.size() || id < 0 || id >= n_labels || !value.is_string()) {
-            fail("{}: bad id2label entry '{}'", where, key);
+            fail("{}: bad id2label entry '{}'", where, printable(key));
           }
           c.labels[static_cast<size_t>(id)] = value;
         }
@@ -244,7 +244,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
             !f["rank"].is_number_integer() || f["rank"].get<int64_t>() <= 0 || f["rank"].get<int64_t>() > kMaxHidden ||
             (f["rank"].is_number_unsigned() && f["rank"].get<uint64_t>() > static_cast<uint64_t>(kMaxHidden)) ||
             (f["method"] != "tucker" && f["method"] != "svd")) {
-          fail("{}: rankscope.factored entry '{}' needs a method (tucker or svd) and a positive rank", where, module);
+          fail("{}: rankscope.factored entry '{}' needs a method (tucker or svd) and a positive rank", where, printable(module));
         }
         c.factored[module] = {f["method"].get<std::string>(), f["rank"].get<int64_t>()};
       }

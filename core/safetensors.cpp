@@ -73,6 +73,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
       }
       continue;
     }
+    if (has_control_characters(name)) fail("{}: tensor name '{}' has control characters", where, printable(name));
     if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") ||
         !info.contains("data_offsets")) {
       fail("{}: tensor '{}': entry needs dtype, shape and data_offsets", where, name);
@@ -81,17 +82,17 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
     e.name = name;
     const auto& dtype = info["dtype"];
     const size_t elem_size = dtype.is_string() ? element_size(dtype.get<std::string>()) : 0;
-    if (elem_size == 0) fail("{}: tensor '{}': unknown dtype {}", where, name, dtype.dump());
+    if (elem_size == 0) fail("{}: tensor '{}': unknown dtype {}", where, name, printable(dtype.dump()));
     e.dtype_name = dtype.get<std::string>();
     e.dtype = dtype_from_safetensors(e.dtype_name);
     const auto& shape = info["shape"];
     if (!shape.is_array()) fail("{}: tensor '{}': shape is not an array", where, name);
     uint64_t numel = 1;
     for (const auto& d : shape) {
-      if (!d.is_number_unsigned()) fail("{}: tensor '{}': bad shape {}", where, name, shape.dump());
+      if (!d.is_number_unsigned()) fail("{}: tensor '{}': bad shape {}", where, name, printable(shape.dump()));
       const uint64_t dim = d.get<uint64_t>();
       if (dim != 0 && numel > (uint64_t{1} << 48) / dim) {
-        fail("{}: tensor '{}': shape {} is too large", where, name, shape.dump());
+        fail("{}: tensor '{}': shape {} is too large", where, name, printable(shape.dump()));
       }
       numel *= dim;
       e.shape.push_back(static_cast<int64_t>(dim));

@@ -113,7 +113,7 @@ std::string literal_pattern(const std::filesystem::path& path, const Json& step)
   const Json& pattern = step.at("pattern");
   if (pattern.contains("String")) return pattern["String"].get<std::string>();
   fail("{}: unsupported Replace pattern {} (only literal String patterns)", path.string(),
-       pattern.dump());
+       printable(pattern.dump()));
 }
 
 // True when a ByteLevel step appears anywhere in a (possibly nested) component. Walks with an
@@ -304,7 +304,7 @@ void parse_normalizer(const std::filesystem::path& path, const Json& node,
     // null means "follow lowercase", as in BERT uncased.
     step.strip_accents = bool_or(node, "strip_accents", step.lowercase);
   } else {
-    fail("{}: unsupported normalizer type \"{}\"", path.string(), type);
+    fail("{}: unsupported normalizer type \"{}\"", path.string(), printable(type));
   }
   steps.push_back(std::move(step));
 }
@@ -394,7 +394,7 @@ PrependScheme parse_prepend_scheme(const std::filesystem::path& path, const Json
     if (scheme == "always") return PrependScheme::Always;
     if (scheme == "first") return PrependScheme::First;
     if (scheme == "never") return PrependScheme::Never;
-    fail("{}: unknown Metaspace prepend_scheme \"{}\"", path.string(), scheme);
+    fail("{}: unknown Metaspace prepend_scheme \"{}\"", path.string(), printable(scheme));
   }
   // Files written before prepend_scheme existed use add_prefix_space.
   return bool_or(node, "add_prefix_space", true) ? PrependScheme::Always : PrependScheme::Never;
@@ -419,7 +419,7 @@ void parse_pre_tokenizer(const std::filesystem::path& path, const Json& node,
   } else if (type == "WhitespaceSplit") {
     step.kind = PreTokenizerKind::WhitespaceSplit;
   } else {
-    fail("{}: unsupported pre-tokenizer type \"{}\"", path.string(), type);
+    fail("{}: unsupported pre-tokenizer type \"{}\"", path.string(), printable(type));
   }
   steps.push_back(std::move(step));
 }
@@ -536,7 +536,7 @@ void parse_decoder(const std::filesystem::path& path, const Json& node,
     step.prefix = string_or(node, "prefix", kDefaultWordPiecePrefix);
     step.cleanup = bool_or(node, "cleanup", true);
   } else {
-    fail("{}: unsupported decoder type \"{}\"", path.string(), type);
+    fail("{}: unsupported decoder type \"{}\"", path.string(), printable(type));
   }
   steps.push_back(std::move(step));
 }
@@ -676,7 +676,7 @@ VocabMap parse_vocab(const std::filesystem::path& path, const Json& vocab) {
   for (const auto& [token, id_json] : vocab.items()) {
     const int64_t id = id_json.get<int64_t>();
     if (id < 0 || id >= kMaxTokenId) {
-      fail("{}: token \"{}\" has id {} out of range", path.string(), token, id);
+      fail("{}: token \"{}\" has id {} out of range", path.string(), printable(token), id);
     }
     map.emplace(token, static_cast<TokenId>(id));
   }
@@ -778,7 +778,7 @@ class BpeModel final : public SubwordModel {
         const size_t space = text.find(' ');
         if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
           fail("{}: merge {} \"{}\" is not two tokens separated by one space", path.string(), rank,
-               text);
+               printable(text));
         }
         left = text.substr(0, space);
         right = text.substr(space + 1);
@@ -795,7 +795,7 @@ class BpeModel final : public SubwordModel {
       const auto merged_id = find_id(vocab_, merged);
       if (!left_id || !right_id || !merged_id) {
         fail("{}: merge {} (\"{}\" + \"{}\") uses a token that is not in the vocabulary",
-             path.string(), rank, left, right);
+             path.string(), rank, printable(left), printable(right));
       }
       // The first occurrence of a pair keeps its rank, as in the library.
       merges_.try_emplace(pair_key(*left_id, *right_id),
@@ -844,7 +844,7 @@ class BpeModel final : public SubwordModel {
       }
       if (!unk_id_) {
         fail("{}: cannot encode \"{}\": not in the vocabulary and the model has no usable "
-             "unk_token", source_.string(), unicode::sanitize_utf8(piece));
+             "unk_token", source_.string(), printable(unicode::sanitize_utf8(piece)));
       }
       if (!fuse_unk_) flush_unk();
       unk_pending = true;
@@ -919,7 +919,7 @@ class WordPieceModel final : public SubwordModel {
     const auto unk = find_id(vocab_, unk_token_);
     if (!unk) {
       fail("{}: WordPiece unk_token \"{}\" is not in the vocabulary", path.string(),
-           unk_token_);
+           printable(unk_token_));
     }
     unk_id_ = *unk;
     prefix_ = string_or(model, "continuing_subword_prefix", kDefaultWordPiecePrefix);
@@ -957,7 +957,7 @@ std::unique_ptr<SubwordModel> parse_model(const std::filesystem::path& path, con
   if (type == "BPE") return std::make_unique<BpeModel>(path, model);
   if (type == "WordPiece") return std::make_unique<WordPieceModel>(path, model);
   fail("{}: unsupported model type \"{}\" (supported: BPE, WordPiece)", path.string(),
-       type.empty() ? "unknown" : type);
+       type.empty() ? "unknown" : printable(type));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1156,7 +1156,7 @@ class HfTokenizer final : public Tokenizer {
       token.content = entry.at("content").get<std::string>();
       const int64_t id = entry.at("id").get<int64_t>();
       if (id < 0 || id >= kMaxTokenId) {
-        fail("{}: added token \"{}\" has id {} out of range", source_.string(), token.content, id);
+        fail("{}: added token \"{}\" has id {} out of range", source_.string(), printable(token.content), id);
       }
       token.id = static_cast<TokenId>(id);
       token.special = bool_or(entry, "special", false);

@@ -482,7 +482,7 @@ Task load_hellaswag(const TaskLoadOptions& options) {
     const auto line_no = static_cast<int64_t>(i + 1);
     const std::string& g = lines[i + 1];
     if (g.size() != 1 || g[0] < '0' || g[0] > '3') {
-      fail("{}:{}: gold label '{}' is not 0-3", path.string(), line_no + 1, g);
+      fail("{}:{}: gold label '{}' is not 0-3", path.string(), line_no + 1, printable(g));
     }
     std::vector<std::string> endings;
     for (size_t k = 2; k < 6; ++k) endings.push_back(hellaswag_preprocess(lines[i + k]));
@@ -580,14 +580,14 @@ void check_header(const std::vector<CsvRecord>& records, const std::vector<std::
                   const fs::path& path) {
   if (records.empty()) fail("{}: empty file", path.string());
   if (records[0].fields != expected) {
-    fail("{}:{}: header is '{}', expected '{}'", path.string(), records[0].line, join(records[0].fields, ","),
+    fail("{}:{}: header is '{}', expected '{}'", path.string(), records[0].line, printable(join(records[0].fields, ",")),
          join(expected, ","));
   }
 }
 
 int parse_label(const std::string& s, int n, const fs::path& path, int64_t line, const char* what) {
   if (s.size() != 1 || s[0] < '0' || s[0] >= '0' + n) {
-    fail("{}:{}: {} '{}' is not 0-{}", path.string(), line, what, s, n - 1);
+    fail("{}:{}: {} '{}' is not 0-{}", path.string(), line, what, printable(s), n - 1);
   }
   return s[0] - '0';
 }
@@ -689,7 +689,7 @@ Task load_truthfulqa(bool mc2, const TaskLoadOptions& options) {
     std::vector<int> labels;
     for (const auto& [choice, label] : it->items()) {
       if (!label.is_number_integer() || (label.get<int>() != 0 && label.get<int>() != 1)) {
-        fail("{}: {} label of '{}' is not 0 or 1", where, key, choice);
+        fail("{}: {} label of '{}' is not 0 or 1", where, key, printable(choice));
       }
       choices.push_back(choice);
       labels.push_back(label.get<int>());
@@ -1017,7 +1017,7 @@ Task load_jsonl_task(const fs::path& path, const TaskLoadOptions& options) {
     const auto where = fmt::format("{}:{}", path.string(), file.header_line);
     for (const auto& [key, value] : file.header.items()) {
       auto text = [&]() {
-        if (!value.is_string()) fail("{}: header \"{}\" must be a string", where, key);
+        if (!value.is_string()) fail("{}: header \"{}\" must be a string", where, printable(key));
         return value.get<std::string>();
       };
       if (key == "name") {
@@ -1031,6 +1031,9 @@ Task load_jsonl_task(const fs::path& path, const TaskLoadOptions& options) {
         description = text();
       } else if (key == "fewshot_file") {
         fewshot_file = text();
+        if (has_control_characters(fewshot_file.string())) {
+          fail("{}: header \"fewshot_file\" has control characters: {}", where, printable(fewshot_file.string()));
+        }
         if (fewshot_file.is_relative()) fewshot_file = path.parent_path() / fewshot_file;
       } else if (key == "metrics") {
         if (!value.is_array() || value.empty()) fail("{}: header \"metrics\" must be a non-empty list of strings", where);
@@ -1039,7 +1042,7 @@ Task load_jsonl_task(const fs::path& path, const TaskLoadOptions& options) {
           if (!m.is_string()) fail("{}: header \"metrics\" must be a list of strings", where);
           const auto name = m.get<std::string>();
           if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
-            fail("{}: metric '{}' is not available for a {} task (available: {})", where, name, kind_words(file.kind),
+            fail("{}: metric '{}' is not available for a {} task (available: {})", where, printable(name), kind_words(file.kind),
                  join(allowed, ", "));
           }
           metrics.push_back(name);
@@ -1048,7 +1051,7 @@ Task load_jsonl_task(const fs::path& path, const TaskLoadOptions& options) {
       } else {
         fail("{}: unknown header key \"{}\" (known: name, target_delimiter, fewshot_delimiter, description, "
              "fewshot_file, metrics)",
-             where, key);
+             where, printable(key));
       }
     }
   }

@@ -157,3 +157,23 @@ TEST_CASE("a FIFO or a link to a device in a checkpoint is refused without waiti
     CHECK_THAT(load_error(dir), Contains("tokenizer.json") && Contains("not a regular file"));
   }
 }
+
+TEST_CASE("names with control characters read from a checkpoint give one-line Errors", "[loader][errors][fuzz]") {
+  // Found by the fuzzer (corpus: tests/fuzz/corpus/model/s5-c65, s5-c2659): a JSON "\n" escape in
+  // a shard name or a config string split the Error message over several lines.
+  const auto src = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(src);
+  const auto dir = test::scratch_dir("control_characters");
+  SECTION("a shard name in the index") {
+    test::copy_model(src, dir, {.n_shards = 2});
+    auto index = test::read_json(dir / "model.safetensors.index.json");
+    index["weight_map"]["classifier.bias"] = "two\nlines";
+    test::write_text(dir / "model.safetensors.index.json", index.dump());
+    CHECK_THAT(load_error(dir), Contains("model.safetensors.index.json") && Contains("control characters") &&
+                                    Contains("two\\x0alines"));
+  }
+  SECTION("a string of config.json quoted in the message") {
+    test::copy_model(src, dir, {.edit_config = [](auto& j) { j["position_embedding_type"] = "relative\nkey"; }});
+    CHECK_THAT(load_error(dir), Contains("config.json") && Contains("'relative\\x0akey'"));
+  }
+}

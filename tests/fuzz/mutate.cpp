@@ -135,10 +135,11 @@ std::string mutate(std::string data, const SeedFile& file, Rng& rng, const std::
           if (strings.empty()) break;
           const auto [begin, end] = strings[rng.below(strings.size())];
           std::string value;
-          switch (rng.below(4)) {
+          switch (rng.below(5)) {
             case 0: value = ""; break;
             case 1: value = std::string(1 + rng.below(4096), 'A'); break;
             case 2: value = "\\u0000\\ud800\\\\\\\""; break;
+            case 3: value = "two\\nlines\\r\\t"; break;  // escapes that decode to control characters
             default: value = dictionary.empty() ? "x" : dictionary[rng.below(dictionary.size())]; break;
           }
           data.replace(begin, end - begin, value);
