@@ -564,3 +564,13 @@ TEST_CASE("an MMLU subject file that is a link loop is an Error, not a filesyste
   }
   CHECK_THAT(message, Contains("algebra_test.csv") && Contains("cannot open"));
 }
+
+TEST_CASE("names with control characters in a task file give one-line Errors", "[tasks][fuzz]") {
+  // Found by the fuzzer (corpus: tests/fuzz/corpus/tasks/s3-c4870): a "\n" escape in a header key.
+  const auto dir = scratch_dir("tasks_control");
+  const std::string doc = R"({"context": "q", "choices": ["a", "b"], "gold": 0})";
+  const std::string message =
+      load_error(write_file(dir, "t.jsonl", R"({"rankscope_task": {"two\nlines": "x"}})" "\n" + doc + "\n").string());
+  CHECK_THAT(message, Contains("t.jsonl:1") && Contains("unknown header key \"two\\x0alines\""));
+  CHECK(message.find('\n') == std::string::npos);
+}

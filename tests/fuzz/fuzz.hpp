@@ -85,6 +85,9 @@ std::vector<std::string> json_dictionary(const std::vector<Seed>& seeds);
 std::vector<Target> all_targets();
 
 // Helpers for targets.
+// Where seeds are built with the project's writers: one directory per process, removed once the
+// seeds are in memory.
+std::filesystem::path seed_root();
 std::string read_file(const std::filesystem::path& path);
 void write_file(const std::filesystem::path& path, const std::string& bytes);
 // The first `n` lines of a text file ("" when absent).

@@ -338,7 +338,9 @@ int main(int argc, char** argv) {
   fs::path shared = std::getenv("RANKSCOPE_SHARED_DIR") ? fs::path(std::getenv("RANKSCOPE_SHARED_DIR"))
                                                          : fs::path(RANKSCOPE_SOURCE_DIR) / ".." / "shared";
   shared = fs::weakly_canonical(shared);
-  const fs::path work = fs::path(RANKSCOPE_BINARY_DIR) / "fuzz-work" / chosen->name;
+  // One work directory per process: two runs of a target at once must never share case
+  // directories (one would write its files through the other's links into ../shared).
+  const fs::path work = fs::path(RANKSCOPE_BINARY_DIR) / "fuzz-work" / fmt::format("{}.{}", chosen->name, ::getpid());
   install_handlers();
 
   if (!corpus_dir.empty()) {
@@ -369,10 +371,16 @@ int main(int argc, char** argv) {
     }
     std::cout << fmt::format("fuzz corpus {}: {} entries, {} failed, {} skipped\n", chosen->name, entries.size(),
                              failures, skipped);
+    std::error_code ec;
+    if (failures == 0) fs::remove_all(work, ec);
     return failures ? 1 : 0;
   }
 
   Fuzzer fuzzer(*chosen, shared);
+  {
+    std::error_code ec;
+    fs::remove_all(seed_root(), ec);
+  }
   if (fuzzer.seeds.empty()) {
     std::cerr << "rankscope_fuzz: target " << chosen->name << " has no seeds\n";
     return 1;
@@ -446,6 +454,6 @@ int main(int argc, char** argv) {
   std::cout << fmt::format("fuzz {}: {} cases (seed {}, {} seeds) in {:.1f} s: {} rejected with an Error, {} loaded, {} failed\n",
                            chosen->name, cases, seed, fuzzer.seeds.size(), seconds, rejected, loaded, failed);
   std::error_code ec;
-  fs::remove_all(dir, ec);
+  if (failed == 0) fs::remove_all(work, ec);
   return failed ? 1 : 0;
 }

@@ -1,5 +1,10 @@
 // The deterministic mutator (see fuzz.hpp).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <stdexcept>
 #include <array>
 #include <cctype>
 #include <cstring>
@@ -272,6 +277,10 @@ std::vector<std::string> json_dictionary(const std::vector<Seed>& seeds) {
   return {words.begin(), words.end()};
 }
 
+std::filesystem::path seed_root() {
+  return std::filesystem::path(RANKSCOPE_BINARY_DIR) / "fuzz-work" / ("seeds." + std::to_string(::getpid()));
+}
+
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream buffer;
@@ -281,8 +290,23 @@ std::string read_file(const std::filesystem::path& path) {
 
 void write_file(const std::filesystem::path& path, const std::string& bytes) {
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  // Never through a link: case directories hold links to the real files in ../shared, which a
+  // write must not reach (O_EXCL after removing whatever is there; O_NOFOLLOW for good measure).
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("rankscope_fuzz: cannot create " + path.string() + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      throw std::runtime_error("rankscope_fuzz: cannot write " + path.string());
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
 }
 
 std::string head_lines(const std::filesystem::path& path, size_t n) {

@@ -23,7 +23,7 @@ namespace {
 
 // A scratch place for building seeds with the project's own writers.
 fs::path seed_scratch(const std::string& name) {
-  const fs::path dir = fs::path(RANKSCOPE_BINARY_DIR) / "fuzz-work" / "seeds" / name;
+  const fs::path dir = seed_root() / name;
   std::error_code ec;
   fs::remove_all(dir, ec);
   fs::create_directories(dir);
