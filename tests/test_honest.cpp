@@ -250,7 +250,7 @@ TEST_CASE("forward --out and decompose --out: a failed write leaves no partial f
   CHECK(slurp(out / "model.safetensors") == weights);
 }
 
-TEST_CASE("temporaries of killed writers are removed when the factor cache is opened; live ones are not",
+TEST_CASE("temporaries of killed writers are removed when a cache is opened or written, live ones are not",
           "[honest][files][cache]") {
   const auto dir = test::scratch_dir("honest-stale-temporaries");
   char host[256] = {};
