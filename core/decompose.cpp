@@ -205,7 +205,7 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
       // Name the file the user asked for, not a temporary that is gone.
       std::string message = e.what();
       for (const auto& [tmp, final_path] : staged) {
-        for (const std::string name : {tmp.string() + ".tmp", tmp.string()}) {
+        for (const std::string& name : {tmp.string() + ".tmp", tmp.string()}) {
           for (size_t at; (at = message.find(name)) != std::string::npos;) message.replace(at, name.size(), final_path.string());
         }
       }
