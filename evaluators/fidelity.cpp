@@ -9,13 +9,13 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <random>
 #include <string_view>
 
 #include <fmt/format.h>
 #include <xxhash.h>
 
 #include "core/error.hpp"
+#include "core/factor_cache.hpp"
 #include "core/llama.hpp"
 #include "core/mapped_file.hpp"
 #include "core/model_hash.hpp"
@@ -102,8 +102,7 @@ std::unique_ptr<CachedBase> try_open(const std::filesystem::path& path, const st
 class CacheWriter {
  public:
   CacheWriter(std::filesystem::path path, const Header& header) : path_(std::move(path)), header_(header) {
-    std::random_device rd;
-    tmp_ = path_.parent_path() / fmt::format("{}.tmp.{}.{:x}", path_.filename().string(), ::getpid(), rd());
+    tmp_ = temporary_path(path_);
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ < 0) fail_errno(errno, "{}: cannot create", tmp_.string());
     state_ = XXH3_createState();
@@ -224,6 +223,7 @@ FidelityResult fidelity(const Model& base, const Model& candidate, const std::ve
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec || !std::filesystem::is_directory(dir)) fail("{}: cannot create the fidelity cache directory: {}", dir.string(), ec.message());
+    remove_stale_temporaries(dir);  // left by writers that were killed
     r.cache_file = dir / (key + ".f32");
     bool existed = false;
     cached = try_open(r.cache_file, key, n_tokens, n_vocab, ctx, options.max_windows, existed);
