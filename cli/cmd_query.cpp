@@ -1,5 +1,7 @@
 // Queries of the results database: pareto, studies, export, report.
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <cmath>
 #include <ctime>
 #include <fstream>
@@ -28,12 +30,89 @@ std::string fmt_value(double v) {
   return fmt::format("{:.6g}", v);
 }
 
-// "a>=1 and b<2" (also "," or "&&" between terms) as constraints.
-std::vector<Constraint> parse_where(std::string text) {
-  for (const std::string sep : {" and ", " AND ", "&&"}) {
-    for (size_t p = text.find(sep); p != std::string::npos; p = text.find(sep)) text.replace(p, sep.size(), ",");
+// "a>=1 and b<2" as constraints: conditions METRIC OP NUMBER (OP one of >= <= > <) joined by
+// "and" (any case), "&&" or ",". A grammar error names what was expected, what was found and the
+// character of the expression (1-based) where it was found.
+std::vector<Constraint> parse_where(const std::string& text) {
+  std::vector<Constraint> constraints;
+  size_t pos = 0;
+  const auto error = [&](size_t at, const std::string& what) {
+    fail("--where \"{}\": {} at character {}", text, what, at + 1);
+  };
+  const auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  const auto skip_spaces = [&] {
+    while (pos < text.size() && is_space(text[pos])) ++pos;
+  };
+  // What stands at `at`: the next word, quoted, or "the end".
+  const auto found = [&](size_t at) -> std::string {
+    if (at >= text.size()) return "the end";
+    size_t end = at;
+    while (end < text.size() && !is_space(text[end])) ++end;
+    return "'" + text.substr(at, end - at) + "'";
+  };
+  const auto is_metric_char = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '.' || c == '-' || c == '/';
+  };
+  const auto at_word = [&](std::string_view word) {
+    if (pos + word.size() > text.size()) return false;
+    for (size_t i = 0; i < word.size(); ++i) {
+      if (std::tolower(static_cast<unsigned char>(text[pos + i])) != word[i]) return false;
+    }
+    return pos + word.size() == text.size() || !is_metric_char(text[pos + word.size()]);
+  };
+  skip_spaces();
+  while (pos < text.size()) {
+    const size_t start = pos;
+    if (text[pos] == '(' || text[pos] == ')') error(pos, "parentheses are not supported (conditions are joined by 'and' only)");
+    while (pos < text.size() && is_metric_char(text[pos])) ++pos;
+    if (pos == start) error(pos, "expected a metric name (letters, digits, _ . - /), found " + found(pos));
+    const std::string metric = text.substr(start, pos - start);
+    skip_spaces();
+    std::string op;
+    if (text.compare(pos, 2, ">=") == 0 || text.compare(pos, 2, "<=") == 0) {
+      op = text.substr(pos, 2);
+    } else if (pos < text.size() && (text[pos] == '>' || text[pos] == '<')) {
+      op = text.substr(pos, 1);
+    } else if (pos < text.size() && (text[pos] == '=' || text[pos] == '!')) {
+      const std::string given = text.compare(pos, 2, "==") == 0 || text.compare(pos, 2, "!=") == 0 ? text.substr(pos, 2)
+                                                                                                      : text.substr(pos, 1);
+      error(pos, "'" + given + "' is not supported after '" + metric + "' (compare with >=, <=, > or <)");
+    } else {
+      error(pos, "expected >=, <=, > or < after '" + metric + "', found " + found(pos));
+    }
+    pos += op.size();
+    skip_spaces();
+    const size_t number_start = pos;
+    while (pos < text.size() && !is_space(text[pos]) && text[pos] != ',' && text[pos] != '&') ++pos;
+    std::string_view number(text.data() + number_start, pos - number_start);
+    if (number.empty()) error(number_start, "expected a number after '" + metric + op + "', found " + found(number_start));
+    if (number.front() == '+') number.remove_prefix(1);
+    double bound = 0;
+    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), bound);
+    if (number.empty() || ec != std::errc() || end != number.data() + number.size() || !std::isfinite(bound)) {
+      error(number_start, "'" + text.substr(number_start, pos - number_start) + "' is not a finite number");
+    }
+    constraints.push_back({metric, op, bound});
+    const std::string condition = text.substr(start, pos - start);
+    skip_spaces();
+    if (pos == text.size()) break;
+    const size_t joiner = pos;
+    if (text[pos] == ',') {
+      pos += 1;
+    } else if (text.compare(pos, 2, "&&") == 0) {
+      pos += 2;
+    } else if (at_word("and")) {
+      pos += 3;
+    } else if (at_word("or") || text.compare(pos, 2, "||") == 0) {
+      error(pos, "'" + text.substr(pos, 2) + "' is not supported: every condition must hold (join them with 'and')");
+    } else {
+      error(pos, "expected 'and' or ',' after '" + condition + "', found " + found(pos));
+    }
+    const std::string joined_by = text.substr(joiner, pos - joiner);
+    skip_spaces();
+    if (pos == text.size()) error(pos, "expected a condition after '" + joined_by + "', found the end");
   }
-  return parse_constraints(text);
+  return constraints;
 }
 
 ResultsDb open_existing(const std::string& path) {

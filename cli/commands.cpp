@@ -1,37 +1,64 @@
 #include "cli/commands.hpp"
 
+#include <algorithm>
+
+#include "core/suggest.hpp"
+#include "evaluators/tasks.hpp"
+
 namespace rankscope::cli {
+
+namespace {
+
+// --tasks names built-in tasks, the three measurements of the model itself, or .jsonl files: an
+// unknown name is a usage error that suggests the closest task.
+std::string check_tasks(const Params& params) {
+  std::vector<std::string> known = builtin_task_names();
+  for (const char* special : {"size", "latency", "fidelity"}) known.emplace_back(special);
+  for (const auto& task : split_list(params.tasks)) {
+    if (std::find(known.begin(), known.end(), task) != known.end() || std::filesystem::path(task).extension() == ".jsonl") {
+      continue;
+    }
+    return "--tasks: unknown task '" + task + "'" + did_you_mean(task, known) +
+           " (see --help for the tasks; or a path to a .jsonl task file)";
+  }
+  return "";
+}
+
+}  // namespace
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"info", "architecture, hyperparameters, decomposable matrices and parameter counts of a model",
-       "MODEL [--config STR] [--json]", run_info},
+       "MODEL [--config STR] [--json]", run_info, {"model"}},
       {"generate", "greedy text generation from a causal LM (smoke test)",
-       "MODEL [--prompt TEXT] [--tokens N]", run_generate},
+       "MODEL [--prompt TEXT] [--tokens N]", run_generate, {"model"}},
       {"classify", "label probabilities of a BERT sequence classifier (smoke test)",
-       "MODEL --text TEXT [--text-pair TEXT]", run_classify},
+       "MODEL --text TEXT [--text-pair TEXT]", run_classify, {"model", "text"}},
       {"forward", "write a model's output for one token sequence as a NumPy .npy file",
-       "MODEL --ids 1,403,407 [--type-ids 0,0,0] [--hidden] --out FILE.npy", run_forward},
+       "MODEL --ids 1,403,407 [--type-ids 0,0,0] [--hidden] --out FILE.npy", run_forward, {"model", "ids", "out"}},
       {"config", "print a configuration string in canonical form (checked against MODEL)",
-       "MODEL --canonical STR", run_config},
+       "MODEL --canonical STR", run_config, {"model", "canonical"}},
       {"space", "count, list, sample or index the points of a design space",
        "MODEL [--space paper|per-matrix|grouped] [--ranks 1] [--choices ...] [--list N | --sample N --seed S | --index I]",
-       run_space},
+       run_space, {"model"}},
       {"decompose", "decompose a model by a configuration and write the checkpoint",
-       "MODEL --config STR --out DIR [--dense] [--cache-dir DIR]", run_decompose},
+       "MODEL --config STR --out DIR [--dense] [--cache-dir DIR]", run_decompose, {"model", "out"}},
       {"eval", "evaluate a model (optionally decomposed by --config) on benchmark tasks, perplexity, fidelity, size and latency",
        "MODEL [--config STR] --tasks T1,T2 [--limit N] [--num-fewshot K] [--seed S] [--ctx N] "
        "[--ppl-protocol llamacpp|chunks|rolling] [--text FILE] [--json]",
-       run_eval},
+       run_eval, {"model", "tasks|text"}, check_tasks},
       {"sweep", "run or continue a study: a search strategy proposes configurations, each is decomposed, evaluated and stored",
-       "EXPERIMENT.ini [--db FILE] [--study NAME] [--budget N] [any option of the file]", run_sweep},
+       "EXPERIMENT.ini [--db FILE] [--study NAME] [--budget N] [any option of the file]", run_sweep,
+       {"model", "db", "tasks", "objectives"}, check_tasks},
       {"pareto", "the Pareto front of a study over any objectives, with its hypervolume",
-       "--db FILE --study NAME --objectives A:min,B:max [--where EXPR] [--format table|csv|json] [--ref R1,R2]", run_pareto},
-      {"studies", "the studies of a results database with their counts and best points", "--db FILE [--json]", run_studies},
+       "--db FILE --study NAME --objectives A:min,B:max [--where EXPR] [--format table|csv|json] [--ref R1,R2]", run_pareto,
+       {"db", "study"}},
+      {"studies", "the studies of a results database with their counts and best points", "--db FILE [--json]", run_studies,
+       {"db"}},
       {"export", "every evaluation of a study with all its metrics", "--db FILE --study NAME [--format csv|json] [--where EXPR]",
-       run_export},
+       run_export, {"db", "study"}},
       {"report", "a Pareto-front plot (SVG) and a markdown table of a study", "--db FILE --study NAME --out DIR [--objectives ...]",
-       run_report},
+       run_report, {"db", "study", "out"}},
   };
   return table;
 }

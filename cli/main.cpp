@@ -1,22 +1,48 @@
 // rankscope: design-space exploration of low-rank decompositions of transformer models.
 // One subcommand per file (cmd_*.cpp); errors are caught here, once, as one line and exit 1.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <unistd.h>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "cli/options.hpp"
 #include "core/error.hpp"
+#include "core/suggest.hpp"
+
+#ifndef RANKSCOPE_VERSION
+#error "RANKSCOPE_VERSION (CMake's PROJECT_VERSION) must be defined"
+#endif
 
 namespace {
 
 void print_overview(std::ostream& os) {
-  os << "usage: rankscope COMMAND [options]   (rankscope COMMAND --help for its options)\n\ncommands:\n";
+  os << "usage: rankscope COMMAND [options]   (rankscope COMMAND --help for its options)\n"
+     << "       rankscope --version\n\ncommands:\n";
   for (const auto& c : rankscope::cli::commands()) {
     os << "  " << c.name << std::string(12 - std::min<size_t>(c.name.size(), 11), ' ') << c.summary << "\n";
   }
+}
+
+// OpenMP threads that spin while they wait steal the cores of everything else on the machine:
+// with one competing process on 2 cores, `eval --tasks arc_easy --limit 100` took 33-35 s instead
+// of 0.8 s, and several sweep workers on one database slowed each other 4x. Idle threads
+// therefore sleep (OMP_WAIT_POLICY=PASSIVE) unless the user chose a policy or a spin count.
+//
+// libgomp reads the variable once, in its own initialiser, before any code of this executable
+// runs; setting it from a constructor, or even from .preinit_array (which runs before libgomp's
+// initialiser), does not work: libc's initialiser resets `environ` to the original block and the
+// setenv is lost (tried with glibc 2.36 and GCC 12's libgomp: the spin count stays at 300000).
+// So the process re-executes itself once with the variable set: a few milliseconds on start-up
+// (measured in bench/threads), against seconds lost to spinning. Returns only when no re-exec is
+// needed or it failed (no /proc: the default policy then).
+void sleep_idle_openmp_threads(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+  execv("/proc/self/exe", argv);
 }
 
 }  // namespace
@@ -28,18 +54,22 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string name = argv[1];
-  // Sweep workers often share a machine (several processes on one database). OpenMP threads that
-  // spin while idle then steal each other's cores: the test suite's sweeps took 55 s instead of
-  // 12 s. A sweep therefore runs with idle threads sleeping unless the user chose a policy; the
-  // runtime reads OMP_WAIT_POLICY when it loads, so the process re-executes itself once.
-  if (name == "sweep" && std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: go on with the default policy
-  }
   if (name == "--help" || name == "-h" || name == "help") {
     print_overview(std::cout);
     return 0;
   }
+  if (name == "--version" || name == "version") {
+    std::cout << "rankscope " << RANKSCOPE_VERSION << "\n";
+    return 0;
+  }
+  std::vector<std::string> names;
+  for (const auto& command : commands()) names.push_back(command.name);
+  if (std::find(names.begin(), names.end(), name) == names.end()) {
+    std::cerr << "rankscope: unknown command '" << name << "'" << rankscope::did_you_mean(name, names)
+              << " (see rankscope --help)\n";
+    return 2;
+  }
+  sleep_idle_openmp_threads(argv);
   for (const auto& command : commands()) {
     if (command.name != name) continue;
     rankscope::cli::Params params;
@@ -53,6 +83,5 @@ int main(int argc, char** argv) {
     }
     return 1;
   }
-  std::cerr << "rankscope: unknown command '" << name << "' (see rankscope --help)\n";
   return 2;
 }

@@ -1,7 +1,15 @@
 #include "cli/options.hpp"
 
+#include <algorithm>
+#include <array>
+#include <charconv>
 #include <fstream>
 #include <iostream>
+
+#include <boost/lexical_cast.hpp>
+
+#include "core/suggest.hpp"
+
 
 namespace rankscope::cli {
 
@@ -9,36 +17,67 @@ namespace po = boost::program_options;
 
 namespace {
 
-// An option writing Params::*field, with the default taken from a default-constructed Params.
+// A default as a user writes it: 0.9, not 0.90000000000000002 (the shortest text that reads back
+// as the same value).
+template <typename T>
+std::string default_text(const T& value) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    return value;
+  } else {
+    std::array<char, 64> buf{};
+    const auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), value);
+    return ec == std::errc() ? std::string(buf.data(), end) : boost::lexical_cast<std::string>(value);
+  }
+}
+
+// An option writing Params::*field, with the default taken from a default-constructed Params (or
+// the command's own, command_default) and printed as written.
 template <typename T>
 OptionDef opt(std::string name, T Params::*field, std::set<std::string> commands, std::string help) {
-  OptionDef def{name, std::move(commands), help, nullptr};
-  def.add = [name, field, help](po::options_description& desc, Params& params) {
+  OptionDef def{name, std::move(commands), std::move(help)};
+  def.declare = [field](const OptionDef& self, po::options_description& desc, Params& params, const std::string& command) {
     auto* value = po::value<T>(&(params.*field));
-    if constexpr (std::is_same_v<T, std::string>) {
-      if (!(Params{}.*field).empty()) value->default_value(Params{}.*field);
-    } else {
-      value->default_value(Params{}.*field);
+    T initial = Params{}.*field;
+    if (const auto it = self.command_default.find(command); it != self.command_default.end()) {
+      initial = boost::lexical_cast<T>(it->second);
     }
-    desc.add_options()(name.c_str(), value, help.c_str());
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (!initial.empty()) value->default_value(initial, initial);
+    } else {
+      value->default_value(initial, default_text(initial));
+    }
+    desc.add_options()(self.name.c_str(), value, self.help_for(command).c_str());
   };
   return def;
 }
 
 OptionDef flag(std::string name, bool Params::*field, std::set<std::string> commands, std::string help) {
-  OptionDef def{name, std::move(commands), help, nullptr};
-  def.add = [name, field, help](po::options_description& desc, Params& params) {
-    desc.add_options()(name.c_str(), po::bool_switch(&(params.*field)), help.c_str());
+  OptionDef def{name, std::move(commands), std::move(help)};
+  def.declare = [field](const OptionDef& self, po::options_description& desc, Params& params, const std::string& command) {
+    desc.add_options()(self.name.c_str(), po::bool_switch(&(params.*field)), self.help_for(command).c_str());
   };
   return def;
 }
 
 // A repeatable option collecting every value (command line and experiment file) into a list.
 OptionDef list_opt(std::string name, std::vector<std::string> Params::*field, std::set<std::string> commands, std::string help) {
-  OptionDef def{name, std::move(commands), help, nullptr};
-  def.add = [name, field, help](po::options_description& desc, Params& params) {
-    desc.add_options()(name.c_str(), po::value<std::vector<std::string>>(&(params.*field))->composing(), help.c_str());
+  OptionDef def{name, std::move(commands), std::move(help)};
+  def.declare = [field](const OptionDef& self, po::options_description& desc, Params& params, const std::string& command) {
+    desc.add_options()(self.name.c_str(), po::value<std::vector<std::string>>(&(params.*field))->composing(),
+                       self.help_for(command).c_str());
   };
+  return def;
+}
+
+// The help of `def` for the commands named in `help`, where the option means something else there.
+OptionDef per_command(OptionDef def, std::map<std::string, std::string> help) {
+  def.command_help = std::move(help);
+  return def;
+}
+
+// An enumeration: a value outside `choices` is a usage error that suggests the closest one.
+OptionDef one_of(OptionDef def, std::vector<std::string> choices) {
+  def.choices = std::move(choices);
   return def;
 }
 
@@ -48,35 +87,48 @@ const std::set<std::string> kModelCommands = {"info", "generate", "classify", "f
 
 const std::vector<OptionDef>& option_defs() {
   static const std::vector<OptionDef> defs = {
-      opt("model", &Params::model, kModelCommands,
-          "model directory (config.json + safetensors) or a config.json for shapes only; also the first positional argument"),
+      per_command(opt("model", &Params::model, kModelCommands,
+                      "model directory (config.json + safetensors) or a config.json for shapes only; also the first positional argument"),
+                  {{"sweep", "model directory (config.json + safetensors) or a config.json for shapes only; or `model =` in the experiment file"}}),
       opt("threads", &Params::threads, {"generate", "classify", "forward", "decompose", "eval", "sweep"}, "threads for BLAS and OpenMP (0 = all cores)"),
       flag("json", &Params::json, {"info", "eval", "studies"}, "print JSON instead of a table"),
       opt("prompt", &Params::prompt, {"generate"}, "prompt text (empty: start from BOS alone)"),
       opt("tokens", &Params::tokens, {"generate"}, "number of tokens to generate (greedy)"),
       flag("ignore-eos", &Params::ignore_eos, {"generate"}, "keep generating after the end-of-sequence token"),
-      opt("text", &Params::text, {"classify", "eval"}, "classify: text to classify; eval: a text file to score perplexity on (metric FILESTEM.ppl)"),
+      per_command(opt("text", &Params::text, {"classify", "eval"}, "text to classify"),
+                  {{"eval", "a text file to score perplexity on (metric FILESTEM.ppl)"}}),
       opt("text-pair", &Params::text_pair, {"classify"}, "second segment for sentence-pair tasks (token type 1)"),
       opt("ids", &Params::ids, {"forward"}, "comma-separated token ids, e.g. 1,403,407 (no special tokens are added)"),
       opt("type-ids", &Params::type_ids, {"forward"}, "comma-separated token type ids (BERT; default all 0)"),
-      opt("out", &Params::out, {"forward", "decompose", "report"}, "output: .npy file (forward), checkpoint directory (decompose), report directory (report)"),
+      per_command(opt("out", &Params::out, {"forward", "decompose", "report"}, "the .npy file to write"),
+                  {{"decompose", "the checkpoint directory to write"},
+                   {"report", "the directory to write report.md and pareto.svg into"}}),
       flag("hidden", &Params::hidden, {"forward"}, "BERT: write the last hidden states [T, hidden] instead of the head's logits"),
-      list_opt("config", &Params::configs, {"info", "decompose", "eval", "sweep"},
-               "configuration string, e.g. \"L2,17,31:all=1\" or \"L0-15:q,k=64;L16-31:mlp=25%@svd\" (docs/config-strings.md); "
-               "sweep: one per configuration of the list strategy (repeatable)"),
+      per_command(list_opt("config", &Params::configs, {"info", "decompose", "eval", "sweep"},
+                           "configuration string, e.g. \"L2,17,31:all=1\" or \"L0-15:q,k=64;L16-31:mlp=25%@svd\" (docs/config-strings.md)"),
+                  {{"info", "configuration string whose size to report (parameters, bytes, reduction %, FLOPs per token), e.g. \"L2,17,31:all=1\""},
+                   {"eval", "configuration string: evaluate the model decomposed by it, e.g. \"L*:mlp=50%@svd\" (docs/config-strings.md)"},
+                   {"sweep", "a configuration of the list strategy, e.g. \"L*:mlp=50%@svd\" (repeatable: one per configuration)"}}),
       opt("canonical", &Params::canonical, {"config"}, "configuration string to print in canonical form"),
-      opt("space", &Params::space, {"space", "sweep"}, "design space: paper | per-matrix | grouped"),
+      one_of(opt("space", &Params::space, {"space", "sweep"}, "design space: paper | per-matrix | grouped"),
+             {"paper", "per-matrix", "grouped"}),
       opt("ranks", &Params::ranks, {"space", "sweep"}, "paper space: comma-separated ranks (integers or percentages)"),
       opt("choices", &Params::choices, {"space", "sweep"}, "per-matrix/grouped spaces: comma-separated choices, dense allowed"),
       opt("group-size", &Params::group_size, {"space", "sweep"}, "grouped space: consecutive layers tied together"),
-      opt("method", &Params::method, {"space", "sweep"}, "decomposition method of the space's points: tucker | svd | asvd | whiten (asvd, whiten: with --calib; docs/methods.md)"),
+      one_of(opt("method", &Params::method, {"space", "sweep"},
+                 "decomposition method of the space's points: tucker | svd | asvd | whiten (asvd, whiten: with --calib; docs/methods.md)"),
+             {"tucker", "svd", "asvd", "whiten"}),
       opt("list", &Params::list, {"space"}, "print the first N points in index order"),
       opt("sample", &Params::sample, {"space"}, "print N points drawn uniformly (with --seed)"),
-      opt("seed", &Params::seed, {"space", "eval", "sweep"}, "random seed: --sample (space), few-shot draws (eval)"),
+      per_command(opt("seed", &Params::seed, {"space", "eval", "sweep"}, "random seed of --sample"),
+                  {{"eval", "random seed of the few-shot draws"},
+                   {"sweep", "random seed of the strategy (and of the few-shot draws)"}}),
       opt("index", &Params::index, {"space"}, "print the point at this index (a decimal integer of any size)"),
       flag("dense", &Params::dense, {"decompose"}, "write reconstructed dense weights (an ordinary Hugging Face checkpoint)"),
       opt("cache-dir", &Params::cache_dir, {"decompose", "eval", "sweep"}, "cache directory: full SVDs (factor cache) and the base model's outputs for fidelity, reused across runs"),
-      opt("svd-backend", &Params::svd_backend, {"decompose", "eval", "sweep"}, "factorization: lapack | eigen (full SVD), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
+      one_of(opt("svd-backend", &Params::svd_backend, {"decompose", "eval", "sweep"},
+                 "factorization: lapack | eigen (full SVD), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
+             {"lapack", "eigen", "randomized"}),
       opt("calib", &Params::calib, {"decompose", "eval", "sweep"},
           "calibration data of the activation-aware methods @asvd and @whiten: a text file, a .tsv file (its sentence "
           "column) or a task name (tinystories, sst2, ...); samples come from its second half (docs/methods.md)"),
@@ -95,8 +147,9 @@ const std::vector<OptionDef>& option_defs() {
           "first N documents of each task in file order (MMLU: per subject; rolling perplexity: whole documents); llamacpp/chunks perplexity and fidelity: first N windows (-1 = all)"),
       opt("num-fewshot", &Params::num_fewshot, {"eval", "sweep"}, "few-shot examples per prompt (drawn with --seed; MMLU: the first k of dev)"),
       opt("ctx", &Params::ctx, {"eval", "sweep"}, "perplexity/fidelity window: text tokens per window (chunks, fidelity), positions per chunk with BOS (llamacpp), positions per window with the prefix token (rolling); 0 = the protocol's default (docs/evaluation.md)"),
-      opt("ppl-protocol", &Params::ppl_protocol, {"eval", "sweep"},
-          "perplexity protocol for every perplexity task: llamacpp | chunks | rolling (default: per task, docs/tasks.md)"),
+      one_of(opt("ppl-protocol", &Params::ppl_protocol, {"eval", "sweep"},
+                 "perplexity protocol for every perplexity task: llamacpp | chunks | rolling (default: per task, docs/tasks.md)"),
+             {"llamacpp", "chunks", "rolling"}),
       opt("name", &Params::name, {"eval"}, "task name of the --text perplexity (default: the file's stem)"),
       flag("bos", &Params::bos, {"eval", "sweep"}, "prepend BOS to every multiple-choice context (lm-eval 0.4.0 adds none)"),
       opt("data-dir", &Params::data_dir, {"decompose", "eval", "sweep"}, "directory of the benchmark data (the layout of ../shared/data)"),
@@ -110,39 +163,133 @@ const std::vector<OptionDef>& option_defs() {
           "fidelity task: text file the base and configured models are compared on (default: WikiText-2 raw test)"),
       opt("experiment", &Params::experiment, {"sweep"},
           "experiment file (INI, the option names of this command as keys; the command line overrides it); also the first positional argument"),
-      opt("db", &Params::db, {"sweep", "pareto", "studies", "export", "report"}, "results database (SQLite; created when absent)"),
-      opt("study", &Params::study, {"sweep", "pareto", "export", "report"}, "study name"),
-      opt("strategy", &Params::strategy, {"sweep"}, "search strategy: list | exhaustive | random | greedy | evolutionary"),
+      per_command(opt("db", &Params::db, {"sweep", "pareto", "studies", "export", "report"},
+                      "results database to read (a SQLite file written by rankscope sweep)"),
+                  {{"sweep", "results database (SQLite; created when absent); or `db =` in the experiment file"}}),
+      per_command(opt("study", &Params::study, {"sweep", "pareto", "studies", "export", "report"}, "study name"),
+                  {{"sweep", "study name (default: the experiment file's name without .ini)"},
+                   {"studies", "the study to --delete or --rename"}}),
+      one_of(opt("strategy", &Params::strategy, {"sweep"}, "search strategy: list | exhaustive | random | greedy | evolutionary"),
+             {"list", "exhaustive", "random", "greedy", "evolutionary"}),
       opt("budget", &Params::budget, {"sweep"},
           "total configurations the study evaluates (rerun with a larger budget to extend it)"),
       opt("population", &Params::population, {"sweep"}, "evolutionary: population size"),
       opt("generations", &Params::generations, {"sweep"}, "evolutionary: generations after the first (0 = until the budget)"),
       opt("mutation-rate", &Params::mutation_rate, {"sweep"}, "evolutionary: per-gene mutation probability (-1 = 1 / genes)"),
       opt("crossover-rate", &Params::crossover_rate, {"sweep"}, "evolutionary: probability that two parents cross over"),
-      opt("objectives", &Params::objectives, {"sweep", "pareto", "report"},
-          "objectives as METRIC:min|max, comma-separated, e.g. tinystories.ppl:min,size.params:min"),
+      per_command(opt("objectives", &Params::objectives, {"sweep", "pareto", "report"},
+                      "objectives as METRIC:min|max, comma-separated, e.g. tinystories.ppl:min,size.params:min "
+                      "(default: the study's)"),
+                  {{"sweep", "what the study optimises: METRIC:min|max, comma-separated, e.g. "
+                             "tinystories.ppl:min,size.params:min; or `objectives =` in the experiment file"}}),
       opt("constraints", &Params::constraints, {"sweep"}, "constraints, e.g. size.reduction_pct>=9 (comma-separated; ops >= <= > <)"),
       opt("target", &Params::target, {"sweep"}, "greedy: stop when every METRIC>=VALUE is reached, e.g. size.reduction_pct>=20"),
       flag("include-base", &Params::include_base, {"sweep"}, "evaluate the dense model as the baseline: first in a list, in the first population of evolutionary"),
       opt("stale-after", &Params::stale_after, {"sweep"},
           "seconds without a heartbeat after which another process's claim is taken over"),
       opt("where", &Params::where, {"pareto", "export", "report"},
-          "filter on stored metrics, e.g. \"size.reduction_pct>=9 and arc_easy.acc>0.5\""),
-      opt("format", &Params::format, {"pareto", "export"}, "output format: table | csv | json (export: csv | json)"),
+          "filter on stored metrics: METRIC OP NUMBER conditions (OP one of >= <= > <) joined by 'and' (or ','), "
+          "e.g. \"size.reduction_pct>=9 and arc_easy.acc>0.5\""),
+      flag("delete", &Params::delete_study, {"studies"},
+           "delete the study named by --study and everything recorded for it"),
+      opt("rename", &Params::rename, {"studies"}, "rename the study named by --study to this name"),
+      [] {
+        auto def = one_of(per_command(opt("format", &Params::format, {"pareto", "export"}, "output format: table | csv | json"),
+                                      {{"export", "output format: csv | json"}}),
+                          {"table", "csv", "json"});
+        def.command_choices["export"] = {"csv", "json"};
+        def.command_default["export"] = "csv";
+        return def;
+      }(),
       opt("ref", &Params::ref, {"pareto", "report"},
           "hypervolume reference point, one value per objective (default: the worst value of each objective plus 10 % of its range)"),
   };
   return defs;
 }
 
+const std::string& OptionDef::help_for(const std::string& command) const {
+  const auto it = command_help.find(command);
+  return it != command_help.end() ? it->second : help;
+}
+
+const std::vector<std::string>& OptionDef::choices_for(const std::string& command) const {
+  const auto it = command_choices.find(command);
+  return it != command_choices.end() ? it->second : choices;
+}
+
 po::options_description options_for(const std::string& command, Params& params) {
   po::options_description desc("Options");
   desc.add_options()("help,h", "show this help");
   for (const auto& def : option_defs()) {
-    if (def.commands.contains(command)) def.add(desc, params);
+    if (def.commands.contains(command)) def.declare(def, desc, params, command);
   }
   return desc;
 }
+
+namespace {
+
+// The options `command` takes, as candidates for a suggestion.
+std::vector<std::string> option_names(const std::string& command) {
+  std::vector<std::string> names = {"--help"};
+  for (const auto& def : option_defs()) {
+    if (def.commands.contains(command)) names.push_back("--" + def.name);
+  }
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+// po's message for an unknown option, with the closest option of the command when there is one.
+std::string unknown_option_message(const po::unknown_option& e, const std::string& command) {
+  std::string name = e.get_option_name();
+  if (!name.starts_with("-")) name = "--" + name;  // experiment files name options without dashes
+  return e.what() + did_you_mean(name, option_names(command));
+}
+
+// The first enumeration value of `vm` outside its choices, as a message; "" when there is none.
+// Only values given (not defaults) are checked.
+std::string check_choices(const std::string& command, const po::variables_map& vm) {
+  for (const auto& def : option_defs()) {
+    const auto& choices = def.choices_for(command);
+    if (choices.empty() || !def.commands.contains(command) || !vm.count(def.name) || vm[def.name].defaulted()) continue;
+    const auto& value = vm[def.name].as<std::string>();
+    if (std::find(choices.begin(), choices.end(), value) != choices.end()) continue;
+    return "--" + def.name + ": unknown value '" + value + "'" + did_you_mean(value, choices) + " (one of " + joined(choices) + ")";
+  }
+  return "";
+}
+
+bool given(const po::variables_map& vm, const std::string& name) { return vm.count(name) && !vm[name].defaulted(); }
+
+// The first of command.required that is missing, as a message; "" when all are there.
+std::string check_required(const Command& command, const po::variables_map& vm) {
+  for (const auto& entry : command.required) {
+    std::vector<std::string> alternatives;
+    for (size_t start = 0; start <= entry.size();) {
+      const size_t bar = std::min(entry.find('|', start), entry.size());
+      alternatives.push_back(entry.substr(start, bar - start));
+      start = bar + 1;
+    }
+    if (std::any_of(alternatives.begin(), alternatives.end(), [&](const auto& a) { return given(vm, a); })) continue;
+    if (alternatives.size() == 1 && alternatives[0] == "model" && command.name != "sweep") {
+      return "MODEL is required (a model directory, or a config.json for shapes only)";
+    }
+    std::string names;
+    for (size_t i = 0; i < alternatives.size(); ++i) {
+      names += (i == 0 ? "" : i + 1 == alternatives.size() ? " or " : ", ") + ("--" + alternatives[i]);
+    }
+    std::string message = names + " is required";
+    if (command.name == "sweep") message += " (or `" + alternatives[0] + " =` in the experiment file)";
+    return message;
+  }
+  return "";
+}
+
+}  // namespace
 
 std::optional<int> parse_command_line(const Command& command, int argc, const char* const* argv, Params& params) {
   auto desc = options_for(command.name, params);
@@ -152,6 +299,11 @@ std::optional<int> parse_command_line(const Command& command, int argc, const ch
   } else if (desc.find_nothrow("model", false) != nullptr) {
     positional.add("model", 1);
   }
+  const auto usage_error = [&](const std::string& message) {
+    std::cerr << "rankscope " << command.name << ": " << message << " (usage: rankscope " << command.name << " "
+              << command.usage << "; see --help)\n";
+    return 2;
+  };
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).positional(positional).run(), vm);
@@ -160,28 +312,40 @@ std::optional<int> parse_command_line(const Command& command, int argc, const ch
                 << command.summary << "\n\n" << desc;
       return 0;
     }
+    if (const auto message = check_choices(command.name, vm); !message.empty()) return usage_error(message);
     // An experiment file holds the same options as INI keys; values already given on the
-    // command line win (program_options keeps the first value stored), lists are merged.
+    // command line win (program_options keeps the first value stored), lists are merged. Its
+    // mistakes are bad input (exit 1, naming the file), not usage errors.
     if (vm.count("experiment")) {
       const auto file = vm["experiment"].as<std::string>();
+      const auto bad_file = [&](const std::string& message) {
+        std::cerr << "rankscope " << command.name << ": " << file << ": " << message << "\n";
+        return 1;
+      };
       try {
         std::ifstream in(file);
         if (!in) throw po::error("cannot read the file");
         po::store(po::parse_config_file(in, desc), vm);
+      } catch (const po::unknown_option& e) {
+        return bad_file(unknown_option_message(e, command.name));
       } catch (const po::error& e) {
-        std::cerr << "rankscope " << command.name << ": " << file << ": " << e.what() << "\n";
-        return 1;
+        return bad_file(e.what());
       }
+      if (const auto message = check_choices(command.name, vm); !message.empty()) return bad_file(message);
     }
     po::notify(vm);
     if (params.configs.size() > 1 && command.name != "sweep") {
       throw po::error("--config given more than once");
     }
     if (!params.configs.empty()) params.config = params.configs.front();
+    if (const auto message = check_required(command, vm); !message.empty()) return usage_error(message);
+    if (command.check) {
+      if (const auto message = command.check(params); !message.empty()) return usage_error(message);
+    }
+  } catch (const po::unknown_option& e) {
+    return usage_error(unknown_option_message(e, command.name));
   } catch (const po::error& e) {
-    std::cerr << "rankscope " << command.name << ": " << e.what() << " (usage: rankscope " << command.name
-              << " " << command.usage << "; see --help)\n";
-    return 2;
+    return usage_error(e.what());
   }
   return std::nullopt;
 }

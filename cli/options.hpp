@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -90,6 +91,8 @@ struct Params {
   bool include_base = false;
   double stale_after = 600.0;
   std::string where;
+  bool delete_study = false;  // studies --study NAME --delete
+  std::string rename;         // studies --study NAME --rename NEW
   std::string format = "table";
   std::string ref;
 };
@@ -97,8 +100,19 @@ struct Params {
 struct OptionDef {
   std::string name;                   // long name, without "--"
   std::set<std::string> commands;     // subcommands that accept it
-  std::string help;
-  std::function<void(boost::program_options::options_description&, Params&)> add;
+  std::string help;                   // what it means to every command not in command_help
+  std::map<std::string, std::string> command_help;     // where its meaning differs by command
+  std::map<std::string, std::string> command_default;  // a default other than Params{}'s, as written
+  std::vector<std::string> choices;                    // an enumeration's values (empty: any value)
+  std::map<std::string, std::vector<std::string>> command_choices;  // where they differ by command
+  // Declares the option as `command` takes it (help, default) into `desc`, bound to its Params
+  // field; called as def.declare(def, desc, params, command).
+  std::function<void(const OptionDef& self, boost::program_options::options_description& desc, Params& params,
+                     const std::string& command)>
+      declare;
+
+  const std::string& help_for(const std::string& command) const;
+  const std::vector<std::string>& choices_for(const std::string& command) const;
 };
 
 // Every option of every subcommand.
@@ -112,6 +126,12 @@ struct Command {
   std::string summary;
   std::string usage;  // after "rankscope NAME"
   std::function<int(const Params&)> run;
+  // Options that must be given (on the command line or, for sweep, in the experiment file); "a|b":
+  // one of them. A missing one is a usage error.
+  std::vector<std::string> required = {};
+  // Further checks of the parsed options that are usage errors (e.g. an unknown task name): returns
+  // the one-line message, or "" when all is well.
+  std::function<std::string(const Params&)> check = nullptr;
 };
 const std::vector<Command>& commands();
 

@@ -321,6 +321,12 @@ std::vector<std::pair<std::string, Tensor>> Model::named_tensors() const {
 
 Model load_model(const std::filesystem::path& path, const LoadOptions& options) {
   if (!std::filesystem::exists(path)) fail("{}: no such file or directory", path.string());
+  // A file is a model only as a bare config.json (shapes only); any other file (a .safetensors,
+  // a tokenizer) is a mistaken path, not malformed JSON.
+  if (!std::filesystem::is_directory(path) && path.extension() != ".json") {
+    fail("{}: is a file, not a model directory (a checkpoint directory with config.json, or a bare config.json)",
+         path.string());
+  }
   Model model;
   const bool config_only = !std::filesystem::is_directory(path);
   model.dir = config_only ? path.parent_path() : path;

@@ -2,7 +2,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -223,4 +225,149 @@ TEST_CASE("decompose writes a checkpoint and a second run factorizes nothing", "
   const auto bad = run(common + " --config 'L0:q=65' --out " + (dir / "c").string());
   CHECK(bad.exit_code == 1);
   CHECK_THAT(bad.err, Contains("65"));
+}
+
+TEST_CASE("--version prints the version of CMakeLists.txt's project()", "[cli]") {
+  const std::string cmake = slurp(std::filesystem::path(RANKSCOPE_SOURCE_DIR) / "CMakeLists.txt");
+  const auto at = cmake.find("project(rankscope VERSION ");
+  REQUIRE(at != std::string::npos);
+  const auto start = at + std::strlen("project(rankscope VERSION ");
+  const std::string version = cmake.substr(start, cmake.find(' ', start) - start);
+  for (const char* spelling : {"--version", "version"}) {
+    const auto r = run(spelling);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out == "rankscope " + version + "\n");
+  }
+}
+
+TEST_CASE("each command's help describes its own options, defaults as written", "[cli]") {
+  // The help of `command`, its line wrapping undone.
+  const auto help = [](const std::string& command) {
+    const auto r = run(command + " --help");
+    REQUIRE(r.exit_code == 0);
+    std::string flat;
+    for (char c : r.out) {
+      if (!std::isspace(static_cast<unsigned char>(c))) flat += c;
+      else if (!flat.empty() && flat.back() != ' ') flat += ' ';
+    }
+    return flat;
+  };
+  CHECK_THAT(help("forward"), Contains("the .npy file to write") && !Contains("report"));
+  CHECK_THAT(help("report"), Contains("report.md") && !Contains(".npy"));
+  // Only sweep creates a database.
+  CHECK_THAT(help("sweep"), Contains("created when absent"));
+  for (const char* reader : {"pareto", "studies", "export", "report"}) {
+    INFO(reader);
+    CHECK_THAT(help(reader), Contains("--db") && !Contains("created"));
+  }
+  CHECK_THAT(help("export"), Contains("--format arg (=csv) output format: csv | json") && !Contains("table"));
+  CHECK_THAT(help("pareto"), Contains("--format arg (=table) output format: table | csv | json"));
+  CHECK_THAT(help("classify"), Contains("--text arg text to classify"));
+  CHECK_THAT(help("eval"), Contains("--text arg a text file to score perplexity on"));
+  const auto sweep = help("sweep");
+  CHECK_THAT(sweep, Contains("--crossover-rate arg (=0.9)") && Contains("--stale-after arg (=600)") &&
+                        Contains("--mutation-rate arg (=-1)"));
+  CHECK_THAT(sweep, !Contains("0.9000") && !Contains("600.0"));
+  CHECK_THAT(help("eval"), Contains("--asvd-alpha arg (=0.5)"));
+}
+
+TEST_CASE("a missing required option is a usage error", "[cli]") {
+  const std::pair<const char*, const char*> cases[] = {
+      {"info", "MODEL is required"},
+      {"classify ../shared/data/bert-tiny-sst2", "--text is required"},
+      {"forward m --out x.npy", "--ids is required"},
+      {"forward m --ids 1,2", "--out is required"},
+      {"config m", "--canonical is required"},
+      {"decompose m --config 'L0:q=1'", "--out is required"},
+      {"eval m --limit 3", "--tasks or --text is required"},
+      {"pareto --study s", "--db is required"},
+      {"export --db x.db", "--study is required"},
+      {"report --db x.db --study s", "--out is required"},
+      {"studies", "--db is required"},
+      {"sweep --db x.db --tasks size --objectives size.params:min", "--model is required (or `model =` in the experiment file)"},
+  };
+  for (const auto& [args, message] : cases) {
+    INFO(args);
+    const auto r = run(args);
+    CHECK(r.exit_code == 2);
+    CHECK(line_count(r.err) == 1);
+    CHECK_THAT(r.err, Contains(message) && Contains("usage: rankscope"));
+  }
+}
+
+TEST_CASE("unknown names suggest the closest valid one", "[cli]") {
+  const auto command = run("evl m --tasks size");
+  CHECK(command.exit_code == 2);
+  CHECK_THAT(command.err, Contains("unknown command 'evl'") && Contains("did you mean 'eval'?"));
+  const auto option = run("generate m --tokns 3");
+  CHECK(option.exit_code == 2);
+  CHECK(line_count(option.err) == 1);
+  CHECK_THAT(option.err, Contains("--tokns") && Contains("did you mean '--tokens'?"));
+  const auto strategy = run("sweep --model m --db x.db --tasks size --objectives size.params:min --strategy evolutionay");
+  CHECK(strategy.exit_code == 2);
+  CHECK_THAT(strategy.err, Contains("--strategy: unknown value 'evolutionay'") && Contains("did you mean 'evolutionary'?"));
+  const auto format = run("export --db x.db --study s --format table");
+  CHECK(format.exit_code == 2);
+  CHECK_THAT(format.err, Contains("--format: unknown value 'table'") && Contains("one of csv, json"));
+  const auto task = run("eval m --tasks arc_eazy,size");
+  CHECK(task.exit_code == 2);
+  CHECK_THAT(task.err, Contains("unknown task 'arc_eazy'") && Contains("did you mean 'arc_easy'?"));
+  CHECK(run("space m --space per_matrix").exit_code == 2);
+  CHECK_THAT(run("space m --space per_matrix").err, Contains("did you mean 'per-matrix'?"));
+  const auto backend = run("decompose m --out d --svd-backend lapak");
+  CHECK(backend.exit_code == 2);
+  CHECK_THAT(backend.err, Contains("did you mean 'lapack'?"));
+}
+
+TEST_CASE("an unknown key in an experiment file is bad input naming the file", "[cli][errors]") {
+  const auto dir = test::scratch_dir("cli_experiment_typo");
+  test::write_text(dir / "x.ini", "model = m\nstrategy = greedy\nbudgte = 4\n");
+  const auto r = run("sweep " + (dir / "x.ini").string());
+  CHECK(r.exit_code == 1);
+  CHECK(line_count(r.err) == 1);
+  CHECK_THAT(r.err, Contains((dir / "x.ini").string()) && Contains("budgte") && Contains("did you mean '--budget'?"));
+}
+
+TEST_CASE("a file where a model directory is expected says so", "[cli][errors]") {
+  const auto file = test::shared_data("stories260K-hf/model.safetensors");
+  RS_REQUIRE_SHARED(file);
+  for (const char* command : {"info", "generate", "eval --tasks size"}) {
+    INFO(command);
+    const auto r = run(std::string(command) + " ../shared/data/stories260K-hf/model.safetensors");
+    CHECK(r.exit_code == 1);
+    CHECK(line_count(r.err) == 1);
+    CHECK_THAT(r.err, Contains("model.safetensors: is a file, not a model directory"));
+  }
+  // A bare config.json is still a (shapes-only) model.
+  CHECK(run("info ../shared/data/stories260K-hf/config.json").exit_code == 0);
+}
+
+TEST_CASE("--where grammar errors say what is wrong and where", "[cli][errors]") {
+  RS_REQUIRE_SHARED(test::shared_dir() / "configs" / "llama-2-7b");
+  const auto dir = test::scratch_dir("cli_where");
+  const auto db = (dir / "w.db").string();
+  // A one-evaluation study, size only: no weights needed.
+  const auto sweep = run("sweep --model ../shared/configs/llama-2-7b --db " + db +
+                         " --study s --tasks size --objectives size.params:min,size.reduction_pct:max --strategy list "
+                         "--config 'L0:q=1' --budget 1");
+  REQUIRE(sweep.exit_code == 0);
+  const std::string query = "pareto --db " + db + " --study s --where ";
+  CHECK(run(query + "'size.params<=7e9 and size.reduction_pct>0'").exit_code == 0);
+  const std::pair<const char*, const char*> cases[] = {
+      {"size.params<=7e9 and", "expected a condition after 'and', found the end at character 21"},
+      {"size.params=7e9", "'=' is not supported after 'size.params' (compare with >=, <=, > or <) at character 12"},
+      {"size.params>=abc", "'abc' is not a finite number at character 14"},
+      {"size.params>=1 or size.params<2", "'or' is not supported"},
+      {"size.params>=1 size.params<2", "expected 'and' or ',' after 'size.params>=1', found 'size.params<2' at character 16"},
+      {"(size.params>=1)", "parentheses are not supported"},
+      {"size.params", "expected >=, <=, > or < after 'size.params', found the end at character 12"},
+      {">=5", "expected a metric name"},
+  };
+  for (const auto& [where, message] : cases) {
+    INFO(where);
+    const auto r = run(query + "'" + where + "'");
+    CHECK(r.exit_code == 1);
+    CHECK(line_count(r.err) == 1);
+    CHECK_THAT(r.err, Contains(std::string("--where \"") + where + "\"") && Contains(message));
+  }
 }

@@ -93,25 +93,46 @@ TEST_CASE("ARC-Easy: per-choice log-likelihoods equal a token-by-token brute for
   // acc and acc_norm from those log-likelihoods: acc_norm divides by characters, not tokens.
   const TaskReport report = evaluate_task(model, task, {});
   REQUIRE(report.metrics.size() == 2);
-  double acc = 0.0, acc_norm = 0.0, acc_norm_tokens = 0.0;
+  // evaluate_task batches the questions otherwise than `reused` (7 per pass), so its
+  // log-likelihoods differ in their last bits (test::fp32_forward_rel_tol): a question whose best
+  // choice leads by less than that bound may go either way (on Haswell one of these 20 does), so
+  // it counts as a possible hit, not a certain one. Every other question must agree.
+  const double rel_tol = test::fp32_forward_rel_tol(model.config, model.config.n_ctx_train);
+  double acc_min = 0.0, acc_max = 0.0, norm_min = 0.0, norm_max = 0.0, acc_norm_tokens = 0.0;
   for (size_t g = 0; g < groups.size(); ++g) {
-    const int gold = task.docs[g].gold[0];
-    size_t best = 0, best_norm = 0, best_tok = 0;
+    const auto gold = static_cast<size_t>(task.docs[g].gold[0]);
+    const auto raw = [&](size_t i) { return reused[g][i].logprob; };
+    const auto norm = [&](size_t i) { return reused[g][i].logprob / static_cast<double>(task.docs[g].continuations[i].size()); };
+    const auto per_tok = [&](size_t i) { return reused[g][i].logprob / static_cast<double>(reused[g][i].n_tokens); };
+    // Whether gold is certainly / possibly the argmax of `score` (ties to the lowest index).
+    const auto hit = [&](const auto& score, double& certain, double& possible) {
+      bool surely = true, maybe = true;
+      for (size_t k = 0; k < reused[g].size(); ++k) {
+        if (k == gold) continue;
+        const double margin = rel_tol * (std::abs(score(gold)) + std::abs(score(k)));
+        const bool k_wins = k < gold ? score(k) >= score(gold) : score(k) > score(gold);
+        surely = surely && !k_wins && std::abs(score(k) - score(gold)) > margin;
+        maybe = maybe && !(k_wins && std::abs(score(k) - score(gold)) > margin);
+      }
+      certain += surely;
+      possible += maybe;
+    };
+    hit(raw, acc_min, acc_max);
+    hit(norm, norm_min, norm_max);
+    size_t best_tok = 0;
     for (size_t k = 1; k < reused[g].size(); ++k) {
-      auto norm = [&](size_t i) { return reused[g][i].logprob / static_cast<double>(task.docs[g].continuations[i].size()); };
-      auto per_tok = [&](size_t i) { return reused[g][i].logprob / static_cast<double>(reused[g][i].n_tokens); };
-      if (reused[g][k].logprob > reused[g][best].logprob) best = k;
-      if (norm(k) > norm(best_norm)) best_norm = k;
       if (per_tok(k) > per_tok(best_tok)) best_tok = k;
     }
-    acc += static_cast<int>(best) == gold;
-    acc_norm += static_cast<int>(best_norm) == gold;
-    acc_norm_tokens += static_cast<int>(best_tok) == gold;
+    acc_norm_tokens += best_tok == gold;
   }
   CHECK(report.metrics[0].name() == "arc_easy.acc");
-  CHECK(report.metrics[0].value == Approx(acc / 20.0));
+  CHECK(report.metrics[0].value >= acc_min / 20.0 - 1e-12);
+  CHECK(report.metrics[0].value <= acc_max / 20.0 + 1e-12);
+  CHECK(acc_max - acc_min <= 2.0);  // near-ties are rare: the check still pins the accuracy
   CHECK(report.metrics[1].name() == "arc_easy.acc_norm");
-  CHECK(report.metrics[1].value == Approx(acc_norm / 20.0));
+  CHECK(report.metrics[1].value >= norm_min / 20.0 - 1e-12);
+  CHECK(report.metrics[1].value <= norm_max / 20.0 + 1e-12);
+  CHECK(norm_max - norm_min <= 2.0);
   CHECK(report.metrics[0].n == 20);
   CHECK(report.protocol["num_fewshot"] == 0);
   CHECK(report.protocol["bos"] == false);
@@ -292,9 +313,10 @@ TEST_CASE("rankscope eval: table and JSON with protocol and model hash and canon
   REQUIRE(run_cli("eval " + common + " --tasks arc_easy --limit 3", &out) == 0);
   CHECK_THAT(out, Contains("arc_easy.acc_norm") && Contains("0-shot"));
 
-  CHECK(run_cli("eval " + common + " --tasks no_such_task", &out) == 1);
-  CHECK_THAT(out, Contains("no_such_task"));
+  // An unknown task name and a missing --tasks are usage errors (exit 2), with the usage line.
+  CHECK(run_cli("eval " + common + " --tasks no_such_task", &out) == 2);
+  CHECK_THAT(out, Contains("no_such_task") && Contains("usage"));
   CHECK(std::count(out.begin(), out.end(), '\n') == 1);
-  CHECK(run_cli("eval " + common, &out) == 1);
+  CHECK(run_cli("eval " + common, &out) == 2);
   CHECK_THAT(out, Contains("--tasks"));
 }

@@ -196,16 +196,11 @@ TEST_CASE("tokenizer.json BPE encodes 50k characters of TinyStories like transfo
   const std::string text = read_file(text_file).substr(0, n_chars);
   for (char c : text) REQUIRE(static_cast<unsigned char>(c) < 0x80);
 
-  const auto start = std::chrono::steady_clock::now();
+  // Its speed (a linked-list-and-heap merge, linear in the text) is measured by bench/tokenize.
   const auto ids = tok->encode(text);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  INFO("encode took " << seconds << " s");
   REQUIRE(ids.size() == expected.at("n_tokens").get<size_t>());
   CHECK(ids == ids_of(expected.at("ids")));
   CHECK(tok->decode(ids) == text);
-  // A linked-list-and-heap merge does this in milliseconds; a quadratic rescan would not.
-  CHECK(seconds < 5.0);
 }
 
 namespace {
