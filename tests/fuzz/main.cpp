@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include <new>
 #include <string>
 #include <typeinfo>
+#include <vector>
 
 #include <fmt/format.h>
 
