@@ -158,7 +158,8 @@ Tensor SafetensorsFile::load(const SafetensorsEntry& entry) const {
     return t;
   }
   std::vector<float> values(static_cast<size_t>(t.numel()));
-  convert_to_f32(*entry.dtype, bytes.data(), values.size(), values.data());
+  // An empty tensor has nothing to convert (and a null buffer that memcpy must not be given).
+  if (!values.empty()) convert_to_f32(*entry.dtype, bytes.data(), values.size(), values.data());
   return Tensor::owned(entry.shape, std::move(values));
 }
 

@@ -201,3 +201,20 @@ TEST_CASE("corrupt .npy headers are one-line Errors, never exceptions of other t
     CHECK_THAT(error_of(), Contains(path.string()) && Contains("not a regular file"));
   }
 }
+
+TEST_CASE("empty tensors load, in place or converted, without touching a null buffer", "[formats][fuzz]") {
+  // Found by the fuzzer under UBSan: an empty tensor outside the zero-copy path (misaligned F32,
+  // or F16) passed the null data() of an empty vector to memcpy.
+  const auto dir = test::scratch_dir("safetensors_empty");
+  const auto path = dir / "empty.safetensors";
+  // A 61-byte header puts the data section at offset 69: F32 there is misaligned.
+  std::string header = R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"h":{"dtype":"F16","shape":[0],"data_offsets":[0,0]}})";
+  header.append((4 - (8 + header.size()) % 4) % 4 + 1, ' ');
+  REQUIRE((8 + header.size()) % 4 != 0);
+  write_raw(path, header, 0);
+  const auto file = SafetensorsFile::open(path);
+  for (const char* name : {"e", "h"}) {
+    const Tensor t = file.load(*file.find(name));
+    CHECK(t.numel() == 0);
+  }
+}
