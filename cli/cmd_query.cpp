@@ -14,6 +14,7 @@
 #include "cli/commands.hpp"
 #include "core/error.hpp"
 #include "core/factor_cache.hpp"
+#include "core/suggest.hpp"
 #include "db/results_db.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
@@ -23,6 +24,13 @@ namespace rankscope::cli {
 namespace {
 
 nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+// The shortest decimal that parses back to exactly `v` (as %.17g, without its noise digits);
+// "nan", "inf", "-inf" for non-finite values.
+std::string exact_number(double v) {
+  if (std::isnan(v)) return "nan";
+  return fmt::format("{}", v);
+}
 
 std::string fmt_value(double v) {
   if (!std::isfinite(v)) return "nan";
@@ -117,8 +125,19 @@ std::vector<Constraint> parse_where(const std::string& text) {
 
 ResultsDb open_existing(const std::string& path) {
   if (path.empty()) throw Error("--db FILE is required");
-  if (!std::filesystem::exists(path)) fail("{}: no such results database", path);
-  return ResultsDb(path);
+  ResultsDb::Options options;
+  options.create = false;  // a mistyped path is an error, not a new empty database
+  return ResultsDb(path, options);
+}
+
+// Every metric named in objectives or filters must be in the database: an unknown name is an
+// error (with the closest stored name), not an empty front.
+void check_stored_metrics(const ResultsDb& db, const std::vector<std::string>& names, const std::string& option) {
+  const std::vector<std::string> stored = db.metric_names();
+  for (const auto& name : names) {
+    if (std::find(stored.begin(), stored.end(), name) != stored.end()) continue;
+    fail("{}: {}: no metric '{}' in this database{}", db.path().string(), option, name, did_you_mean(name, stored));
+  }
 }
 
 StudyInfo require_study(const ResultsDb& db, const std::string& name) {
@@ -151,7 +170,10 @@ Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& p
   f.where = parse_where(params.where);
   std::vector<std::string> metrics;
   for (const auto& o : f.objectives) metrics.push_back(o.metric);
+  check_stored_metrics(db, metrics, "--objectives");
   for (const auto& c : f.where) metrics.push_back(c.metric);
+  check_stored_metrics(db, std::vector<std::string>(metrics.begin() + static_cast<long>(f.objectives.size()), metrics.end()),
+                       "--where");
   f.rows = db.metric_rows(study.id, metrics);
   const size_t m = f.objectives.size();
   std::vector<bool> minimize;
@@ -210,7 +232,7 @@ Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& p
 }
 
 std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
   std::string out = "\"";
   for (char c : s) {
     if (c == '"') out += '"';
@@ -250,7 +272,7 @@ int run_pareto(const Params& params) {
     fmt::print("{}\n", header);
     for (size_t i : f.front) {
       std::string line = fmt::format("{},{}", f.rows.evaluation_ids[i], csv_field(f.rows.configs[i]));
-      for (size_t j = 0; j < m; ++j) line += "," + fmt_value(f.rows.rows[i][j]);
+      for (size_t j = 0; j < m; ++j) line += "," + exact_number(f.rows.rows[i][j]);
       fmt::print("{}\n", line);
     }
   } else if (params.format == "table") {
@@ -274,6 +296,20 @@ int run_pareto(const Params& params) {
 }
 
 int run_studies(const Params& params) {
+  if (params.delete_study || !params.rename.empty()) {
+    if (params.delete_study && !params.rename.empty()) throw Error("--delete and --rename cannot be combined");
+    if (params.study.empty()) fail("--{} needs the study: --study NAME", params.delete_study ? "delete" : "rename");
+    ResultsDb db = open_existing(params.db);
+    const StudyInfo study = require_study(db, params.study);
+    if (params.delete_study) {
+      db.delete_study(study.name);
+      fmt::print("deleted study '{}' ({} evaluations) from {}\n", study.name, study.counts.total(), params.db);
+    } else {
+      db.rename_study(study.name, params.rename);
+      fmt::print("renamed study '{}' to '{}' in {}\n", study.name, params.rename, params.db);
+    }
+    return 0;
+  }
   const ResultsDb db = open_existing(params.db);
   const auto studies = db.studies();
   nlohmann::json out = nlohmann::json::array();
@@ -321,13 +357,6 @@ int run_studies(const Params& params) {
 namespace {
 
 // Export and report: numbers at full precision, times in ISO 8601, names escaped for their format.
-
-// The shortest decimal that parses back to exactly `v` (as %.17g, without its noise digits);
-// "nan", "inf", "-inf" for non-finite values.
-std::string exact_number(double v) {
-  if (std::isnan(v)) return "nan";
-  return fmt::format("{}", v);
-}
 
 // Unix seconds as ISO 8601 UTC with microseconds ("2026-11-29T04:26:24.123456Z"); "" for NaN.
 std::string iso8601_utc(double unix_seconds) {
@@ -401,6 +430,11 @@ int run_export(const Params& params) {
   const ResultsDb db = open_existing(params.db);
   const StudyInfo study = require_study(db, params.study);
   const auto where = parse_where(params.where);
+  {
+    std::vector<std::string> names;
+    for (const auto& c : where) names.push_back(c.metric);
+    check_stored_metrics(db, names, "--where");
+  }
   std::vector<EvaluationRecord> records;
   std::set<std::string> metric_names;
   db.for_each_evaluation(study.id, [&](const EvaluationRecord& r) {

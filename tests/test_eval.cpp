@@ -1,5 +1,6 @@
 // The multiple-choice / classification harness against brute force and golden numbers, and the
 // eval command end to end.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -9,6 +10,7 @@
 #include "core/bert.hpp"
 #include "core/llama.hpp"
 #include "core/model.hpp"
+#include "evaluators/evaluator.hpp"
 #include "evaluators/harness.hpp"
 #include "evaluators/loglikelihood.hpp"
 #include "evaluators/tasks.hpp"
@@ -319,4 +321,25 @@ TEST_CASE("rankscope eval: table and JSON with protocol and model hash and canon
   CHECK(std::count(out.begin(), out.end(), '\n') == 1);
   CHECK(run_cli("eval " + common, &out) == 2);
   CHECK_THAT(out, Contains("--tasks"));
+}
+
+TEST_CASE("Evaluator::metric_names lists exactly the metrics a run reports, before it runs") {
+  RS_REQUIRE_SHARED(stories());
+  const Model model = load_model(stories());
+  EvalRequest request;
+  request.tasks = {"tinystories", "size", "fidelity", "arc_easy", "latency"};
+  request.load.data_dir = test::shared_data("");
+  request.load.limit = 2;
+  request.latency.reps = 1;
+  request.latency.tokens = 8;
+  const Evaluator evaluator(model, request);
+  std::vector<std::string> produced;
+  for (const auto& report : evaluator.run(model, Config{}))
+    for (const auto& m : report.metrics) produced.push_back(m.name());
+  std::vector<std::string> promised = evaluator.metric_names();
+  std::sort(produced.begin(), produced.end());
+  std::sort(promised.begin(), promised.end());
+  CHECK(produced == promised);
+  CHECK(std::count(promised.begin(), promised.end(), "arc_easy.acc_norm") == 1);
+  CHECK(std::count(promised.begin(), promised.end(), "size.params") == 1);
 }
