@@ -227,7 +227,7 @@ TEST_CASE("decompose writes a checkpoint and a second run factorizes nothing", "
   CHECK_THAT(bad.err, Contains("65"));
 }
 
-TEST_CASE("--version prints the version of CMakeLists.txt's project()", "[cli]") {
+TEST_CASE("rankscope --version prints the version of CMakeLists.txt's project()", "[cli]") {
   const std::string cmake = slurp(std::filesystem::path(RANKSCOPE_SOURCE_DIR) / "CMakeLists.txt");
   const auto at = cmake.find("project(rankscope VERSION ");
   REQUIRE(at != std::string::npos);
@@ -342,7 +342,7 @@ TEST_CASE("a file where a model directory is expected says so", "[cli][errors]")
   CHECK(run("info ../shared/data/stories260K-hf/config.json").exit_code == 0);
 }
 
-TEST_CASE("--where grammar errors say what is wrong and where", "[cli][errors]") {
+TEST_CASE("pareto --where grammar errors say what is wrong and where", "[cli][errors]") {
   RS_REQUIRE_SHARED(test::shared_dir() / "configs" / "llama-2-7b");
   const auto dir = test::scratch_dir("cli_where");
   const auto db = (dir / "w.db").string();
