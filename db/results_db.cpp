@@ -29,6 +29,9 @@ namespace rankscope {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// SQLite's messages may quote schema text over several lines: errors show at most this much of
+// one, control characters escaped, so that every Error stays one line.
+constexpr size_t kMaxMessage = 300;
 
 // ---------------------------------------------------------------------------------------------
 // The schema: migrations[k] takes PRAGMA user_version k to k+1 (version 0 is an empty file).
@@ -222,7 +225,8 @@ struct ResultsDbImpl {
   void check(int rc, std::string_view what) const {
     if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
     if (is_busy(rc)) throw Busy{};
-    const std::string message = fmt::format("{}: {}: {}", name, what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    const std::string message =
+        fmt::format("{}: {}: {}", name, what, printable(db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), kMaxMessage));
     if (is_transient(rc)) throw TransientError(message);
     throw Error(message);
   }
@@ -248,7 +252,7 @@ struct ResultsDbImpl {
     sqlite3_free(message);
     if (rc == SQLITE_OK) return;
     if (is_busy(rc)) throw Busy{};
-    const std::string line = fmt::format("{}: {}", name, text.empty() ? sqlite3_errstr(rc) : text);
+    const std::string line = fmt::format("{}: {}", name, printable(text.empty() ? sqlite3_errstr(rc) : text, kMaxMessage));
     if (is_transient(rc)) throw TransientError(line);
     throw Error(line);
   }
@@ -413,7 +417,7 @@ void Impl::classify() {
       sqlite3_finalize(stmt);
       if (code != SQLITE_ROW) {
         if (is_busy(code)) throw Busy{};
-        std::string message = sqlite3_errmsg(db);
+        const std::string message = printable(sqlite3_errmsg(db), kMaxMessage);
         if ((code & 0xff) == SQLITE_NOTADB) fail("{}: not a rankscope results database (not an SQLite file)", name);
         if ((code & 0xff) == SQLITE_CORRUPT) fail("{}: damaged results database ({})", name, message);
         fail("{}: cannot read database: {}", name, message);
@@ -480,7 +484,7 @@ void Impl::migrate() {
     for (int64_t k = version; k < latest; ++k) {
       char* message = nullptr;
       const int rc = sqlite3_exec(db, migrations[static_cast<size_t>(k)].c_str(), nullptr, nullptr, &message);
-      const std::string text = message ? message : sqlite3_errstr(rc);
+      const std::string text = printable(message ? message : sqlite3_errstr(rc), kMaxMessage);
       sqlite3_free(message);
       if (is_busy(rc)) throw Busy{};
       if (rc != SQLITE_OK)
@@ -502,7 +506,7 @@ void Impl::open() {
   const int flags = SQLITE_OPEN_READWRITE | (options.create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
   const int rc = sqlite3_open_v2(name.c_str(), &db, flags, nullptr);
   if (rc != SQLITE_OK) {
-    std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    const std::string message = printable(db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), kMaxMessage);
     fail("{}: cannot open database: {}", name, message);
   }
   sqlite3_busy_timeout(db, busy_wait_ms());

@@ -713,7 +713,7 @@ TEST_CASE("db: JSON nested past any sane depth is one error, not a crash") {
   CHECK(db.integrity_check() == "ok");
 }
 
-TEST_CASE("db: studies are deleted and renamed whole; a missing file is not created on request") {
+TEST_CASE("db: studies are deleted and renamed whole, and a missing file is not created on request") {
   const auto dir = test::scratch_dir("db_study_edit");
   CHECK_THROWS_WITH(ResultsDb(dir / "absent.db", {.create = false}), Contains("absent.db: no such results database"));
   CHECK(!fs::exists(dir / "absent.db"));

@@ -513,7 +513,7 @@ TEST_CASE("sweep: four workers and a reader polling every 0.2 s leave a sound, c
   CHECK_THAT(logs, !Contains("locked") && !Contains("malformed"));
 }
 
-TEST_CASE("sweep: the budget counts finished evaluations; claims of dead, silent or future-dated workers are taken over") {
+TEST_CASE("sweep: the budget counts finished evaluations, and claims of dead, silent or future-dated workers are taken over") {
   RS_REQUIRE_SHARED(stories());
   const auto dir = test::scratch_dir("sweep-budget-claims");
   // Create the study (stale-after 3 s) with its first configuration, then leave three claims on
