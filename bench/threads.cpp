@@ -11,7 +11,10 @@
 // machine, the start-up cost of the re-execution itself: `config` with the policy already set
 // (no re-exec) against unset (one re-exec).
 //
-//   build/bench/threads [--reps N] [--exe build/rankscope] [--no-competitor] [--skip-sweep]
+// Spinning is slow (a minute and more per run under load): --reps defaults to 1, --active adds
+// OMP_WAIT_POLICY=ACTIVE to libgomp's default.
+//
+//   build/bench/threads [--reps N] [--exe build/rankscope] [--active] [--no-competitor] [--skip-sweep]
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -97,16 +100,17 @@ struct Policy {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 3;
-  bool competitor = true, sweep = true;
+  int reps = 1;
+  bool competitor = true, sweep = true, active = false;
   std::string exe = "build/rankscope";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--exe") && i + 1 < argc) exe = argv[++i];
     else if (!std::strcmp(argv[i], "--no-competitor")) competitor = false;
+    else if (!std::strcmp(argv[i], "--active")) active = true;
     else if (!std::strcmp(argv[i], "--skip-sweep")) sweep = false;
     else {
-      fmt::print(stderr, "usage: {} [--reps N] [--exe PATH] [--no-competitor] [--skip-sweep]\n", argv[0]);
+      fmt::print(stderr, "usage: {} [--reps N] [--exe PATH] [--active] [--no-competitor] [--skip-sweep]\n", argv[0]);
       return 2;
     }
   }
@@ -125,8 +129,8 @@ int main(int argc, char** argv) {
     run("", exe, sweep_args());  // fills the factor cache: every timed sweep reads its factors from it
 
     const Policy passive{"passive (default)", ""};
-    const std::vector<Policy> spinning = {{"OMP_WAIT_POLICY=ACTIVE", "OMP_WAIT_POLICY=ACTIVE"},
-                                          {"libgomp default", "GOMP_SPINCOUNT=300000"}};
+    std::vector<Policy> spinning = {{"libgomp default (GOMP_SPINCOUNT=300000)", "GOMP_SPINCOUNT=300000"}};
+    if (active) spinning.push_back({"OMP_WAIT_POLICY=ACTIVE", "OMP_WAIT_POLICY=ACTIVE"});
     fmt::print("bench/threads: {} paired runs each, {}\n\n", reps,
                competitor ? "one competing busy loop running throughout" : "no competing process");
     for (const auto& spin : spinning) {

@@ -28,16 +28,17 @@ void print_overview(std::ostream& os) {
 }
 
 // OpenMP threads that spin while they wait steal the cores of everything else on the machine:
-// with one competing process on 2 cores, `eval --tasks arc_easy --limit 100` took 33-35 s instead
-// of 0.8 s, and several sweep workers on one database slowed each other 4x. Idle threads
-// therefore sleep (OMP_WAIT_POLICY=PASSIVE) unless the user chose a policy or a spin count.
+// with one competing busy loop on a loaded 2-core machine, `eval --tasks arc_easy --limit 100`
+// took 102 s instead of 5.1 s, `generate` ran 45x slower and a 16-configuration sweep 4.9x
+// (bench/threads, docs/benchmarks.md). Idle threads therefore sleep (OMP_WAIT_POLICY=PASSIVE)
+// unless the user chose a policy or a spin count.
 //
 // libgomp reads the variable once, in its own initialiser, before any code of this executable
 // runs; setting it from a constructor, or even from .preinit_array (which runs before libgomp's
 // initialiser), does not work: libc's initialiser resets `environ` to the original block and the
 // setenv is lost (tried with glibc 2.36 and GCC 12's libgomp: the spin count stays at 300000).
-// So the process re-executes itself once with the variable set: a few milliseconds on start-up
-// (measured in bench/threads), against seconds lost to spinning. Returns only when no re-exec is
+// So the process re-executes itself once with the variable set: 6 ms on start-up (bench/threads),
+// against seconds lost to spinning. Returns only when no re-exec is
 // needed or it failed (no /proc: the default policy then).
 void sleep_idle_openmp_threads(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
