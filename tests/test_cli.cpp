@@ -51,6 +51,21 @@ RunResult run(const std::string& args) {
   return result;
 }
 
+// The OpenMP settings every libgomp that starts in `rankscope ARGS` prints (OMP_DISPLAY_ENV), run
+// with `env ENV` after removing the caller's wait policy and spin count.
+std::string openmp_settings(const std::string& env, const std::string& args) {
+  const auto err = std::filesystem::path(RANKSCOPE_BINARY_DIR) / "test-scratch" /
+                   ("cli.omp." + std::to_string(::getpid()) + ".err");
+  std::filesystem::create_directories(err.parent_path());
+  const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OMP_DISPLAY_ENV=verbose " +
+                          env + " '" RANKSCOPE_EXE "' " + args + " >/dev/null 2>'" + err.string() + "'";
+  const int status = std::system(cmd.c_str());
+  REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  const std::string text = slurp(err);
+  std::filesystem::remove(err);
+  return text;
+}
+
 int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 }  // namespace
@@ -370,4 +385,23 @@ TEST_CASE("pareto --where grammar errors say what is wrong and where", "[cli][er
     CHECK(line_count(r.err) == 1);
     CHECK_THAT(r.err, Contains(std::string("--where \"") + where + "\"") && Contains(message));
   }
+}
+
+TEST_CASE("every command runs with idle OpenMP threads sleeping unless the user chose a policy", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_dir() / "configs" / "llama-2-7b");
+  const std::string command = "config ../shared/configs/llama-2-7b --canonical 'L0:q=1'";
+  // libgomp reads the policy when it loads: the first process prints the default, the process
+  // it re-executes prints PASSIVE with no spinning; nothing runs after that.
+  const auto unset = openmp_settings("", command);
+  const auto last = unset.rfind("GOMP_SPINCOUNT = ");
+  REQUIRE(last != std::string::npos);
+  CHECK(unset.substr(last, std::strlen("GOMP_SPINCOUNT = '0'")) == "GOMP_SPINCOUNT = '0'");
+  CHECK_THAT(unset, Contains("OMP_WAIT_POLICY = 'PASSIVE'"));
+  // A policy or spin count the user set is kept, and there is no re-execution (one libgomp start).
+  const auto active = openmp_settings("OMP_WAIT_POLICY=ACTIVE", command);
+  CHECK_THAT(active, Contains("OMP_WAIT_POLICY = 'ACTIVE'"));
+  CHECK(active.find("GOMP_SPINCOUNT") == active.rfind("GOMP_SPINCOUNT"));
+  const auto spin = openmp_settings("GOMP_SPINCOUNT=1000", command);
+  CHECK_THAT(spin, Contains("GOMP_SPINCOUNT = '1000'"));
+  CHECK(spin.find("GOMP_SPINCOUNT") == spin.rfind("GOMP_SPINCOUNT"));
 }
