@@ -37,8 +37,8 @@ void print_overview(std::ostream& os) {
 // runs; setting it from a constructor, or even from .preinit_array (which runs before libgomp's
 // initialiser), does not work: libc's initialiser resets `environ` to the original block and the
 // setenv is lost (tried with glibc 2.36 and GCC 12's libgomp: the spin count stays at 300000).
-// So the process re-executes itself once with the variable set: 6 ms on start-up (bench/threads),
-// against seconds lost to spinning. Returns only when no re-exec is
+// So the process re-executes itself once with the variable set: 6 ms on start-up (35 ms on a
+// machine busy compiling; bench/threads), against seconds lost to spinning. Returns only when no re-exec is
 // needed or it failed (no /proc: the default policy then).
 void sleep_idle_openmp_threads(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
