@@ -323,6 +323,9 @@ std::optional<int> parse_command_line(const Command& command, int argc, const ch
         return 1;
       };
       try {
+        std::error_code ec;
+        if (std::filesystem::exists(file, ec) && !std::filesystem::is_regular_file(file, ec))
+          throw po::error("not a regular file");
         std::ifstream in(file);
         if (!in) throw po::error("cannot read the file");
         po::store(po::parse_config_file(in, desc), vm);

@@ -74,6 +74,7 @@ uint16_t f32_to_f16(float value) {
 
 void convert_to_f32(DType dtype, const void* src, size_t n, float* dst) {
   const auto* bytes = static_cast<const unsigned char*>(src);
+  if (n == 0) return;  // dst and src may be null for an empty tensor
   if (dtype == DType::f32) {
     std::memcpy(dst, src, n * sizeof(float));
     return;

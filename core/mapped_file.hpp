@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 
 namespace rankscope {
 
@@ -27,6 +28,13 @@ class MappedFile {
   const std::byte* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Fails (Error naming it) for a path that does not exist or is not a regular file: a FIFO would
+// block a read forever, a device never end it.
+void require_regular_file(const std::filesystem::path& path);
+
+// The whole content of a regular file (require_regular_file first). Throws Error naming it.
+std::string read_whole_file(const std::filesystem::path& path);
 
 // Writes all `size` bytes to `fd` (retrying short writes and EINTR). Throws Error naming `path`.
 void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path);

@@ -265,6 +265,7 @@ int64_t Model::n_params() const {
 
 std::vector<std::pair<std::string, Tensor>> Model::named_tensors() const {
   std::vector<std::pair<std::string, Tensor>> out;
+  if (!has_weights) fail("{}: no weights (shapes-only config.json): nothing to write", dir.string());
   const auto& w = weights;
   auto linear = [&](const Linear& lin, const std::string& module, bool is_bias) {
     if (is_bias) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/mapped_file.hpp"
 #include "core/tokenizer.hpp"
 #include "core/unicode.hpp"
 
@@ -29,22 +30,6 @@ inline std::optional<TokenId> find_id(const VocabMap& vocab, std::string_view to
   const auto it = vocab.find(token);
   if (it == vocab.end()) return std::nullopt;
   return it->second;
-}
-
-// Fails for a path that is not a regular file (a FIFO would block the read forever, a device
-// never end it).
-inline void require_regular_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (!std::filesystem::exists(status)) fail("{}: no such file", path.string());
-  if (!std::filesystem::is_regular_file(status)) fail("{}: not a regular file", path.string());
-}
-
-inline std::string read_whole_file(const std::filesystem::path& path) {
-  require_regular_file(path);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open for reading", path.string());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 // WordPiece on one word (UTF-8): greedy longest-match-first, pieces after the first carrying

@@ -48,7 +48,6 @@ constexpr std::string_view kDefaultWordPiecePrefix = "##";
 constexpr size_t kByteCount = 256;
 
 using tokenizer_detail::find_id;
-using tokenizer_detail::read_whole_file;
 using tokenizer_detail::VocabMap;
 
 Json parse_json_file(const std::filesystem::path& path) {

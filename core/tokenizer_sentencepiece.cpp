@@ -89,7 +89,7 @@ class SentencePieceTokenizer final : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file) {
-  tokenizer_detail::require_regular_file(model_file);
+  require_regular_file(model_file);
   std::ifstream in(model_file, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", model_file.string());
   const std::string serialized((std::istreambuf_iterator<char>(in)),

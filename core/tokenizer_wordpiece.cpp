@@ -30,7 +30,6 @@ constexpr std::string_view kPadToken = "[PAD]";
 constexpr std::string_view kMaskToken = "[MASK]";
 
 using tokenizer_detail::find_id;
-using tokenizer_detail::read_whole_file;
 using tokenizer_detail::VocabMap;
 
 // One line per token, id = line number. A trailing newline does not start another token.

@@ -305,6 +305,15 @@ struct ResultsDbImpl {
     });
   }
 
+  // A status column's value; a row damaged behind rankscope's back is an Error naming the file.
+  EvalStatus status(std::string_view text) const {
+    try {
+      return parse_status(text);
+    } catch (const Error& e) {
+      fail("{}: damaged evaluation row: {}", name, printable(e.what(), kMaxMessage));
+    }
+  }
+
   // SQLite's own wait on a lock, per attempt (the retry loop waits longer, between attempts).
   int busy_wait_ms() const {
     return static_cast<int>(std::clamp(options.busy_timeout_seconds * 1000.0 / 4, 1.0, 1000.0));
@@ -694,8 +703,8 @@ void ResultsDb::rename_study(const std::string& from, const std::string& to) {
 
 namespace {
 
-void add_count(StatusCounts& counts, std::string_view status, int64_t n) {
-  switch (parse_status(status)) {
+void add_count(const Impl& d, StatusCounts& counts, std::string_view status, int64_t n) {
+  switch (d.status(status)) {
     case EvalStatus::claimed:
       counts.claimed += n;
       break;
@@ -728,7 +737,7 @@ std::optional<StudyInfo> ResultsDb::find_study(const std::string& name) const {
     }
     Query q(d, "SELECT status, count(*) FROM evaluations WHERE study_id = ?1 GROUP BY status");
     q.bind(1, s.id);
-    while (q.step()) add_count(s.counts, q.text_view(0), q.i64(1));
+    while (q.step()) add_count(d, s.counts, q.text_view(0), q.i64(1));
     return s;
   });
 }
@@ -753,7 +762,7 @@ std::vector<StudyInfo> ResultsDb::studies() const {
     Query q(d, "SELECT study_id, status, count(*) FROM evaluations GROUP BY study_id, status");
     while (q.step())
       if (auto it = index.find(q.i64(0)); it != index.end())
-        add_count(out[it->second].counts, q.text_view(1), q.i64(2));
+        add_count(d, out[it->second].counts, q.text_view(1), q.i64(2));
     return out;
   });
 }
@@ -895,7 +904,7 @@ std::optional<EvalStatus> ResultsDb::status_of(int64_t study, std::string_view c
             "WHERE e.study_id = ?1 AND c.canonical = ?2");
     q.bind(1, study).bind(2, config);
     if (!q.step()) return std::nullopt;
-    return parse_status(q.text_view(0));
+    return d.status(q.text_view(0));
   });
 }
 
@@ -905,7 +914,7 @@ StatusCounts ResultsDb::counts(int64_t study) const {
     StatusCounts counts;
     Query q(d, "SELECT status, count(*) FROM evaluations WHERE study_id = ?1 GROUP BY status");
     q.bind(1, study);
-    while (q.step()) add_count(counts, q.text_view(0), q.i64(1));
+    while (q.step()) add_count(d, counts, q.text_view(0), q.i64(1));
     return counts;
   });
 }
@@ -953,7 +962,7 @@ MetricRows ResultsDb::metric_rows(int64_t study, const std::vector<std::string>&
               "SELECT e.id, e.status, c.canonical FROM evaluations e JOIN configurations c "
               "ON c.id = e.configuration_id WHERE e.study_id = ?1 AND e.status <> 'claimed'");
       q.bind(1, study);
-      while (q.step()) rows.push_back({q.i64(0), parse_status(q.text_view(1)), q.text(2)});
+      while (q.step()) rows.push_back({q.i64(0), d.status(q.text_view(1)), q.text(2)});
     }
     const bool sorted =
         std::is_sorted(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.id < b.id; });
@@ -1012,7 +1021,7 @@ void visit_all(Impl& d, int64_t study, const std::function<void(const Evaluation
     r.config = e.text(1);
     r.config_hash = e.text(2);
     r.model_hash = e.text(3);
-    r.status = parse_status(e.text_view(4));
+    r.status = d.status(e.text_view(4));
     r.worker = e.text(5);
     r.host = e.text(6);
     r.error = e.text(7);

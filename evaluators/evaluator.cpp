@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "core/error.hpp"
+#include "core/mapped_file.hpp"
 #include "core/model_hash.hpp"
 #include "evaluators/fidelity.hpp"
 #include "evaluators/perplexity.hpp"
@@ -22,11 +23,7 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open text file", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
+  std::string text = read_whole_file(path);
   if (text.empty()) fail("{}: text file is empty", path.string());
   return text;
 }

@@ -751,3 +751,19 @@ TEST_CASE("sweep: a worker whose claim is taken over stops evaluating it and sto
   REQUIRE(claims.size() == 1);
   CHECK(claims[0].worker == "elsewhere:9");
 }
+
+TEST_CASE("eval and sweep: a FIFO or a directory where a file is expected is one line, never a hang") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-file-kinds");
+  REQUIRE(mkfifo((dir / "fifo.txt").c_str(), 0644) == 0);
+  fs::create_directories(dir / "experiment.ini");
+  int code = 0;
+  std::string out = capture("eval " + stories().string() + " --text " + (dir / "fifo.txt").string(), &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("fifo.txt: not a regular file"));
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  out = capture("sweep " + (dir / "experiment.ini").string(), &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("experiment.ini") && Contains("not a regular file"));
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+}
