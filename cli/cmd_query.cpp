@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <ctime>
 #include <fstream>
@@ -302,6 +303,14 @@ int run_studies(const Params& params) {
     ResultsDb db = open_existing(params.db);
     const StudyInfo study = require_study(db, params.study);
     if (params.delete_study) {
+      // Workers still running would lose their claims under them and fail on their next write.
+      const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      const double stale_after = study.settings.value("stale_after", 600.0);
+      int64_t live = 0;
+      for (const auto& c : db.claims(study.id)) live += claim_is_stale(c, now, stale_after) ? 0 : 1;
+      if (live > 0)
+        fail("{}: study '{}' has {} live claims (workers are running): stop them, or wait {:g} s after they died",
+             params.db, study.name, live, stale_after);
       db.delete_study(study.name);
       fmt::print("deleted study '{}' ({} evaluations) from {}\n", study.name, study.counts.total(), params.db);
     } else {

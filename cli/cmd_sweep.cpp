@@ -47,6 +47,7 @@ struct Interrupted {};
 
 struct ClaimLost {
   std::string why;
+  bool taken_over = false;  // false: this worker's heartbeats failed (the database is in trouble)
 };
 
 // Keeps the claim being evaluated alive: one thread and one database connection for the whole
@@ -58,7 +59,10 @@ struct ClaimLost {
 class Heartbeat {
  public:
   Heartbeat(const std::filesystem::path& db, double every_s, double stale_after_s)
-      : conn_(db), every_s_(every_s), give_up_s_(stale_after_s / 2), thread_([this] { loop(); }) {}
+      : conn_(db, {.busy_timeout_seconds = every_s}),  // a beat never outlasts the next one
+        every_s_(every_s),
+        give_up_s_(stale_after_s / 2),
+        thread_([this] { loop(); }) {}
   ~Heartbeat() {
     {
       std::lock_guard lock(mutex_);
@@ -73,7 +77,9 @@ class Heartbeat {
   void watch(int64_t evaluation) {
     std::lock_guard lock(mutex_);
     evaluation_ = evaluation;
+    alive_since_ = std::chrono::steady_clock::now();
     lost_.clear();
+    taken_over_ = false;
     lost_flag_.store(false);
   }
   void unwatch() {
@@ -81,38 +87,43 @@ class Heartbeat {
     evaluation_ = -1;
   }
   bool is_lost() const { return lost_flag_.load(); }
-  std::string lost() const {
+  ClaimLost lost() const {
     std::lock_guard lock(mutex_);
-    return lost_;
+    return {lost_, taken_over_};
   }
 
  private:
+  // Beats every every_s_ for the watched claim. Failures are measured from the last successful
+  // beat (or the start of the claim): after give_up_s_ without one, the claim counts as lost.
   void loop() {
     std::unique_lock lock(mutex_);
-    std::optional<std::chrono::steady_clock::time_point> failing_since;
     while (!stop_) {
       if (cv_.wait_for(lock, std::chrono::duration<double>(every_s_), [this] { return stop_; })) break;
-      if (evaluation_ < 0 || lost_flag_.load()) {
-        failing_since.reset();
-        continue;
-      }
+      if (evaluation_ < 0 || lost_flag_.load()) continue;
       const int64_t evaluation = evaluation_;
       lock.unlock();  // the beat may wait for the write lock: never block watch()/unwatch()
       std::string why;
+      bool taken_over = false, beat = false;
       try {
-        if (!conn_.heartbeat(evaluation)) why = "another worker took the claim over";
-        failing_since.reset();
+        beat = conn_.heartbeat(evaluation);
+        if (!beat) {
+          why = "another worker took the claim over";
+          taken_over = true;
+        }
       } catch (const std::exception& e) {
-        const auto now = std::chrono::steady_clock::now();
-        if (!failing_since) failing_since = now;
-        const double failing = std::chrono::duration<double>(now - *failing_since).count();
-        if (failing >= give_up_s_)
-          why = fmt::format("its heartbeats failed for {:.0f} s ({}), so another worker may take it over", failing,
-                            e.what());
+        why = e.what();
       }
       lock.lock();
-      if (!why.empty() && evaluation_ == evaluation) {
+      if (evaluation_ != evaluation) continue;  // the claim ended meanwhile
+      const auto now = std::chrono::steady_clock::now();
+      if (beat) {
+        alive_since_ = now;
+      } else if (taken_over) {
         lost_ = why;
+        taken_over_ = true;
+        lost_flag_.store(true);
+      } else if (const double silent = std::chrono::duration<double>(now - alive_since_).count(); silent >= give_up_s_) {
+        lost_ = fmt::format("its heartbeats failed for {:.0f} s ({}), so another worker may take it over", silent, why);
         lost_flag_.store(true);
       }
     }
@@ -124,7 +135,9 @@ class Heartbeat {
   std::condition_variable cv_;
   bool stop_ = false;
   int64_t evaluation_ = -1;
+  std::chrono::steady_clock::time_point alive_since_;  // the last successful beat, or the claim
   std::string lost_;
+  bool taken_over_ = false;
   std::atomic<bool> lost_flag_{false};
   std::thread thread_;  // last: starts once everything above is constructed
 };
@@ -332,12 +345,15 @@ int run_sweep(const Params& params) {
   ResultsDb db(params.db);
   const int64_t model_id = db.add_model({model_hash, params.model, base.config.architecture, base.n_params()});
   const nlohmann::json settings = study_settings(params, model_hash, list_text);
-  double stale_after = params.stale_after;
   const int64_t study = db.open_study(study_name, settings, [&](const nlohmann::json& existing) {
     check_settings(params.db, study_name, existing, settings);
-    if (existing.contains("stale_after") && existing.at("stale_after").is_number())
-      stale_after = existing.at("stale_after").get<double>();
   });
+  // The study's stale-claim timeout (a study created before it was recorded adopts this run's).
+  const nlohmann::json stale_setting = db.adopt_study_setting(study, "stale_after", params.stale_after);
+  if (!stale_setting.is_number() || !std::isfinite(stale_setting.get<double>()) || stale_setting.get<double>() <= 0)
+    fail("{}: study '{}' has stale_after = {}, not a positive number of seconds", params.db, study_name,
+         stale_setting.dump());
+  const double stale_after = stale_setting.get<double>();
   if (stale_after != params.stale_after) {
     fmt::print(stderr, "sweep: study '{}' takes claims over after {:g} s of silence (set when it was created); "
                "this run's --stale-after {:g} does not change that\n", study_name, stale_after, params.stale_after);
@@ -397,6 +413,20 @@ int run_sweep(const Params& params) {
   bool finished = false, budget_reached = false;
   int exit_code = 0;
 
+  auto name_of = [](const std::string& canonical) { return canonical.empty() ? std::string("(base model)") : canonical; };
+  // Releases a claim on the way out of a failure; false when the database would not let it.
+  auto try_release = [&](int64_t claim) {
+    try {
+      return db.release(claim);
+    } catch (const std::exception&) {
+      return false;
+    }
+  };
+  auto claim_fate = [&](bool released) {
+    return released ? std::string("its claim is released")
+                    : fmt::format("its claim will be taken over once stale ({:g} s, or at once on this host)", stale_after);
+  };
+
   // Evaluates one claimed configuration and stores the result; nullopt when the claim was lost
   // on the way (nothing stored: the worker that took it over stores its own result).
   auto evaluate = [&](const Point& p, const Config& config, const std::string& canonical,
@@ -409,7 +439,7 @@ int run_sweep(const Params& params) {
     std::map<std::string, std::unique_ptr<Progress>> bars;
     auto check_claim = [&] {
       if (g_signal.load() != 0) throw Interrupted{};
-      if (heartbeat.is_lost()) throw ClaimLost{heartbeat.lost()};
+      if (heartbeat.is_lost()) throw heartbeat.lost();
     };
     const ProgressFn progress = [&](const std::string& label, int64_t done, int64_t total) {
       check_claim();
@@ -427,7 +457,9 @@ int run_sweep(const Params& params) {
       const auto t_model = std::chrono::steady_clock::now();
       const auto reports = evaluator.run(decomposed ? *decomposed : base, config, progress);
       model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count();
-      check_claim();
+      // From here on the result is complete: complete() stores it if the claim is still this
+      // worker's, whatever the heartbeats said meanwhile.
+      if (g_signal.load() != 0) throw Interrupted{};
       for (const auto& r : reports) {
         for (const auto& m : r.metrics) {
           nlohmann::json protocol = r.protocol;
@@ -447,25 +479,21 @@ int run_sweep(const Params& params) {
     } catch (const ClaimLost& lost) {
       heartbeat.unwatch();
       bars.clear();
-      const bool released = db.release(claim);
-      fmt::print(stderr, "sweep: stopped evaluating {}: {}; nothing of it was stored by this worker{}\n",
-                 canonical.empty() ? "(base model)" : canonical, lost.why,
-                 released ? " (its claim is released)" : "");
+      const bool released = try_release(claim);
+      if (!lost.taken_over) {  // the database is in trouble: stop rather than claim again
+        fail("stopped evaluating {}: {}; nothing was stored for it and {}; rerun to retry it", name_of(canonical),
+             lost.why, claim_fate(released));
+      }
+      fmt::print(stderr, "sweep: stopped evaluating {}: {}; nothing of it was stored by this worker\n",
+                 name_of(canonical), lost.why);
       return std::nullopt;
     } catch (...) {
       heartbeat.unwatch();
       const std::string transient = transient_reason(std::current_exception());
       if (!transient.empty()) {
         bars.clear();
-        bool released = false;
-        try {
-          released = db.release(claim);
-        } catch (const std::exception&) {
-        }
-        fail("evaluating {}: {}; nothing was stored for it and {}; rerun to retry it",
-             canonical.empty() ? "(base model)" : canonical, transient,
-             released ? "its claim is released"
-                      : fmt::format("its claim will be taken over once stale ({:g} s, or at once on this host)", stale_after));
+        fail("evaluating {}: {}; nothing was stored for it and {}; rerun to retry it", name_of(canonical), transient,
+             claim_fate(try_release(claim)));
       }
       try {
         throw;
@@ -478,10 +506,16 @@ int run_sweep(const Params& params) {
     heartbeat.unwatch();
     bars.clear();
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!db.complete(claim, metrics, status, wall, error)) {
+    bool stored = false;
+    try {
+      stored = db.complete(claim, metrics, status, wall, error);
+    } catch (const std::exception& e) {
+      fail("storing the result of {} failed: {}; nothing was stored for it and {}; rerun to retry it",
+           name_of(canonical), e.what(), claim_fate(try_release(claim)));
+    }
+    if (!stored) {
       fmt::print(stderr, "sweep: the claim on {} was taken over by another worker while this one evaluated it; "
-                 "this result was discarded, the other worker's is the one stored\n",
-                 canonical.empty() ? "(base model)" : canonical);
+                 "this result was not stored (the configuration is that worker's now)\n", name_of(canonical));
       return std::nullopt;
     }
     ++evaluated;
@@ -571,7 +605,7 @@ int run_sweep(const Params& params) {
           continue;
         }
         std::optional<int64_t> claim;
-        if (!held) claim = db.claim(study, model_id, canonical, worker, stale_after);
+        if (!held) claim = db.claim(study, model_id, canonical, worker, stale_after, budget);
         if (!claim) {  // finished meanwhile, or another worker has it
           waiting_on_others = true;
           if (held) {
@@ -590,7 +624,7 @@ int run_sweep(const Params& params) {
             still.push_back(p);
           }
         } catch (const Interrupted&) {
-          db.release(*claim);
+          try_release(*claim);
           still.push_back(p);
         }
       }

@@ -286,7 +286,7 @@ void write_atomically(const std::filesystem::path& path, const std::function<voi
     write(tmp);
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
-    if (ec) fail("{}: cannot rename the written temporary into place: {}", path.string(), ec.message());
+    if (ec) fail_errno(ec.value(), "{}: cannot rename the written temporary into place", path.string());
   } catch (const Error& e) {
     remove_temporaries();
     // The message names the file the user asked for, not the temporary that is gone.

@@ -2,6 +2,7 @@
 #include "db/results_db.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -130,11 +131,12 @@ bool is_busy(int rc) {
 // Out of disk space, out of memory, an I/O error: the machine, not the database, is at fault.
 bool is_transient(int rc) {
   const int primary = rc & 0xff;
-  return primary == SQLITE_FULL || primary == SQLITE_NOMEM || primary == SQLITE_IOERR;
+  // CANTOPEN: what SQLite reports when the process is out of file descriptors.
+  return primary == SQLITE_FULL || primary == SQLITE_NOMEM || primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN;
 }
 
-// A metric a search can use: status ok and a finite value (an infinite perplexity is as
-// unusable as a NaN one, and is stored with status nan).
+// A metric a search can use: status ok and not infinite (an infinite perplexity is stored with
+// status nan; a NaN value keeps the status its producer gave: the sweep marks those nan itself).
 bool metric_usable(const MetricValue& m) { return m.status == "ok" && !std::isinf(m.value); }
 
 // The status an evaluation is stored with: `done` becomes `nan` when a metric is not usable.
@@ -170,17 +172,53 @@ EvalStatus parse_status(std::string_view name) {
   fail("unknown evaluation status '{}' (expected claimed, done, failed or nan)", name);
 }
 
-std::string worker_id() {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
-  return fmt::format("{}:{}", host, static_cast<long>(getpid()));
+namespace {
+
+// The host part of worker ids: the host name, then '/' and 8 hex digits of this boot's id and this
+// process's PID namespace. Two containers sharing a host name (host networking) or a container
+// restarted under the same name are then different hosts: a PID is only ever checked where it
+// means the same process.
+const std::string& host_tag() {
+  static const std::string tag = [] {
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
+    std::string identity;
+    if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+      char buffer[64] = {};
+      identity = std::fgets(buffer, sizeof buffer, f) ? buffer : "";
+      std::fclose(f);
+    }
+    struct stat ns {};
+    if (::stat("/proc/self/ns/pid", &ns) == 0) identity += fmt::format(" {}:{}", ns.st_dev, ns.st_ino);
+    const XXH64_hash_t h = XXH3_64bits(identity.data(), identity.size());
+    return fmt::format("{}/{:08x}", host, static_cast<uint32_t>(h));
+  }();
+  return tag;
 }
+
+// Whether process `pid` of this host has ended: gone, or a zombie its parent has not reaped yet.
+bool process_ended(long pid) {
+  // kill(pid, 0) checks existence without signalling; EPERM means it exists (another user's).
+  if (kill(static_cast<pid_t>(pid), 0) != 0) return errno == ESRCH;
+  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+  if (!f) return false;
+  char buffer[512] = {};
+  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+  std::fclose(f);
+  // "pid (comm) S ...": the state follows the last ')' (comm may hold ')' itself).
+  const std::string_view line(buffer, n);
+  const size_t close = line.rfind(')');
+  return close != std::string_view::npos && close + 2 < line.size() && (line[close + 2] == 'Z' || line[close + 2] == 'X');
+}
+
+}  // namespace
+
+std::string worker_id() { return fmt::format("{}:{}", host_tag(), static_cast<long>(getpid())); }
 
 bool worker_is_gone(std::string_view worker) {
   const size_t colon = worker.rfind(':');
   if (colon == std::string_view::npos) return false;
-  const std::string self = worker_id();
-  if (host_of(worker) != host_of(self)) return false;
+  if (host_of(worker) != host_tag()) return false;
   long pid = 0;
   const std::string_view digits = worker.substr(colon + 1);
   if (digits.empty() || digits.size() > 9) return false;
@@ -189,8 +227,7 @@ bool worker_is_gone(std::string_view worker) {
     pid = pid * 10 + (c - '0');
   }
   if (pid <= 0) return false;
-  // kill(pid, 0) checks existence without signalling; EPERM means it exists (another user's).
-  return kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  return process_ended(pid);
 }
 
 bool claim_is_stale(const ClaimInfo& claim, double now, double stale_after_seconds) {
@@ -519,7 +556,13 @@ void Impl::open() {
     fail("{}: cannot open database: {}", name, message);
   }
   sqlite3_busy_timeout(db, busy_wait_ms());
+  // Until the file is known to be ours, closing this connection must not checkpoint a WAL that
+  // was there before into it: a refused file keeps its bytes. (A WAL this connection created is
+  // empty: checkpointing it writes nothing, and removes it and its -shm again.)
+  const bool had_wal = exists && std::filesystem::exists(name + "-wal", ec);
+  if (had_wal) sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   classify();  // throws for foreign or newer files, before anything is written
+  if (had_wal) sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, busy_wait_ms());
   exec("PRAGMA foreign_keys = ON");
@@ -686,6 +729,25 @@ bool ResultsDb::delete_study(const std::string& name) {
   });
 }
 
+nlohmann::json ResultsDb::adopt_study_setting(int64_t study, const std::string& key, const nlohmann::json& value) {
+  Impl& d = *impl_;
+  return d.transaction(true, [&] {
+    nlohmann::json settings;
+    {
+      Query q(d, "SELECT settings FROM studies WHERE id = ?1");
+      q.bind(1, study);
+      if (!q.step()) fail("{}: no study with id {}", d.name, study);
+      settings = parse_json_column(d, q.text_view(0), fmt::format("the settings of study {}", study));
+    }
+    if (!settings.is_object()) fail("{}: the settings of study {} are not a JSON object", d.name, study);
+    if (settings.contains(key)) return settings.at(key);
+    settings[key] = value;
+    Query q(d, "UPDATE studies SET settings = ?1 WHERE id = ?2");
+    q.bind(1, settings.dump()).bind(2, study).run();
+    return value;
+  });
+}
+
 void ResultsDb::rename_study(const std::string& from, const std::string& to) {
   Impl& d = *impl_;
   if (to.empty()) fail("{}: a study needs a non-empty name", d.name);
@@ -783,11 +845,33 @@ int64_t ResultsDb::add_model(const ModelInfo& model) {
 }
 
 std::optional<int64_t> ResultsDb::claim(int64_t study, int64_t model, std::string_view config,
-                                        std::string_view worker, double stale_after_seconds) {
+                                        std::string_view worker, double stale_after_seconds, int64_t budget) {
   Impl& d = *impl_;
   return d.transaction(true, [&]() -> std::optional<int64_t> {
     const double now = now_seconds();
     const int64_t cid = d.config_id(config, true);
+    if (budget >= 0) {
+      // Finished evaluations plus the live claims of other configurations, under the write lock:
+      // two workers can never both take the last slot.
+      int64_t used = 0;
+      {
+        Query q(d, "SELECT count(*) FROM evaluations WHERE study_id = ?1 AND status <> 'claimed'");
+        q.bind(1, study);
+        q.step();
+        used = q.i64(0);
+      }
+      Query q(d,
+              "SELECT worker, heartbeat_at FROM evaluations WHERE study_id = ?1 AND status = 'claimed' AND "
+              "configuration_id <> ?2");
+      q.bind(1, study).bind(2, cid);
+      while (q.step()) {
+        ClaimInfo other;
+        other.worker = q.text(0);
+        other.heartbeat_at = q.f64(1);
+        if (!claim_is_stale(other, now, stale_after_seconds)) ++used;
+      }
+      if (used >= budget) return std::nullopt;
+    }
     {
       Query q(d,
               "SELECT id, status, heartbeat_at, worker FROM evaluations WHERE study_id = ?1 AND "

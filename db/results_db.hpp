@@ -158,6 +158,9 @@ class ResultsDb {
   // false when there is no such study. Configurations, models and protocols shared with other
   // studies stay.
   bool delete_study(const std::string& name);
+  // The study's setting `key`: the stored value, or, for a study created before the key existed,
+  // `value`, written into its settings in the same transaction (the first worker to ask wins).
+  nlohmann::json adopt_study_setting(int64_t study, const std::string& key, const nlohmann::json& value);
   // Renames a study; Error when `from` does not exist or `to` is taken.
   void rename_study(const std::string& from, const std::string& to);
   std::optional<StudyInfo> find_study(const std::string& name) const;
@@ -171,8 +174,10 @@ class ResultsDb {
   // when the configuration is finished in this study or claimed and not stale (see
   // claim_is_stale). A stale claim is taken over: it is deleted and a new evaluation (a new,
   // never reused id) is returned, so the old worker's id no longer names a claim.
+  // With budget >= 0, also nullopt when the study's finished evaluations plus the live claims of
+  // its other configurations reach `budget` (checked in the same transaction).
   std::optional<int64_t> claim(int64_t study, int64_t model, std::string_view config, std::string_view worker,
-                               double stale_after_seconds);
+                               double stale_after_seconds, int64_t budget = -1);
   // Refreshes a claim's heartbeat; false when `evaluation` is no longer a claim (taken over,
   // released or finished): the worker should abandon it.
   bool heartbeat(int64_t evaluation);

@@ -134,15 +134,17 @@ class CacheWriter {
     // No fsync: a killed process cannot leave a partial file under the final name (the rename comes
     // after the last write), and a file whose data did not reach the disk fails its checksum.
     if (::close(fd_) != 0) {
+      const int err = errno;
       fd_ = -1;
-      fail("{}: close failed: {}", tmp_.string(), std::strerror(errno));
+      fail_errno(err, "{}: close failed", tmp_.string());
     }
     fd_ = -1;
     std::error_code ec;
     std::filesystem::rename(tmp_, path_, ec);
     if (ec) {
+      const int err = ec.value();
       std::filesystem::remove(tmp_, ec);
-      fail("{}: cannot rename the fidelity cache file into place: {}", path_.string(), ec.message());
+      fail_errno(err, "{}: cannot rename the fidelity cache file into place", path_.string());
     }
   }
 

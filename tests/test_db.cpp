@@ -751,3 +751,29 @@ TEST_CASE("db: the settings check and the study's creation are one transaction")
   CHECK_THROWS_WITH(db.open_study("s", {}, [](const nlohmann::json&) { rankscope::fail("refused"); }), "refused");
   CHECK(db.studies().size() == 1);
 }
+
+TEST_CASE("db: a claim within a budget is refused once finished evaluations and live claims fill it") {
+  const auto dir = test::scratch_dir("db_claim_budget");
+  ResultsDb db(dir / "r.db");
+  const int64_t study = db.open_study("s", {});
+  const int64_t model = db.add_model(test_model());
+  CHECK(db.add_evaluations(study, model, {{"L0:q=1", EvalStatus::done, {{"x.y", 1.0}}}}) == 1);
+  const auto a = db.claim(study, model, "L1:q=1", "elsewhere:1", 3600, 2);
+  REQUIRE(a);
+  CHECK(!db.claim(study, model, "L2:q=1", "elsewhere:2", 3600, 2));  // 1 finished + 1 live = 2
+  CHECK(db.claim(study, model, "L2:q=1", "elsewhere:2", 3600, 3));   // a larger budget has room
+  CHECK(db.release(*a));
+  CHECK(db.claim(study, model, "L3:q=1", "elsewhere:3", 3600, 3));   // the released slot is free
+  // A stale claim holds no slot.
+  CHECK(!db.claim(study, model, "L4:q=1", "elsewhere:4", 3600, 3));
+  CHECK(db.claim(study, model, "L4:q=1", "elsewhere:4", 0, 3));
+}
+
+TEST_CASE("db: a setting a study lacks is adopted once, in one transaction") {
+  const auto dir = test::scratch_dir("db_adopt_setting");
+  ResultsDb db(dir / "r.db");
+  const int64_t study = db.open_study("s", {{"seed", 1}});
+  CHECK(db.adopt_study_setting(study, "stale_after", 30.0) == 30.0);
+  CHECK(db.adopt_study_setting(study, "stale_after", 600.0) == 30.0);  // the first one stays
+  CHECK(db.find_study("s")->settings == nlohmann::json{{"seed", 1}, {"stale_after", 30.0}});
+}

@@ -646,6 +646,17 @@ TEST_CASE("studies: --delete and --rename") {
   out = capture("studies --db " + db + " --study b --rename c", &code);
   CHECK(code == 1);
   CHECK_THAT(out, Contains("a study of that name exists"));
+  int64_t live = 0;
+  {
+    // A worker still running on b: deleting its study under it is refused.
+    ResultsDb r = open_existing_db(dir / "r.db");
+    const auto b = r.find_study("b");
+    live = *r.claim(b->id, r.add_model({"placeholder-hash", "", "llama", 1}), "L0:k=50%@svd", "elsewhere:5", 600);
+  }
+  out = capture("studies --db " + db + " --study b --delete", &code);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("1 live claims"));
+  open_existing_db(dir / "r.db").release(live);
   out = capture("studies --db " + db + " --study b --delete", &code);
   CHECK(code == 0);
   CHECK_THAT(out, Contains("deleted study 'b' (3 evaluations)"));
