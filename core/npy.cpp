@@ -148,7 +148,12 @@ void write_npy(const std::filesystem::path& path, const std::vector<int64_t>& sh
   out.put(static_cast<char>(header.size() >> 8));
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   out.write(reinterpret_cast<const char*>(values), static_cast<std::streamsize>(numel * 4));
-  if (!out) fail("{}: write failed", path.string());
+  // A small file sits in the stream's buffer until it is flushed: check the flush and the close,
+  // or a full disk would go unnoticed.
+  out.flush();
+  if (!out) fail("{}: write failed: {}", path.string(), std::strerror(errno));
+  out.close();
+  if (out.fail()) fail("{}: write failed when closing: {}", path.string(), std::strerror(errno));
 }
 
 }  // namespace rankscope

@@ -189,7 +189,7 @@ void write_safetensors(const std::filesystem::path& path, std::span<const Tensor
 
   auto tmp = path;
   tmp += ".tmp";
-  {
+  try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) fail("{}: cannot open for writing", tmp.string());
     const uint64_t len = text.size();
@@ -212,9 +212,17 @@ void write_safetensors(const std::filesystem::path& path, std::span<const Tensor
                 static_cast<std::streamsize>(half.size() * sizeof(uint16_t)));
     }
     out.flush();
-    if (!out) fail("{}: write failed", tmp.string());
+    if (!out) fail("{}: write failed: {}", path.string(), std::strerror(errno));
+    out.close();
+    if (out.fail()) fail("{}: write failed when closing: {}", path.string(), std::strerror(errno));
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) fail("{}: cannot rename {} into place: {}", path.string(), tmp.filename().string(), ec.message());
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);  // a failed write leaves no partial file
+    throw;
   }
-  std::filesystem::rename(tmp, path);
 }
 
 }  // namespace rankscope

@@ -671,26 +671,34 @@ TEST_CASE("studies: --delete and --rename") {
   CHECK_THAT(out, Contains("no study 'nope'"));
 }
 
-TEST_CASE("sweep: a full disk releases the configuration for a rerun instead of storing it as failed") {
-  RS_REQUIRE_SHARED(stories());
-  const auto dir = test::scratch_dir("sweep-disk-full");
-  const fs::path disk = dir / "small-disk";
-  fs::create_directories(disk);
-  // A real full file system: a 256 kB tmpfs filled to the last byte (needs root, as CI has).
-  if (std::system(("mount -t tmpfs -o size=256k tmpfs " + disk.string() + " 2>/dev/null").c_str()) != 0) {
-    WARN("SKIPPED: cannot mount a small tmpfs here (needs root): the disk-full case is not run");
-    return;
-  }
-  struct Unmount {
-    fs::path path;
-    ~Unmount() { std::system(("umount " + path.string()).c_str()); }
-  } unmount{disk};
-  {
-    std::ofstream filler(disk / "filler", std::ios::binary);
+// A real full file system: a 256 kB tmpfs at `dir`, filled to the last byte, unmounted when the
+// test ends. Needs root (as CI has); `mounted` is false where mounting is not allowed.
+struct FullDisk {
+  fs::path dir;
+  bool mounted = false;
+  explicit FullDisk(fs::path where) : dir(std::move(where)) {
+    fs::create_directories(dir);
+    mounted = std::system(("mount -t tmpfs -o size=256k tmpfs " + dir.string() + " 2>/dev/null").c_str()) == 0;
+    if (!mounted) return;
+    std::ofstream filler(dir / "filler", std::ios::binary);
     const std::string block(4096, 'x');
     while (filler.write(block.data(), block.size())) {
     }
   }
+  ~FullDisk() {
+    if (mounted) std::system(("umount " + dir.string()).c_str());
+  }
+};
+
+TEST_CASE("sweep: a full disk releases the configuration for a rerun instead of storing it as failed") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("sweep-disk-full");
+  const FullDisk full(dir / "small-disk");
+  if (!full.mounted) {
+    WARN("SKIPPED: cannot mount a small tmpfs here (needs root): the disk-full case is not run");
+    return;
+  }
+  const fs::path disk = full.dir;
   auto args = list_args(dir, "full", 4);
   set_arg(args, "--tasks", "size,tinystories");
   args.insert(args.end(), {"--limit", "1", "--cache-dir", (disk / "cache").string()});
@@ -777,4 +785,24 @@ TEST_CASE("eval and sweep: a FIFO or a directory where a file is expected is one
   CHECK(code == 1);
   CHECK_THAT(out, Contains("experiment.ini") && Contains("not a regular file"));
   CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+}
+
+TEST_CASE("forward: a full disk is an error, never a truncated .npy") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("forward-disk-full");
+  const FullDisk full(dir / "small-disk");
+  if (!full.mounted) {
+    WARN("SKIPPED: cannot mount a small tmpfs here (needs root): the disk-full case is not run");
+    return;
+  }
+  // 3 x 512 logits: small enough to sit in the stream's buffer until the file is closed.
+  int code = 0;
+  const std::string out = capture("forward " + stories().string() + " --ids 1,2,3 --out " + (full.dir / "x.npy").string(), &code);
+  INFO(out);
+  CHECK(code == 1);
+  CHECK_THAT(out, Contains("x.npy") && Contains("No space left on device"));
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  std::set<std::string> left;
+  for (const auto& entry : fs::directory_iterator(full.dir)) left.insert(entry.path().filename().string());
+  CHECK(left == std::set<std::string>{"filler"});
 }
