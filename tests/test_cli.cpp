@@ -20,36 +20,10 @@ using Catch::Matchers::StartsWith;
 
 namespace {
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using test::RunResult;
+using test::slurp;
 
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Runs `rankscope ARGS` from the repository root (tests refer to ../shared from there).
-RunResult run(const std::string& args) {
-  const auto dir = std::filesystem::path(RANKSCOPE_BINARY_DIR) / "test-scratch";
-  std::filesystem::create_directories(dir);
-  // Unique names: ctest runs test cases in parallel processes.
-  static int counter = 0;
-  const auto stem = "cli." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  const auto out = dir / (stem + ".out");
-  const auto err = dir / (stem + ".err");
-  const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && '" RANKSCOPE_EXE "' " + args + " >'" + out.string() +
-                          "' 2>'" + err.string() + "'";
-  const int status = std::system(cmd.c_str());
-  RunResult result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-  std::filesystem::remove(out);
-  std::filesystem::remove(err);
-  return result;
-}
+RunResult run(const std::string& args, const std::string& prefix = "") { return test::run_cli(args, prefix); }
 
 // The OpenMP settings every libgomp that starts in `rankscope ARGS` prints (OMP_DISPLAY_ENV), run
 // with `env ENV` after removing the caller's wait policy and spin count.

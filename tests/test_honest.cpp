@@ -25,36 +25,10 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using test::RunResult;
+using test::slurp;
 
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Runs `rankscope ARGS` from the repository root, after the shell commands `prefix` (e.g. a file
-// size limit).
-RunResult run(const std::string& args, const std::string& prefix = "") {
-  const auto dir = std::filesystem::path(RANKSCOPE_BINARY_DIR) / "test-scratch";
-  std::filesystem::create_directories(dir);
-  static int counter = 0;
-  const auto stem = "honest." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  const auto out = dir / (stem + ".out");
-  const auto err = dir / (stem + ".err");
-  const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && " + prefix + " '" RANKSCOPE_EXE "' " + args + " >'" +
-                          out.string() + "' 2>'" + err.string() + "'";
-  const int status = std::system(cmd.c_str());
-  RunResult result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-  std::filesystem::remove(out);
-  std::filesystem::remove(err);
-  return result;
-}
+RunResult run(const std::string& args, const std::string& prefix = "") { return test::run_cli(args, prefix); }
 
 // Writes beyond `kib` KiB fail (EFBIG) instead of killing the process (SIGXFSZ ignored). dash
 // counts ulimit -f in 512-byte blocks, bash in 1024: the limits below hold with either.

@@ -3,7 +3,11 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -43,6 +47,39 @@ double fp32_forward_rel_tol(const Config& c, int64_t ctx) {
   constexpr double u = 0x1p-24;
   const int64_t per_layer = c.n_embd + c.n_embd_head + ctx + c.n_embd_q() + c.n_embd + c.n_ff;
   return 2.0 * static_cast<double>(c.n_layer * per_layer + c.n_embd) * u;
+}
+
+// The whole content of a file ("" when it cannot be read).
+inline std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `rankscope ARGS` from the repository root (tests refer to ../shared from there), after the
+// shell commands `prefix` (e.g. a file size limit); stdout and stderr apart.
+inline RunResult run_cli(const std::string& args, const std::string& prefix = "") {
+  const auto dir = std::filesystem::path(RANKSCOPE_BINARY_DIR) / "test-scratch";
+  std::filesystem::create_directories(dir);
+  // Unique names: ctest runs test cases in parallel processes.
+  static int counter = 0;
+  const auto stem = "run." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  const auto out = dir / (stem + ".out");
+  const auto err = dir / (stem + ".err");
+  const std::string cmd = "cd '" RANKSCOPE_SOURCE_DIR "' && " + prefix + " '" RANKSCOPE_EXE "' " + args + " >'" +
+                          out.string() + "' 2>'" + err.string() + "'";
+  const int status = std::system(cmd.c_str());
+  RunResult result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  std::filesystem::remove(out);
+  std::filesystem::remove(err);
+  return result;
 }
 
 }  // namespace rankscope::test

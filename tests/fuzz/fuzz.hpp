@@ -88,6 +88,11 @@ std::vector<Target> all_targets();
 // Where seeds are built with the project's writers: one directory per process, removed once the
 // seeds are in memory.
 std::filesystem::path seed_root();
+// seed_root()/name, emptied: a scratch place for building seeds with the project's own writers.
+std::filesystem::path seed_scratch(const std::string& name);
+// A seed file: relative path, bytes, JSON or not (which mutations apply), the offset of its hot
+// region (0: none).
+SeedFile seed_file(const std::string& path, std::string bytes, bool is_json, size_t hot = 0);
 std::string read_file(const std::filesystem::path& path);
 void write_file(const std::filesystem::path& path, const std::string& bytes);
 // The first `n` lines of a text file ("" when absent).

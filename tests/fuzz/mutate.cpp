@@ -281,6 +281,23 @@ std::filesystem::path seed_root() {
   return std::filesystem::path(RANKSCOPE_BINARY_DIR) / "fuzz-work" / ("seeds." + std::to_string(::getpid()));
 }
 
+std::filesystem::path seed_scratch(const std::string& name) {
+  const std::filesystem::path dir = seed_root() / name;
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+SeedFile seed_file(const std::string& path, std::string bytes, bool is_json, size_t hot) {
+  SeedFile f;
+  f.path = path;
+  f.bytes = std::move(bytes);
+  f.json = is_json;
+  f.hot = hot;
+  return f;
+}
+
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream buffer;

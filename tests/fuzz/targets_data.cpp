@@ -21,23 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-fs::path seed_scratch(const std::string& name) {
-  const fs::path dir = seed_root() / name;
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  fs::create_directories(dir);
-  return dir;
-}
-
-SeedFile file_of(const std::string& path, std::string bytes, bool is_json, size_t hot = 0) {
-  SeedFile f;
-  f.path = path;
-  f.bytes = std::move(bytes);
-  f.json = is_json;
-  f.hot = hot;
-  return f;
-}
-
 std::string bz2_compress(const std::string& text) {
   std::string out(text.size() + text.size() / 100 + 1024, '\0');
   auto len = static_cast<unsigned>(out.size());
@@ -244,19 +227,19 @@ Target tasks_target() {
         "{\"context\": \"2+2=\", \"choices\": [\"4\", \"5\"], \"gold\": 0}\n"
         "{\"query\": \"3+3=\", \"choices\": [\"6\", \"7\"], \"gold\": 0}\n";
     seeds.push_back({"generated user task + few-shot file",
-                     {file_of("task.jsonl", user_task, true),
-                      file_of("shots.jsonl", "{\"context\": \"1+1=\", \"choices\": [\"2\", \"3\"], \"gold\": 0}\n", true)},
+                     {seed_file("task.jsonl", user_task, true),
+                      seed_file("shots.jsonl", "{\"context\": \"1+1=\", \"choices\": [\"2\", \"3\"], \"gold\": 0}\n", true)},
                      3});
     seeds.push_back({"generated user tasks (gold list, partial, loglikelihood)",
-                     {file_of("task.jsonl",
+                     {seed_file("task.jsonl",
                               "{\"context\": \"q\", \"choices\": [\"a\", \"b\", \"c\"], \"gold\": [0, 2]}\n"
                               "{\"context\": \"r\", \"choices\": [\"a\", \"b\"], \"gold\": [1]}\n",
                               true)},
                      2});
     seeds.push_back({"generated partial task",
-                     {file_of("task.jsonl", "{\"context_options\": [\"a\", \"b\"], \"continuation\": \"c\", \"gold\": 1}\n", true)}, 1});
+                     {seed_file("task.jsonl", "{\"context_options\": [\"a\", \"b\"], \"continuation\": \"c\", \"gold\": 1}\n", true)}, 1});
     seeds.push_back({"generated loglikelihood task",
-                     {file_of("task.jsonl", "{\"context\": \"a b\", \"continuation\": \" c\"}\n\n{\"query\": \"d\", \"continuation\": \"e\"}\n", true)}, 1});
+                     {seed_file("task.jsonl", "{\"context\": \"a b\", \"continuation\": \" c\"}\n\n{\"query\": \"d\", \"continuation\": \"e\"}\n", true)}, 1});
     const std::map<std::string, std::string> generated = {
         {"arc/arc_easy.jsonl", "{\"query\": \"Question: Why?\", \"choices\": [\"a\", \"b\"], \"gold\": 1}\n"},
         {"arc/arc_challenge.jsonl", "{\"query\": \"How?\", \"choices\": [\"a\", \"b\", \"c\"], \"gold\": 2}\n"},
@@ -278,14 +261,14 @@ Target tasks_target() {
       if (task == "truthfulqa_mc2" || task == "mmlu") continue;
       if (task == "hellaswag") {
         const std::string lines = "Act: ctx [title] x\n2\nend a\nend b\nend [x] c\nend d\n";
-        seeds.push_back({"generated hellaswag", {file_of("data/" + rel, bz2_compress(lines), false, 64)}, 2});
+        seeds.push_back({"generated hellaswag", {seed_file("data/" + rel, bz2_compress(lines), false, 64)}, 2});
         if (fs::exists(data / rel)) {
-          seeds.push_back({"hellaswag (head)", {file_of("data/" + rel, bz2_compress(bz2_head(data / rel, 60)), false, 64)}, 1});
+          seeds.push_back({"hellaswag (head)", {seed_file("data/" + rel, bz2_compress(bz2_head(data / rel, 60)), false, 64)}, 1});
         }
         continue;
       }
       const bool is_json = rel.ends_with(".json") || rel.ends_with(".jsonl");
-      seeds.push_back({"generated " + task, {file_of("data/" + rel, generated.at(rel), is_json)}, 1});
+      seeds.push_back({"generated " + task, {seed_file("data/" + rel, generated.at(rel), is_json)}, 1});
       if (!fs::exists(data / rel)) continue;
       std::string head;
       if (task == "truthfulqa_mc1") {
@@ -296,22 +279,22 @@ Target tasks_target() {
       } else {
         head = head_lines(data / rel, task == "tinystories" || task == "wikitext2" ? 40 : 12);
       }
-      seeds.push_back({task + " (head)", {file_of("data/" + rel, head, is_json)}, 1});
+      seeds.push_back({task + " (head)", {seed_file("data/" + rel, head, is_json)}, 1});
     }
     seeds.push_back({"generated mmlu",
-                     {file_of("data/mmlu/test/algebra_test.csv", generated.at("mmlu/test/algebra_test.csv"), false),
-                      file_of("data/mmlu/dev/algebra_dev.csv", generated.at("mmlu/dev/algebra_dev.csv"), false)},
+                     {seed_file("data/mmlu/test/algebra_test.csv", generated.at("mmlu/test/algebra_test.csv"), false),
+                      seed_file("data/mmlu/dev/algebra_dev.csv", generated.at("mmlu/dev/algebra_dev.csv"), false)},
                      2});
     if (fs::exists(data / "mmlu/test/anatomy_test.csv")) {
       seeds.push_back({"mmlu anatomy (head)",
-                       {file_of("data/mmlu/test/anatomy_test.csv", head_lines(data / "mmlu/test/anatomy_test.csv", 8), false),
-                        file_of("data/mmlu/dev/anatomy_dev.csv", head_lines(data / "mmlu/dev/anatomy_dev.csv", 6), false)},
+                       {seed_file("data/mmlu/test/anatomy_test.csv", head_lines(data / "mmlu/test/anatomy_test.csv", 8), false),
+                        seed_file("data/mmlu/dev/anatomy_dev.csv", head_lines(data / "mmlu/dev/anatomy_dev.csv", 6), false)},
                        1});
     }
     if (fs::exists(data / "wikitext-2/test.txt")) {
       seeds.push_back({"wikitext2 raw + tokens (head)",
-                       {file_of("data/wikitext-2-raw/wiki.test.raw", head_lines(data / "wikitext-2-raw/wiki.test.raw", 30), false),
-                        file_of("data/wikitext-2/test.txt", head_lines(data / "wikitext-2/test.txt", 30), false)},
+                       {seed_file("data/wikitext-2-raw/wiki.test.raw", head_lines(data / "wikitext-2-raw/wiki.test.raw", 30), false),
+                        seed_file("data/wikitext-2/test.txt", head_lines(data / "wikitext-2/test.txt", 30), false)},
                        1});
     }
     return seeds;
@@ -358,9 +341,9 @@ Target cache_target() {
     const std::string full_bytes = read_file(dir / "full" / fs::path(full).filename());
     const std::string randomized_bytes = read_file(dir / "randomized" / fs::path(randomized).filename());
     if (full_bytes.empty() || randomized_bytes.empty()) throw std::runtime_error("cache seeds were not written");
-    seeds.push_back({"full SVD factor file", {file_of(full, full_bytes, false, 160)}, 3});
-    seeds.push_back({"randomized SVD factor file", {file_of(randomized, randomized_bytes, false, 160)}, 2});
-    seeds.push_back({"calibration file", {file_of(calib_rel, read_file(calib), false, 400)}, 3});
+    seeds.push_back({"full SVD factor file", {seed_file(full, full_bytes, false, 160)}, 3});
+    seeds.push_back({"randomized SVD factor file", {seed_file(randomized, randomized_bytes, false, 160)}, 2});
+    seeds.push_back({"calibration file", {seed_file(calib_rel, read_file(calib), false, 400)}, 3});
     return seeds;
   };
   t.run = [](const fs::path& dir) {
@@ -411,7 +394,7 @@ Target db_target() {
       db.save_strategy_state(study, {{"generation", 3}, {"population", {{1, 2}, {3, 4}}}});
     }
     std::vector<Seed> seeds;
-    seeds.push_back({"generated results database", {file_of("results.db", read_file(path), false)}, 1});
+    seeds.push_back({"generated results database", {seed_file("results.db", read_file(path), false)}, 1});
     return seeds;
   };
   t.run = [](const fs::path& dir) {

@@ -21,15 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-// A scratch place for building seeds with the project's own writers.
-fs::path seed_scratch(const std::string& name) {
-  const fs::path dir = seed_root() / name;
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  fs::create_directories(dir);
-  return dir;
-}
-
 std::vector<float> values(Rng& rng, size_t n) {
   std::vector<float> v(n);
   for (float& x : v) x = static_cast<float>(static_cast<int64_t>(rng.below(2001)) - 1000) / 1000.0f;
@@ -44,20 +35,10 @@ size_t safetensors_hot(const std::string& bytes) {
 }
 
 SeedFile binary_file(const std::string& path, std::string bytes, size_t hot = 0) {
-  SeedFile f;
-  f.path = path;
-  f.bytes = std::move(bytes);
-  f.hot = hot;
-  return f;
+  return seed_file(path, std::move(bytes), false, hot);
 }
 
-SeedFile json_file(const std::string& path, std::string bytes) {
-  SeedFile f;
-  f.path = path;
-  f.bytes = std::move(bytes);
-  f.json = true;
-  return f;
-}
+SeedFile json_file(const std::string& path, std::string bytes) { return seed_file(path, std::move(bytes), true); }
 
 SeedFile link_file(const std::string& path, const fs::path& to) {
   SeedFile f;
