@@ -53,7 +53,7 @@ const std::vector<Command>& commands() {
       {"pareto", "the Pareto front of a study over any objectives, with its hypervolume",
        "--db FILE --study NAME --objectives A:min,B:max [--where EXPR] [--format table|csv|json] [--ref R1,R2]", run_pareto,
        {"db", "study"}},
-      {"studies", "the studies of a results database with their counts and best points", "--db FILE [--json]", run_studies,
+      {"studies", "the studies of a results database with their counts and best points; delete or rename one", "--db FILE [--json] | --db FILE --study NAME --delete | --db FILE --study NAME --rename NEW", run_studies,
        {"db"}},
       {"export", "every evaluation of a study with all its metrics", "--db FILE --study NAME [--format csv|json] [--where EXPR]",
        run_export, {"db", "study"}},
