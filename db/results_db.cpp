@@ -471,7 +471,19 @@ void Impl::classify() {
     }
     return header;
   };
-  const Header header = retry(read);
+  // The three reads in one snapshot: a worker creating the file commits its schema, application_id
+  // and user_version together, and a reader must not see half of that (no id yet, tables already).
+  const Header header = retry([&] {
+    exec("BEGIN");
+    try {
+      const Header h = read();
+      exec("COMMIT");
+      return h;
+    } catch (...) {
+      rollback_if_open();
+      throw;
+    }
+  });
   const int64_t latest = static_cast<int64_t>(migrations.size());
   if (header.application_id == kResultsDbApplicationId) {
     if (header.user_version <= 0)
