@@ -26,10 +26,10 @@
 
 #include <fmt/format.h>
 
-#include "core/decompose.hpp"
-#include "core/factor_cache.hpp"
-#include "core/gemm.hpp"
-#include "core/linalg.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/decompose/linalg.hpp"
 
 using namespace rankscope;
 

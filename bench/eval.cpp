@@ -13,8 +13,8 @@
 
 #include <fmt/format.h>
 
-#include "core/gemm.hpp"
-#include "core/model.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/io/model.hpp"
 #include "evaluators/evaluator.hpp"
 #include "evaluators/harness.hpp"
 #include "evaluators/tasks.hpp"

@@ -15,8 +15,8 @@
 
 #include <fmt/format.h>
 
-#include "core/gemm.hpp"
-#include "core/llama.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/models/llama.hpp"
 
 using namespace rankscope;
 

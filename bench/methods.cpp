@@ -23,11 +23,11 @@
 
 #include <fmt/format.h>
 
-#include "core/bert.hpp"
-#include "core/decompose.hpp"
-#include "core/error.hpp"
-#include "core/gemm.hpp"
-#include "core/size.hpp"
+#include "core/models/bert.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/decompose/size.hpp"
 #include "evaluators/calibration.hpp"
 #include "evaluators/harness.hpp"
 #include "evaluators/perplexity.hpp"

@@ -15,7 +15,7 @@
 
 #include <fmt/format.h>
 
-#include "core/tokenizer.hpp"
+#include "core/tokenize/tokenizer.hpp"
 
 using namespace rankscope;
 

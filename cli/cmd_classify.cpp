@@ -4,9 +4,9 @@
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
-#include "core/bert.hpp"
-#include "core/error.hpp"
-#include "core/gemm.hpp"
+#include "core/models/bert.hpp"
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
 
 namespace rankscope::cli {
 

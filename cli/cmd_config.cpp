@@ -2,9 +2,9 @@
 #include <iostream>
 
 #include "cli/commands.hpp"
-#include "core/config_string.hpp"
-#include "core/error.hpp"
-#include "core/model.hpp"
+#include "core/space/config_string.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model.hpp"
 
 namespace rankscope::cli {
 

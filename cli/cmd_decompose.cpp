@@ -2,10 +2,10 @@
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
-#include "core/decompose.hpp"
-#include "core/error.hpp"
-#include "core/gemm.hpp"
-#include "core/size.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/decompose/size.hpp"
 #include "evaluators/calibration.hpp"
 
 namespace rankscope::cli {

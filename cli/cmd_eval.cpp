@@ -9,9 +9,9 @@
 
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
-#include "core/decompose.hpp"
-#include "core/error.hpp"
-#include "core/gemm.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
 #include "evaluators/calibration.hpp"
 #include "evaluators/evaluator.hpp"
 

@@ -5,12 +5,12 @@
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
-#include "core/bert.hpp"
-#include "core/error.hpp"
-#include "core/factor_cache.hpp"
-#include "core/gemm.hpp"
-#include "core/llama.hpp"
-#include "core/npy.hpp"
+#include "core/models/bert.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/models/llama.hpp"
+#include "core/io/npy.hpp"
 
 namespace rankscope::cli {
 

@@ -5,9 +5,9 @@
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
-#include "core/error.hpp"
-#include "core/gemm.hpp"
-#include "core/llama.hpp"
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/models/llama.hpp"
 
 namespace rankscope::cli {
 

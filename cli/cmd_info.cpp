@@ -5,9 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
-#include "core/error.hpp"
-#include "core/model.hpp"
-#include "core/size.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model.hpp"
+#include "core/decompose/size.hpp"
 
 namespace rankscope::cli {
 

@@ -13,9 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
-#include "core/error.hpp"
-#include "core/factor_cache.hpp"
-#include "core/suggest.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/base/suggest.hpp"
 #include "db/results_db.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"

@@ -4,9 +4,9 @@
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
-#include "core/design_space.hpp"
-#include "core/error.hpp"
-#include "core/model.hpp"
+#include "core/space/design_space.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model.hpp"
 
 namespace rankscope::cli {
 

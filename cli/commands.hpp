@@ -2,8 +2,8 @@
 #pragma once
 
 #include "cli/options.hpp"
-#include "core/design_space.hpp"
-#include "core/factor_cache.hpp"
+#include "core/space/design_space.hpp"
+#include "core/decompose/factor_cache.hpp"
 #include "evaluators/evaluator.hpp"
 
 namespace rankscope::cli {

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "cli/options.hpp"
-#include "core/error.hpp"
-#include "core/suggest.hpp"
+#include "core/base/error.hpp"
+#include "core/base/suggest.hpp"
 
 #ifndef RANKSCOPE_VERSION
 #error "RANKSCOPE_VERSION (CMake's PROJECT_VERSION) must be defined"

@@ -8,7 +8,7 @@
 
 #include <boost/lexical_cast.hpp>
 
-#include "core/suggest.hpp"
+#include "core/base/suggest.hpp"
 
 
 namespace rankscope::cli {

@@ -22,8 +22,8 @@
 #include <sqlite3.h>
 #include <xxhash.h>
 
-#include "core/error.hpp"
-#include "core/json_file.hpp"
+#include "core/base/error.hpp"
+#include "core/base/json_file.hpp"
 
 namespace rankscope {
 

@@ -9,11 +9,11 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
-#include "core/bert.hpp"
-#include "core/error.hpp"
-#include "core/factor_cache.hpp"
-#include "core/llama.hpp"
-#include "core/model_hash.hpp"
+#include "core/models/bert.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/models/llama.hpp"
+#include "core/io/model_hash.hpp"
 #include "evaluators/tasks.hpp"
 
 namespace rankscope {

@@ -26,9 +26,9 @@
 #include <memory>
 #include <string>
 
-#include "core/calibration.hpp"
-#include "core/decompose.hpp"
-#include "core/model.hpp"
+#include "core/decompose/calibration.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/io/model.hpp"
 
 namespace rankscope {
 

@@ -5,11 +5,11 @@
 #include <thread>
 #include <unistd.h>
 
-#include "core/bert.hpp"
-#include "core/error.hpp"
-#include "core/gemm.hpp"
-#include "core/llama.hpp"
-#include "core/size.hpp"
+#include "core/models/bert.hpp"
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/models/llama.hpp"
+#include "core/decompose/size.hpp"
 
 namespace rankscope {
 

@@ -3,8 +3,8 @@
 
 #include <cstdint>
 
-#include "core/config_string.hpp"
-#include "core/model.hpp"
+#include "core/space/config_string.hpp"
+#include "core/io/model.hpp"
 #include "evaluators/harness.hpp"
 
 namespace rankscope {

@@ -10,9 +10,9 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
-#include "core/error.hpp"
-#include "core/mapped_file.hpp"
-#include "core/model_hash.hpp"
+#include "core/base/error.hpp"
+#include "core/base/mapped_file.hpp"
+#include "core/io/model_hash.hpp"
 #include "evaluators/fidelity.hpp"
 #include "evaluators/perplexity.hpp"
 

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config_string.hpp"
-#include "core/model.hpp"
+#include "core/space/config_string.hpp"
+#include "core/io/model.hpp"
 #include "evaluators/efficiency.hpp"
 #include "evaluators/harness.hpp"
 #include "evaluators/tasks.hpp"

@@ -14,11 +14,11 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
-#include "core/error.hpp"
-#include "core/factor_cache.hpp"
-#include "core/llama.hpp"
-#include "core/mapped_file.hpp"
-#include "core/model_hash.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/models/llama.hpp"
+#include "core/base/mapped_file.hpp"
+#include "core/io/model_hash.hpp"
 
 namespace rankscope {
 

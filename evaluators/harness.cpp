@@ -7,8 +7,8 @@
 #include <random>
 #include <set>
 
-#include "core/bert.hpp"
-#include "core/error.hpp"
+#include "core/models/bert.hpp"
+#include "core/base/error.hpp"
 #include "evaluators/loglikelihood.hpp"
 
 namespace rankscope {

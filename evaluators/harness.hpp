@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/model.hpp"
+#include "core/io/model.hpp"
 #include "evaluators/tasks.hpp"
 
 namespace rankscope {

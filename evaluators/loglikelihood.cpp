@@ -4,39 +4,14 @@
 #include <cmath>
 #include <limits>
 
-#include "core/error.hpp"
-#include "core/llama.hpp"
+#include "core/base/error.hpp"
+#include "core/models/llama.hpp"
 
 namespace rankscope {
 
 namespace {
 
-struct RowScore {
-  double logprob;
-  bool is_argmax;
-};
-
-// log softmax(row)[target] in float64 and whether target is the row's argmax (first maximum, as
-// numpy's argmax). A row with NaN/Inf gives NaN.
-RowScore score_row(const float* row, int64_t n_vocab, TokenId target) {
-  float max = row[0];
-  int64_t argmax = 0;
-  bool finite = true;
-  for (int64_t i = 0; i < n_vocab; ++i) {
-    if (!std::isfinite(row[i])) finite = false;
-    if (row[i] > max) {
-      max = row[i];
-      argmax = i;
-    }
-  }
-  if (!finite) return {std::numeric_limits<double>::quiet_NaN(), false};
-  double sum = 0.0;
-  for (int64_t i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(row[i]) - max);
-  return {static_cast<double>(row[target]) - max - std::log(sum), argmax == target};
-}
-
-void add_row(Loglikelihood& r, const float* row, int64_t n_vocab, TokenId target) {
-  const RowScore s = score_row(row, n_vocab, target);
+void add_score(Loglikelihood& r, const TokenScore& s) {
   r.logprob += s.logprob;
   r.greedy = r.greedy && s.is_argmax;
   ++r.n_tokens;
@@ -57,7 +32,7 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
   const auto& c = model.config;
   if (c.arch != Arch::llama) fail("{}: log-likelihood scoring needs a causal LM, not {}", model.dir.string(), c.architecture);
   const int64_t max_length = options.max_length > 0 ? options.max_length : c.n_ctx_train;
-  const int64_t n_vocab = c.n_vocab;
+  Backend& be = model.runtime();
   const auto G = static_cast<size_t>(std::max<int64_t>(1, options.groups_per_batch));
 
   std::vector<std::vector<Loglikelihood>> out(groups.size());
@@ -105,14 +80,23 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
     std::vector<std::vector<TokenId>> contexts;
     for (size_t i = b0; i < b1; ++i) contexts.push_back(groups[reuse[i]].context);
     std::vector<KvCache> caches(b1 - b0);
-    const Mat first = llama_forward(model, contexts, caches, {.last_logits_only = true});
+    const Buffer first = llama_logits(model, contexts, caches, {.last_logits_only = true});
+    // The first token of every continuation is scored from its context's last row.
+    std::vector<int64_t> rows;
+    std::vector<TokenId> targets;
     size_t max_choices = 0;
     for (size_t i = b0; i < b1; ++i) {
       const auto& grp = groups[reuse[i]];
       max_choices = std::max(max_choices, grp.continuations.size());
-      for (size_t k = 0; k < grp.continuations.size(); ++k) {
-        add_row(out[reuse[i]][k], first.row(static_cast<int64_t>(i - b0)).data(), n_vocab, grp.continuations[k][0]);
+      for (const auto& cont : grp.continuations) {
+        rows.push_back(static_cast<int64_t>(i - b0));
+        targets.push_back(cont[0]);
       }
+    }
+    const auto first_scores = be.score(first, rows, targets);
+    size_t n_scored = 0;
+    for (size_t i = b0; i < b1; ++i) {
+      for (auto& r : out[reuse[i]]) add_score(r, first_scores[n_scored++]);
     }
     for (size_t k = 0; k < max_choices; ++k) {
       std::vector<size_t> members;  // indices into caches
@@ -127,12 +111,20 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
         batch_caches.push_back(std::move(caches[i - b0]));
       }
       if (members.empty()) continue;
-      const Mat logits = llama_forward(model, inputs, batch_caches);
-      int64_t row = 0;
+      const Buffer logits = llama_logits(model, inputs, batch_caches);
+      std::vector<TokenId> next;  // the token each row predicts
+      for (size_t m = 0; m < members.size(); ++m) {
+        const auto& cont = groups[reuse[b0 + members[m]]].continuations[k];
+        next.insert(next.end(), cont.begin() + 1, cont.end());
+      }
+      std::vector<int64_t> all_rows(next.size());
+      for (size_t r = 0; r < all_rows.size(); ++r) all_rows[r] = static_cast<int64_t>(r);
+      const auto scores = be.score(logits, all_rows, next);
+      size_t row = 0;
       for (size_t m = 0; m < members.size(); ++m) {
         const size_t i = b0 + members[m];
         const auto& cont = groups[reuse[i]].continuations[k];
-        for (size_t t = 1; t < cont.size(); ++t) add_row(out[reuse[i]][k], logits.row(row++).data(), n_vocab, cont[t]);
+        for (size_t t = 1; t < cont.size(); ++t) add_score(out[reuse[i]][k], scores[row++]);
         KvCache& cache = batch_caches[m];
         cache.n_past = static_cast<int64_t>(groups[reuse[i]].context.size());  // roll back to the context
         caches[members[m]] = std::move(cache);
@@ -153,19 +145,27 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
     }
     std::vector<std::vector<TokenId>> inputs;
     for (size_t i = s0; i < s1; ++i) inputs.push_back(scratch[i].input);
-    const Mat logits = llama_forward(model, inputs);
+    const Buffer logits = llama_logits(model, inputs);
+    // The last n_cont rows of each request predict its continuation (the input lacks the final token).
+    std::vector<int64_t> rows;
+    std::vector<TokenId> targets;
     int64_t offset = 0;
-    int64_t groups_finished = 0;
     for (size_t i = s0; i < s1; ++i) {
       const auto& req = scratch[i];
       const auto& cont = groups[req.group].continuations[req.choice];
       const auto len = static_cast<int64_t>(req.input.size());
-      // The last n_cont rows predict the continuation tokens (the input lacks the final one).
       for (int64_t t = 0; t < req.n_cont; ++t) {
-        add_row(out[req.group][req.choice], logits.row(offset + len - req.n_cont + t).data(), n_vocab,
-                cont[static_cast<size_t>(t)]);
+        rows.push_back(offset + len - req.n_cont + t);
+        targets.push_back(cont[static_cast<size_t>(t)]);
       }
       offset += len;
+    }
+    const auto scores = be.score(logits, rows, targets);
+    size_t n_scored = 0;
+    int64_t groups_finished = 0;
+    for (size_t i = s0; i < s1; ++i) {
+      const auto& req = scratch[i];
+      for (int64_t t = 0; t < req.n_cont; ++t) add_score(out[req.group][req.choice], scores[n_scored++]);
       if (req.choice + 1 == groups[req.group].continuations.size()) ++groups_finished;
     }
     report(groups_finished);

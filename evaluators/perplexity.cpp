@@ -5,8 +5,8 @@
 #include <limits>
 #include <optional>
 
-#include "core/error.hpp"
-#include "core/llama.hpp"
+#include "core/base/error.hpp"
+#include "core/models/llama.hpp"
 
 namespace rankscope {
 
@@ -21,15 +21,6 @@ struct Window {
   int64_t score_begin = 0;
   std::vector<TokenId> targets;
 };
-
-// -log softmax(row)[target] in float64.
-double token_nll(const float* row, int64_t n_vocab, TokenId target) {
-  double max = row[0];
-  for (int64_t i = 1; i < n_vocab; ++i) max = std::max(max, static_cast<double>(row[i]));
-  double sum = 0.0;
-  for (int64_t i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(row[i]) - max);
-  return -(static_cast<double>(row[target]) - max - std::log(sum));
-}
 
 void check_causal_lm(const Model& model) {
   const auto& c = model.config;
@@ -73,13 +64,10 @@ Scored score_windows(const Model& model, const std::vector<Window>& windows, con
     for (auto t : targets) {
       if (t < 0 || t >= n_vocab) fail("token id {} is outside the vocabulary [0, {})", t, n_vocab);
     }
-    const Mat logits = llama_forward(model, batch);  // [sum of lengths x n_vocab]
+    // Logits [sum of lengths x n_vocab] stay on the model's device; only the scores come back.
+    const auto scores = model.runtime().score(llama_logits(model, batch), rows, targets);
     std::vector<double> nll(rows.size());
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
-      nll[static_cast<size_t>(i)] = token_nll(logits.row(rows[static_cast<size_t>(i)]).data(), n_vocab,
-                                              targets[static_cast<size_t>(i)]);
-    }
+    for (size_t i = 0; i < rows.size(); ++i) nll[i] = -scores[i].logprob;
     // Sums in a fixed order: the result does not depend on the thread count.
     size_t k = 0;
     for (int64_t w = w0; w < w1; ++w) {

@@ -22,7 +22,7 @@
 #include <functional>
 #include <vector>
 
-#include "core/model.hpp"
+#include "core/io/model.hpp"
 
 namespace rankscope {
 

@@ -15,8 +15,8 @@
 #include <bzlib.h>
 #include <nlohmann/json.hpp>
 
-#include "core/error.hpp"
-#include "core/json_file.hpp"
+#include "core/base/error.hpp"
+#include "core/base/json_file.hpp"
 
 namespace rankscope {
 

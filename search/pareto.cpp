@@ -6,7 +6,7 @@
 #include <map>
 #include <numeric>
 
-#include "core/error.hpp"
+#include "core/base/error.hpp"
 
 namespace rankscope {
 

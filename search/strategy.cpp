@@ -9,7 +9,7 @@
 #include <set>
 #include <sstream>
 
-#include "core/error.hpp"
+#include "core/base/error.hpp"
 #include "search/pareto.hpp"
 
 namespace rankscope {

@@ -13,8 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/json_file.hpp"
-#include "core/safetensors.hpp"
+#include "core/base/json_file.hpp"
+#include "core/io/safetensors.hpp"
 
 namespace rankscope::test {
 

@@ -6,7 +6,7 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
-#include "core/linear.hpp"
+#include "core/compute/linear.hpp"
 
 namespace rankscope::test {
 

@@ -11,13 +11,13 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
-#include "core/bert.hpp"
-#include "core/calibration.hpp"
-#include "core/decompose.hpp"
-#include "core/error.hpp"
-#include "core/linalg.hpp"
-#include "core/llama.hpp"
-#include "core/size.hpp"
+#include "core/models/bert.hpp"
+#include "core/decompose/calibration.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/linalg.hpp"
+#include "core/models/llama.hpp"
+#include "core/decompose/size.hpp"
 #include "evaluators/calibration.hpp"
 #include "evaluators/perplexity.hpp"
 #include "evaluators/tasks.hpp"

@@ -2,8 +2,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/bert.hpp"
-#include "core/npy.hpp"
+#include "core/models/bert.hpp"
+#include "core/io/npy.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/linalg_fixtures.hpp"
 #include "tests/test_support.hpp"

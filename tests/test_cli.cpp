@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "cli/options.hpp"
-#include "core/npy.hpp"
+#include "core/io/npy.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
 

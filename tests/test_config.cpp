@@ -11,10 +11,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "core/config_string.hpp"
-#include "core/design_space.hpp"
-#include "core/error.hpp"
-#include "core/model_config.hpp"
+#include "core/space/config_string.hpp"
+#include "core/space/design_space.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model_config.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;

@@ -22,7 +22,7 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
-#include "core/error.hpp"
+#include "core/base/error.hpp"
 #include "db/results_db.hpp"
 #include "tests/test_support.hpp"
 

@@ -6,11 +6,11 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
-#include "core/bert.hpp"
-#include "core/decompose.hpp"
-#include "core/error.hpp"
-#include "core/llama.hpp"
-#include "core/size.hpp"
+#include "core/models/bert.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/base/error.hpp"
+#include "core/models/llama.hpp"
+#include "core/decompose/size.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/linalg_fixtures.hpp"
 #include "tests/test_support.hpp"

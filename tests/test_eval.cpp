@@ -7,9 +7,9 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "core/bert.hpp"
-#include "core/llama.hpp"
-#include "core/model.hpp"
+#include "core/models/bert.hpp"
+#include "core/models/llama.hpp"
+#include "core/io/model.hpp"
 #include "evaluators/evaluator.hpp"
 #include "evaluators/harness.hpp"
 #include "evaluators/loglikelihood.hpp"

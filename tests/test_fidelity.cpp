@@ -6,8 +6,8 @@
 #include <fstream>
 #include <limits>
 
-#include "core/error.hpp"
-#include "core/llama.hpp"
+#include "core/base/error.hpp"
+#include "core/models/llama.hpp"
 #include "evaluators/fidelity.hpp"
 #include "evaluators/perplexity.hpp"
 #include "tests/fixtures.hpp"

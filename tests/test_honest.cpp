@@ -15,9 +15,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "core/calibration.hpp"
-#include "core/factor_cache.hpp"
-#include "core/size.hpp"
+#include "core/decompose/calibration.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/decompose/size.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;

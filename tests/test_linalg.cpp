@@ -5,8 +5,8 @@
 #include <limits>
 #include <utility>
 
-#include "core/error.hpp"
-#include "core/linalg.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/linalg.hpp"
 #include "tests/linalg_fixtures.hpp"
 #include "tests/test_support.hpp"
 

@@ -1,6 +1,6 @@
 // The factored Linear: full-rank factors reproduce the dense product, truncated ones the
 // truncated product, and parameter/FLOP counts follow the paper's three-factor formula.
-#include "core/linear.hpp"
+#include "core/compute/linear.hpp"
 #include "tests/linalg_fixtures.hpp"
 #include "tests/test_support.hpp"
 

@@ -1,6 +1,6 @@
 // The Llama forward pass against the golden logits of stories260K-hf (transformers, fp32).
-#include "core/llama.hpp"
-#include "core/npy.hpp"
+#include "core/models/llama.hpp"
+#include "core/io/npy.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/linalg_fixtures.hpp"
 #include "tests/test_support.hpp"

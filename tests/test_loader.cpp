@@ -1,6 +1,6 @@
 // Loading real Hugging Face checkpoints: single file, sharded, F16/BF16, shapes only.
-#include "core/error.hpp"
-#include "core/model.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
 

@@ -1,8 +1,8 @@
 // Bad checkpoints never crash: each gives an Error naming the file and the problem.
 #include <sys/stat.h>
 
-#include "core/error.hpp"
-#include "core/model.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
 

@@ -1,7 +1,7 @@
 #include <fstream>
 
-#include "core/error.hpp"
-#include "core/npy.hpp"
+#include "core/base/error.hpp"
+#include "core/io/npy.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;

@@ -8,8 +8,8 @@
 #include <limits>
 #include <utility>
 
-#include "core/error.hpp"
-#include "core/llama.hpp"
+#include "core/base/error.hpp"
+#include "core/models/llama.hpp"
 #include "evaluators/perplexity.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"

@@ -4,9 +4,9 @@
 #include <fstream>
 #include <random>
 
-#include "core/error.hpp"
-#include "core/npy.hpp"
-#include "core/safetensors.hpp"
+#include "core/base/error.hpp"
+#include "core/io/npy.hpp"
+#include "core/io/safetensors.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;

@@ -12,7 +12,7 @@
 #include <random>
 #include <set>
 
-#include "core/error.hpp"
+#include "core/base/error.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
 

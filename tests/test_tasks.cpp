@@ -7,7 +7,7 @@
 #include <numeric>
 #include <string>
 
-#include "core/error.hpp"
+#include "core/base/error.hpp"
 #include "evaluators/tasks.hpp"
 #include "test_support.hpp"
 

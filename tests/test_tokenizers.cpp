@@ -12,8 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/error.hpp"
-#include "core/tokenizer.hpp"
+#include "core/base/error.hpp"
+#include "core/tokenize/tokenizer.hpp"
 #include "tests/test_support.hpp"
 
 using rankscope::TokenId;

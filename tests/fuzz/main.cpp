@@ -29,7 +29,7 @@
 
 #include <fmt/format.h>
 
-#include "core/error.hpp"
+#include "core/base/error.hpp"
 #include "tests/fuzz/fuzz.hpp"
 
 namespace fs = std::filesystem;

@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
 
-#include "core/calibration.hpp"
-#include "core/error.hpp"
-#include "core/factor_cache.hpp"
+#include "core/decompose/calibration.hpp"
+#include "core/base/error.hpp"
+#include "core/decompose/factor_cache.hpp"
 #include "db/results_db.hpp"
 #include "evaluators/tasks.hpp"
 #include "tests/fuzz/fuzz.hpp"

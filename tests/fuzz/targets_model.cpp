@@ -6,12 +6,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "core/error.hpp"
-#include "core/model.hpp"
-#include "core/npy.hpp"
-#include "core/safetensors.hpp"
-#include "core/tensor_roles.hpp"
-#include "core/tokenizer.hpp"
+#include "core/base/error.hpp"
+#include "core/io/model.hpp"
+#include "core/io/npy.hpp"
+#include "core/io/safetensors.hpp"
+#include "core/io/tensor_roles.hpp"
+#include "core/tokenize/tokenizer.hpp"
 #include "tests/fuzz/fuzz.hpp"
 
 namespace rankscope::fuzz {

@@ -1,0 +1,159 @@
+// The operations every forward pass is written against, and the devices that implement them.
+//
+// A Backend owns the device memory of activations (Buffer) and keeps the weights it has been
+// handed resident: the first op that uses a weight Tensor uploads it (in the backend's compute
+// type) and later ops reuse that copy for as long as the Tensor's storage lives. A model that
+// differs from the base in a few factored matrices therefore only uploads those matrices.
+//
+// Implementations: CpuBackend (Eigen + OpenBLAS, fp32: the reference) and, in builds with
+// -DRANKSCOPE_CUDA=ON, CudaBackend (cuBLAS products, fused kernels, fp32/bf16/fp16).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/base/tensor.hpp"
+#include "core/compute/linear.hpp"
+#include "core/compute/op_params.hpp"
+#include "core/compute/ops.hpp"
+
+namespace rankscope {
+
+std::string compute_type_name(ComputeType t);  // "fp32", "bf16", "fp16"
+// Parses fp32|float32|bf16|bfloat16|fp16|float16; throws Error otherwise.
+ComputeType parse_compute_type(const std::string& text);
+
+// Which buffer type an op wants: the residual stream and logits stay fp32, the inputs of matrix
+// products are in the compute type.
+enum class Precision { f32, compute };
+
+// A [rows x cols] row-major matrix of activations on a backend's device. Copies share storage.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(int64_t rows, int64_t cols, ComputeType type, std::shared_ptr<void> storage, void* data)
+      : rows_(rows), cols_(cols), type_(type), storage_(std::move(storage)), data_(data) {}
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  ComputeType type() const { return type_; }
+  bool empty() const { return data_ == nullptr; }
+  void* data() const { return data_; }
+  const std::shared_ptr<void>& storage() const { return storage_; }
+
+ private:
+  int64_t rows_ = 0, cols_ = 0;
+  ComputeType type_ = ComputeType::f32;
+  std::shared_ptr<void> storage_;
+  void* data_ = nullptr;
+};
+
+// Keys and values of the past tokens of one sequence, per layer, on the backend that made them.
+struct KvCache {
+  std::vector<Buffer> k;  // per layer [capacity x n_embd_kv]
+  std::vector<Buffer> v;
+  int64_t n_past = 0;
+};
+
+// Shapes of one attention call.
+struct AttentionShape {
+  int64_t n_head = 0;
+  int64_t n_head_kv = 0;  // grouped-query attention: n_head / n_head_kv query heads share a kv head
+  int64_t n_embd_head = 0;
+  bool causal = true;
+};
+
+// The sequences of a batch, concatenated along the rows of every activation buffer.
+struct SequenceLayout {
+  std::vector<int64_t> offset;     // [n_seq + 1] first row of each sequence
+  std::vector<int64_t> positions;  // [n_rows] position of each row within its sequence (RoPE)
+  int64_t n_seq() const { return static_cast<int64_t>(offset.size()) - 1; }
+  int64_t n_rows() const { return offset.empty() ? 0 : offset.back(); }
+  int64_t length(int64_t s) const { return offset[s + 1] - offset[s]; }
+};
+
+// log softmax(row)[target] in float64 and whether target is the row's first maximum; NaN when
+// the row holds NaN/Inf.
+struct TokenScore {
+  double logprob = 0.0;
+  bool is_argmax = false;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // "cpu" or "cuda:0 (NVIDIA H200)".
+  virtual std::string device_name() const = 0;
+  // "cpu", "cuda": what a result's protocol records with the dtype.
+  virtual std::string device_kind() const = 0;
+  virtual ComputeType compute_type() const = 0;
+
+  // An uninitialised buffer.
+  virtual Buffer buffer(int64_t rows, int64_t cols, Precision precision) = 0;
+  // Grows a buffer to at least `rows` rows, keeping its content (KV caches).
+  virtual void grow_rows(Buffer& b, int64_t rows) = 0;
+  virtual Mat download(const Buffer& b) = 0;
+  // Rows [row0, row0 + n) of b.
+  virtual Mat download_rows(const Buffer& b, int64_t row0, int64_t n) = 0;
+  // The buffer as a host matrix, for hooks: the CPU's own storage, or a copy in `scratch`.
+  virtual const Mat& host_view(const Buffer& b, Mat& scratch) = 0;
+
+  // x[i] = table[ids[i]] (+ x[i] when accumulate); table [n x cols] of weights.
+  virtual void embed(const Tensor& table, std::span<const TokenId> ids, Buffer& x, bool accumulate) = 0;
+  // out = x / sqrt(mean(x^2) + eps) * weight, per row.
+  virtual void rms_norm(const Buffer& x, const Tensor& weight, double eps, Buffer& out) = 0;
+  // x = (x - mean) / sqrt(var + eps) * weight + bias per row, in place; `copy` (optional, may be
+  // empty) receives the result in its own type too.
+  virtual void layer_norm(Buffer& x, const Tensor& weight, const Tensor& bias, double eps, Buffer* copy) = 0;
+  // y = x W^T + b (+ y when accumulate). Factored weights run as two (svd) or three (tucker)
+  // products, never multiplied back.
+  virtual void linear(const Linear& w, const Buffer& x, Buffer& y, bool accumulate) = 0;
+  // Rotary position embedding of every head of every row, by the row's position.
+  virtual void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) = 0;
+  // ctx = softmax(q k^T / sqrt(d) [+ mask]) v per sequence and head. With caches (one per sequence)
+  // k and v of the batch are appended at each cache's n_past for `layer` and attention runs over
+  // the cached keys too; masks (optional, per sequence) mark padding keys with 0.
+  virtual void attention(const AttentionShape& shape, const Buffer& q, const Buffer& k, const Buffer& v,
+                         const SequenceLayout& layout, std::span<KvCache> caches, int64_t layer,
+                         std::span<const std::vector<uint8_t>> masks, Buffer& ctx) = 0;
+  // x = act(x).
+  virtual void activation(Buffer& x, Activation act) = 0;
+  // gate = act(gate) * up.
+  virtual void gated_activation(Buffer& gate, const Buffer& up, Activation act) = 0;
+  // x += y.
+  virtual void add(Buffer& x, const Buffer& y) = 0;
+  // out[i] = x[rows[i]].
+  virtual void gather_rows(const Buffer& x, std::span<const int64_t> rows, Buffer& out) = 0;
+  // x = tanh(x).
+  virtual void tanh(Buffer& x) = 0;
+  // Scores row rows[i] of logits against targets[i]; only the scores leave the device.
+  virtual std::vector<TokenScore> score(const Buffer& logits, std::span<const int64_t> rows,
+                                        std::span<const TokenId> targets) = 0;
+  // Frees cached weights whose host storage is gone and scratch memory (between evaluations).
+  virtual void trim() {}
+};
+
+// The process-wide CPU backend.
+Backend& cpu_backend();
+
+// Where to run: --device cpu|cuda|cuda:N|auto.
+struct Device {
+  enum class Kind { cpu, cuda, automatic };
+  Kind kind = Kind::automatic;
+  int index = 0;
+  std::string text() const;  // as the user writes it
+};
+// Throws Error for anything but cpu, cuda, cuda:N, auto.
+Device parse_device(const std::string& text);
+// Whether this build has the CUDA backend, and how many GPUs it sees (0 without CUDA).
+bool cuda_built();
+int cuda_device_count();
+// The backend for `device`: auto takes GPU 0 when one is visible. `type` is the compute type
+// on a GPU (the CPU computes in fp32). Throws Error for cuda on a build without CUDA or with
+// no GPU visible, naming which.
+std::shared_ptr<Backend> make_backend(const Device& device, ComputeType type);
+
+}  // namespace rankscope

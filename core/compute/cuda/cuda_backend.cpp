@@ -1,0 +1,451 @@
+// CudaBackend: activations in stream-ordered device memory, weights resident in the compute type,
+// products through cuBLAS (fp32 accumulation), everything else in kernels.cu. One stream per
+// backend; only downloads and scores synchronise.
+#include "core/compute/cuda/cuda_backend.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <unordered_map>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <fmt/format.h>
+
+#include "core/base/error.hpp"
+#include "core/compute/cuda/kernels.cuh"
+
+namespace rankscope {
+
+namespace {
+
+size_t element_size(ComputeType t) { return t == ComputeType::f32 ? 4 : 2; }
+
+cudaDataType cuda_type(ComputeType t) {
+  switch (t) {
+    case ComputeType::f32: return CUDA_R_32F;
+    case ComputeType::bf16: return CUDA_R_16BF;
+    case ComputeType::f16: return CUDA_R_16F;
+  }
+  return CUDA_R_32F;
+}
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA {}: {}", what, cudaGetErrorString(e));
+}
+
+void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS {}: {}", what, cublasGetStatusString(s));
+}
+
+double mib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
+// The device state every allocation's deleter needs: it outlives the backend while buffers do.
+struct Context {
+  int index = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  ~Context() {
+    if (blas != nullptr) cublasDestroy(blas);
+    if (stream != nullptr) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int index, ComputeType type) : type_(type) {
+    ctx_ = std::make_shared<Context>();
+    ctx_->index = index;
+    check(cudaSetDevice(index), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, index), "cudaGetDeviceProperties");
+    name_ = fmt::format("cuda:{} ({})", index, prop.name);
+    check(cudaStreamCreateWithFlags(&ctx_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cublasCreate(&ctx_->blas), "cublasCreate");
+    check(cublasSetStream(ctx_->blas, ctx_->stream), "cublasSetStream");
+    // fp32 stays fp32: no TF32 tensor-op shortcuts, so GPU fp32 matches the CPU.
+    check(cublasSetMathMode(ctx_->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    // Freed blocks stay in the stream-ordered pool for reuse instead of going back to the driver.
+    cudaMemPool_t pool = nullptr;
+    check(cudaDeviceGetDefaultMemPool(&pool, index), "cudaDeviceGetDefaultMemPool");
+    uint64_t threshold = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+  }
+
+  std::string device_name() const override { return name_; }
+  std::string device_kind() const override { return "cuda"; }
+  ComputeType compute_type() const override { return type_; }
+
+  Buffer buffer(int64_t rows, int64_t cols, Precision precision) override {
+    const ComputeType t = precision == Precision::f32 ? ComputeType::f32 : type_;
+    auto mem = allocate(static_cast<size_t>(rows * cols) * element_size(t),
+                        fmt::format("a [{} x {}] {} activation buffer", rows, cols, compute_type_name(t)));
+    void* data = mem.get();
+    return Buffer(rows, cols, t, std::move(mem), data);
+  }
+
+  void grow_rows(Buffer& b, int64_t rows) override {
+    if (!b.empty() && b.rows() >= rows) return;
+    const ComputeType t = b.empty() ? type_ : b.type();
+    auto mem = allocate(static_cast<size_t>(rows * b.cols()) * element_size(t),
+                        fmt::format("a KV cache of {} rows x {}", rows, b.cols()));
+    if (!b.empty()) {
+      check(cudaMemcpyAsync(mem.get(), b.data(), static_cast<size_t>(b.rows() * b.cols()) * element_size(t),
+                            cudaMemcpyDeviceToDevice, ctx_->stream),
+            "cudaMemcpyAsync (grow)");
+    }
+    void* data = mem.get();
+    b = Buffer(rows, b.cols(), t, std::move(mem), data);
+  }
+
+  Mat download(const Buffer& b) override { return download_rows(b, 0, b.rows()); }
+
+  Mat download_rows(const Buffer& b, int64_t row0, int64_t n) override {
+    Mat out(n, b.cols());
+    if (n == 0) return out;
+    const size_t count = static_cast<size_t>(n * b.cols());
+    const auto* src = static_cast<const std::byte*>(b.data()) + static_cast<size_t>(row0 * b.cols()) * element_size(b.type());
+    std::shared_ptr<void> widened;
+    if (b.type() != ComputeType::f32) {
+      widened = allocate(count * 4, "an fp32 copy for download");
+      check(cuda::convert(src, b.type(), widened.get(), ComputeType::f32, static_cast<int64_t>(count), ctx_->stream), "convert kernel");
+      src = static_cast<const std::byte*>(widened.get());
+    }
+    check(cudaMemcpyAsync(out.data(), src, count * 4, cudaMemcpyDeviceToHost, ctx_->stream), "cudaMemcpyAsync (download)");
+    check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
+    return out;
+  }
+
+  const Mat& host_view(const Buffer& b, Mat& scratch) override {
+    scratch = download(b);
+    return scratch;
+  }
+
+  void embed(const Tensor& table, std::span<const TokenId> ids, Buffer& x, bool accumulate) override {
+    RS_ASSERT(x.type() == ComputeType::f32 && x.rows() == static_cast<int64_t>(ids.size()));
+    const void* t = resident(table, type_);
+    auto d_ids = upload(ids.data(), ids.size_bytes(), "token ids");
+    check(cuda::embed(t, type_, static_cast<const int32_t*>(d_ids.get()), x.rows(), x.cols(), static_cast<float*>(x.data()),
+                accumulate, ctx_->stream), "embed kernel");
+  }
+
+  void rms_norm(const Buffer& x, const Tensor& weight, double eps, Buffer& out) override {
+    RS_ASSERT(x.type() == ComputeType::f32 && out.rows() >= x.rows());
+    check(cuda::rms_norm(static_cast<const float*>(x.data()), f32(weight), eps, x.rows(), x.cols(), out.data(), out.type(),
+                   ctx_->stream), "rms_norm kernel");
+  }
+
+  void layer_norm(Buffer& x, const Tensor& weight, const Tensor& bias, double eps, Buffer* copy) override {
+    RS_ASSERT(x.type() == ComputeType::f32);
+    const bool has_copy = copy != nullptr && !copy->empty() && copy->data() != x.data();
+    check(cuda::layer_norm(static_cast<float*>(x.data()), f32(weight), f32(bias), eps, x.rows(), x.cols(),
+                     has_copy ? copy->data() : nullptr, has_copy ? copy->type() : ComputeType::f32, ctx_->stream), "layer_norm kernel");
+  }
+
+  void linear(const Linear& w, const Buffer& x, Buffer& y, bool accumulate) override {
+    RS_ASSERT(x.cols() == w.n_in() && y.cols() == w.n_out() && y.rows() >= x.rows());
+    const int64_t n = x.rows();
+    // Products take both operands in the compute type.
+    std::shared_ptr<void> converted;
+    const void* in = x.data();
+    if (x.type() != type_) {
+      converted = allocate(static_cast<size_t>(n * x.cols()) * element_size(type_), "a converted linear input");
+      check(cuda::convert(x.data(), x.type(), converted.get(), type_, n * x.cols(), ctx_->stream), "convert kernel");
+      in = converted.get();
+    }
+    const float beta = accumulate ? 1.0f : 0.0f;
+    switch (w.form()) {
+      case Linear::Form::none: RS_ASSERT(!"linear through an empty Linear"); break;
+      case Linear::Form::dense:
+        gemm_xwt(in, n, w.n_in(), resident(w.weight(), type_), w.n_out(), y.data(), y.type(), beta);
+        break;
+      case Linear::Form::svd: {
+        const int64_t r = w.u().cols();
+        auto t = allocate(static_cast<size_t>(n * r) * element_size(type_), "a factored product");
+        gemm_xb(in, n, w.n_in(), resident(w.v(), type_), r, t.get(), type_, 0.0f);      // [n x r] = x V
+        gemm_xwt(t.get(), n, r, resident(w.u(), type_), w.n_out(), y.data(), y.type(), beta);  // t U^T
+        break;
+      }
+      case Linear::Form::tucker: {
+        const int64_t r1 = w.core().rows(), r2 = w.core().cols();
+        auto t2 = allocate(static_cast<size_t>(n * r2) * element_size(type_), "a factored product");
+        auto t1 = allocate(static_cast<size_t>(n * r1) * element_size(type_), "a factored product");
+        gemm_xb(in, n, w.n_in(), resident(w.v(), type_), r2, t2.get(), type_, 0.0f);        // x V
+        gemm_xwt(t2.get(), n, r2, resident(w.core(), type_), r1, t1.get(), type_, 0.0f);    // t2 G^T
+        gemm_xwt(t1.get(), n, r1, resident(w.u(), type_), w.n_out(), y.data(), y.type(), beta);  // t1 U^T
+        break;
+      }
+    }
+    if (!w.bias().empty()) check(cuda::add_bias(y.data(), y.type(), f32(w.bias()), n, w.n_out(), ctx_->stream), "add_bias kernel");
+  }
+
+  void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) override {
+    const auto& positions = layout.positions;
+    if (positions != positions_host_) {
+      positions_host_ = positions;
+      positions_dev_ = upload(positions.data(), positions.size() * sizeof(int64_t), "positions");
+    }
+    std::vector<float> inv(rope.inv_freq().begin(), rope.inv_freq().end());
+    if (inv != inv_freq_host_) {
+      inv_freq_host_ = inv;
+      inv_freq_dev_ = upload(inv.data(), inv.size() * sizeof(float), "RoPE frequencies");
+    }
+    check(cuda::rope(x.data(), x.type(), x.rows(), n_heads, rope.n_embd_head(), static_cast<const int64_t*>(positions_dev_.get()),
+               static_cast<const float*>(inv_freq_dev_.get()), ctx_->stream), "rope kernel");
+  }
+
+  void attention(const AttentionShape& shape, const Buffer& q, const Buffer& k, const Buffer& v,
+                 const SequenceLayout& layout, std::span<KvCache> caches, int64_t layer,
+                 std::span<const std::vector<uint8_t>> masks, Buffer& ctx) override {
+    RS_ASSERT(q.type() == k.type() && k.type() == v.type() && ctx.type() == q.type());
+    if (shape.n_embd_head > cuda::kMaxHeadDim) {
+      fail("{}: attention heads of {} values are not supported (at most {})", name_, shape.n_embd_head, cuda::kMaxHeadDim);
+    }
+    const int64_t n_seq = layout.n_seq();
+    int64_t max_tokens = 0;
+    for (int64_t s = 0; s < n_seq; ++s) max_tokens = std::max(max_tokens, layout.length(s));
+    const size_t elem = element_size(k.type());
+    const int64_t kv_cols = k.cols();
+    std::vector<cuda::SequenceDesc> descs(static_cast<size_t>(n_seq));
+    if (!caches.empty()) {
+      // Append the batch's keys and values at each cache's n_past, then attend over the caches.
+      std::vector<cuda::AppendDesc> to_k(static_cast<size_t>(n_seq)), to_v(static_cast<size_t>(n_seq));
+      for (int64_t s = 0; s < n_seq; ++s) {
+        auto& cache = caches[s];
+        Buffer& ck = cache.k[layer];
+        Buffer& cv = cache.v[layer];
+        RS_ASSERT(ck.type() == k.type() && ck.rows() >= cache.n_past + layout.length(s));
+        to_k[s] = {layout.offset[s], layout.length(s),
+                   static_cast<std::byte*>(ck.data()) + static_cast<size_t>(cache.n_past * kv_cols) * elem};
+        to_v[s] = {layout.offset[s], layout.length(s),
+                   static_cast<std::byte*>(cv.data()) + static_cast<size_t>(cache.n_past * kv_cols) * elem};
+        descs[s] = {layout.offset[s], layout.length(s), cache.n_past, ck.data(), cv.data(), kv_cols, nullptr};
+      }
+      auto d_k = upload(to_k.data(), to_k.size() * sizeof(cuda::AppendDesc), "KV cache descriptors");
+      auto d_v = upload(to_v.data(), to_v.size() * sizeof(cuda::AppendDesc), "KV cache descriptors");
+      check(cuda::append_rows(k.data(), kv_cols, static_cast<const cuda::AppendDesc*>(d_k.get()), n_seq, max_tokens, kv_cols,
+                        k.type(), ctx_->stream), "append_rows kernel");
+      check(cuda::append_rows(v.data(), kv_cols, static_cast<const cuda::AppendDesc*>(d_v.get()), n_seq, max_tokens, kv_cols,
+                        v.type(), ctx_->stream), "append_rows kernel");
+    } else {
+      for (int64_t s = 0; s < n_seq; ++s) {
+        const size_t row0 = static_cast<size_t>(layout.offset[s] * kv_cols) * elem;
+        descs[s] = {layout.offset[s], layout.length(s), 0, static_cast<const std::byte*>(k.data()) + row0,
+                    static_cast<const std::byte*>(v.data()) + row0, kv_cols, nullptr};
+      }
+    }
+    std::shared_ptr<void> d_masks;
+    if (!masks.empty()) {
+      std::vector<uint8_t> all;
+      std::vector<int64_t> at(static_cast<size_t>(n_seq), -1);
+      for (int64_t s = 0; s < n_seq; ++s) {
+        if (masks[s].empty()) continue;
+        at[s] = static_cast<int64_t>(all.size());
+        all.insert(all.end(), masks[s].begin(), masks[s].end());
+      }
+      if (!all.empty()) {
+        d_masks = upload(all.data(), all.size(), "attention masks");
+        for (int64_t s = 0; s < n_seq; ++s) {
+          if (at[s] >= 0) descs[s].mask = static_cast<const uint8_t*>(d_masks.get()) + at[s];
+        }
+      }
+    }
+    auto d_descs = upload(descs.data(), descs.size() * sizeof(cuda::SequenceDesc), "attention descriptors");
+    check(cuda::attention(q.data(), q.cols(), static_cast<const cuda::SequenceDesc*>(d_descs.get()), n_seq, max_tokens,
+                    shape.n_head, shape.n_head_kv, shape.n_embd_head, shape.causal, ctx.data(), ctx.cols(), q.type(),
+                    ctx_->stream), "attention kernel");
+  }
+
+  void activation(Buffer& x, Activation act) override {
+    check(cuda::activation(x.data(), x.type(), x.rows() * x.cols(), act, ctx_->stream), "activation kernel");
+  }
+
+  void gated_activation(Buffer& gate, const Buffer& up, Activation act) override {
+    RS_ASSERT(gate.type() == up.type());
+    check(cuda::gated_activation(gate.data(), up.data(), gate.type(), gate.rows() * gate.cols(), act, ctx_->stream), "gated_activation kernel");
+  }
+
+  void add(Buffer& x, const Buffer& y) override {
+    RS_ASSERT(x.type() == ComputeType::f32);
+    check(cuda::add(static_cast<float*>(x.data()), y.data(), y.type(), x.rows() * x.cols(), ctx_->stream), "add kernel");
+  }
+
+  void gather_rows(const Buffer& x, std::span<const int64_t> rows, Buffer& out) override {
+    RS_ASSERT(x.type() == out.type());
+    auto d_rows = upload(rows.data(), rows.size_bytes(), "row indices");
+    check(cuda::gather_rows(x.data(), static_cast<const int64_t*>(d_rows.get()), static_cast<int64_t>(rows.size()), x.cols(),
+                      out.data(), x.type(), ctx_->stream), "gather_rows kernel");
+  }
+
+  void tanh(Buffer& x) override { check(cuda::tanh_inplace(x.data(), x.type(), x.rows() * x.cols(), ctx_->stream), "tanh_inplace kernel"); }
+
+  std::vector<TokenScore> score(const Buffer& logits, std::span<const int64_t> rows,
+                                std::span<const TokenId> targets) override {
+    RS_ASSERT(logits.type() == ComputeType::f32 && rows.size() == targets.size());
+    const size_t n = rows.size();
+    std::vector<TokenScore> out(n);
+    if (n == 0) return out;
+    auto d_rows = upload(rows.data(), rows.size_bytes(), "scored rows");
+    auto d_targets = upload(targets.data(), targets.size_bytes(), "scored targets");
+    auto d_logprob = allocate(n * sizeof(double), "scores");
+    auto d_argmax = allocate(n, "scores");
+    check(cuda::score(static_cast<const float*>(logits.data()), logits.cols(), static_cast<const int64_t*>(d_rows.get()),
+                static_cast<const int32_t*>(d_targets.get()), static_cast<int64_t>(n),
+                static_cast<double*>(d_logprob.get()), static_cast<uint8_t*>(d_argmax.get()), ctx_->stream), "score kernel");
+    std::vector<double> logprob(n);
+    std::vector<uint8_t> argmax(n);
+    check(cudaMemcpyAsync(logprob.data(), d_logprob.get(), n * sizeof(double), cudaMemcpyDeviceToHost, ctx_->stream),
+          "cudaMemcpyAsync (scores)");
+    check(cudaMemcpyAsync(argmax.data(), d_argmax.get(), n, cudaMemcpyDeviceToHost, ctx_->stream),
+          "cudaMemcpyAsync (scores)");
+    check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
+    for (size_t i = 0; i < n; ++i) out[i] = {logprob[i], argmax[i] != 0};
+    return out;
+  }
+
+  void trim() override {
+    purge_expired();
+    transient_.clear();
+    check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
+    cudaMemPool_t pool = nullptr;
+    if (cudaDeviceGetDefaultMemPool(&pool, ctx_->index) == cudaSuccess) cudaMemPoolTrimTo(pool, 0);
+  }
+
+ private:
+  // Weights of models that are gone (a previous configuration's factors) free their memory.
+  void purge_expired() {
+    for (auto it = resident_.begin(); it != resident_.end();) {
+      it = it->second.owner.expired() ? resident_.erase(it) : std::next(it);
+    }
+  }
+
+  struct Resident {
+    std::weak_ptr<const void> owner;
+    std::shared_ptr<void> mem;
+  };
+
+  // Stream-ordered device memory, freed on the stream when the last reference goes. Out of
+  // memory is an Error naming what did not fit.
+  std::shared_ptr<void> allocate(size_t bytes, const std::string& what) {
+    void* p = nullptr;
+    cudaError_t e = cudaMallocAsync(&p, std::max<size_t>(bytes, 1), ctx_->stream);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      // Expired weights may still hold memory: drop them and try once more.
+      trim();
+      e = cudaMallocAsync(&p, std::max<size_t>(bytes, 1), ctx_->stream);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      fail("out of GPU memory on {}: {} needs {:.1f} MiB, {:.1f} MiB of {:.1f} MiB free ({})", name_, what, mib(bytes),
+           mib(free_bytes), mib(total_bytes), cudaGetErrorString(e));
+    }
+    auto ctx = ctx_;
+    return std::shared_ptr<void>(p, [ctx](void* q) { cudaFreeAsync(q, ctx->stream); });
+  }
+
+  std::shared_ptr<void> upload(const void* host, size_t bytes, const char* what) {
+    auto mem = allocate(bytes, what);
+    if (bytes > 0) {
+      check(cudaMemcpyAsync(mem.get(), host, bytes, cudaMemcpyHostToDevice, ctx_->stream), "cudaMemcpyAsync (upload)");
+    }
+    return mem;
+  }
+
+  // The device copy of a weight tensor in `type`, uploaded on first use and kept while the
+  // tensor's storage lives.
+  const void* resident(const Tensor& t, ComputeType type) {
+    RS_ASSERT(!t.empty());
+    const auto key = std::make_pair(t.data, type);
+    if (auto it = resident_.find(key); it != resident_.end()) {
+      if (!it->second.owner.expired()) return it->second.mem.get();
+      resident_.erase(it);
+    }
+    purge_expired();
+    const auto numel = static_cast<size_t>(t.numel());
+    auto mem = allocate(numel * element_size(type), fmt::format("a {} weight {}", compute_type_name(type), shape_string(t.shape)));
+    if (type == ComputeType::f32) {
+      check(cudaMemcpyAsync(mem.get(), t.data, numel * 4, cudaMemcpyHostToDevice, ctx_->stream), "cudaMemcpyAsync (weights)");
+    } else {
+      // Through an fp32 staging buffer, converted on the device, a chunk at a time.
+      constexpr size_t kChunk = size_t{16} << 20;  // elements
+      auto staging = allocate(std::min(numel, kChunk) * 4, "a weight staging buffer");
+      for (size_t i = 0; i < numel; i += kChunk) {
+        const size_t n = std::min(kChunk, numel - i);
+        check(cudaMemcpyAsync(staging.get(), t.data + i, n * 4, cudaMemcpyHostToDevice, ctx_->stream),
+              "cudaMemcpyAsync (weights)");
+        check(cuda::convert(staging.get(), ComputeType::f32, static_cast<std::byte*>(mem.get()) + i * element_size(type), type,
+                      static_cast<int64_t>(n), ctx_->stream), "convert kernel");
+      }
+    }
+    const void* data = mem.get();
+    if (t.owner) {
+      resident_[key] = Resident{t.owner, std::move(mem)};
+    } else {
+      // Storage of unknown lifetime: used for this operation only.
+      transient_.push_back(std::move(mem));
+      if (transient_.size() > kMaxTransient) transient_.erase(transient_.begin());
+    }
+    return data;
+  }
+
+  const float* f32(const Tensor& t) { return static_cast<const float*>(resident(t, ComputeType::f32)); }
+
+  // y[n x m] (+)= x[n x k] W^T, W row-major [m x k]: column-major Y^T = W X^T.
+  void gemm_xwt(const void* x, int64_t n, int64_t k, const void* w, int64_t m, void* y, ComputeType y_type, float beta) {
+    const float alpha = 1.0f;
+    check(cublasGemmEx(ctx_->blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n),
+                       static_cast<int>(k), &alpha, w, cuda_type(type_), static_cast<int>(k), x, cuda_type(type_),
+                       static_cast<int>(k), &beta, y, cuda_type(y_type), static_cast<int>(m), CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "GEMM x W^T");
+  }
+
+  // y[n x m] (+)= x[n x k] B, B row-major [k x m]: column-major Y^T = B^T X^T.
+  void gemm_xb(const void* x, int64_t n, int64_t k, const void* b, int64_t m, void* y, ComputeType y_type, float beta) {
+    const float alpha = 1.0f;
+    check(cublasGemmEx(ctx_->blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n),
+                       static_cast<int>(k), &alpha, b, cuda_type(type_), static_cast<int>(m), x, cuda_type(type_),
+                       static_cast<int>(k), &beta, y, cuda_type(y_type), static_cast<int>(m), CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "GEMM x B");
+  }
+
+  struct KeyHash {
+    size_t operator()(const std::pair<const float*, ComputeType>& k) const {
+      return std::hash<const void*>()(k.first) ^ (static_cast<size_t>(k.second) << 1);
+    }
+  };
+  static constexpr size_t kMaxTransient = 64;
+
+  ComputeType type_;
+  std::string name_;
+  std::shared_ptr<Context> ctx_;
+  std::unordered_map<std::pair<const float*, ComputeType>, Resident, KeyHash> resident_;
+  std::vector<std::shared_ptr<void>> transient_;
+  std::vector<int64_t> positions_host_;
+  std::shared_ptr<void> positions_dev_;
+  std::vector<float> inv_freq_host_;
+  std::shared_ptr<void> inv_freq_dev_;
+};
+
+}  // namespace
+
+int cuda_visible_devices() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::shared_ptr<Backend> make_cuda_backend(int index, ComputeType type) { return std::make_shared<CudaBackend>(index, type); }
+
+}  // namespace rankscope

@@ -1,0 +1,521 @@
+#include "core/compute/cuda/kernels.cuh"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+
+namespace rankscope::cuda {
+
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+// Calls f(T{}) with T the element type of `type`.
+template <typename F>
+void dispatch(ComputeType type, F&& f) {
+  switch (type) {
+    case ComputeType::f32: f(float{}); return;
+    case ComputeType::bf16: f(__nv_bfloat16{}); return;
+    case ComputeType::f16: f(__half{}); return;
+  }
+}
+
+
+unsigned blocks_for(int64_t n, int per_block = kBlock) {
+  return static_cast<unsigned>(std::min<int64_t>((n + per_block - 1) / per_block, int64_t{1} << 20));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over a block of kBlock threads; every thread gets the result.
+template <typename V>
+__device__ V block_sum(V v) {
+  __shared__ V partial[kBlock / kWarp];
+  v = warp_sum(v);
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  V total = 0;
+  for (int i = 0; i < kBlock / kWarp; ++i) total += partial[i];
+  return total;
+}
+
+// ---- element-wise ----
+
+template <typename Ti, typename To>
+__global__ void convert_kernel(const Ti* src, To* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = from_float<To>(to_float(src[i]));
+  }
+}
+
+template <typename T>
+__global__ void embed_kernel(const T* table, const int32_t* ids, int64_t cols, float* x, bool accumulate) {
+  const int64_t r = blockIdx.x;
+  const T* src = table + int64_t{ids[r]} * cols;
+  float* dst = x + r * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = to_float(src[c]);
+    dst[c] = accumulate ? dst[c] + v : v;
+  }
+}
+
+template <typename To>
+__global__ void rms_norm_kernel(const float* x, const float* w, float eps, int64_t cols, To* out) {
+  const int64_t r = blockIdx.x;
+  const float* row = x + r * cols;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) ss += row[c] * row[c];
+  const float mean_sq = block_sum(ss) / static_cast<float>(cols);
+  const float scale = 1.0f / sqrtf(mean_sq + eps);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[r * cols + c] = from_float<To>(row[c] * scale * w[c]);
+}
+
+template <typename To>
+__global__ void layer_norm_kernel(float* x, const float* w, const float* b, float eps, int64_t cols, To* copy) {
+  const int64_t r = blockIdx.x;
+  float* row = x + r * cols;
+  float s = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += row[c];
+  const float mean = block_sum(s) / static_cast<float>(cols);
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) ss += (row[c] - mean) * (row[c] - mean);
+  const float scale = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(cols) + eps);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = (row[c] - mean) * scale * w[c] + b[c];
+    row[c] = v;
+    if (copy != nullptr) copy[r * cols + c] = from_float<To>(v);
+  }
+}
+
+template <typename T>
+__global__ void add_bias_kernel(T* y, const float* bias, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] = from_float<T>(to_float(y[i]) + bias[i % cols]);
+  }
+}
+
+template <typename T>
+__global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, const int64_t* positions, const float* inv_freq) {
+  const int64_t r = blockIdx.x;
+  const int64_t half = d / 2;
+  const float pos = static_cast<float>(positions[r]);
+  T* row = x + r * n_heads * d;
+  for (int64_t i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
+    const int64_t h = i / half, j = i % half;
+    // Angles in fp32 as transformers computes them; precise sinf/cosf.
+    const float angle = pos * inv_freq[j];
+    float s, c;
+    sincosf(angle, &s, &c);
+    T* head = row + h * d;
+    const float a = to_float(head[j]), b = to_float(head[j + half]);
+    head[j] = from_float<T>(a * c - b * s);
+    head[j + half] = from_float<T>(b * c + a * s);
+  }
+}
+
+__device__ __forceinline__ float activate(float v, Activation act) {
+  switch (act) {
+    case Activation::silu: return v / (1.0f + expf(-v));
+    case Activation::gelu_erf: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    case Activation::gelu_tanh: return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    case Activation::relu: return v > 0.0f ? v : 0.0f;
+  }
+  return v;
+}
+
+template <typename T>
+__global__ void activation_kernel(T* x, int64_t n, Activation act) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    x[i] = from_float<T>(activate(to_float(x[i]), act));
+  }
+}
+
+template <typename T>
+__global__ void gated_activation_kernel(T* gate, const T* up, int64_t n, Activation act) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    gate[i] = from_float<T>(activate(to_float(gate[i]), act) * to_float(up[i]));
+  }
+}
+
+template <typename T>
+__global__ void tanh_kernel(T* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    x[i] = from_float<T>(tanhf(to_float(x[i])));
+  }
+}
+
+template <typename T>
+__global__ void add_kernel(float* x, const T* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    x[i] += to_float(y[i]);
+  }
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T* x, const int64_t* rows, int64_t cols, T* out) {
+  const int64_t i = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = x[rows[i] * cols + c];
+}
+
+template <typename T>
+__global__ void append_rows_kernel(const T* src, int64_t ld, const AppendDesc* seqs, int64_t cols) {
+  const AppendDesc s = seqs[blockIdx.y];
+  const int64_t t = blockIdx.x;
+  if (t >= s.n_tokens) return;
+  const T* from = src + (s.src_row0 + t) * ld;
+  T* to = static_cast<T*>(s.dst) + t * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) to[c] = from[c];
+}
+
+// ---- attention ----
+//
+// One block per (query tile, head, sequence): kWarps warps, each owning kQueriesPerWarp query
+// rows. Keys and values are staged through shared memory kKeyTile at a time (fp32, K rows padded
+// by one float so that lane j reading key j's row is free of bank conflicts). For each query the
+// lane j scores key j of the tile, then an online softmax (running max and sum) updates the
+// output accumulators, each lane owning d/32 of the head's d values.
+constexpr int kWarps = 4;
+constexpr int kQueriesPerWarp = 4;
+constexpr int kQueryTile = kWarps * kQueriesPerWarp;
+constexpr int kKeyTile = kWarp;
+
+// PerLane = ceil(d / 32): the head values each lane accumulates (registers, hence a template).
+template <typename T, int PerLane>
+__global__ void __launch_bounds__(kWarps* kWarp)
+    attention_kernel(const T* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_head, int64_t group, int64_t d,
+                     bool causal, float scale, T* ctx, int64_t ld_ctx) {
+  const SequenceDesc s = seqs[blockIdx.z];
+  const int64_t t_begin = int64_t{blockIdx.x} * kQueryTile;
+  if (t_begin >= s.n_tokens) return;
+  const int64_t h = blockIdx.y;
+  const int64_t kvh = h / group;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+
+  extern __shared__ float shared[];
+  float* k_tile = shared;                        // [kKeyTile x (d + 1)]
+  float* v_tile = k_tile + kKeyTile * (d + 1);   // [kKeyTile x d]
+  float* q_tile = v_tile + kKeyTile * d;         // [kQueryTile x d]
+
+  const int64_t t_end = min(t_begin + kQueryTile, s.n_tokens);
+  for (int64_t i = threadIdx.x; i < kQueryTile * d; i += blockDim.x) {
+    const int64_t t = t_begin + i / d;
+    q_tile[i] = t < t_end ? to_float(q[(s.q_row0 + t) * ld_q + h * d + i % d]) * scale : 0.0f;
+  }
+  float m[kQueriesPerWarp], l[kQueriesPerWarp], acc[kQueriesPerWarp][PerLane];
+#pragma unroll
+  for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
+    m[qi] = -INFINITY;
+    l[qi] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < PerLane; ++e) acc[qi][e] = 0.0f;
+  }
+  // Keys any query of the tile can see.
+  const int64_t n_keys = causal ? s.n_past + t_end : s.n_past + s.n_tokens;
+  const T* k = static_cast<const T*>(s.k);
+  const T* v = static_cast<const T*>(s.v);
+  const float masked = -3.402823466e38f;  // the most negative float, as transformers adds
+  for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyTile) {
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < kKeyTile * d; i += blockDim.x) {
+      const int64_t j = j0 + i / d, e = i % d;
+      const bool in = j < n_keys;
+      k_tile[(i / d) * (d + 1) + e] = in ? to_float(k[j * s.ld_kv + kvh * d + e]) : 0.0f;
+      v_tile[i] = in ? to_float(v[j * s.ld_kv + kvh * d + e]) : 0.0f;
+    }
+    __syncthreads();
+    const int64_t j = j0 + lane;
+#pragma unroll
+    for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
+      const int64_t t = t_begin + warp * kQueriesPerWarp + qi;
+      if (t >= t_end) break;
+      const float* qrow = q_tile + (t - t_begin) * d;
+      const float* krow = k_tile + lane * (d + 1);
+      float score = 0.0f;
+      for (int64_t e = 0; e < d; ++e) score += qrow[e] * krow[e];
+      bool visible = j < n_keys && (!causal || j <= s.n_past + t);
+      if (visible && s.mask != nullptr && j >= s.n_past && s.mask[j - s.n_past] == 0) score += masked;
+      if (!visible) score = -INFINITY;
+      const float tile_max = warp_max(score);
+      if (tile_max == -INFINITY) continue;  // nothing visible in this tile
+      const float m_new = fmaxf(m[qi], tile_max);
+      const float p = expf(score - m_new);
+      const float correction = expf(m[qi] - m_new);
+      l[qi] = l[qi] * correction + warp_sum(p);
+      m[qi] = m_new;
+#pragma unroll
+      for (int e = 0; e < PerLane; ++e) acc[qi][e] *= correction;
+      for (int jj = 0; jj < kKeyTile; ++jj) {
+        const float pj = __shfl_sync(0xffffffffu, p, jj);
+        const float* vrow = v_tile + jj * d;
+#pragma unroll
+        for (int e = 0; e < PerLane; ++e) {
+          if (lane + e * kWarp < d) acc[qi][e] += pj * vrow[lane + e * kWarp];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
+    const int64_t t = t_begin + warp * kQueriesPerWarp + qi;
+    if (t >= t_end) break;
+    T* out = ctx + (s.q_row0 + t) * ld_ctx + h * d;
+#pragma unroll
+    for (int e = 0; e < PerLane; ++e) {
+      if (lane + e * kWarp < d) out[lane + e * kWarp] = from_float<T>(acc[qi][e] / l[qi]);
+    }
+  }
+}
+
+// ---- log-softmax scoring ----
+
+__global__ void score_kernel(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets,
+                             double* logprob, uint8_t* is_argmax) {
+  const float* row = logits + rows[blockIdx.x] * n_vocab;
+  __shared__ float best_value[kBlock];
+  __shared__ int64_t best_index[kBlock];
+  __shared__ int finite_flag;
+  if (threadIdx.x == 0) finite_flag = 1;
+  __syncthreads();
+  float best = -INFINITY;
+  int64_t index = n_vocab;
+  bool finite = true;
+  for (int64_t i = threadIdx.x; i < n_vocab; i += blockDim.x) {
+    const float v = row[i];
+    if (!isfinite(v)) finite = false;
+    if (v > best) {  // strided: the first maximum within this thread's indices
+      best = v;
+      index = i;
+    }
+  }
+  if (!finite) finite_flag = 0;
+  best_value[threadIdx.x] = best;
+  best_index[threadIdx.x] = index;
+  __syncthreads();
+  for (int stride = kBlock / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      const float ov = best_value[threadIdx.x + stride];
+      const int64_t oi = best_index[threadIdx.x + stride];
+      if (ov > best_value[threadIdx.x] || (ov == best_value[threadIdx.x] && oi < best_index[threadIdx.x])) {
+        best_value[threadIdx.x] = ov;
+        best_index[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  const float max = best_value[0];
+  const int64_t argmax = best_index[0];
+  if (!finite_flag) {
+    if (threadIdx.x == 0) {
+      logprob[blockIdx.x] = nan("");
+      is_argmax[blockIdx.x] = 0;
+    }
+    return;
+  }
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < n_vocab; i += blockDim.x) sum += exp(static_cast<double>(row[i]) - max);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    const int32_t target = targets[blockIdx.x];
+    logprob[blockIdx.x] = static_cast<double>(row[target]) - max - log(sum);
+    is_argmax[blockIdx.x] = argmax == target ? 1 : 0;
+  }
+}
+
+}  // namespace
+
+cudaError_t convert(const void* src, ComputeType src_type, void* dst, ComputeType dst_type, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch(src_type, [&](auto ti) {
+    using Ti = decltype(ti);
+    dispatch(dst_type, [&](auto to) {
+      using To = decltype(to);
+      convert_kernel<<<blocks_for(n), kBlock, 0, stream>>>(static_cast<const Ti*>(src), static_cast<To*>(dst), n);
+    });
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t embed(const void* table, ComputeType table_type, const int32_t* ids, int64_t n_rows, int64_t cols, float* x,
+           bool accumulate, cudaStream_t stream) {
+  if (n_rows == 0) return cudaSuccess;
+  dispatch(table_type, [&](auto t) {
+    using T = decltype(t);
+    embed_kernel<<<static_cast<unsigned>(n_rows), kBlock, 0, stream>>>(static_cast<const T*>(table), ids, cols, x,
+                                                                       accumulate);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t rms_norm(const float* x, const float* weight, double eps, int64_t rows, int64_t cols, void* out,
+              ComputeType out_type, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  dispatch(out_type, [&](auto t) {
+    using T = decltype(t);
+    rms_norm_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(x, weight, static_cast<float>(eps), cols,
+                                                                        static_cast<T*>(out));
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t layer_norm(float* x, const float* weight, const float* bias, double eps, int64_t rows, int64_t cols, void* copy,
+                ComputeType copy_type, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  dispatch(copy_type, [&](auto t) {
+    using T = decltype(t);
+    layer_norm_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(x, weight, bias, static_cast<float>(eps),
+                                                                          cols, static_cast<T*>(copy));
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t add_bias(void* y, ComputeType type, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows * cols == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    add_bias_kernel<<<blocks_for(rows * cols), kBlock, 0, stream>>>(static_cast<T*>(y), bias, rows, cols);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const int64_t* positions,
+          const float* inv_freq, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head,
+                                                                    positions, inv_freq);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t activation(void* x, ComputeType type, int64_t n, Activation act, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    activation_kernel<<<blocks_for(n), kBlock, 0, stream>>>(static_cast<T*>(x), n, act);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t gated_activation(void* gate, const void* up, ComputeType type, int64_t n, Activation act, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    gated_activation_kernel<<<blocks_for(n), kBlock, 0, stream>>>(static_cast<T*>(gate), static_cast<const T*>(up), n,
+                                                                  act);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t tanh_inplace(void* x, ComputeType type, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    tanh_kernel<<<blocks_for(n), kBlock, 0, stream>>>(static_cast<T*>(x), n);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t add(float* x, const void* y, ComputeType y_type, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch(y_type, [&](auto t) {
+    using T = decltype(t);
+    add_kernel<<<blocks_for(n), kBlock, 0, stream>>>(x, static_cast<const T*>(y), n);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t gather_rows(const void* x, const int64_t* rows, int64_t n_rows, int64_t cols, void* out, ComputeType type,
+                 cudaStream_t stream) {
+  if (n_rows == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    gather_rows_kernel<<<static_cast<unsigned>(n_rows), kBlock, 0, stream>>>(static_cast<const T*>(x), rows, cols,
+                                                                             static_cast<T*>(out));
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t attention(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens, int64_t n_head,
+               int64_t n_head_kv, int64_t n_embd_head, bool causal, void* ctx, int64_t ld_ctx, ComputeType type,
+               cudaStream_t stream) {
+  if (n_seq == 0 || max_tokens == 0) return cudaSuccess;
+  if (n_embd_head < 1 || n_embd_head > kMaxHeadDim) return cudaErrorInvalidValue;
+  const int64_t d = n_embd_head;
+  const size_t shared = sizeof(float) * static_cast<size_t>(kKeyTile * (d + 1) + kKeyTile * d + kQueryTile * d);
+  const dim3 grid(static_cast<unsigned>((max_tokens + kQueryTile - 1) / kQueryTile), static_cast<unsigned>(n_head),
+                  static_cast<unsigned>(n_seq));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    auto launch = [&](auto kernel) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+      kernel<<<grid, kWarps * kWarp, shared, stream>>>(static_cast<const T*>(q), ld_q, seqs, n_head,
+                                                       n_head / n_head_kv, d, causal, scale, static_cast<T*>(ctx),
+                                                       ld_ctx);
+    };
+    switch ((d + kWarp - 1) / kWarp) {
+      case 1: launch(attention_kernel<T, 1>); break;
+      case 2: launch(attention_kernel<T, 2>); break;
+      case 3: launch(attention_kernel<T, 3>); break;
+      case 4: launch(attention_kernel<T, 4>); break;
+      case 5: launch(attention_kernel<T, 5>); break;
+      case 6: launch(attention_kernel<T, 6>); break;
+      case 7: launch(attention_kernel<T, 7>); break;
+      default: launch(attention_kernel<T, 8>); break;
+    }
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t append_rows(const void* src, int64_t ld, const AppendDesc* seqs, int64_t n_seq, int64_t max_tokens, int64_t cols,
+                 ComputeType type, cudaStream_t stream) {
+  if (n_seq == 0 || max_tokens == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(max_tokens), static_cast<unsigned>(n_seq));
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    append_rows_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const T*>(src), ld, seqs, cols);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t score(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets, int64_t n, double* logprob,
+           uint8_t* is_argmax, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  score_kernel<<<static_cast<unsigned>(n), kBlock, 0, stream>>>(logits, n_vocab, rows, targets, logprob, is_argmax);
+  return cudaGetLastError();
+}
+
+}  // namespace rankscope::cuda

@@ -1,0 +1,80 @@
+// The small kernels of the CUDA backend. Every launcher takes the element type of its buffers as
+// a ComputeType and runs on `stream`; fp32 is used for the residual stream, norms' weights and
+// biases, bf16/fp16/fp32 for the inputs and outputs of matrix products. All arithmetic is fp32
+// (log-softmax sums in fp64). Launchers return the launch's error (cudaSuccess when it started).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "core/compute/op_params.hpp"
+
+namespace rankscope::cuda {
+
+// dst[i] = src[i] for n elements, converting between element types.
+cudaError_t convert(const void* src, ComputeType src_type, void* dst, ComputeType dst_type, int64_t n, cudaStream_t stream);
+
+// x[i, :] (fp32) = table[ids[i], :] (+ x[i, :] when accumulate); ids on the device.
+cudaError_t embed(const void* table, ComputeType table_type, const int32_t* ids, int64_t n_rows, int64_t cols, float* x,
+           bool accumulate, cudaStream_t stream);
+
+// out = x / sqrt(mean(x^2) + eps) * weight per row; x fp32, weight fp32.
+cudaError_t rms_norm(const float* x, const float* weight, double eps, int64_t rows, int64_t cols, void* out,
+              ComputeType out_type, cudaStream_t stream);
+
+// x = (x - mean) / sqrt(var + eps) * weight + bias per row in place (fp32); copy (optional)
+// receives the result in copy_type.
+cudaError_t layer_norm(float* x, const float* weight, const float* bias, double eps, int64_t rows, int64_t cols, void* copy,
+                ComputeType copy_type, cudaStream_t stream);
+
+// y[r, :] += bias.
+cudaError_t add_bias(void* y, ComputeType type, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream);
+
+// Rotary embedding in place: positions [rows] and inv_freq [n_embd_head / 2] on the device.
+cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const int64_t* positions,
+          const float* inv_freq, cudaStream_t stream);
+
+// x = act(x); gate = act(gate) * up; x = tanh(x); x (fp32) += y.
+cudaError_t activation(void* x, ComputeType type, int64_t n, Activation act, cudaStream_t stream);
+cudaError_t gated_activation(void* gate, const void* up, ComputeType type, int64_t n, Activation act, cudaStream_t stream);
+cudaError_t tanh_inplace(void* x, ComputeType type, int64_t n, cudaStream_t stream);
+cudaError_t add(float* x, const void* y, ComputeType y_type, int64_t n, cudaStream_t stream);
+
+// out[i, :] = x[rows[i], :]; rows on the device.
+cudaError_t gather_rows(const void* x, const int64_t* rows, int64_t n_rows, int64_t cols, void* out, ComputeType type,
+                 cudaStream_t stream);
+
+// One sequence of an attention call.
+struct SequenceDesc {
+  int64_t q_row0;    // first row of the sequence in q and ctx
+  int64_t n_tokens;  // its rows
+  int64_t n_past;    // keys before them (cached)
+  const void* k;     // keys [n_past + n_tokens x ld_kv] (a cache, or q's rows of k)
+  const void* v;
+  int64_t ld_kv;
+  const uint8_t* mask;  // [n_tokens] 0 = padding key; null = none (bidirectional only)
+};
+
+// ctx = softmax(q k^T / sqrt(d) [+ mask]) v for every sequence and head (causal: key j visible
+// to query t when j <= n_past + t). seqs on the device. Head size at most kMaxHeadDim.
+constexpr int64_t kMaxHeadDim = 256;
+cudaError_t attention(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens, int64_t n_head,
+               int64_t n_head_kv, int64_t n_embd_head, bool causal, void* ctx, int64_t ld_ctx, ComputeType type,
+               cudaStream_t stream);
+
+// cache[s][n_past + t, :] = src[q_row0 + t, :] for every sequence (appends a batch's k or v).
+struct AppendDesc {
+  int64_t src_row0;
+  int64_t n_tokens;
+  void* dst;  // the cache's row n_past
+};
+cudaError_t append_rows(const void* src, int64_t ld, const AppendDesc* seqs, int64_t n_seq, int64_t max_tokens, int64_t cols,
+                 ComputeType type, cudaStream_t stream);
+
+// Per scored row i: logprob[i] = log softmax(logits[rows[i], :])[targets[i]] (fp64 sums) and
+// argmax[i] = 1 when targets[i] is the row's first maximum; NaN when the row is not finite.
+cudaError_t score(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets, int64_t n, double* logprob,
+           uint8_t* is_argmax, cudaStream_t stream);
+
+}  // namespace rankscope::cuda

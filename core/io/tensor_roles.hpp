@@ -1,0 +1,81 @@
+// Tensor roles and the one table that maps them to checkpoint names (Hugging Face layout).
+// Loading a model is a walk over `expected_tensors(config)`: each entry is created with its
+// role, layer and shape, and validated against the checkpoint.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/io/model_config.hpp"
+
+namespace rankscope {
+
+// The weight matrices a configuration may decompose, in the paper's mask order
+// (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj). BERT has no gate:
+// q/k/v = attention.self.{query,key,value}, o = attention.output.dense,
+// up = intermediate.dense, down = output.dense.
+enum class MatrixKind { q, k, v, o, gate, up, down };
+constexpr size_t kNumMatrixKinds = 7;
+constexpr std::array<MatrixKind, kNumMatrixKinds> kAllMatrixKinds = {
+    MatrixKind::q, MatrixKind::k, MatrixKind::v, MatrixKind::o,
+    MatrixKind::gate, MatrixKind::up, MatrixKind::down};
+
+std::string_view matrix_kind_name(MatrixKind kind);  // "q", "k", ..., "down"
+std::optional<MatrixKind> matrix_kind_from_name(std::string_view name);
+// The matrix kinds an architecture has, in mask order.
+std::vector<MatrixKind> matrix_kinds(Arch arch);
+
+enum class Role {
+  token_embd,     // [n_vocab, n_embd]
+  pos_embd,       // BERT [n_ctx_train, n_embd]
+  type_embd,      // BERT [n_type_vocab, n_embd]
+  embd_norm,      // BERT embeddings.LayerNorm
+  attn_norm,      // Llama input_layernorm (pre-attention RMSNorm)
+  matrix,         // one of the decomposable MatrixKind linears
+  attn_out_norm,  // BERT attention.output.LayerNorm (post-attention)
+  ffn_norm,       // Llama post_attention_layernorm (pre-MLP RMSNorm)
+  ffn_out_norm,   // BERT output.LayerNorm (post-MLP)
+  output_norm,    // Llama model.norm
+  output,         // Llama lm_head [n_vocab, n_embd] (absent when tied)
+  pooler,         // BERT pooler.dense [n_embd, n_embd]
+  classifier,     // BERT classifier [n_labels, n_embd]
+  mlm_transform,  // BERT cls.predictions.transform.dense
+  mlm_norm,       // BERT cls.predictions.transform.LayerNorm
+  mlm_decoder,    // BERT cls.predictions.decoder [n_vocab, n_embd] (tied when absent)
+  mlm_bias,       // BERT cls.predictions.bias [n_vocab]
+};
+
+struct TensorSpec {
+  Role role = Role::token_embd;
+  std::optional<MatrixKind> matrix;  // for Role::matrix
+  int64_t layer = -1;                // -1 for tensors outside the blocks
+  bool is_bias = false;
+  bool required = true;              // false: loaded when present (tied heads, optional pooler)
+  std::string name;                  // checkpoint name
+  std::vector<int64_t> shape;
+};
+
+// Every tensor a checkpoint of `config` holds or may hold, in load order. `bert_prefix` is
+// "bert." for BERT models with a head and "" for bare BertModel checkpoints saved without it.
+std::vector<TensorSpec> expected_tensors(const ModelConfig& config, const std::string& bert_prefix = "bert.");
+
+// One decomposable weight matrix of a model.
+struct MatrixInfo {
+  int64_t layer = 0;
+  MatrixKind kind = MatrixKind::q;
+  int64_t n_out = 0;
+  int64_t n_in = 0;
+  std::string name;  // checkpoint name of the weight
+  int64_t n_params() const { return n_out * n_in; }
+};
+std::vector<MatrixInfo> decomposable_matrices(const ModelConfig& config);
+
+// Parameter count of a model as its config describes it (required tensors, plus optional ones
+// `expected_tensors` marks as counted). Used for shapes-only models.
+int64_t config_param_count(const ModelConfig& config);
+
+}  // namespace rankscope
