@@ -6,7 +6,9 @@
 // differs from the base in a few factored matrices therefore only uploads those matrices.
 //
 // Implementations: CpuBackend (Eigen + OpenBLAS, fp32: the reference) and, in builds with
-// -DRANKSCOPE_CUDA=ON, CudaBackend (cuBLAS products, fused kernels, fp32/bf16/fp16).
+// -DRANKSCOPE_CUDA=ON, CudaBackend (cuBLAS products, fused kernels, fp32/bf16/fp16). The CUDA
+// backend's device memory can be capped with RANKSCOPE_GPU_MEMORY_LIMIT_MIB (a GPU shared with
+// other jobs); going over the cap is the same clear error as running out of memory.
 #pragma once
 
 #include <cstdint>
@@ -95,6 +97,8 @@ class Backend {
   virtual Buffer buffer(int64_t rows, int64_t cols, Precision precision) = 0;
   // Grows a buffer to at least `rows` rows, keeping its content (KV caches).
   virtual void grow_rows(Buffer& b, int64_t rows) = 0;
+  // A buffer holding m (converted to the compute type when precision says so).
+  virtual Buffer upload(const Mat& m, Precision precision) = 0;
   virtual Mat download(const Buffer& b) = 0;
   // Rows [row0, row0 + n) of b.
   virtual Mat download_rows(const Buffer& b, int64_t row0, int64_t n) = 0;

@@ -104,6 +104,8 @@ void CpuBackend::grow_rows(Buffer& b, int64_t rows) {
   b = Buffer(m.rows(), m.cols(), ComputeType::f32, b.storage(), m.data());
 }
 
+Buffer CpuBackend::upload(const Mat& m, Precision) { return wrap(std::make_shared<Mat>(m)); }
+
 Mat CpuBackend::download(const Buffer& b) { return mat(b); }
 
 Mat CpuBackend::download_rows(const Buffer& b, int64_t row0, int64_t n) { return mat(b).middleRows(row0, n); }

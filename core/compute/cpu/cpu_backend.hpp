@@ -13,6 +13,7 @@ class CpuBackend final : public Backend {
 
   Buffer buffer(int64_t rows, int64_t cols, Precision precision) override;
   void grow_rows(Buffer& b, int64_t rows) override;
+  Buffer upload(const Mat& m, Precision precision) override;
   Mat download(const Buffer& b) override;
   Mat download_rows(const Buffer& b, int64_t row0, int64_t n) override;
   const Mat& host_view(const Buffer& b, Mat& scratch) override;

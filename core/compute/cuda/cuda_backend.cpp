@@ -4,6 +4,8 @@
 #include "core/compute/cuda/cuda_backend.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -44,6 +46,8 @@ double mib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0)
 // The device state every allocation's deleter needs: it outlives the backend while buffers do.
 struct Context {
   int index = 0;
+  size_t limit = SIZE_MAX;  // RANKSCOPE_GPU_MEMORY_LIMIT_MIB
+  std::atomic<size_t> in_use{0};
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   ~Context() {
@@ -60,6 +64,14 @@ class CudaBackend final : public Backend {
   CudaBackend(int index, ComputeType type) : type_(type) {
     ctx_ = std::make_shared<Context>();
     ctx_->index = index;
+    if (const char* cap = std::getenv("RANKSCOPE_GPU_MEMORY_LIMIT_MIB"); cap != nullptr && *cap != '\0') {
+      char* end = nullptr;
+      const double value = std::strtod(cap, &end);
+      if (end == cap || *end != '\0' || !(value > 0)) {
+        fail("RANKSCOPE_GPU_MEMORY_LIMIT_MIB: '{}' is not a positive number of MiB", cap);
+      }
+      ctx_->limit = static_cast<size_t>(value * 1024.0 * 1024.0);
+    }
     check(cudaSetDevice(index), "cudaSetDevice");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, index), "cudaGetDeviceProperties");
@@ -100,6 +112,19 @@ class CudaBackend final : public Backend {
     }
     void* data = mem.get();
     b = Buffer(rows, b.cols(), t, std::move(mem), data);
+  }
+
+  Buffer upload(const Mat& m, Precision precision) override {
+    Buffer b = buffer(m.rows(), m.cols(), precision);
+    const auto count = static_cast<size_t>(m.size());
+    if (b.type() == ComputeType::f32) {
+      check(cudaMemcpyAsync(b.data(), m.data(), count * 4, cudaMemcpyHostToDevice, ctx_->stream), "cudaMemcpyAsync (upload)");
+    } else {
+      auto staging = upload(m.data(), count * 4, "an fp32 upload");
+      check(cuda::convert(staging.get(), ComputeType::f32, b.data(), b.type(), static_cast<int64_t>(count), ctx_->stream),
+            "convert kernel");
+    }
+    return b;
   }
 
   Mat download(const Buffer& b) override { return download_rows(b, 0, b.rows()); }
@@ -331,13 +356,18 @@ class CudaBackend final : public Backend {
   // Stream-ordered device memory, freed on the stream when the last reference goes. Out of
   // memory is an Error naming what did not fit.
   std::shared_ptr<void> allocate(size_t bytes, const std::string& what) {
+    bytes = std::max<size_t>(bytes, 1);
+    if (ctx_->in_use + bytes > ctx_->limit) {
+      fail("out of GPU memory on {}: {} needs {:.1f} MiB, {:.1f} MiB of the {:.1f} MiB allowed "
+           "(RANKSCOPE_GPU_MEMORY_LIMIT_MIB) are in use", name_, what, mib(bytes), mib(ctx_->in_use), mib(ctx_->limit));
+    }
     void* p = nullptr;
-    cudaError_t e = cudaMallocAsync(&p, std::max<size_t>(bytes, 1), ctx_->stream);
+    cudaError_t e = cudaMallocAsync(&p, bytes, ctx_->stream);
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError();
       // Expired weights may still hold memory: drop them and try once more.
       trim();
-      e = cudaMallocAsync(&p, std::max<size_t>(bytes, 1), ctx_->stream);
+      e = cudaMallocAsync(&p, bytes, ctx_->stream);
     }
     if (e != cudaSuccess) {
       cudaGetLastError();
@@ -346,8 +376,12 @@ class CudaBackend final : public Backend {
       fail("out of GPU memory on {}: {} needs {:.1f} MiB, {:.1f} MiB of {:.1f} MiB free ({})", name_, what, mib(bytes),
            mib(free_bytes), mib(total_bytes), cudaGetErrorString(e));
     }
+    ctx_->in_use += bytes;
     auto ctx = ctx_;
-    return std::shared_ptr<void>(p, [ctx](void* q) { cudaFreeAsync(q, ctx->stream); });
+    return std::shared_ptr<void>(p, [ctx, bytes](void* q) {
+      cudaFreeAsync(q, ctx->stream);
+      ctx->in_use -= bytes;
+    });
   }
 
   std::shared_ptr<void> upload(const void* host, size_t bytes, const char* what) {

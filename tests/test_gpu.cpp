@@ -1,0 +1,319 @@
+// The CUDA backend against the CPU reference: fp32 logits of the golden sequences (Llama, BERT),
+// KV-cache continuation, factored linears, on-device log-softmax scoring, bf16 task metrics,
+// sweeps and out-of-memory. Cases that need a GPU say SKIPPED where none is visible (ctest
+// reports them skipped); scripts/test-gpu.sh builds with CUDA and runs them on one.
+#include <cmath>
+#include <random>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "core/base/error.hpp"
+#include "core/compute/backend.hpp"
+#include "core/compute/cpu/cpu_backend.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/io/npy.hpp"
+#include "core/models/bert.hpp"
+#include "core/models/llama.hpp"
+#include "core/space/config_string.hpp"
+#include "tests/fixtures.hpp"
+#include "tests/test_support.hpp"
+
+using namespace rankscope;
+using Catch::Matchers::Contains;
+
+namespace {
+
+#define RS_REQUIRE_GPU()                                                                           \
+  do {                                                                                             \
+    if (cuda_device_count() == 0) {                                                                \
+      WARN("SKIPPED: no CUDA GPU visible" << (cuda_built() ? "" : " (built without CUDA)"));       \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+// fp32 on the GPU runs the same arithmetic in another order (cuBLAS kernels, a one-pass online
+// softmax): the bound, 1e-4 absolute on logits of magnitude ~10.
+constexpr float kFp32Tolerance = 1e-4f;
+
+std::shared_ptr<Backend> gpu(ComputeType type) { return make_backend(parse_device("cuda"), type); }
+
+const char* const kGoldenNames[] = {"once", "slice64", "slice256"};
+
+std::vector<std::vector<TokenId>> golden_batch() {
+  const auto seqs = test::read_json(test::shared_data("stories260K-hf/golden") / "sequences.json");
+  std::vector<std::vector<TokenId>> batch;
+  for (const char* name : kGoldenNames) batch.push_back(seqs[name]["ids"].get<std::vector<TokenId>>());
+  return batch;
+}
+
+float max_abs_diff(const Mat& a, const Mat& b) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.cols() == b.cols());
+  return (a - b).cwiseAbs().maxCoeff();
+}
+
+// name -> value of an `eval --json` run.
+std::map<std::string, double> metrics_of(const std::string& json_text) {
+  std::map<std::string, double> out;
+  const auto j = nlohmann::json::parse(json_text);
+  for (const auto& r : j["results"]) out[r["name"].get<std::string>()] = r["value"].is_number() ? r["value"].get<double>() : NAN;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("device option: cuda without a visible GPU is a one-line error, auto falls back to the CPU", "[gpu][cli]") {
+  const auto model = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(model);
+  CHECK_THROWS_WITH(parse_device("gpu"), Contains("unknown device 'gpu'"));
+  CHECK_THROWS_WITH(parse_device("cuda:x"), Contains("unknown device"));
+  CHECK(parse_device("cuda:3").index == 3);
+  if (cuda_device_count() > 0) {
+    WARN("SKIPPED: a GPU is visible, so --device cuda does not fail here");
+    return;
+  }
+  const auto r = test::run_cli("eval " + model.string() + " --tasks tinystories --limit 2 --device cuda");
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Contains("--device cuda") &&
+                        Contains(cuda_built() ? "no CUDA GPU is visible" : "built without CUDA"));
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  const auto a = test::run_cli("eval " + model.string() + " --tasks tinystories --limit 2 --json");
+  REQUIRE(a.exit_code == 0);
+  const auto j = nlohmann::json::parse(a.out);
+  CHECK(j["results"][0]["protocol"]["device"] == "cpu");
+  CHECK(j["results"][0]["protocol"]["dtype"] == "fp32");
+}
+
+TEST_CASE("GPU fp32: stories260K-hf logits of the golden sequences equal the CPU's and the golden ones", "[gpu][llama]") {
+  RS_REQUIRE_GPU();
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  auto model = load_model(dir);
+  const auto batch = golden_batch();
+  const Mat cpu = llama_forward(model, batch);
+  model.backend = gpu(ComputeType::f32);
+  const Mat cuda = llama_forward(model, batch);
+  CHECK(max_abs_diff(cuda, cpu) <= kFp32Tolerance);
+  // Each golden sequence alone against transformers' logits.
+  const auto gdir = test::shared_data("stories260K-hf/golden");
+  const auto seqs = test::read_json(gdir / "sequences.json");
+  for (const char* name : kGoldenNames) {
+    const auto want = read_npy(gdir / seqs[name]["logits_file"].get<std::string>());
+    const Mat got = llama_forward(model, std::vector<std::vector<TokenId>>{seqs[name]["ids"].get<std::vector<TokenId>>()});
+    INFO(name);
+    CHECK(max_abs_diff(got, ConstMatMap(want.values.data(), want.shape[0], want.shape[1])) <= kFp32Tolerance);
+  }
+  // Only the last rows.
+  const Mat last = llama_forward(model, batch, {}, {.last_logits_only = true});
+  CHECK(max_abs_diff(last.row(2), cpu.row(cpu.rows() - 1)) <= kFp32Tolerance);
+}
+
+TEST_CASE("GPU fp32: continuing KV caches on the device equals reading the whole sequences", "[gpu][llama]") {
+  RS_REQUIRE_GPU();
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  auto model = load_model(dir);
+  model.backend = gpu(ComputeType::f32);
+  const auto whole = golden_batch();
+  // Split every sequence after its first 3 tokens (or 1): context, then the rest through the cache.
+  std::vector<std::vector<TokenId>> head, tail;
+  for (const auto& s : whole) {
+    const size_t cut = s.size() > 3 ? 3 : 1;
+    head.emplace_back(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(cut));
+    if (s.size() > cut) tail.emplace_back(s.begin() + static_cast<std::ptrdiff_t>(cut), s.end());
+  }
+  REQUIRE(tail.size() == whole.size());
+  std::vector<KvCache> caches(whole.size());
+  const Mat a = llama_forward(model, head, caches);
+  const Mat b = llama_forward(model, tail, caches);
+  const Mat full = llama_forward(model, whole);
+  int64_t row_a = 0, row_b = 0, row = 0;
+  for (size_t s = 0; s < whole.size(); ++s) {
+    const auto n_head = static_cast<int64_t>(head[s].size()), n_tail = static_cast<int64_t>(tail[s].size());
+    CHECK(max_abs_diff(a.middleRows(row_a, n_head), full.middleRows(row, n_head)) <= kFp32Tolerance);
+    CHECK(max_abs_diff(b.middleRows(row_b, n_tail), full.middleRows(row + n_head, n_tail)) <= kFp32Tolerance);
+    row_a += n_head;
+    row_b += n_tail;
+    row += n_head + n_tail;
+    CHECK(caches[s].n_past == n_head + n_tail);
+  }
+}
+
+TEST_CASE("GPU fp32: svd and tucker factored models equal the CPU's (two and three products, never multiplied back)",
+          "[gpu][llama][linear]") {
+  RS_REQUIRE_GPU();
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  auto base = load_model(dir);
+  const auto scratch = test::scratch_dir("gpu-factored");
+  FactorCache cache(scratch / "cache");
+  const auto batch = golden_batch();
+  for (const char* text : {"L*:all=50%@svd", "L0,2,4:mlp=8@tucker;L1:attn=4@tucker"}) {
+    INFO(text);
+    base.backend = nullptr;
+    const Model cpu_model = decompose_model(base, parse_config(text, base.config), cache);
+    const Mat cpu = llama_forward(cpu_model, batch);
+    Model gpu_model = cpu_model;
+    gpu_model.backend = gpu(ComputeType::f32);
+    CHECK(max_abs_diff(llama_forward(gpu_model, batch), cpu) <= kFp32Tolerance);
+  }
+}
+
+TEST_CASE("GPU fp32: bert-tiny-sst2 classifier logits equal the golden ones, padding keys masked", "[gpu][bert]") {
+  RS_REQUIRE_GPU();
+  const auto dir = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(dir);
+  auto model = load_model(dir);
+  model.backend = gpu(ComputeType::f32);
+  const auto items = test::read_json(dir / "golden/dev_first32.json")["items"];
+  std::vector<BertInput> batch;
+  for (const auto& item : items) {
+    batch.push_back({item["input_ids"].get<std::vector<TokenId>>(), item["token_type_ids"].get<std::vector<TokenId>>(), {}});
+  }
+  const auto out = bert_forward(model, batch);
+  REQUIRE(out.logits.rows() == 32);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto want = items[i]["logits"].get<std::vector<float>>();
+    for (int j = 0; j < 2; ++j) CHECK(std::abs(out.logits(static_cast<int64_t>(i), j) - want[j]) <= kFp32Tolerance);
+  }
+  // The first sentence padded with 5 masked [PAD] keys gives the same logits.
+  BertInput padded = batch[0];
+  padded.attention_mask.assign(padded.ids.size(), 1);
+  for (int i = 0; i < 5; ++i) {
+    padded.ids.push_back(0);
+    padded.type_ids.push_back(0);
+    padded.attention_mask.push_back(0);
+  }
+  const auto p = bert_forward(model, std::span(&padded, 1));
+  CHECK(max_abs_diff(p.logits, out.logits.topRows(1)) <= kFp32Tolerance);
+}
+
+TEST_CASE("GPU log-softmax scoring equals the CPU's float64 reference, first maximum and NaN rows included", "[gpu]") {
+  RS_REQUIRE_GPU();
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  const int64_t rows = 37, vocab = 32000;
+  Mat logits(rows, vocab);
+  for (int64_t i = 0; i < logits.size(); ++i) logits.data()[i] = normal(rng);
+  logits(3, 100) = logits(3, 200) = 1e3f;  // a tie: the first maximum is the argmax
+  logits(5, 17) = NAN;
+  logits(6, 9) = INFINITY;
+  std::vector<int64_t> pick;
+  std::vector<TokenId> targets;
+  for (int64_t i = 0; i < rows; ++i) {
+    pick.push_back(rows - 1 - i);
+    targets.push_back(static_cast<TokenId>((i * 7919) % vocab));
+  }
+  targets[rows - 1 - 3] = 100;
+  targets[rows - 1 - 4] = 200;
+  pick[rows - 1 - 4] = 3;  // row 3 scored twice: once at its first maximum, once at the tie
+  auto be = gpu(ComputeType::f32);
+  const auto got = be->score(be->upload(logits, Precision::f32), pick, targets);
+  for (size_t i = 0; i < pick.size(); ++i) {
+    const TokenScore want = score_row(logits.row(pick[i]).data(), vocab, targets[i]);
+    INFO("row " << pick[i] << " target " << targets[i]);
+    if (std::isnan(want.logprob)) {
+      CHECK(std::isnan(got[i].logprob));
+      continue;
+    }
+    // Both sum exp in float64 over the same float32 values, in another order: ~1e-15 relative.
+    CHECK(std::abs(got[i].logprob - want.logprob) <= 1e-12 * std::max(1.0, std::abs(want.logprob)));
+    CHECK(got[i].is_argmax == want.is_argmax);
+  }
+  CHECK(got[rows - 1 - 3].is_argmax);
+  CHECK_FALSE(got[rows - 1 - 4].is_argmax);
+}
+
+TEST_CASE("GPU bf16: ARC-Easy@200, SST-2 and TinyStories perplexity as on the CPU, protocol records device and dtype",
+          "[gpu][eval][slow]") {
+  RS_REQUIRE_GPU();
+  const auto stories = test::shared_data("stories260K-hf");
+  const auto bert = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(stories);
+  RS_REQUIRE_SHARED(bert);
+  const std::string data = " --data-dir " + test::shared_data("").string();
+  for (const std::string dtype : {"fp32", "bf16"}) {
+    INFO(dtype);
+    const std::string llama = "eval " + stories.string() + " --tasks arc_easy --limit 200 --json" + data;
+    const auto cpu = test::run_cli(llama + " --device cpu");
+    const auto cuda = test::run_cli(llama + " --device cuda --dtype " + dtype);
+    REQUIRE(cpu.exit_code == 0);
+    REQUIRE(cuda.exit_code == 0);
+    const auto m_cpu = metrics_of(cpu.out), m_cuda = metrics_of(cuda.out);
+    CHECK(m_cuda.at("arc_easy.acc") == m_cpu.at("arc_easy.acc"));
+    CHECK(m_cuda.at("arc_easy.acc_norm") == m_cpu.at("arc_easy.acc_norm"));
+    const auto protocol = nlohmann::json::parse(cuda.out)["results"][0]["protocol"];
+    CHECK(protocol["device"] == "cuda");
+    CHECK(protocol["dtype"] == dtype);
+
+    const std::string ppl = "eval " + stories.string() + " --tasks tinystories --limit 50 --json" + data;
+    const auto p_cpu = metrics_of(test::run_cli(ppl + " --device cpu").out);
+    const auto p_cuda = metrics_of(test::run_cli(ppl + " --device cuda --dtype " + dtype).out);
+    const double rel = std::abs(p_cuda.at("tinystories.ppl") / p_cpu.at("tinystories.ppl") - 1.0);
+    CHECK(rel <= 1e-3);
+    WARN(dtype << ": TinyStories ppl CPU " << p_cpu.at("tinystories.ppl") << ", GPU " << p_cuda.at("tinystories.ppl")
+               << " (relative difference " << rel << ")");
+
+    const std::string sst = "eval " + bert.string() + " --tasks sst2 --json" + data;
+    const auto s_cpu = metrics_of(test::run_cli(sst + " --device cpu").out);
+    const auto s_cuda = metrics_of(test::run_cli(sst + " --device cuda --dtype " + dtype).out);
+    CHECK(s_cuda.at("sst2.acc") == s_cpu.at("sst2.acc"));
+  }
+}
+
+TEST_CASE("GPU sweep: a study on --device cuda stores the CPU study's configurations and metrics", "[gpu][sweep][slow]") {
+  RS_REQUIRE_GPU();
+  const auto stories = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(stories);
+  const auto dir = test::scratch_dir("gpu-sweep");
+  const std::string experiment = std::string(RANKSCOPE_SOURCE_DIR) + "/experiments/small/stories_rank_sweep.ini";
+  const std::string common = "sweep " + experiment + " --data-dir " + test::shared_data("").string() + " --limit 40";
+  REQUIRE(test::run_cli(common + " --db " + (dir / "cpu.db").string() + " --device cpu").exit_code == 0);
+  REQUIRE(test::run_cli(common + " --db " + (dir / "gpu.db").string() + " --device cuda --dtype fp32").exit_code == 0);
+  auto rows = [&](const std::string& db) {
+    const auto r = test::run_cli("export --db " + (dir / db).string() + " --study small-stories-rank-sweep --format json");
+    REQUIRE(r.exit_code == 0);
+    return nlohmann::json::parse(r.out)["evaluations"];
+  };
+  const auto cpu = rows("cpu.db"), cuda = rows("gpu.db");
+  REQUIRE(cpu.size() == cuda.size());
+  REQUIRE(cpu.size() >= 4);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    CHECK(cpu[i]["config"] == cuda[i]["config"]);
+    CHECK(cuda[i]["status"] == "done");
+    for (const auto& [name, value] : cpu[i]["metrics"].items()) {
+      REQUIRE(value["value"].is_number());
+      const double a = value["value"].get<double>(), b = cuda[i]["metrics"][name]["value"].get<double>();
+      INFO(cpu[i]["config"] << " " << name);
+      CHECK(std::abs(a - b) <= 1e-4 * std::max(1.0, std::abs(a)));
+      if (name.rfind("size.", 0) != 0) CHECK(cuda[i]["metrics"][name]["protocol"]["device"] == "cuda");
+    }
+  }
+}
+
+TEST_CASE("GPU out of memory is a clear error naming what did not fit and a sweep records the configuration as failed",
+          "[gpu][oom]") {
+  RS_REQUIRE_GPU();
+  // A real cudaMallocAsync failure: far more than any GPU has.
+  auto be = gpu(ComputeType::bf16);
+  CHECK_THROWS_WITH(be->buffer(int64_t{1} << 24, int64_t{1} << 24, Precision::f32),
+                    Contains("out of GPU memory") && Contains("activation buffer"));
+  // The device still works afterwards.
+  const Mat m = Mat::Constant(2, 3, 1.5f);
+  CHECK(be->download(be->upload(m, Precision::f32)) == m);
+
+  const auto stories = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(stories);
+  const std::string cap = "RANKSCOPE_GPU_MEMORY_LIMIT_MIB=0.05";
+  const auto r = test::run_cli("eval " + stories.string() + " --tasks tinystories --limit 2 --device cuda", cap);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Contains("out of GPU memory") && Contains("RANKSCOPE_GPU_MEMORY_LIMIT_MIB"));
+  const auto dir = test::scratch_dir("gpu-oom-sweep");
+  const std::string experiment = std::string(RANKSCOPE_SOURCE_DIR) + "/experiments/small/stories_rank_sweep.ini";
+  const auto s = test::run_cli("sweep " + experiment + " --db " + (dir / "oom.db").string() + " --data-dir " +
+                                   test::shared_data("").string() + " --limit 5 --device cuda",
+                               cap);
+  CHECK(s.exit_code == 0);
+  CHECK_THAT(s.out, Contains("4 failed"));
+}
