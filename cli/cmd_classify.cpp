@@ -14,7 +14,8 @@ int run_classify(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.text.empty()) throw Error("--text is required");
   set_num_threads(params.threads);
-  const Model model = load_model(params.model);
+  Model model = load_model(params.model);
+  place_model(model, params);
   const auto& c = model.config;
   if (c.arch != Arch::bert || c.bert_head != BertHead::sequence_classification) {
     fail("{}: classify needs a BertForSequenceClassification checkpoint, this is {}", params.model, c.architecture);

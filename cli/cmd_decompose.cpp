@@ -38,8 +38,9 @@ int run_decompose(const Params& params) {
   if (params.out.empty()) throw Error("--out DIR is required");
   const SvdPolicy policy = svd_policy(params.svd_backend);
   set_num_threads(params.threads);
-  const Model base = load_model(params.model);
+  Model base = load_model(params.model);
   if (!base.has_weights) fail("{}: no weights (shapes-only config.json); cannot decompose", params.model);
+  place_model(base, params);
   const Config config = parse_config(params.config, base.config);
   const std::string canonical = encode_config(config, base.config);
   FactorCache cache(params.cache_dir, policy);

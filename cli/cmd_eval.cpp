@@ -77,10 +77,11 @@ int run_eval(const Params& params) {
 
   const bool size_only = !request.tasks.empty() && params.text.empty() &&
                          std::all_of(request.tasks.begin(), request.tasks.end(), [](const auto& t) { return t == "size"; });
-  const Model base = load_model(params.model, {.weights = !size_only});
+  Model base = load_model(params.model, {.weights = !size_only});
   if (!size_only && !base.has_weights) {
     fail("{}: no weights (shapes-only config.json); only the size task runs on it", params.model);
   }
+  if (base.has_weights) place_model(base, params);
   const Config config = parse_config(params.config, base.config);
   const Evaluator evaluator(base, request);
 

@@ -45,8 +45,9 @@ int run_forward(const Params& params) {
   if (params.ids.empty()) throw Error("--ids is required");
   if (params.out.empty()) throw Error("--out is required");
   set_num_threads(params.threads);
-  const Model model = load_model(params.model, {.weights = true, .tokenizer = false});
+  Model model = load_model(params.model, {.weights = true, .tokenizer = false});
   if (!model.has_weights) fail("{}: no weights (shapes-only config.json); cannot run", params.model);
+  place_model(model, params);
   const auto& c = model.config;
   const auto ids = parse_id_list(params.ids, "ids");
   const auto n = static_cast<int64_t>(ids.size());

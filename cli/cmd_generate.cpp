@@ -15,7 +15,8 @@ int run_generate(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.tokens < 0) fail("--tokens must be >= 0, got {}", params.tokens);
   set_num_threads(params.threads);
-  const Model model = load_model(params.model);
+  Model model = load_model(params.model);
+  place_model(model, params);
   if (model.config.arch != Arch::llama) {
     fail("{}: generate needs a causal LM; {} is not one (try classify)", params.model, model.config.architecture);
   }

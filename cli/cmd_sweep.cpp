@@ -273,10 +273,12 @@ int run_sweep(const Params& params) {
 
   EvalRequest request = eval_request(params);
   const bool size_only = std::all_of(request.tasks.begin(), request.tasks.end(), [](const auto& t) { return t == "size"; });
-  const Model base = load_model(params.model, {.weights = !size_only});
+  Model base = load_model(params.model, {.weights = !size_only});
   if (!size_only && !base.has_weights) {
     fail("{}: no weights (shapes-only config.json); a sweep on it can only run the size task", params.model);
   }
+  // The base weights go to the device once; each configuration uploads only the matrices it factors.
+  if (base.has_weights) place_model(base, params);
   // The factor cache lives beside the database unless --cache-dir says otherwise.
   std::filesystem::path cache_dir = params.cache_dir;
   if (cache_dir == Params{}.cache_dir) {

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "core/base/error.hpp"
 #include "core/base/suggest.hpp"
+#include "core/io/model.hpp"
 #include "evaluators/tasks.hpp"
 
 namespace rankscope::cli {
@@ -61,6 +63,22 @@ const std::vector<Command>& commands() {
        run_report, {"db", "study", "out"}},
   };
   return table;
+}
+
+void place_model(Model& model, const Params& params) {
+  const Device device = parse_device(params.device);
+  ComputeType type = ComputeType::f32;
+  if (params.dtype != "auto") {
+    type = parse_compute_type(params.dtype);
+  } else if (model.storage_dtype == "BF16") {
+    type = ComputeType::bf16;
+  } else if (model.storage_dtype == "F16") {
+    type = ComputeType::f16;
+  }
+  model.backend = make_backend(device, type);
+  if (model.backend->device_kind() == "cpu" && params.dtype != "auto" && type != ComputeType::f32) {
+    fail("--dtype {}: the CPU computes in fp32 (give --device cuda, or --dtype auto)", params.dtype);
+  }
 }
 
 }  // namespace rankscope::cli

@@ -16,6 +16,7 @@
 
 namespace rankscope {
 struct CalibrationOptions;  // evaluators/calibration.hpp
+struct Model;               // core/io/model.hpp
 }
 
 namespace rankscope::cli {
@@ -23,6 +24,8 @@ namespace rankscope::cli {
 struct Params {
   std::string model;          // positional MODEL
   int threads = 0;            // 0 = all cores
+  std::string device = "auto";  // cpu | cuda | cuda:N | auto
+  std::string dtype = "auto";   // GPU compute type: auto (the checkpoint's) | fp32 | bf16 | fp16
   bool json = false;
   // generate
   std::string prompt;
@@ -138,6 +141,9 @@ const std::vector<Command>& commands();
 // --calib, --calib-samples, --calib-ctx, --calib-seed and --data-dir (decompose, eval, sweep) as
 // the options of evaluators/calibration.hpp, caching under `cache_dir`. Defined in cmd_decompose.cpp.
 CalibrationOptions calibration_options(const Params& params, const std::filesystem::path& cache_dir);
+
+// Puts `model` on the device --device and --dtype name (model.backend). Defined in commands.cpp.
+void place_model(Model& model, const Params& params);
 
 // Parses argv for `command` into params. Returns nullopt to go on, or the exit code to stop
 // with: 0 after --help, 2 after a usage error (which prints one line).

@@ -270,6 +270,12 @@ std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& con
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     report.protocol["model_hash"] = base_hash_;
     report.protocol["config"] = canonical;
+    // Where it ran and in which number type: fp32 on the CPU, the backend's type on a GPU.
+    if (name != "size") {
+      report.protocol["device"] = candidate.runtime().device_kind();
+      report.protocol["device_name"] = candidate.runtime().device_name();
+      report.protocol["dtype"] = compute_type_name(candidate.runtime().compute_type());
+    }
     reports.push_back(std::move(report));
   }
   return reports;
