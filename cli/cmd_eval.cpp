@@ -57,6 +57,8 @@ EvalRequest eval_request(const Params& params) {
   request.settings.bos = params.bos;
   request.settings.groups_per_batch = params.batch_size;
   request.settings.batch_size = params.batch_size;
+  if (params.batch_tokens < 1) fail("--batch-tokens must be at least 1, not {}", params.batch_tokens);
+  request.settings.batch_tokens = params.batch_tokens;
   request.settings.reuse_context = !params.no_context_reuse;
   request.ctx = params.ctx;
   request.ppl_protocol = params.ppl_protocol;

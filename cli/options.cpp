@@ -159,6 +159,8 @@ const std::vector<OptionDef>& option_defs() {
       flag("bos", &Params::bos, {"eval", "sweep"}, "prepend BOS to every multiple-choice context (lm-eval 0.4.0 adds none)"),
       opt("data-dir", &Params::data_dir, {"decompose", "eval", "sweep"}, "directory of the benchmark data (the layout of ../shared/data)"),
       opt("batch-size", &Params::batch_size, {"eval", "sweep"}, "examples prefilled together (multiple choice) / sequences per pass (classification)"),
+      opt("batch-tokens", &Params::batch_tokens, {"eval", "sweep"},
+          "on a GPU: tokens per forward pass; contexts are sorted by length and batched up to it (--batch-size is then a minimum)"),
       flag("no-context-reuse", &Params::no_context_reuse, {"eval"},
            "score every choice from scratch instead of reusing the context's attention cache (same numbers, slower)"),
       opt("latency-batch", &Params::latency_batch, {"eval", "sweep"}, "latency task: sequences per forward pass"),

@@ -72,6 +72,7 @@ struct Params {
   bool bos = false;
   std::string data_dir = "../shared/data";
   int64_t batch_size = 8;
+  int64_t batch_tokens = 16384;
   bool no_context_reuse = false;
   int64_t latency_batch = 1;
   int64_t latency_tokens = 128;

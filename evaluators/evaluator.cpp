@@ -138,6 +138,9 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   PerplexityOptions options;
   options.ctx = t.ctx;
   options.windows_per_batch = std::max<int64_t>(1, request_.settings.groups_per_batch);
+  if (on_gpu(model) && t.ctx > 0) {
+    options.windows_per_batch = std::max(options.windows_per_batch, request_.settings.batch_tokens / t.ctx);
+  }
   options.max_windows = request_.load.limit;
   if (progress) options.progress = [&](int64_t done, int64_t total) { progress(t.name, done, total); };
   PerplexityResult r;

@@ -153,8 +153,10 @@ nlohmann::json base_protocol(const Model& model, const Task& task, const EvalSet
 
 TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSettings& settings) {
   const auto enc = encode_docs(model, task, settings);
+  const bool gpu = on_gpu(model);
   const LoglikelihoodOptions ll_options{.reuse_context = settings.reuse_context,
-                                        .groups_per_batch = settings.groups_per_batch,
+                                        .groups_per_batch = gpu ? int64_t{1} << 30 : settings.groups_per_batch,
+                                        .token_budget = gpu ? settings.batch_tokens : 0,
                                         .progress = settings.progress};
   const auto lls = loglikelihoods(model, enc.groups, ll_options);
 
@@ -259,7 +261,9 @@ TaskReport evaluate_classifier(const Model& model, const Task& task, const EvalS
   const int64_t n_labels = static_cast<int64_t>(model.config.labels.size());
   std::vector<double> correct;
   int64_t tp = 0, fp = 0, fn = 0, n_nan = 0, n_truncated = 0;
-  const int64_t batch = std::max<int64_t>(1, settings.batch_size);
+  // On a GPU: as many sentences as fit the token budget at the model's window.
+  const int64_t batch = on_gpu(model) ? std::max<int64_t>(settings.batch_size, settings.batch_tokens / model.config.n_ctx_train)
+                                      : std::max<int64_t>(1, settings.batch_size);
   for (int64_t b0 = 0; b0 < n; b0 += batch) {
     const int64_t b1 = std::min(n, b0 + batch);
     std::vector<BertInput> inputs;
@@ -358,5 +362,7 @@ TaskReport evaluate_task(const Model& model, const Task& task, const EvalSetting
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
+
+bool on_gpu(const Model& model) { return model.runtime().device_kind() != "cpu"; }
 
 }  // namespace rankscope

@@ -36,6 +36,9 @@ struct TaskReport {
   double seconds = 0.0;
 };
 
+// Whether a model runs on a GPU (batches sized by EvalSettings::batch_tokens).
+bool on_gpu(const Model& model);
+
 struct EvalSettings {
   int64_t num_fewshot = 0;
   uint64_t seed = 1234;           // few-shot draws (lm-eval's default seed)
@@ -44,6 +47,9 @@ struct EvalSettings {
   int64_t groups_per_batch = 8;   // contexts prefilled together
   bool reuse_context = true;      // one context pass per example, its KV cache reused per choice
   int64_t batch_size = 32;        // classification sequences per forward pass
+  // On a GPU batches are sized by tokens instead: contexts sorted by length, up to this many
+  // tokens per forward pass (multiple choice, perplexity windows, classification).
+  int64_t batch_tokens = 16384;
   std::function<void(int64_t done, int64_t total)> progress;
 };
 

@@ -74,9 +74,28 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
     if (options.progress) options.progress(done, total);
   };
 
-  // Context reuse: prefill G contexts at once, then every continuation continues its group's cache.
-  for (size_t b0 = 0; b0 < reuse.size(); b0 += G) {
-    const size_t b1 = std::min(reuse.size(), b0 + G);
+  // Context reuse: prefill a batch of contexts at once, then every continuation continues its
+  // group's cache. Batches: G groups in document order, or with a token budget groups sorted by
+  // context length up to the budget.
+  if (options.token_budget > 0) {
+    std::stable_sort(reuse.begin(), reuse.end(),
+                     [&](size_t a, size_t b) { return groups[a].context.size() < groups[b].context.size(); });
+  }
+  auto batch_end = [&](size_t b0) {
+    size_t b1 = b0;
+    int64_t tokens = 0;
+    while (b1 < reuse.size() && b1 - b0 < G) {
+      const auto& grp = groups[reuse[b1]];
+      int64_t need = static_cast<int64_t>(grp.context.size());
+      for (const auto& cont : grp.continuations) need = std::max<int64_t>(need, static_cast<int64_t>(cont.size()));
+      if (options.token_budget > 0 && b1 > b0 && tokens + need > options.token_budget) break;
+      tokens += need;
+      ++b1;
+    }
+    return b1;
+  };
+  for (size_t b0 = 0, b1 = 0; b0 < reuse.size(); b0 = b1) {
+    b1 = batch_end(b0);
     std::vector<std::vector<TokenId>> contexts;
     for (size_t i = b0; i < b1; ++i) contexts.push_back(groups[reuse[i]].context);
     std::vector<KvCache> caches(b1 - b0);
@@ -134,7 +153,7 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
   }
 
   // From scratch: batches of requests under a token budget (full logits of every position).
-  constexpr int64_t kTokenBudget = 4096;
+  const int64_t kTokenBudget = options.token_budget > 0 ? options.token_budget : 4096;
   size_t s0 = 0;
   while (s0 < scratch.size()) {
     size_t s1 = s0;

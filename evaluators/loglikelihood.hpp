@@ -37,6 +37,9 @@ struct Loglikelihood {
 struct LoglikelihoodOptions {
   bool reuse_context = true;
   int64_t groups_per_batch = 8;  // contexts prefilled together
+  // > 0: contexts are sorted by length and batched up to this many context tokens (and
+  // groups_per_batch groups), so that a GPU gets large batches of similar lengths.
+  int64_t token_budget = 0;
   int64_t max_length = 0;        // 0 = the model's n_ctx_train
   std::function<void(int64_t done, int64_t total)> progress;  // groups done
 };

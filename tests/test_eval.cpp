@@ -79,12 +79,16 @@ TEST_CASE("ARC-Easy: per-choice log-likelihoods equal a token-by-token brute for
   }
   const auto reused = loglikelihoods(model, groups, {.reuse_context = true, .groups_per_batch = 7});
   const auto scratch = loglikelihoods(model, groups, {.reuse_context = false});
+  // Sorted by context length and batched by a token budget (the GPU's batching): same numbers.
+  const auto sorted = loglikelihoods(model, groups, {.reuse_context = true, .groups_per_batch = 1 << 20, .token_budget = 150});
   int multi_token = 0;
   for (size_t g = 0; g < groups.size(); ++g) {
     for (size_t k = 0; k < groups[g].continuations.size(); ++k) {
       const double expected = brute_force_loglikelihood(model, groups[g].context, groups[g].continuations[k]);
       CHECK(reused[g][k].logprob == Approx(expected).margin(1e-4));
       CHECK(scratch[g][k].logprob == Approx(expected).margin(1e-4));
+      CHECK(sorted[g][k].logprob == Approx(expected).margin(1e-4));
+      CHECK(sorted[g][k].greedy == reused[g][k].greedy);
       CHECK(reused[g][k].n_tokens == static_cast<int64_t>(groups[g].continuations[k].size()));
       CHECK_FALSE(reused[g][k].truncated);
       multi_token += groups[g].continuations[k].size() > 1;
