@@ -70,7 +70,13 @@ TEST_CASE("device option: cuda without a visible GPU is a one-line error, auto f
   CHECK_THROWS_WITH(parse_device("cuda:x"), Contains("unknown device"));
   CHECK(parse_device("cuda:3").index == 3);
   if (cuda_device_count() > 0) {
-    WARN("SKIPPED: a GPU is visible, so --device cuda does not fail here");
+    // With a GPU, auto takes it and cuda:N beyond the visible ones is the error.
+    const auto a = test::run_cli("eval " + model.string() + " --tasks tinystories --limit 2 --json");
+    REQUIRE(a.exit_code == 0);
+    CHECK(nlohmann::json::parse(a.out)["results"][0]["protocol"]["device"] == "cuda");
+    const auto r = test::run_cli("eval " + model.string() + " --tasks tinystories --limit 2 --device cuda:99");
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Contains("--device cuda:99") && Contains("GPU(s) visible"));
     return;
   }
   const auto r = test::run_cli("eval " + model.string() + " --tasks tinystories --limit 2 --device cuda");
@@ -187,6 +193,107 @@ TEST_CASE("GPU fp32: bert-tiny-sst2 classifier logits equal the golden ones, pad
   }
   const auto p = bert_forward(model, std::span(&padded, 1));
   CHECK(max_abs_diff(p.logits, out.logits.topRows(1)) <= kFp32Tolerance);
+}
+
+namespace {
+
+// Attention of a batch of sequences through `be`: without caches (all rows at once), or the first
+// `split` rows of every sequence into fresh caches and the rest continuing them. Returns ctx.
+Mat run_attention(Backend& be, const AttentionShape& shape, const std::vector<int64_t>& lengths, const Mat& q,
+                  const Mat& k, const Mat& v, int64_t split, const std::vector<std::vector<uint8_t>>& masks) {
+  auto layout_of = [](const std::vector<int64_t>& lens) {
+    SequenceLayout l;
+    l.offset.assign(1, 0);
+    for (auto n : lens) l.offset.push_back(l.offset.back() + n);
+    return l;
+  };
+  const int64_t dq = q.cols(), dkv = k.cols();
+  if (split == 0) {
+    const auto layout = layout_of(lengths);
+    Buffer ctx = be.buffer(q.rows(), dq, Precision::compute);
+    Buffer bq = be.upload(q, Precision::compute), bk = be.upload(k, Precision::compute), bv = be.upload(v, Precision::compute);
+    be.attention(shape, bq, bk, bv, layout, {}, 0, masks, ctx);
+    return be.download(ctx);
+  }
+  // Rows of each sequence before and after `split`.
+  std::vector<int64_t> first, second;
+  std::vector<int64_t> rows_first, rows_second;
+  int64_t row = 0;
+  for (auto n : lengths) {
+    first.push_back(split);
+    second.push_back(n - split);
+    for (int64_t i = 0; i < n; ++i) (i < split ? rows_first : rows_second).push_back(row + i);
+    row += n;
+  }
+  auto pick = [](const Mat& m, const std::vector<int64_t>& rows) {
+    Mat out(static_cast<int64_t>(rows.size()), m.cols());
+    for (size_t i = 0; i < rows.size(); ++i) out.row(static_cast<int64_t>(i)) = m.row(rows[i]);
+    return out;
+  };
+  std::vector<KvCache> caches(lengths.size());
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    caches[s].k = {be.buffer(lengths[s], dkv, Precision::compute)};
+    caches[s].v = {be.buffer(lengths[s], dkv, Precision::compute)};
+  }
+  Mat out(q.rows(), dq);
+  for (int part = 0; part < 2; ++part) {
+    const auto& rows = part == 0 ? rows_first : rows_second;
+    const auto layout = layout_of(part == 0 ? first : second);
+    Buffer ctx = be.buffer(static_cast<int64_t>(rows.size()), dq, Precision::compute);
+    Buffer bq = be.upload(pick(q, rows), Precision::compute), bk = be.upload(pick(k, rows), Precision::compute),
+           bv = be.upload(pick(v, rows), Precision::compute);
+    be.attention(shape, bq, bk, bv, layout, caches, 0, {}, ctx);
+    const Mat got = be.download(ctx);
+    for (size_t i = 0; i < rows.size(); ++i) out.row(rows[i]) = got.row(static_cast<int64_t>(i));
+    for (size_t s = 0; s < lengths.size(); ++s) caches[s].n_past += (part == 0 ? first : second)[s];
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("GPU attention kernels equal the CPU's: fp32 exactly to rounding, bf16 on tensor cores within bf16 rounding",
+          "[gpu][attention]") {
+  RS_REQUIRE_GPU();
+  const std::vector<int64_t> lengths = {5, 70, 131, 64};
+  const int64_t n_rows = 5 + 70 + 131 + 64;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const int64_t d : {64, 128, 40}) {
+    const AttentionShape shape{.n_head = 4, .n_head_kv = 2, .n_embd_head = d, .causal = true};
+    Mat q(n_rows, 4 * d), k(n_rows, 2 * d), v(n_rows, 2 * d);
+    for (Mat* m : {&q, &k, &v}) {
+      for (int64_t i = 0; i < m->size(); ++i) m->data()[i] = normal(rng);
+    }
+    for (const ComputeType type : {ComputeType::f32, ComputeType::bf16}) {
+      auto be = gpu(type);
+      // The inputs rounded to the compute type, so that only the kernel's own error remains.
+      Mat qr = be->download(be->upload(q, Precision::compute));
+      Mat kr = be->download(be->upload(k, Precision::compute));
+      Mat vr = be->download(be->upload(v, Precision::compute));
+      // fp32: reassociation only; bf16: probabilities and outputs rounded to 8 bits (2^-9 relative
+      // each) over outputs of magnitude <= max |v| ~ 4.
+      const float tol = type == ComputeType::f32 ? 1e-5f : 0.05f;
+      for (const int64_t split : {int64_t{0}, int64_t{3}}) {
+        INFO("d " << d << " " << compute_type_name(type) << " split " << split);
+        const Mat want = run_attention(cpu_backend(), shape, lengths, qr, kr, vr, split, {});
+        const Mat got = run_attention(*be, shape, lengths, qr, kr, vr, split, {});
+        CHECK(max_abs_diff(got, want) <= tol);
+      }
+      // Bidirectional with padding keys masked (BERT).
+      AttentionShape bi = shape;
+      bi.causal = false;
+      std::vector<std::vector<uint8_t>> masks;
+      for (auto n : lengths) {
+        std::vector<uint8_t> mask(static_cast<size_t>(n), 1);
+        for (int64_t i = n * 3 / 4; i < n; ++i) mask[static_cast<size_t>(i)] = 0;
+        masks.push_back(mask);
+      }
+      INFO("bidirectional d " << d << " " << compute_type_name(type));
+      CHECK(max_abs_diff(run_attention(*be, bi, lengths, qr, kr, vr, 0, masks),
+                         run_attention(cpu_backend(), bi, lengths, qr, kr, vr, 0, masks)) <= tol);
+    }
+  }
 }
 
 TEST_CASE("GPU log-softmax scoring equals the CPU's float64 reference, first maximum and NaN rows included", "[gpu]") {

@@ -138,6 +138,8 @@ class Backend {
                                         std::span<const TokenId> targets) = 0;
   // Frees cached weights whose host storage is gone and scratch memory (between evaluations).
   virtual void trim() {}
+  // Waits for every queued operation (timing).
+  virtual void synchronize() {}
 };
 
 // The process-wide CPU backend.

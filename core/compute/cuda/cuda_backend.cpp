@@ -282,7 +282,7 @@ class CudaBackend final : public Backend {
     auto d_descs = upload(descs.data(), descs.size() * sizeof(cuda::SequenceDesc), "attention descriptors");
     check(cuda::attention(q.data(), q.cols(), static_cast<const cuda::SequenceDesc*>(d_descs.get()), n_seq, max_tokens,
                     shape.n_head, shape.n_head_kv, shape.n_embd_head, shape.causal, ctx.data(), ctx.cols(), q.type(),
-                    ctx_->stream), "attention kernel");
+                    kv_cols % 8 == 0, ctx_->stream), "attention kernel");
   }
 
   void activation(Buffer& x, Activation act) override {
@@ -331,6 +331,8 @@ class CudaBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) out[i] = {logprob[i], argmax[i] != 0};
     return out;
   }
+
+  void synchronize() override { check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize"); }
 
   void trim() override {
     purge_expired();

@@ -1,4 +1,5 @@
 #include "core/compute/cuda/kernels.cuh"
+#include "core/compute/cuda/device_common.cuh"
 
 #include <cmath>
 #include <cstdio>
@@ -12,48 +13,10 @@ namespace rankscope::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
-constexpr int kWarp = 32;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
-
-// Calls f(T{}) with T the element type of `type`.
-template <typename F>
-void dispatch(ComputeType type, F&& f) {
-  switch (type) {
-    case ComputeType::f32: f(float{}); return;
-    case ComputeType::bf16: f(__nv_bfloat16{}); return;
-    case ComputeType::f16: f(__half{}); return;
-  }
-}
-
+using namespace detail;
 
 unsigned blocks_for(int64_t n, int per_block = kBlock) {
   return static_cast<unsigned>(std::min<int64_t>((n + per_block - 1) / per_block, int64_t{1} << 20));
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
 }
 
 // Sum over a block of kBlock threads; every thread gets the result.
@@ -197,105 +160,6 @@ __global__ void append_rows_kernel(const T* src, int64_t ld, const AppendDesc* s
   const T* from = src + (s.src_row0 + t) * ld;
   T* to = static_cast<T*>(s.dst) + t * cols;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) to[c] = from[c];
-}
-
-// ---- attention ----
-//
-// One block per (query tile, head, sequence): kWarps warps, each owning kQueriesPerWarp query
-// rows. Keys and values are staged through shared memory kKeyTile at a time (fp32, K rows padded
-// by one float so that lane j reading key j's row is free of bank conflicts). For each query the
-// lane j scores key j of the tile, then an online softmax (running max and sum) updates the
-// output accumulators, each lane owning d/32 of the head's d values.
-constexpr int kWarps = 4;
-constexpr int kQueriesPerWarp = 4;
-constexpr int kQueryTile = kWarps * kQueriesPerWarp;
-constexpr int kKeyTile = kWarp;
-
-// PerLane = ceil(d / 32): the head values each lane accumulates (registers, hence a template).
-template <typename T, int PerLane>
-__global__ void __launch_bounds__(kWarps* kWarp)
-    attention_kernel(const T* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_head, int64_t group, int64_t d,
-                     bool causal, float scale, T* ctx, int64_t ld_ctx) {
-  const SequenceDesc s = seqs[blockIdx.z];
-  const int64_t t_begin = int64_t{blockIdx.x} * kQueryTile;
-  if (t_begin >= s.n_tokens) return;
-  const int64_t h = blockIdx.y;
-  const int64_t kvh = h / group;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-
-  extern __shared__ float shared[];
-  float* k_tile = shared;                        // [kKeyTile x (d + 1)]
-  float* v_tile = k_tile + kKeyTile * (d + 1);   // [kKeyTile x d]
-  float* q_tile = v_tile + kKeyTile * d;         // [kQueryTile x d]
-
-  const int64_t t_end = min(t_begin + kQueryTile, s.n_tokens);
-  for (int64_t i = threadIdx.x; i < kQueryTile * d; i += blockDim.x) {
-    const int64_t t = t_begin + i / d;
-    q_tile[i] = t < t_end ? to_float(q[(s.q_row0 + t) * ld_q + h * d + i % d]) * scale : 0.0f;
-  }
-  float m[kQueriesPerWarp], l[kQueriesPerWarp], acc[kQueriesPerWarp][PerLane];
-#pragma unroll
-  for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
-    m[qi] = -INFINITY;
-    l[qi] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < PerLane; ++e) acc[qi][e] = 0.0f;
-  }
-  // Keys any query of the tile can see.
-  const int64_t n_keys = causal ? s.n_past + t_end : s.n_past + s.n_tokens;
-  const T* k = static_cast<const T*>(s.k);
-  const T* v = static_cast<const T*>(s.v);
-  const float masked = -3.402823466e38f;  // the most negative float, as transformers adds
-  for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyTile) {
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < kKeyTile * d; i += blockDim.x) {
-      const int64_t j = j0 + i / d, e = i % d;
-      const bool in = j < n_keys;
-      k_tile[(i / d) * (d + 1) + e] = in ? to_float(k[j * s.ld_kv + kvh * d + e]) : 0.0f;
-      v_tile[i] = in ? to_float(v[j * s.ld_kv + kvh * d + e]) : 0.0f;
-    }
-    __syncthreads();
-    const int64_t j = j0 + lane;
-#pragma unroll
-    for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
-      const int64_t t = t_begin + warp * kQueriesPerWarp + qi;
-      if (t >= t_end) break;
-      const float* qrow = q_tile + (t - t_begin) * d;
-      const float* krow = k_tile + lane * (d + 1);
-      float score = 0.0f;
-      for (int64_t e = 0; e < d; ++e) score += qrow[e] * krow[e];
-      bool visible = j < n_keys && (!causal || j <= s.n_past + t);
-      if (visible && s.mask != nullptr && j >= s.n_past && s.mask[j - s.n_past] == 0) score += masked;
-      if (!visible) score = -INFINITY;
-      const float tile_max = warp_max(score);
-      if (tile_max == -INFINITY) continue;  // nothing visible in this tile
-      const float m_new = fmaxf(m[qi], tile_max);
-      const float p = expf(score - m_new);
-      const float correction = expf(m[qi] - m_new);
-      l[qi] = l[qi] * correction + warp_sum(p);
-      m[qi] = m_new;
-#pragma unroll
-      for (int e = 0; e < PerLane; ++e) acc[qi][e] *= correction;
-      for (int jj = 0; jj < kKeyTile; ++jj) {
-        const float pj = __shfl_sync(0xffffffffu, p, jj);
-        const float* vrow = v_tile + jj * d;
-#pragma unroll
-        for (int e = 0; e < PerLane; ++e) {
-          if (lane + e * kWarp < d) acc[qi][e] += pj * vrow[lane + e * kWarp];
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int qi = 0; qi < kQueriesPerWarp; ++qi) {
-    const int64_t t = t_begin + warp * kQueriesPerWarp + qi;
-    if (t >= t_end) break;
-    T* out = ctx + (s.q_row0 + t) * ld_ctx + h * d;
-#pragma unroll
-    for (int e = 0; e < PerLane; ++e) {
-      if (lane + e * kWarp < d) out[lane + e * kWarp] = from_float<T>(acc[qi][e] / l[qi]);
-    }
-  }
 }
 
 // ---- log-softmax scoring ----
@@ -464,38 +328,6 @@ cudaError_t gather_rows(const void* x, const int64_t* rows, int64_t n_rows, int6
     using T = decltype(t);
     gather_rows_kernel<<<static_cast<unsigned>(n_rows), kBlock, 0, stream>>>(static_cast<const T*>(x), rows, cols,
                                                                              static_cast<T*>(out));
-  });
-  return cudaGetLastError();
-}
-
-cudaError_t attention(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens, int64_t n_head,
-               int64_t n_head_kv, int64_t n_embd_head, bool causal, void* ctx, int64_t ld_ctx, ComputeType type,
-               cudaStream_t stream) {
-  if (n_seq == 0 || max_tokens == 0) return cudaSuccess;
-  if (n_embd_head < 1 || n_embd_head > kMaxHeadDim) return cudaErrorInvalidValue;
-  const int64_t d = n_embd_head;
-  const size_t shared = sizeof(float) * static_cast<size_t>(kKeyTile * (d + 1) + kKeyTile * d + kQueryTile * d);
-  const dim3 grid(static_cast<unsigned>((max_tokens + kQueryTile - 1) / kQueryTile), static_cast<unsigned>(n_head),
-                  static_cast<unsigned>(n_seq));
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  dispatch(type, [&](auto t) {
-    using T = decltype(t);
-    auto launch = [&](auto kernel) {
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-      kernel<<<grid, kWarps * kWarp, shared, stream>>>(static_cast<const T*>(q), ld_q, seqs, n_head,
-                                                       n_head / n_head_kv, d, causal, scale, static_cast<T*>(ctx),
-                                                       ld_ctx);
-    };
-    switch ((d + kWarp - 1) / kWarp) {
-      case 1: launch(attention_kernel<T, 1>); break;
-      case 2: launch(attention_kernel<T, 2>); break;
-      case 3: launch(attention_kernel<T, 3>); break;
-      case 4: launch(attention_kernel<T, 4>); break;
-      case 5: launch(attention_kernel<T, 5>); break;
-      case 6: launch(attention_kernel<T, 6>); break;
-      case 7: launch(attention_kernel<T, 7>); break;
-      default: launch(attention_kernel<T, 8>); break;
-    }
   });
   return cudaGetLastError();
 }

@@ -57,11 +57,13 @@ struct SequenceDesc {
 };
 
 // ctx = softmax(q k^T / sqrt(d) [+ mask]) v for every sequence and head (causal: key j visible
-// to query t when j <= n_past + t). seqs on the device. Head size at most kMaxHeadDim.
+// to query t when j <= n_past + t). seqs on the device. Head size at most kMaxHeadDim. bf16/fp16
+// heads of 64 or 128 values run on tensor cores when every K/V row stride is a multiple of 8
+// elements (kv_aligned) and q's is too.
 constexpr int64_t kMaxHeadDim = 256;
 cudaError_t attention(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens, int64_t n_head,
                int64_t n_head_kv, int64_t n_embd_head, bool causal, void* ctx, int64_t ld_ctx, ComputeType type,
-               cudaStream_t stream);
+               bool kv_aligned, cudaStream_t stream);
 
 // cache[s][n_past + t, :] = src[q_row0 + t, :] for every sequence (appends a batch's k or v).
 struct AppendDesc {
