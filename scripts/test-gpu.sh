@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 build=${1:-build-gpu}; shift $(( $# >= 1 ? 1 : 0 ))
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DRANKSCOPE_CUDA=ON -DRANKSCOPE_BUILD_BENCH=ON "$@" > "$build.configure-gpu.log" 2>&1 \
   || { tail -30 "$build.configure-gpu.log"; exit 1; }
-cmake --build "$build" -j"$(nproc)" > "$build.build-gpu.log" 2>&1 || { grep -B3 -A12 -m3 "error" "$build.build-gpu.log" | head -60; exit 1; }
+cmake --build "$build" -j"$(nproc)" --target rankscope test_gpu test_forward gpu > "$build.build-gpu.log" 2>&1 \
+  || { grep -B3 -A12 -m3 "error" "$build.build-gpu.log" | head -60; exit 1; }
 nvidia-smi -L || { echo "test-gpu: no NVIDIA GPU visible"; exit 1; }
 cd "$build"
 log=$(mktemp)
