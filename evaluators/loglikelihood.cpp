@@ -99,6 +99,13 @@ std::vector<std::vector<Loglikelihood>> loglikelihoods(const Model& model, std::
     std::vector<std::vector<TokenId>> contexts;
     for (size_t i = b0; i < b1; ++i) contexts.push_back(groups[reuse[i]].context);
     std::vector<KvCache> caches(b1 - b0);
+    // Room for the context and its longest continuation from the start: no cache grows later.
+    for (size_t i = b0; i < b1; ++i) {
+      const auto& grp = groups[reuse[i]];
+      size_t longest = 0;
+      for (const auto& cont : grp.continuations) longest = std::max(longest, cont.size());
+      caches[i - b0].capacity_hint = static_cast<int64_t>(grp.context.size() + longest);
+    }
     const Buffer first = llama_logits(model, contexts, caches, {.last_logits_only = true});
     // The first token of every continuation is scored from its context's last row.
     std::vector<int64_t> rows;

@@ -57,6 +57,7 @@ struct KvCache {
   std::vector<Buffer> k;  // per layer [capacity x n_embd_kv]
   std::vector<Buffer> v;
   int64_t n_past = 0;
+  int64_t capacity_hint = 0;  // rows to allocate at first use (the positions it will hold), 0 = as needed
 };
 
 // Shapes of one attention call.

@@ -29,7 +29,7 @@ void reserve(Backend& be, KvCache& cache, const ModelConfig& c, int64_t n_total)
   }
   for (size_t l = 0; l < cache.k.size(); ++l) {
     if (!cache.k[l].empty() && cache.k[l].rows() >= n_total) continue;
-    const int64_t capacity = std::max(n_total, 2 * cache.k[l].rows());
+    const int64_t capacity = std::max({n_total, 2 * cache.k[l].rows(), cache.capacity_hint});
     if (cache.k[l].empty()) {
       cache.k[l] = be.buffer(capacity, c.n_embd_kv(), Precision::compute);
       cache.v[l] = be.buffer(capacity, c.n_embd_kv(), Precision::compute);

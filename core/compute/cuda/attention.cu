@@ -123,6 +123,10 @@ namespace wmma = nvcuda::wmma;
 constexpr int kTcRows = 16;                   // query rows per warp
 constexpr int kTcQueries = kWarps * kTcRows;  // per block
 constexpr int kTcKeys = 64;                   // keys per tile
+// Row strides of the score (fp32) and probability tiles, padded so that the lanes of a warp,
+// reading 16 rows in a staggered column order, hit 32 different banks.
+constexpr int kSStride = kTcKeys + 4;
+constexpr int kPStride = kTcKeys + 8;
 
 // rows [0, n) of a [rows x D] tile from global rows of stride ld (zeros beyond n); 16-byte copies.
 template <typename T, int D>
@@ -152,22 +156,25 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   T* q_s = reinterpret_cast<T*>(smem);                                  // [kTcQueries x D]
   T* k_s = q_s + kTcQueries * D;                                         // [kTcKeys x D]
   T* v_s = k_s + kTcKeys * D;                                            // [kTcKeys x D]
-  float* s_w = reinterpret_cast<float*>(v_s + kTcKeys * D) + warp * kTcRows * kTcKeys;  // this warp's [16 x 64]
-  T* p_w = reinterpret_cast<T*>(reinterpret_cast<float*>(v_s + kTcKeys * D) + kWarps * kTcRows * kTcKeys) +
-           warp * kTcRows * kTcKeys;                                     // this warp's [16 x 64]
+  float* s_w = reinterpret_cast<float*>(v_s + kTcKeys * D) + warp * kTcRows * kSStride;  // this warp's [16 x 64]
+  T* p_w = reinterpret_cast<T*>(reinterpret_cast<float*>(v_s + kTcKeys * D) + kWarps * kTcRows * kSStride) +
+           warp * kTcRows * kPStride;                                    // this warp's [16 x 64]
 
   load_tile<T, D>(q_s, q + (s.q_row0 + t_begin) * ld_q + h * D, ld_q, t_end - t_begin, kTcQueries);
   const T* k = static_cast<const T*>(s.k) + kvh * D;
   const T* v = static_cast<const T*>(s.v) + kvh * D;
 
-  // This lane's share of the softmax: row lane/2 of the warp's 16, columns (lane%2)*32 + [0, 32).
+  // This lane's share of the softmax: row lane/2 of the warp's 16, columns (lane%2)*32 + [0, 32)
+  // visited from column stagger(i) so that the warp's reads fall in distinct banks.
   const int row = lane / 2, col0 = (lane % 2) * 32;
+  const int stagger = row + 16 * (lane % 2);
+  auto column = [&](int i) { return col0 + (i + stagger) % 32; };
   const int64_t t = t_begin + warp * kTcRows + row;  // its query, within the sequence
   const float masked = -3.402823466e38f;
   auto score_at = [&](int c, int64_t j0) {
     const int64_t j = j0 + c;
     if (t >= t_end || j >= n_keys || (causal && j > s.n_past + t)) return -INFINITY;
-    float x = s_w[row * kTcKeys + c] * scale;
+    float x = s_w[row * kSStride + c] * scale;
     if (s.mask != nullptr && j >= s.n_past && s.mask[j - s.n_past] == 0) x += masked;
     return x;
   };
@@ -183,7 +190,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
         wmma::load_matrix_sync(b, k_s + n * 16 * D + kk * 16, D);
         wmma::mma_sync(acc, a, b, acc);
       }
-      wmma::store_matrix_sync(s_w + n * 16, acc, kTcKeys, wmma::mem_row_major);
+      wmma::store_matrix_sync(s_w + n * 16, acc, kSStride, wmma::mem_row_major);
     }
     __syncwarp();
   };
@@ -196,12 +203,12 @@ __global__ void __launch_bounds__(kWarps* kWarp)
     __syncthreads();
     scores();
     float tile_max = -INFINITY;
-    for (int c = col0; c < col0 + 32; ++c) tile_max = fmaxf(tile_max, score_at(c, j0));
+    for (int i = 0; i < 32; ++i) tile_max = fmaxf(tile_max, score_at(column(i), j0));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     const float m_new = fmaxf(m, tile_max);
     float sum = 0.0f;
     if (m_new != -INFINITY) {
-      for (int c = col0; c < col0 + 32; ++c) sum += expf(score_at(c, j0) - m_new);
+      for (int i = 0; i < 32; ++i) sum += expf(score_at(column(i), j0) - m_new);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if (m_new != -INFINITY) {
@@ -222,14 +229,15 @@ __global__ void __launch_bounds__(kWarps* kWarp)
     load_tile<T, D>(v_s, v + j0 * s.ld_kv, s.ld_kv, n_tile, kTcKeys);
     __syncthreads();
     scores();
-    for (int c = col0; c < col0 + 32; ++c) {
+    for (int i = 0; i < 32; ++i) {
+      const int c = column(i);
       const float x = score_at(c, j0);
-      p_w[row * kTcKeys + c] = from_float<T>(x == -INFINITY ? 0.0f : expf(x - m) * inv_l);
+      p_w[row * kPStride + c] = from_float<T>(x == -INFINITY ? 0.0f : expf(x - m) * inv_l);
     }
     __syncwarp();
     for (int kk = 0; kk < kTcKeys / 16; ++kk) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-      wmma::load_matrix_sync(a, p_w + kk * 16, kTcKeys);
+      wmma::load_matrix_sync(a, p_w + kk * 16, kPStride);
       for (int n = 0; n < D / 16; ++n) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
         wmma::load_matrix_sync(b, v_s + kk * 16 * D + n * 16, D);
@@ -254,8 +262,8 @@ template <typename T, int D>
 cudaError_t launch_attention_tc(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens,
                                 int64_t n_head, int64_t group, bool causal, float scale, void* ctx, int64_t ld_ctx,
                                 cudaStream_t stream) {
-  const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * D + 2 * kTcKeys * D + kWarps * kTcRows * kTcKeys) +
-                        sizeof(float) * static_cast<size_t>(kWarps * kTcRows * kTcKeys);
+  const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * D + 2 * kTcKeys * D + kWarps * kTcRows * kPStride) +
+                        sizeof(float) * static_cast<size_t>(kWarps * kTcRows * kSStride);
   static_assert(sizeof(T) * (kTcQueries + kTcKeys) * D >= sizeof(float) * kWarps * kTcRows * D, "O staging fits");
   cudaFuncSetAttribute(attention_tc_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
   const dim3 grid(static_cast<unsigned>((max_tokens + kTcQueries - 1) / kTcQueries), static_cast<unsigned>(n_head),

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <unordered_map>
 
 #include <cublas_v2.h>
@@ -59,6 +60,67 @@ struct Context {
   }
 };
 
+// Per-operation GPU time (RANKSCOPE_CUDA_PROFILE=1): events around every operation, resolved at
+// synchronisation points, printed to stderr when the backend goes.
+class Profile {
+ public:
+  explicit Profile(cudaStream_t stream) : stream_(stream) {}
+  ~Profile() {
+    resolve();
+    double total = 0;
+    for (const auto& [name, t] : totals_) total += t.ms;
+    std::vector<std::pair<std::string, Total>> rows(totals_.begin(), totals_.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+    fmt::print(stderr, "rankscope CUDA profile: {:.1f} ms in operations\n", total);
+    for (const auto& [name, t] : rows) {
+      fmt::print(stderr, "  {:<16} {:>10.2f} ms {:>5.1f} % {:>8} calls\n", name, t.ms, 100.0 * t.ms / total, t.calls);
+    }
+    for (auto e : free_) cudaEventDestroy(e);
+  }
+  void begin(const char* name) {
+    pending_.push_back({name, event(), event()});
+    cudaEventRecord(pending_.back().start, stream_);
+  }
+  void end() { cudaEventRecord(pending_.back().stop, stream_); }
+  // After the stream has synchronised.
+  void resolve() {
+    for (auto& p : pending_) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, p.start, p.stop) == cudaSuccess) {
+        totals_[p.name].ms += ms;
+        ++totals_[p.name].calls;
+      }
+      free_.push_back(p.start);
+      free_.push_back(p.stop);
+    }
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    std::string name;
+    cudaEvent_t start, stop;
+  };
+  struct Total {
+    double ms = 0;
+    int64_t calls = 0;
+  };
+  cudaEvent_t event() {
+    if (!free_.empty()) {
+      auto e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    cudaEventCreate(&e);
+    return e;
+  }
+  cudaStream_t stream_;
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> free_;
+  std::map<std::string, Total> totals_;
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int index, ComputeType type) : type_(type) {
@@ -86,6 +148,15 @@ class CudaBackend final : public Backend {
     check(cudaDeviceGetDefaultMemPool(&pool, index), "cudaDeviceGetDefaultMemPool");
     uint64_t threshold = UINT64_MAX;
     check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+    if (const char* p = std::getenv("RANKSCOPE_CUDA_PROFILE"); p != nullptr && std::string(p) == "1") {
+      profile_ = std::make_unique<Profile>(ctx_->stream);
+    }
+  }
+  ~CudaBackend() override {
+    if (profile_) {
+      cudaStreamSynchronize(ctx_->stream);
+      profile_.reset();
+    }
   }
 
   std::string device_name() const override { return name_; }
@@ -101,6 +172,7 @@ class CudaBackend final : public Backend {
   }
 
   void grow_rows(Buffer& b, int64_t rows) override {
+    const Scope scope(profile_.get(), "grow_rows");
     if (!b.empty() && b.rows() >= rows) return;
     const ComputeType t = b.empty() ? type_ : b.type();
     auto mem = allocate(static_cast<size_t>(rows * b.cols()) * element_size(t),
@@ -141,7 +213,7 @@ class CudaBackend final : public Backend {
       src = static_cast<const std::byte*>(widened.get());
     }
     check(cudaMemcpyAsync(out.data(), src, count * 4, cudaMemcpyDeviceToHost, ctx_->stream), "cudaMemcpyAsync (download)");
-    check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
+    synchronize();
     return out;
   }
 
@@ -151,6 +223,7 @@ class CudaBackend final : public Backend {
   }
 
   void embed(const Tensor& table, std::span<const TokenId> ids, Buffer& x, bool accumulate) override {
+    const Scope scope(profile_.get(), "embed");
     RS_ASSERT(x.type() == ComputeType::f32 && x.rows() == static_cast<int64_t>(ids.size()));
     const void* t = resident(table, type_);
     auto d_ids = upload(ids.data(), ids.size_bytes(), "token ids");
@@ -159,12 +232,14 @@ class CudaBackend final : public Backend {
   }
 
   void rms_norm(const Buffer& x, const Tensor& weight, double eps, Buffer& out) override {
+    const Scope scope(profile_.get(), "rms_norm");
     RS_ASSERT(x.type() == ComputeType::f32 && out.rows() >= x.rows());
     check(cuda::rms_norm(static_cast<const float*>(x.data()), f32(weight), eps, x.rows(), x.cols(), out.data(), out.type(),
                    ctx_->stream), "rms_norm kernel");
   }
 
   void layer_norm(Buffer& x, const Tensor& weight, const Tensor& bias, double eps, Buffer* copy) override {
+    const Scope scope(profile_.get(), "layer_norm");
     RS_ASSERT(x.type() == ComputeType::f32);
     const bool has_copy = copy != nullptr && !copy->empty() && copy->data() != x.data();
     check(cuda::layer_norm(static_cast<float*>(x.data()), f32(weight), f32(bias), eps, x.rows(), x.cols(),
@@ -172,6 +247,8 @@ class CudaBackend final : public Backend {
   }
 
   void linear(const Linear& w, const Buffer& x, Buffer& y, bool accumulate) override {
+    static const char* const kNames[] = {"linear.none", "linear.dense", "linear.svd", "linear.tucker"};
+    const Scope scope(profile_.get(), kNames[static_cast<int>(w.form())]);
     RS_ASSERT(x.cols() == w.n_in() && y.cols() == w.n_out() && y.rows() >= x.rows());
     const int64_t n = x.rows();
     // Products take both operands in the compute type.
@@ -209,6 +286,7 @@ class CudaBackend final : public Backend {
   }
 
   void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) override {
+    const Scope scope(profile_.get(), "rope");
     const auto& positions = layout.positions;
     if (positions != positions_host_) {
       positions_host_ = positions;
@@ -226,6 +304,7 @@ class CudaBackend final : public Backend {
   void attention(const AttentionShape& shape, const Buffer& q, const Buffer& k, const Buffer& v,
                  const SequenceLayout& layout, std::span<KvCache> caches, int64_t layer,
                  std::span<const std::vector<uint8_t>> masks, Buffer& ctx) override {
+    const Scope scope(profile_.get(), "attention");
     RS_ASSERT(q.type() == k.type() && k.type() == v.type() && ctx.type() == q.type());
     if (shape.n_embd_head > cuda::kMaxHeadDim) {
       fail("{}: attention heads of {} values are not supported (at most {})", name_, shape.n_embd_head, cuda::kMaxHeadDim);
@@ -286,20 +365,24 @@ class CudaBackend final : public Backend {
   }
 
   void activation(Buffer& x, Activation act) override {
+    const Scope scope(profile_.get(), "activation");
     check(cuda::activation(x.data(), x.type(), x.rows() * x.cols(), act, ctx_->stream), "activation kernel");
   }
 
   void gated_activation(Buffer& gate, const Buffer& up, Activation act) override {
+    const Scope scope(profile_.get(), "gated_activation");
     RS_ASSERT(gate.type() == up.type());
     check(cuda::gated_activation(gate.data(), up.data(), gate.type(), gate.rows() * gate.cols(), act, ctx_->stream), "gated_activation kernel");
   }
 
   void add(Buffer& x, const Buffer& y) override {
+    const Scope scope(profile_.get(), "add");
     RS_ASSERT(x.type() == ComputeType::f32);
     check(cuda::add(static_cast<float*>(x.data()), y.data(), y.type(), x.rows() * x.cols(), ctx_->stream), "add kernel");
   }
 
   void gather_rows(const Buffer& x, std::span<const int64_t> rows, Buffer& out) override {
+    const Scope scope(profile_.get(), "gather_rows");
     RS_ASSERT(x.type() == out.type());
     auto d_rows = upload(rows.data(), rows.size_bytes(), "row indices");
     check(cuda::gather_rows(x.data(), static_cast<const int64_t*>(d_rows.get()), static_cast<int64_t>(rows.size()), x.cols(),
@@ -310,6 +393,7 @@ class CudaBackend final : public Backend {
 
   std::vector<TokenScore> score(const Buffer& logits, std::span<const int64_t> rows,
                                 std::span<const TokenId> targets) override {
+    std::optional<Scope> scope(std::in_place, profile_.get(), "score");
     RS_ASSERT(logits.type() == ComputeType::f32 && rows.size() == targets.size());
     const size_t n = rows.size();
     std::vector<TokenScore> out(n);
@@ -327,12 +411,16 @@ class CudaBackend final : public Backend {
           "cudaMemcpyAsync (scores)");
     check(cudaMemcpyAsync(argmax.data(), d_argmax.get(), n, cudaMemcpyDeviceToHost, ctx_->stream),
           "cudaMemcpyAsync (scores)");
-    check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
+    scope.reset();
+    synchronize();
     for (size_t i = 0; i < n; ++i) out[i] = {logprob[i], argmax[i] != 0};
     return out;
   }
 
-  void synchronize() override { check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize"); }
+  void synchronize() override {
+    check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
+    if (profile_) profile_->resolve();
+  }
 
   void trim() override {
     purge_expired();
@@ -349,6 +437,19 @@ class CudaBackend final : public Backend {
       it = it->second.owner.expired() ? resident_.erase(it) : std::next(it);
     }
   }
+
+  // Brackets one operation for the profile (no-op without RANKSCOPE_CUDA_PROFILE).
+  struct Scope {
+    Profile* profile;
+    Scope(Profile* p, const char* name) : profile(p) {
+      if (profile != nullptr) profile->begin(name);
+    }
+    ~Scope() {
+      if (profile != nullptr) profile->end();
+    }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+  };
 
   struct Resident {
     std::weak_ptr<const void> owner;
@@ -463,6 +564,7 @@ class CudaBackend final : public Backend {
   ComputeType type_;
   std::string name_;
   std::shared_ptr<Context> ctx_;
+  std::unique_ptr<Profile> profile_;
   std::unordered_map<std::pair<const float*, ComputeType>, Resident, KeyHash> resident_;
   std::vector<std::shared_ptr<void>> transient_;
   std::vector<int64_t> positions_host_;
