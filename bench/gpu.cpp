@@ -298,10 +298,9 @@ int main(int argc, char** argv) {
         const auto t0 = Clock::now();
         const auto reports = evaluator.run(candidate, config);
         const double wall = seconds_since(t0);
-        int64_t n = 0;
-        for (const auto& r : reports) {
-          for (const auto& metric : r.metrics) n = std::max(n, metric.n);
-        }
+        std::string per_task;
+        for (const auto& r : reports) per_task += fmt::format("{}{} {:.1f} s", per_task.empty() ? "" : ", ", r.task, r.seconds);
+        fmt::print("paper: {}: {}\n", text.empty() ? "dense" : text, per_task);
         fmt::print("paper: {} : {:.1f} s for the whole request set ({} tasks)\n", text.empty() ? "dense" : text, wall,
                    reports.size());
         report["paper"].push_back({{"config", text}, {"seconds", wall}});
