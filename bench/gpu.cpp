@@ -296,8 +296,14 @@ int main(int argc, char** argv) {
         if (!text.empty()) factor_layers(candidate, paper_layers, 1, "tucker", 9000);
         const Config config = parse_config(text, m.config);
         const auto t0 = Clock::now();
+        const int64_t rows_before = be.rows_forwarded;
         const auto reports = evaluator.run(candidate, config);
         const double wall = seconds_since(t0);
+        const auto rows = static_cast<double>(be.rows_forwarded - rows_before);
+        // The floor: every token's linear FLOPs at the measured GEMM ceiling.
+        fmt::print("paper: {} token rows through the model, {:.0f} tokens/s; at the GEMM ceiling ({:.0f} TFLOP/s) their "
+                   "products alone take {:.1f} s\n",
+                   rows, rows / wall, ceiling, ceiling > 0 ? rows * flops_per_token(candidate, 0) / (ceiling * 1e12) : 0.0);
         std::string per_task;
         for (const auto& r : reports) per_task += fmt::format("{}{} {:.1f} s", per_task.empty() ? "" : ", ", r.task, r.seconds);
         fmt::print("paper: {}: {}\n", text.empty() ? "dense" : text, per_task);

@@ -141,6 +141,9 @@ class Backend {
   virtual void trim() {}
   // Waits for every queued operation (timing).
   virtual void synchronize() {}
+
+  // Token rows the forward passes have run through this backend (a statistic for benchmarks).
+  int64_t rows_forwarded = 0;
 };
 
 // The process-wide CPU backend.

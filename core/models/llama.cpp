@@ -69,6 +69,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
     }
     if (!caches.empty()) reserve(be, caches[s], c, n_past + layout.length(static_cast<int64_t>(s)));
   }
+  be.rows_forwarded += n_tokens;
   const Rope rope(c.n_embd_head, c.rope_theta, c.rope_scaling);
   const AttentionShape shape{.n_head = c.n_head, .n_head_kv = c.n_head_kv, .n_embd_head = c.n_embd_head, .causal = true};
   Mat host;  // hooks' copy of a device buffer

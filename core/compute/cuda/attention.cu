@@ -1,6 +1,9 @@
 // Attention kernels: a tensor-core (WMMA) kernel for bf16/fp16 heads of 64 or 128 values and a
 // general one for every type and head size up to kMaxHeadDim.
 #include <cmath>
+#include <mutex>
+#include <set>
+#include <tuple>
 
 #include <mma.h>
 
@@ -258,6 +261,19 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   }
 }
 
+// Raises a kernel's dynamic shared memory limit to `bytes` (once per kernel, device and size).
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  static std::mutex mutex;
+  static std::set<std::tuple<const void*, int, size_t>> done;
+  int device = 0;
+  cudaGetDevice(&device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (done.insert({reinterpret_cast<const void*>(kernel), device, bytes}).second) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  }
+}
+
 template <typename T, int D>
 cudaError_t launch_attention_tc(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens,
                                 int64_t n_head, int64_t group, bool causal, float scale, void* ctx, int64_t ld_ctx,
@@ -265,7 +281,7 @@ cudaError_t launch_attention_tc(const void* q, int64_t ld_q, const SequenceDesc*
   const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * D + 2 * kTcKeys * D + kWarps * kTcRows * kPStride) +
                         sizeof(float) * static_cast<size_t>(kWarps * kTcRows * kSStride);
   static_assert(sizeof(T) * (kTcQueries + kTcKeys) * D >= sizeof(float) * kWarps * kTcRows * D, "O staging fits");
-  cudaFuncSetAttribute(attention_tc_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+  allow_shared(attention_tc_kernel<T, D>, shared);
   const dim3 grid(static_cast<unsigned>((max_tokens + kTcQueries - 1) / kTcQueries), static_cast<unsigned>(n_head),
                   static_cast<unsigned>(n_seq));
   attention_tc_kernel<T, D><<<grid, kWarps * kWarp, shared, stream>>>(static_cast<const T*>(q), ld_q, seqs, group, causal,
@@ -303,7 +319,7 @@ cudaError_t attention(const void* q, int64_t ld_q, const SequenceDesc* seqs, int
   dispatch(type, [&](auto t) {
     using T = decltype(t);
     auto launch = [&](auto kernel) {
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+      allow_shared(kernel, shared);
       kernel<<<grid, kWarps * kWarp, shared, stream>>>(static_cast<const T*>(q), ld_q, seqs, n_head,
                                                        n_head / n_head_kv, d, causal, scale, static_cast<T*>(ctx),
                                                        ld_ctx);

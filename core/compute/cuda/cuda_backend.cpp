@@ -148,15 +148,20 @@ class CudaBackend final : public Backend {
     check(cudaDeviceGetDefaultMemPool(&pool, index), "cudaDeviceGetDefaultMemPool");
     uint64_t threshold = UINT64_MAX;
     check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+    void* pinned = nullptr;
+    if (cudaMallocHost(&pinned, kPinnedBytes) == cudaSuccess) {
+      pinned_ = static_cast<std::byte*>(pinned);
+    } else {
+      cudaGetLastError();  // small uploads then go from pageable memory
+    }
     if (const char* p = std::getenv("RANKSCOPE_CUDA_PROFILE"); p != nullptr && std::string(p) == "1") {
       profile_ = std::make_unique<Profile>(ctx_->stream);
     }
   }
   ~CudaBackend() override {
-    if (profile_) {
-      cudaStreamSynchronize(ctx_->stream);
-      profile_.reset();
-    }
+    cudaStreamSynchronize(ctx_->stream);
+    profile_.reset();
+    if (pinned_ != nullptr) cudaFreeHost(pinned_);
   }
 
   std::string device_name() const override { return name_; }
@@ -287,18 +292,24 @@ class CudaBackend final : public Backend {
 
   void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) override {
     const Scope scope(profile_.get(), "rope");
+    // The (cos, sin) table of this batch's positions, computed once for every layer and head.
     const auto& positions = layout.positions;
-    if (positions != positions_host_) {
-      positions_host_ = positions;
-      positions_dev_ = upload(positions.data(), positions.size() * sizeof(int64_t), "positions");
-    }
     std::vector<float> inv(rope.inv_freq().begin(), rope.inv_freq().end());
-    if (inv != inv_freq_host_) {
+    if (positions != positions_host_ || inv != inv_freq_host_ || !rope_table_) {
+      positions_host_ = positions;
       inv_freq_host_ = inv;
-      inv_freq_dev_ = upload(inv.data(), inv.size() * sizeof(float), "RoPE frequencies");
+      auto d_positions = upload(positions.data(), positions.size() * sizeof(int64_t), "positions");
+      auto d_inv = upload(inv.data(), inv.size() * sizeof(float), "RoPE frequencies");
+      const auto half = static_cast<int64_t>(inv.size());
+      rope_table_ = allocate(positions.size() * static_cast<size_t>(half) * 2 * sizeof(float), "a RoPE table");
+      check(cuda::rope_table(static_cast<const int64_t*>(d_positions.get()), static_cast<const float*>(d_inv.get()),
+                             static_cast<int64_t>(positions.size()), half, static_cast<float*>(rope_table_.get()),
+                             ctx_->stream),
+            "rope_table kernel");
     }
-    check(cuda::rope(x.data(), x.type(), x.rows(), n_heads, rope.n_embd_head(), static_cast<const int64_t*>(positions_dev_.get()),
-               static_cast<const float*>(inv_freq_dev_.get()), ctx_->stream), "rope kernel");
+    check(cuda::rope(x.data(), x.type(), x.rows(), n_heads, rope.n_embd_head(), static_cast<const float*>(rope_table_.get()),
+                     ctx_->stream),
+          "rope kernel");
   }
 
   void attention(const AttentionShape& shape, const Buffer& q, const Buffer& k, const Buffer& v,
@@ -489,9 +500,18 @@ class CudaBackend final : public Backend {
 
   std::shared_ptr<void> upload(const void* host, size_t bytes, const char* what) {
     auto mem = allocate(bytes, what);
-    if (bytes > 0) {
-      check(cudaMemcpyAsync(mem.get(), host, bytes, cudaMemcpyHostToDevice, ctx_->stream), "cudaMemcpyAsync (upload)");
+    if (bytes == 0) return mem;
+    const void* src = host;
+    if (pinned_ != nullptr && bytes <= kPinnedBytes / 4) {
+      if (pinned_head_ + bytes > kPinnedBytes) {
+        synchronize();  // every copy out of the ring has completed
+        pinned_head_ = 0;
+      }
+      std::memcpy(pinned_ + pinned_head_, host, bytes);
+      src = pinned_ + pinned_head_;
+      pinned_head_ += (bytes + 255) / 256 * 256;
     }
+    check(cudaMemcpyAsync(mem.get(), src, bytes, cudaMemcpyHostToDevice, ctx_->stream), "cudaMemcpyAsync (upload)");
     return mem;
   }
 
@@ -568,9 +588,13 @@ class CudaBackend final : public Backend {
   std::unordered_map<std::pair<const float*, ComputeType>, Resident, KeyHash> resident_;
   std::vector<std::shared_ptr<void>> transient_;
   std::vector<int64_t> positions_host_;
-  std::shared_ptr<void> positions_dev_;
   std::vector<float> inv_freq_host_;
-  std::shared_ptr<void> inv_freq_dev_;
+  std::shared_ptr<void> rope_table_;
+  // Pinned staging for small uploads, so that they do not wait for the stream: a ring whose
+  // start is reused only after the stream has drained.
+  std::byte* pinned_ = nullptr;
+  size_t pinned_head_ = 0;
+  static constexpr size_t kPinnedBytes = size_t{32} << 20;
 };
 
 }  // namespace

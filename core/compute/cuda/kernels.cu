@@ -89,18 +89,23 @@ __global__ void add_bias_kernel(T* y, const float* bias, int64_t rows, int64_t c
   }
 }
 
+__global__ void rope_table_kernel(const int64_t* positions, const float* inv_freq, int64_t n, int64_t half, float* table) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    // Angles in fp32 as transformers computes them; precise sinf/cosf.
+    const float angle = static_cast<float>(positions[i / half]) * inv_freq[i % half];
+    sincosf(angle, &table[2 * i + 1], &table[2 * i]);
+  }
+}
+
 template <typename T>
-__global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, const int64_t* positions, const float* inv_freq) {
+__global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, const float* table) {
   const int64_t r = blockIdx.x;
   const int64_t half = d / 2;
-  const float pos = static_cast<float>(positions[r]);
+  const float* cs = table + r * half * 2;
   T* row = x + r * n_heads * d;
   for (int64_t i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
     const int64_t h = i / half, j = i % half;
-    // Angles in fp32 as transformers computes them; precise sinf/cosf.
-    const float angle = pos * inv_freq[j];
-    float s, c;
-    sincosf(angle, &s, &c);
+    const float c = cs[2 * j], s = cs[2 * j + 1];
     T* head = row + h * d;
     const float a = to_float(head[j]), b = to_float(head[j + half]);
     head[j] = from_float<T>(a * c - b * s);
@@ -273,13 +278,19 @@ cudaError_t add_bias(void* y, ComputeType type, const float* bias, int64_t rows,
   return cudaGetLastError();
 }
 
-cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const int64_t* positions,
-          const float* inv_freq, cudaStream_t stream) {
+cudaError_t rope_table(const int64_t* positions, const float* inv_freq, int64_t rows, int64_t half, float* table,
+                       cudaStream_t stream) {
+  if (rows * half == 0) return cudaSuccess;
+  rope_table_kernel<<<blocks_for(rows * half), kBlock, 0, stream>>>(positions, inv_freq, rows * half, half, table);
+  return cudaGetLastError();
+}
+
+cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const float* table,
+                 cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   dispatch(type, [&](auto t) {
     using T = decltype(t);
-    rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head,
-                                                                    positions, inv_freq);
+    rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head, table);
   });
   return cudaGetLastError();
 }

@@ -31,9 +31,12 @@ cudaError_t layer_norm(float* x, const float* weight, const float* bias, double 
 // y[r, :] += bias.
 cudaError_t add_bias(void* y, ComputeType type, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream);
 
-// Rotary embedding in place: positions [rows] and inv_freq [n_embd_head / 2] on the device.
-cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const int64_t* positions,
-          const float* inv_freq, cudaStream_t stream);
+// table[r, j] = (cos, sin)(positions[r] * inv_freq[j]) for j < half (fp32 angles, as transformers).
+cudaError_t rope_table(const int64_t* positions, const float* inv_freq, int64_t rows, int64_t half, float* table,
+                       cudaStream_t stream);
+// Rotary embedding in place with a table of rope_table.
+cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const float* table,
+                 cudaStream_t stream);
 
 // x = act(x); gate = act(gate) * up; x = tanh(x); x (fp32) += y.
 cudaError_t activation(void* x, ComputeType type, int64_t n, Activation act, cudaStream_t stream);
