@@ -6,6 +6,7 @@
 //               JSON from the same machine) the ratio to transformers
 //   factored    all 7 matrices of every layer factored at ranks 64/256/1024 (svd: two products,
 //               tucker: three) against dense: measured speed-up over the ideal FLOP ratio
+//   ops         each operation of one layer alone at the throughput shape (where time goes)
 //   paper       the paper's request set (arc_easy, arc_challenge, hellaswag, mmlu, truthfulqa_mc2,
 //               winogrande; full, zero-shot) for one configuration: dense and L2,17,31:all=1
 // Random factors stand in for real ones: only speed is measured here (accuracy: tests/test_gpu).
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -227,6 +229,50 @@ int main(int argc, char** argv) {
       fmt::print("gemm: [{} x {}] x [{} x {}] {}, median {:.3f} ms, {:.0f} TFLOP/s (the ceiling below)\n", n, k, k, out,
                  compute_type_name(be.compute_type()), median(times) * 1e3, ceiling);
       report["gemm_tflops"] = ceiling;
+    }
+
+    if (sections.count("ops")) {
+      // Each operation of one layer alone at the throughput shape (batch x seq rows): where the time
+      // beyond the products goes.
+      const int64_t n = batch * seq;
+      SequenceLayout layout;
+      layout.offset.assign(1, 0);
+      for (int64_t i = 0; i < batch; ++i) layout.offset.push_back(layout.offset.back() + seq);
+      for (int64_t i = 0; i < n; ++i) layout.positions.push_back(i % seq);
+      Buffer x = be.upload(Mat::Random(n, c.n_embd), Precision::f32);
+      Buffer h = be.buffer(n, c.n_embd, Precision::compute);
+      Buffer q = be.upload(Mat::Random(n, c.n_embd_q()), Precision::compute);
+      Buffer k = be.upload(Mat::Random(n, c.n_embd_kv()), Precision::compute);
+      Buffer v = be.upload(Mat::Random(n, c.n_embd_kv()), Precision::compute);
+      Buffer ctx = be.buffer(n, c.n_embd_q(), Precision::compute);
+      Buffer gate = be.upload(Mat::Random(n, c.n_ff), Precision::compute);
+      Buffer up = be.upload(Mat::Random(n, c.n_ff), Precision::compute);
+      const Rope rope(c.n_embd_head, c.rope_theta, c.rope_scaling);
+      const AttentionShape shape{.n_head = c.n_head, .n_head_kv = c.n_head_kv, .n_embd_head = c.n_embd_head, .causal = true};
+      const auto& layer = w.layers[0];
+      auto time_op = [&](const char* name, double bytes, const std::function<void()>& op) {
+        op();
+        be.synchronize();
+        std::vector<double> times;
+        for (int i = 0; i < 7; ++i) {
+          const auto t0 = Clock::now();
+          for (int j = 0; j < 10; ++j) op();
+          be.synchronize();
+          times.push_back(seconds_since(t0) / 10);
+        }
+        const double t = median(times);
+        fmt::print("ops: {:<16} {:8.3f} ms per call, {:6.0f} GB/s\n", name, t * 1e3, bytes / t / 1e9);
+        report["ops"][name] = t * 1e3;
+      };
+      const double act = static_cast<double>(n * c.n_embd);
+      const double es = be.compute_type() == ComputeType::f32 ? 4.0 : 2.0;
+      time_op("rms_norm", act * (4 + es), [&] { be.rms_norm(x, layer.attn_norm, c.norm_eps, h); });
+      time_op("rope(q)", act * 2 * es, [&] { be.rope(q, c.n_head, rope, layout); });
+      time_op("attention", act * 4 * es, [&] { be.attention(shape, q, k, v, layout, {}, 0, {}, ctx); });
+      time_op("gated_activation", static_cast<double>(n * c.n_ff) * 3 * es, [&] { be.gated_activation(gate, up, c.activation); });
+      time_op("linear(q)", act * 2 * es, [&] { be.linear(layer[MatrixKind::q], h, q, false); });
+      gate = be.upload(Mat::Random(n, c.n_ff), Precision::compute);  // the activation above changed it
+      time_op("linear(down)+=", act * 8, [&] { be.linear(layer[MatrixKind::down], gate, x, true); });
     }
 
     Throughput dense;
