@@ -89,6 +89,17 @@ TEST_CASE("device option: cuda without a visible GPU is a one-line error, auto f
   const auto j = nlohmann::json::parse(a.out);
   CHECK(j["results"][0]["protocol"]["device"] == "cpu");
   CHECK(j["results"][0]["protocol"]["dtype"] == "fp32");
+  // Experiment files take the same key.
+  const auto dir = test::scratch_dir("device-experiment");
+  test::write_text(dir / "x.ini", "study = s\nmodel = " + model.string() + "\ntasks = tinystories\nlimit = 2\n"
+                   "objectives = tinystories.ppl:min\nstrategy = list\nconfig = L0:q=4\ndevice = cuda\n");
+  const auto x = test::run_cli("sweep " + (dir / "x.ini").string() + " --db " + (dir / "x.db").string() +
+                               " --data-dir " + test::shared_data("").string());
+  CHECK(x.exit_code == 1);
+  CHECK_THAT(x.err, Contains("--device cuda"));
+  const auto y = test::run_cli("sweep " + (dir / "x.ini").string() + " --db " + (dir / "x.db").string() +
+                               " --data-dir " + test::shared_data("").string() + " --device cpu");
+  CHECK(y.exit_code == 0);
 }
 
 TEST_CASE("GPU fp32: stories260K-hf logits of the golden sequences equal the CPU's and the golden ones", "[gpu][llama]") {
