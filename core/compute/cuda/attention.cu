@@ -131,15 +131,27 @@ constexpr int kTcKeys = 64;                   // keys per tile
 constexpr int kSStride = kTcKeys + 4;
 constexpr int kPStride = kTcKeys + 8;
 
-// rows [0, n) of a [rows x D] tile from global rows of stride ld (zeros beyond n); 16-byte copies.
-template <typename T, int D>
-__device__ void load_tile(T* dst, const T* src, int64_t ld, int64_t n, int rows) {
+// Rows [0, n) of a [Rows x D] tile from global rows of stride ld (zeros beyond n), in 16-byte
+// copies. Every load of a thread is issued before its first store, so their latencies overlap
+// (one after another they made the kernel wait on memory most of its time).
+template <typename T, int D, int Rows>
+__device__ void load_tile(T* dst, const T* src, int64_t ld, int64_t n) {
   constexpr int kVec = 16 / sizeof(T);
-  for (int i = threadIdx.x; i < rows * D / kVec; i += blockDim.x) {
-    const int r = i / (D / kVec), c = (i % (D / kVec)) * kVec;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < n) v = *reinterpret_cast<const uint4*>(src + r * ld + c);
-    *reinterpret_cast<uint4*>(dst + r * D + c) = v;
+  constexpr int kPerRow = D / kVec;
+  constexpr int kThreads = kWarps * kWarp;
+  constexpr int kPerThread = Rows * kPerRow / kThreads;
+  static_assert(Rows * kPerRow % kThreads == 0, "tiles split evenly over the block");
+  uint4 v[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = threadIdx.x + k * kThreads;
+    const int r = i / kPerRow, c = (i % kPerRow) * kVec;
+    v[k] = r < n ? *reinterpret_cast<const uint4*>(src + r * ld + c) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = threadIdx.x + k * kThreads;
+    *reinterpret_cast<uint4*>(dst + (i / kPerRow) * D + (i % kPerRow) * kVec) = v[k];
   }
 }
 
@@ -163,7 +175,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   T* p_w = reinterpret_cast<T*>(reinterpret_cast<float*>(v_s + kTcKeys * D) + kWarps * kTcRows * kSStride) +
            warp * kTcRows * kPStride;                                    // this warp's [16 x 64]
 
-  load_tile<T, D>(q_s, q + (s.q_row0 + t_begin) * ld_q + h * D, ld_q, t_end - t_begin, kTcQueries);
+  load_tile<T, D, kTcQueries>(q_s, q + (s.q_row0 + t_begin) * ld_q + h * D, ld_q, t_end - t_begin);
   const T* k = static_cast<const T*>(s.k) + kvh * D;
   const T* v = static_cast<const T*>(s.v) + kvh * D;
 
@@ -202,7 +214,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   float m = -INFINITY, l = 0.0f;
   for (int64_t j0 = 0; j0 < n_keys; j0 += kTcKeys) {
     __syncthreads();
-    load_tile<T, D>(k_s, k + j0 * s.ld_kv, s.ld_kv, min(static_cast<int64_t>(kTcKeys), n_keys - j0), kTcKeys);
+    load_tile<T, D, kTcKeys>(k_s, k + j0 * s.ld_kv, s.ld_kv, min(static_cast<int64_t>(kTcKeys), n_keys - j0));
     __syncthreads();
     scores();
     float tile_max = -INFINITY;
@@ -223,13 +235,14 @@ __global__ void __launch_bounds__(kWarps* kWarp)
 
   // Pass 2: P = exp(score - m) / l in the compute type, O += P V.
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[D / 16];
+#pragma unroll
   for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(o[n], 0.0f);
   const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
   for (int64_t j0 = 0; j0 < n_keys; j0 += kTcKeys) {
     __syncthreads();
     const int64_t n_tile = min(static_cast<int64_t>(kTcKeys), n_keys - j0);
-    load_tile<T, D>(k_s, k + j0 * s.ld_kv, s.ld_kv, n_tile, kTcKeys);
-    load_tile<T, D>(v_s, v + j0 * s.ld_kv, s.ld_kv, n_tile, kTcKeys);
+    load_tile<T, D, kTcKeys>(k_s, k + j0 * s.ld_kv, s.ld_kv, n_tile);
+    load_tile<T, D, kTcKeys>(v_s, v + j0 * s.ld_kv, s.ld_kv, n_tile);
     __syncthreads();
     scores();
     for (int i = 0; i < 32; ++i) {
@@ -241,6 +254,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
     for (int kk = 0; kk < kTcKeys / 16; ++kk) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
       wmma::load_matrix_sync(a, p_w + kk * 16, kPStride);
+#pragma unroll
       for (int n = 0; n < D / 16; ++n) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
         wmma::load_matrix_sync(b, v_s + kk * 16 * D + n * 16, D);
@@ -252,6 +266,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   // Stage O through shared memory (the Q and K tiles' space) and write the valid rows.
   __syncthreads();
   float* o_w = reinterpret_cast<float*>(smem) + warp * kTcRows * D;
+#pragma unroll
   for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(o_w + n * 16, o[n], D, wmma::mem_row_major);
   __syncwarp();
   for (int i = lane; i < kTcRows * D; i += kWarp) {

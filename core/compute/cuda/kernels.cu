@@ -137,6 +137,21 @@ __global__ void gated_activation_kernel(T* gate, const T* up, int64_t n, Activat
   }
 }
 
+// The same on 16 bytes a thread (n a multiple of their element count, 16-byte aligned buffers).
+template <typename T>
+__global__ void gated_activation_vec_kernel(uint4* gate, const uint4* up, int64_t n_vec, Activation act) {
+  constexpr int kVec = 16 / sizeof(T);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n_vec; i += int64_t{gridDim.x} * blockDim.x) {
+    uint4 g = gate[i];
+    const uint4 u = up[i];
+    T* gv = reinterpret_cast<T*>(&g);
+    const T* uv = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) gv[k] = from_float<T>(activate(to_float(gv[k]), act) * to_float(uv[k]));
+    gate[i] = g;
+  }
+}
+
 template <typename T>
 __global__ void tanh_kernel(T* x, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
@@ -308,8 +323,15 @@ cudaError_t gated_activation(void* gate, const void* up, ComputeType type, int64
   if (n == 0) return cudaSuccess;
   dispatch(type, [&](auto t) {
     using T = decltype(t);
-    gated_activation_kernel<<<blocks_for(n), kBlock, 0, stream>>>(static_cast<T*>(gate), static_cast<const T*>(up), n,
-                                                                  act);
+    constexpr int kVec = 16 / sizeof(T);
+    const bool aligned = reinterpret_cast<uintptr_t>(gate) % 16 == 0 && reinterpret_cast<uintptr_t>(up) % 16 == 0;
+    if (aligned && n % kVec == 0) {
+      gated_activation_vec_kernel<T><<<blocks_for(n / kVec), kBlock, 0, stream>>>(
+          static_cast<uint4*>(gate), static_cast<const uint4*>(up), n / kVec, act);
+    } else {
+      gated_activation_kernel<<<blocks_for(n), kBlock, 0, stream>>>(static_cast<T*>(gate), static_cast<const T*>(up), n,
+                                                                    act);
+    }
   });
   return cudaGetLastError();
 }
