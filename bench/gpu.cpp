@@ -6,6 +6,7 @@
 //               JSON from the same machine) the ratio to transformers
 //   factored    all 7 matrices of every layer factored at ranks 64/256/1024 (svd: two products,
 //               tucker: three) against dense: measured speed-up over the ideal FLOP ratio
+//   svd         the full SVD of every decomposable matrix on the GPU (--svd-backend cuda)
 //   ops         each operation of one layer alone at the throughput shape (where time goes)
 //   paper       the paper's request set (arc_easy, arc_challenge, hellaswag, mmlu, truthfulqa_mc2,
 //               winogrande; full, zero-shot) for one configuration: dense and L2,17,31:all=1
@@ -29,6 +30,7 @@
 
 #include "core/base/error.hpp"
 #include "core/compute/backend.hpp"
+#include "core/decompose/linalg.hpp"
 #include "core/io/model.hpp"
 #include "core/models/llama.hpp"
 #include "core/space/config_string.hpp"
@@ -313,6 +315,23 @@ int main(int argc, char** argv) {
           be.trim();
         }
       }
+    }
+
+    if (sections.count("svd")) {
+      // Full SVD of every decomposable matrix (7 per layer) through --svd-backend cuda.
+      const auto t0 = Clock::now();
+      int64_t count = 0;
+      for (const auto& layer : w.layers) {
+        for (const auto& lin : layer.linear) {
+          const Mat weight = lin.weight().matrix();
+          (void)svd_full(weight, SvdBackend::cuda);
+          ++count;
+        }
+      }
+      const double wall = seconds_since(t0);
+      fmt::print("svd: {} matrices factorized (full SVD, GPU) in {:.1f} s ({:.2f} s each)\n", count, wall,
+                 wall / static_cast<double>(count));
+      report["svd"] = {{"matrices", count}, {"seconds", wall}};
     }
 
     if (sections.count("paper")) {

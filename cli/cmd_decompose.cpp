@@ -25,10 +25,12 @@ SvdPolicy svd_policy(const std::string& backend) {
   SvdPolicy policy;
   if (backend == "eigen") {
     policy.backend = SvdBackend::eigen;
+  } else if (backend == "cuda") {
+    policy.backend = SvdBackend::cuda;
   } else if (backend == "randomized") {
     policy.randomized = true;
   } else if (backend != "lapack") {
-    fail("--svd-backend: unknown backend '{}' (lapack, eigen or randomized)", backend);
+    fail("--svd-backend: unknown backend '{}' (lapack, eigen, cuda or randomized)", backend);
   }
   return policy;
 }

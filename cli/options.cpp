@@ -132,8 +132,8 @@ const std::vector<OptionDef>& option_defs() {
       flag("dense", &Params::dense, {"decompose"}, "write reconstructed dense weights (an ordinary Hugging Face checkpoint)"),
       opt("cache-dir", &Params::cache_dir, {"decompose", "eval", "sweep"}, "cache directory: full SVDs (factor cache) and the base model's outputs for fidelity, reused across runs"),
       one_of(opt("svd-backend", &Params::svd_backend, {"decompose", "eval", "sweep"},
-                 "factorization: lapack | eigen (full SVD), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
-             {"lapack", "eigen", "randomized"}),
+                 "factorization: lapack | eigen | cuda (full SVD; cuda: on the GPU through the fp64 Gram matrix), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
+             {"lapack", "eigen", "cuda", "randomized"}),
       opt("calib", &Params::calib, {"decompose", "eval", "sweep"},
           "calibration data of the activation-aware methods @asvd and @whiten: a text file, a .tsv file (its sentence "
           "column) or a task name (tinystories, sst2, ...); samples come from its second half (docs/methods.md)"),

@@ -12,6 +12,7 @@
 #include "core/compute/backend.hpp"
 #include "core/compute/cpu/cpu_backend.hpp"
 #include "core/decompose/decompose.hpp"
+#include "core/decompose/linalg.hpp"
 #include "core/io/npy.hpp"
 #include "core/models/bert.hpp"
 #include "core/models/llama.hpp"
@@ -304,6 +305,37 @@ TEST_CASE("GPU attention kernels equal the CPU's: fp32 exactly to rounding, bf16
       CHECK(max_abs_diff(run_attention(*be, bi, lengths, qr, kr, vr, 0, masks),
                          run_attention(cpu_backend(), bi, lengths, qr, kr, vr, 0, masks)) <= tol);
     }
+  }
+}
+
+TEST_CASE("GPU SVD (fp64 Gram matrix, cuSOLVER) equals LAPACK's: singular values, reconstruction, orthonormal factors",
+          "[gpu][linalg]") {
+  RS_REQUIRE_GPU();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const auto& [m, n] : {std::pair<int64_t, int64_t>{300, 200}, {200, 300}, {256, 256}}) {
+    INFO(m << " x " << n);
+    // A decaying spectrum, as trained weights have: W = A diag(0.97^i) B.
+    Mat a(m, std::min(m, n)), b(std::min(m, n), n);
+    for (Mat* x : {&a, &b}) {
+      for (int64_t i = 0; i < x->size(); ++i) x->data()[i] = normal(rng);
+    }
+    for (int64_t i = 0; i < a.cols(); ++i) a.col(i) *= std::pow(0.97f, static_cast<float>(i));
+    const Mat w = a * b;
+    const Svd want = svd_full(w, SvdBackend::lapack);
+    const Svd got = svd_full(w, SvdBackend::cuda);
+    REQUIRE(got.rank() == want.rank());
+    // fp32 LAPACK is accurate to ~eps * s_max; the fp64 Gram path to ~1e-8 s_max.
+    const float s_max = want.s(0);
+    CHECK((got.s - want.s).cwiseAbs().maxCoeff() <= 1e-5f * s_max);
+    const Mat back = got.u * got.s.asDiagonal() * got.v.transpose();
+    CHECK((back - w).norm() <= 1e-5f * w.norm());
+    // Columns with a singular value above the noise are orthonormal.
+    const int64_t k = (got.s.array() > 1e-4f * s_max).count();
+    const Mat utu = got.u.leftCols(k).transpose() * got.u.leftCols(k);
+    const Mat vtv = got.v.leftCols(k).transpose() * got.v.leftCols(k);
+    CHECK((utu - Mat::Identity(k, k)).cwiseAbs().maxCoeff() <= 1e-4f);
+    CHECK((vtv - Mat::Identity(k, k)).cwiseAbs().maxCoeff() <= 1e-4f);
   }
 }
 

@@ -1,5 +1,9 @@
 #include "core/decompose/linalg.hpp"
 
+#ifdef RANKSCOPE_CUDA
+#include "core/compute/cuda/cuda_backend.hpp"
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -125,10 +129,27 @@ Svd svd_eigen(const Mat& w) {
   return {bdc.matrixU(), bdc.singularValues(), bdc.matrixV()};
 }
 
+Svd svd_gpu(const Mat& w) {
+#ifdef RANKSCOPE_CUDA
+  if (cuda_visible_devices() == 0) fail("--svd-backend cuda: no CUDA GPU is visible");
+  const int64_t m = w.rows(), n = w.cols(), k = std::min(m, n);
+  std::vector<float> u, s, v;
+  cuda_svd_full(w.data(), m, n, u, s, v);
+  return {ConstMatMap(u.data(), m, k), Eigen::Map<const Eigen::VectorXf>(s.data(), k), ConstMatMap(v.data(), n, k)};
+#else
+  fail("--svd-backend cuda: this rankscope was built without CUDA (configure with -DRANKSCOPE_CUDA=ON)");
+#endif
+}
+
 // svd_full without counting: the inner SVDs of randomized SVD and HOOI.
 Svd svd_uncounted(const Mat& w, SvdBackend backend) {
   check_matrix(w, "SVD");
-  return backend == SvdBackend::lapack ? svd_lapack(w) : svd_eigen(w);
+  switch (backend) {
+    case SvdBackend::lapack: return svd_lapack(w);
+    case SvdBackend::eigen: return svd_eigen(w);
+    case SvdBackend::cuda: return svd_gpu(w);
+  }
+  return svd_lapack(w);
 }
 
 // Replaces the column-major rows x cols matrix `a` (rows >= cols) by the thin Q of its

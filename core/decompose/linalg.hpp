@@ -22,7 +22,8 @@ struct Svd {
   int64_t rank() const { return s.size(); }
 };
 
-enum class SvdBackend { lapack, eigen };
+// cuda: on GPU 0 through the fp64 Gram matrix (builds with -DRANKSCOPE_CUDA=ON).
+enum class SvdBackend { lapack, eigen, cuda };
 
 // Full thin SVD. Throws Error if the backend reports failure (e.g. NaN input).
 Svd svd_full(const Mat& w, SvdBackend backend = SvdBackend::lapack);
