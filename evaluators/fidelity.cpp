@@ -215,10 +215,13 @@ FidelityResult fidelity(const Model& base, const Model& candidate, const std::ve
   std::string key;
   if (!options.cache_dir.empty()) {
     const XXH128_hash_t ids_hash = XXH3_128bits(ids.data(), static_cast<size_t>(n_tokens) * sizeof(TokenId));
-    const std::string identity =
+    std::string identity =
         fmt::format("rankscope fidelity v{}\nbase {}\ndata {}\nids {:016x}{:016x}\nctx {}\nmax_windows {}\nbos {}\n",
                     kVersion, model_content_hash(base), options.data_key, ids_hash.high64, ids_hash.low64, ctx,
                     options.max_windows, bos);
+    // Base outputs computed in bf16/fp16 on a GPU are another cache entry than fp32 ones.
+    const ComputeType type = base.runtime().compute_type();
+    if (type != ComputeType::f32) identity += fmt::format("dtype {}\n", compute_type_name(type));
     const XXH128_hash_t h = XXH3_128bits(identity.data(), identity.size());
     key = fmt::format("{:016x}{:016x}", h.high64, h.low64);
     const auto dir = options.cache_dir / "fidelity";
