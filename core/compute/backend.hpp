@@ -11,6 +11,7 @@
 // other jobs); going over the cap is the same clear error as running out of memory.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -143,7 +144,7 @@ class Backend {
   virtual void synchronize() {}
 
   // Token rows the forward passes have run through this backend (a statistic for benchmarks).
-  int64_t rows_forwarded = 0;
+  std::atomic<int64_t> rows_forwarded{0};
 };
 
 // The process-wide CPU backend.
