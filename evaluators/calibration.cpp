@@ -1,6 +1,7 @@
 #include "evaluators/calibration.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -151,8 +152,11 @@ void check_options(const CalibrationOptions& options) {
 }
 
 std::string key_of(const Model& base, const Source& src, const CalibrationOptions& options) {
-  const std::string text = fmt::format("{}|{}|{}|{}|{}|{}", kFormat, model_content_hash(base), source_hash(src),
-                                       options.samples, options.ctx, options.seed);
+  std::string text = fmt::format("{}|{}|{}|{}|{}|{}", kFormat, model_content_hash(base), source_hash(src),
+                                 options.samples, options.ctx, options.seed);
+  // Statistics of activations computed in bf16/fp16 (a GPU) are another entry than fp32 ones.
+  const ComputeType type = base.runtime().compute_type();
+  if (type != ComputeType::f32) text += fmt::format("|{}", compute_type_name(type));
   const XXH128_hash_t h = XXH3_128bits(text.data(), text.size());
   return fmt::format("{:016x}{:016x}", h.high64, h.low64);
 }
@@ -217,6 +221,20 @@ std::vector<BertInput> bert_samples(const Model& base, const Source& src, const 
   return out;
 }
 
+// Bytes the statistics of one group of layers may take: RANKSCOPE_CALIB_MEMORY_MIB when set, else
+// half the free memory of a GPU, or 4 GiB of host memory.
+int64_t calibration_memory_budget(const CalibrationOptions& options, const Backend& be) {
+  if (options.memory_mib > 0) return options.memory_mib << 20;
+  if (const char* env = std::getenv("RANKSCOPE_CALIB_MEMORY_MIB"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const double mib = std::strtod(env, &end);
+    if (end == env || *end != '\0' || !(mib > 0)) fail("RANKSCOPE_CALIB_MEMORY_MIB: '{}' is not a positive number of MiB", env);
+    return static_cast<int64_t>(mib * 1024 * 1024);
+  }
+  if (be.device_kind() == "cpu") return int64_t{4} << 30;
+  return be.free_memory() / 2;
+}
+
 }  // namespace
 
 ActivationOptions activation_options(const Model& base, const Config& config, const CalibrationOptions& options,
@@ -253,28 +271,20 @@ std::shared_ptr<const Calibration> calibrate(const Model& base, const Calibratio
   }
   if (from_cache != nullptr) *from_cache = false;
 
-  CalibrationAccumulator acc;
+  // The samples first: the file's info (written ahead of the statistics) names them.
+  std::vector<std::vector<TokenId>> llama_in;
+  std::vector<BertInput> bert_in;
   int64_t n_samples = 0, n_tokens = 0;
   if (base.config.arch == Arch::llama) {
-    const auto samples = llama_samples(base, src, options);
-    LlamaOptions lo;
-    lo.last_logits_only = true;
-    lo.hook = &acc.hook();
-    for (size_t i = 0; i < samples.size(); i += static_cast<size_t>(options.batch)) {
-      const size_t end = std::min(samples.size(), i + static_cast<size_t>(options.batch));
-      llama_forward(base, std::span(samples).subspan(i, end - i), {}, lo);
-    }
-    n_samples = static_cast<int64_t>(samples.size());
-    for (const auto& s : samples) n_tokens += static_cast<int64_t>(s.size());
+    llama_in = llama_samples(base, src, options);
+    n_samples = static_cast<int64_t>(llama_in.size());
+    for (const auto& s : llama_in) n_tokens += static_cast<int64_t>(s.size());
   } else {
-    const auto samples = bert_samples(base, src, options);
-    for (size_t i = 0; i < samples.size(); i += static_cast<size_t>(options.batch)) {
-      const size_t end = std::min(samples.size(), i + static_cast<size_t>(options.batch));
-      bert_forward(base, std::span(samples).subspan(i, end - i), &acc.hook());
-    }
-    n_samples = static_cast<int64_t>(samples.size());
-    for (const auto& s : samples) n_tokens += static_cast<int64_t>(s.ids.size());
+    bert_in = bert_samples(base, src, options);
+    n_samples = static_cast<int64_t>(bert_in.size());
+    for (const auto& s : bert_in) n_tokens += static_cast<int64_t>(s.ids.size());
   }
+  Backend& be = base.runtime();
   nlohmann::json info = {{"source", options.source},
                          {"data", src.description},
                          {"part", "second half"},
@@ -282,9 +292,57 @@ std::shared_ptr<const Calibration> calibrate(const Model& base, const Calibratio
                          {"ctx", options.ctx},
                          {"seed", options.seed},
                          {"tokens", n_tokens},
+                         {"device", be.device_kind()},
+                         {"dtype", compute_type_name(be.compute_type())},
                          {"key", key}};
-  auto calibration = std::make_shared<Calibration>(acc.finish(key, std::move(info)));
-  if (!path.empty()) save_calibration(path, *calibration);
+
+  // The statistics of a group of layers at a time: the forward passes run up to the group's last
+  // layer, the group's accumulators live on the device, and each finished site goes to the file
+  // and is freed before the next, so host memory holds one site's statistics at a time.
+  const auto& c = base.config;
+  int64_t per_layer = 0;  // bytes of one layer's accumulators
+  for (const int64_t width : {c.n_embd, c.n_embd_q(), c.n_embd, c.n_ff}) per_layer += (width * width + width) * 8;
+  const int64_t budget = calibration_memory_budget(options, be);
+  const int64_t group = std::clamp<int64_t>(budget / std::max<int64_t>(per_layer, 1), 1, c.n_layer);
+  std::unique_ptr<CalibrationWriter> writer;
+  if (!path.empty()) writer = std::make_unique<CalibrationWriter>(path, key, info);
+  Calibration in_memory;
+  for (int64_t g0 = 0; g0 < c.n_layer; g0 += group) {
+    const int64_t g1 = std::min(c.n_layer, g0 + group);
+    CalibrationAccumulator acc(be, g0, g1);
+    if (c.arch == Arch::llama) {
+      LlamaOptions lo;
+      lo.device_hook = &acc.device_hook();
+      lo.layers = g1;
+      for (size_t i = 0; i < llama_in.size(); i += static_cast<size_t>(options.batch)) {
+        const size_t end = std::min(llama_in.size(), i + static_cast<size_t>(options.batch));
+        (void)llama_logits(base, std::span(llama_in).subspan(i, end - i), {}, lo);
+      }
+    } else {
+      for (size_t i = 0; i < bert_in.size(); i += static_cast<size_t>(options.batch)) {
+        const size_t end = std::min(bert_in.size(), i + static_cast<size_t>(options.batch));
+        (void)bert_forward(base, std::span(bert_in).subspan(i, end - i), nullptr, &acc.device_hook());
+      }
+    }
+    for (const auto& [layer, site] : acc.sites()) {
+      SiteStats stats = acc.take(layer, site);
+      if (writer) {
+        writer->add(layer, site, stats);
+      } else {
+        in_memory.put(layer, site, std::move(stats));
+      }
+    }
+  }
+  if (!writer) {
+    in_memory.key = key;
+    in_memory.info = std::move(info);
+    return std::make_shared<const Calibration>(std::move(in_memory));
+  }
+  writer->commit();
+  // Read back lazily: the statistics stay in the file until a decomposition asks for a site.
+  auto written = load_calibration(path, key);
+  if (!written) fail("{}: the calibration file just written does not read back", path.string());
+  auto calibration = std::make_shared<const Calibration>(std::move(*written));
   return calibration;
 }
 

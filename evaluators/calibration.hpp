@@ -40,6 +40,11 @@ struct CalibrationOptions {
   std::filesystem::path data_dir = "../shared/data";  // where task names are looked up
   std::filesystem::path cache_dir;                    // "" = no disk cache
   int64_t batch = 8;                                  // sequences per forward pass
+  // Memory the statistics of a group of layers may take on the model's device (MiB; 0 = the
+  // RANKSCOPE_CALIB_MEMORY_MIB environment variable, else half a GPU's free memory or 4 GiB of
+  // host memory). Layers that do not fit one group are done in further passes over the samples,
+  // each stopping after its group's last layer.
+  int64_t memory_mib = 0;
 };
 
 // The calibration statistics of `base` for `options`: from the disk cache when a valid file for

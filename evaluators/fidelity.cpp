@@ -155,26 +155,6 @@ class CacheWriter {
   XXH3_state_t* state_ = nullptr;
 };
 
-// Log-softmax of one logit row in float64: returns (max, log sum exp(x - max)).
-struct Lse {
-  double max, log_sum;
-};
-Lse log_sum_exp(const float* x, int64_t n) {
-  double max = x[0];
-  for (int64_t i = 1; i < n; ++i) max = std::max(max, static_cast<double>(x[i]));
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - max);
-  return {max, std::log(sum)};
-}
-
-int32_t argmax_of(const float* x, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i) {
-    if (x[i] > x[best]) best = i;
-  }
-  return static_cast<int32_t>(best);
-}
-
 }  // namespace
 
 FidelityResult fidelity(const Model& base, const Model& candidate, const std::vector<TokenId>& ids,
@@ -276,49 +256,36 @@ FidelityResult fidelity(const Model& base, const Model& candidate, const std::ve
       if (t < 0 || t >= n_vocab) fail("token id {} is outside the vocabulary [0, {})", t, n_vocab);
     }
 
+    // Targets of the batch's scored positions: the next token of the text.
+    const std::vector<TokenId> targets(ids.begin() + t0, ids.begin() + t0 + n_pos);
     const float* base_rows = nullptr;  // [n_pos x n_vocab], this batch's
     if (cached) {
       base_rows = cached->rows + t0 * n_vocab;
     } else {
-      const Mat logits = llama_forward(base, batch);
       fresh_rows.resize(static_cast<size_t>(n_pos * n_vocab));
+      Backend& be = base.runtime();
+      const auto scores = be.compare_rows(llama_logits(base, batch), rows, targets, nullptr, fresh_rows.data());
       bool ok = true;
-#pragma omp parallel for schedule(static) reduction(&& : ok)
       for (int64_t i = 0; i < n_pos; ++i) {
-        const float* x = logits.row(rows[static_cast<size_t>(i)]).data();
-        const Lse l = log_sum_exp(x, n_vocab);
-        float* out = fresh_rows.data() + i * n_vocab;
-        for (int64_t v = 0; v < n_vocab; ++v) out[v] = static_cast<float>(static_cast<double>(x[v]) - l.max - l.log_sum);
-        const TokenId t = ids[static_cast<size_t>(t0 + i)];
-        const double nll = -(static_cast<double>(x[t]) - l.max - l.log_sum);
-        base_nll[static_cast<size_t>(t0 + i)] = nll;
-        base_argmax[static_cast<size_t>(t0 + i)] = argmax_of(x, n_vocab);
-        ok = ok && std::isfinite(nll) && std::isfinite(l.log_sum) && std::isfinite(l.max);
+        const auto& sc = scores[static_cast<size_t>(i)];
+        base_nll[static_cast<size_t>(t0 + i)] = -sc.logprob;
+        base_argmax[static_cast<size_t>(t0 + i)] = sc.argmax;
+        ok = ok && std::isfinite(sc.logprob);
       }
       if (!ok) fail("{}: the base model gives NaN/Inf log-probabilities on this text", base.dir.string());
       base_rows = fresh_rows.data();
       if (writer) writer->write(fresh_rows.data(), fresh_rows.size() * sizeof(float));
     }
 
-    const Mat logits = llama_forward(candidate, batch);
-#pragma omp parallel for schedule(static)
+    // The candidate's logits stay on its device; only per-position results come back.
+    Backend& be = candidate.runtime();
+    const auto scores = be.compare_rows(llama_logits(candidate, batch), rows, targets, base_rows, nullptr);
     for (int64_t i = 0; i < n_pos; ++i) {
-      const float* x = logits.row(rows[static_cast<size_t>(i)]).data();
-      const float* lb = base_rows + i * n_vocab;
-      const Lse l = log_sum_exp(x, n_vocab);
-      double sum = 0.0;
-      for (int64_t v = 0; v < n_vocab; ++v) {
-        // The candidate's log-probability rounded to float32 as the base's is, so that equal
-        // models give exactly 0.
-        const auto lc = static_cast<float>(static_cast<double>(x[v]) - l.max - l.log_sum);
-        const double lpb = lb[v];
-        sum += std::exp(lpb) * (lpb - static_cast<double>(lc));
-      }
+      const auto& sc = scores[static_cast<size_t>(i)];
       const size_t k = static_cast<size_t>(t0 + i);
-      const TokenId t = ids[k];
-      kl[k] = sum;
-      cand_nll[k] = -(static_cast<double>(x[t]) - l.max - l.log_sum);
-      agree[k] = argmax_of(x, n_vocab) == base_argmax[k];
+      kl[k] = sc.kl;
+      cand_nll[k] = -sc.logprob;
+      agree[k] = sc.argmax == base_argmax[k];
     }
     if (options.progress) options.progress(w1, n_windows);
   }

@@ -33,9 +33,9 @@ const std::vector<std::vector<TokenId>> kSequence = {{1, 403, 407, 261, 378, 432
 
 // Statistics of activations X, through the accumulator the forward hooks use.
 SiteStats stats_of(const Mat& x) {
-  CalibrationAccumulator acc;
-  acc.add(HookSite::attn_in, 0, x);
-  return acc.finish(std::string(32, '0'), {}).at(0, HookSite::attn_in);
+  CalibrationAccumulator acc(cpu_backend());
+  acc.add(HookSite::attn_in, 0, cpu_backend().upload(x, Precision::f32));
+  return acc.take(0, HookSite::attn_in);
 }
 
 // Statistics with a given Gram matrix and mean |x| (as if from `rows` rows).
@@ -56,8 +56,7 @@ std::shared_ptr<const Calibration> unit_calibration(const Model& model) {
     const auto& layer = model.weights.layers[static_cast<size_t>(l)];
     for (auto kind : matrix_kinds(model.config.arch)) {
       const int64_t width = layer[kind].n_in();
-      c->sites[{l, input_site(kind)}] =
-          synthetic_stats(Eigen::MatrixXd::Identity(width, width), Eigen::VectorXd::Ones(width), 1);
+      c->put(l, input_site(kind), synthetic_stats(Eigen::MatrixXd::Identity(width, width), Eigen::VectorXd::Ones(width), 1));
     }
   }
   return c;
@@ -314,18 +313,21 @@ TEST_CASE("calibration statistics are cached on disk and a corrupt file is recom
   CHECK_FALSE(cached);
   const auto path = calibration_path(o.cache_dir, first->key);
   REQUIRE(std::filesystem::exists(path));
-  CHECK(first->sites.size() == 20);
-  const auto& ffn_act = first->at(2, HookSite::ffn_act);
+  CHECK(first->size() == 20);
+  CHECK(first->file_backed());
+  const auto ffn_act_ptr = first->at(2, HookSite::ffn_act);
+  const SiteStats& ffn_act = *ffn_act_ptr;
   CHECK(ffn_act.width == 172);
   CHECK(ffn_act.rows == 4 * 33);
-  CHECK(first->at(0, HookSite::attn_ctx).width == 64);
+  CHECK(first->at(0, HookSite::attn_ctx)->width == 64);
   CHECK(first->info.at("tokens") == 4 * 33);
 
   const auto second = calibrate(base, o, &cached);
   CHECK(cached);
   CHECK(second->key == first->key);
-  for (const auto& [where, s] : first->sites) {
-    const auto& t = second->sites.at(where);
+  for (const auto& [layer, site] : first->sites()) {
+    const SiteStats& s = *first->at(layer, site);
+    const SiteStats& t = *second->at(layer, site);
     CHECK(t.rows == s.rows);
     CHECK(t.gram == s.gram);
     CHECK(t.abs_sum == s.abs_sum);
@@ -338,7 +340,7 @@ TEST_CASE("calibration statistics are cached on disk and a corrupt file is recom
   CHECK(calibration_key(base, other) != first->key);
   auto no_cache = o;
   no_cache.cache_dir.clear();
-  CHECK(calibrate(base, no_cache)->at(2, HookSite::ffn_act).gram == ffn_act.gram);
+  CHECK(calibrate(base, no_cache)->at(2, HookSite::ffn_act)->gram == ffn_act.gram);
 
   SECTION("a flipped payload byte") {
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
@@ -353,7 +355,7 @@ TEST_CASE("calibration statistics are cached on disk and a corrupt file is recom
   CHECK_FALSE(load_calibration(path, first->key));
   const auto again = calibrate(base, o, &cached);
   CHECK_FALSE(cached);  // recomputed and rewritten
-  CHECK(again->at(2, HookSite::ffn_act).gram == ffn_act.gram);
+  CHECK(again->at(2, HookSite::ffn_act)->gram == ffn_act.gram);
   CHECK(load_calibration(path, first->key));
   calibrate(base, o, &cached);
   CHECK(cached);
@@ -387,7 +389,7 @@ TEST_CASE("a calibration from the cache records the source this request named", 
   CHECK(b->key == a->key);
   CHECK(b->info["source"] == o.source);
   CHECK(b->info["data"] == o.source);
-  CHECK(b->at(1, HookSite::attn_in).gram == a->at(1, HookSite::attn_in).gram);
+  CHECK(b->at(1, HookSite::attn_in)->gram == a->at(1, HookSite::attn_in)->gram);
   // What eval and sweep record with each result is this info.
   ActivationOptions activation =
       activation_options(base, parse_config("L0:q=4@whiten", base.config), o, 0.5, &cached);
@@ -406,11 +408,11 @@ TEST_CASE("calibration sources: a BERT classifier on a .tsv, bad sources", "[act
   o.samples = 16;
   o.ctx = 64;
   const auto c = calibrate(base, o);
-  CHECK(c->sites.size() == 8);  // 2 layers x 4 sites
-  CHECK(c->at(1, HookSite::ffn_act).width == 512);
-  CHECK(c->at(1, HookSite::attn_in).width == 128);
+  CHECK(c->size() == 8);  // 2 layers x 4 sites
+  CHECK(c->at(1, HookSite::ffn_act)->width == 512);
+  CHECK(c->at(1, HookSite::attn_in)->width == 128);
   CHECK(c->info.at("samples") == 16);
-  CHECK(c->at(0, HookSite::attn_in).rows == c->info.at("tokens").get<int64_t>());
+  CHECK(c->at(0, HookSite::attn_in)->rows == c->info.at("tokens").get<int64_t>());
   FactorCache cache(test::scratch_dir("activation_bert"));
   const Model model = decompose_model(base, parse_config("L*:all=50%@whiten", base.config), cache, nullptr, {c, 0.5});
   const std::vector<BertInput> in = {bert_encode(*base.tokenizer, "a charming and often affecting journey", "", 128)};

@@ -85,6 +85,30 @@ struct TokenScore {
   bool is_argmax = false;
 };
 
+// One logit row judged against a reference distribution (fidelity), from float64 sums.
+struct RowComparison {
+  double kl = 0.0;       // KL(base || softmax(row)); 0 without a base
+  double logprob = 0.0;  // log softmax(row)[target]
+  int32_t argmax = 0;    // the row's first maximum
+};
+
+// Rows of activation statistics kept for a calibration: X^T X (lower triangle) and sum |x_j| of
+// every row added, in float64 on the backend's device.
+class GramAccumulator {
+ public:
+  virtual ~GramAccumulator() = default;
+  // Adds the rows of x [rows x width].
+  virtual void add(const Buffer& x) = 0;
+  // abs_sum [width]; gram [width x width] column-major with its lower triangle filled (the upper
+  // one is left as it is).
+  virtual void read(double* abs_sum, double* gram) = 0;
+  int64_t width() const { return width_; }
+  int64_t rows() const { return rows_; }
+
+ protected:
+  int64_t width_ = 0, rows_ = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -138,6 +162,18 @@ class Backend {
   // Scores row rows[i] of logits against targets[i]; only the scores leave the device.
   virtual std::vector<TokenScore> score(const Buffer& logits, std::span<const int64_t> rows,
                                         std::span<const TokenId> targets) = 0;
+  // For row rows[i] of logits: its log-softmax in float64, written rounded to float32 into
+  // `log_probs` (host [n x n_vocab], optional); the log-probability of targets[i]; its argmax; and
+  // with `base` (host float32 log-probabilities [n x n_vocab]) KL(base_i || row), the row's
+  // log-probabilities rounded to float32 like base's so that equal models give exactly 0. NaN
+  // propagates. Only these results (and log_probs when asked) leave the device.
+  virtual std::vector<RowComparison> compare_rows(const Buffer& logits, std::span<const int64_t> rows,
+                                                  std::span<const TokenId> targets, const float* base,
+                                                  float* log_probs) = 0;
+  // A zeroed accumulator of activation statistics of `width` channels on this device.
+  virtual std::unique_ptr<GramAccumulator> gram_accumulator(int64_t width) = 0;
+  // Bytes of device memory free for new allocations (host backends: a large number).
+  virtual int64_t free_memory() const { return int64_t{1} << 62; }
   // Frees cached weights whose host storage is gone and scratch memory (between evaluations).
   virtual void trim() {}
   // Waits for every queued operation (timing).

@@ -1,6 +1,7 @@
 #include "core/decompose/calibration.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -79,41 +80,107 @@ Eigen::VectorXd SiteStats::mean_abs() const {
   return abs_sum / static_cast<double>(rows);
 }
 
-const SiteStats& Calibration::at(int64_t layer, HookSite site) const {
-  const auto it = sites.find({layer, site});
-  if (it == sites.end()) {
-    fail("calibration {} has no activations for {} (recorded on another model?)", key, hook_name(site, layer));
+// The open cache file of a file-backed calibration: reads go to this inode even if another
+// process renames a new file over the name.
+struct Calibration::File {
+  std::filesystem::path path;
+  int fd = -1;
+  ~File() {
+    if (fd >= 0) ::close(fd);
   }
-  return it->second;
+};
+
+namespace {
+
+// Reads exactly `size` bytes at `offset`; false on a short read or an error.
+bool read_at(int fd, void* data, size_t size, uint64_t offset) {
+  auto* p = static_cast<char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::pread(fd, p, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return true;
 }
 
-CalibrationAccumulator::CalibrationAccumulator()
-    : hook_([this](HookSite site, int64_t layer, const Mat& x) { add(site, layer, x); }) {}
+}  // namespace
 
-void CalibrationAccumulator::add(HookSite site, int64_t layer, const Mat& x) {
-  if (std::find(std::begin(kSites), std::end(kSites), site) == std::end(kSites)) return;
-  auto& s = sites_[{layer, site}];
-  if (s.width == 0) {
-    s.width = x.cols();
-    s.abs_sum = Eigen::VectorXd::Zero(s.width);
-    s.gram = Eigen::MatrixXd::Zero(s.width, s.width);
+std::shared_ptr<const SiteStats> Calibration::at(int64_t layer, HookSite site) const {
+  if (const auto it = memory_.find({layer, site}); it != memory_.end()) return it->second;
+  const auto it = index_.find({layer, site});
+  if (it == index_.end()) {
+    fail("calibration {} has no activations for {} (recorded on another model?)", key, hook_name(site, layer));
   }
-  RS_ASSERT(s.width == x.cols());
-  const Eigen::MatrixXd xd = x.cast<double>();
-  s.abs_sum += xd.cwiseAbs().colwise().sum().transpose();
-  s.gram.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());  // lower triangle += X^T X
-  s.rows += x.rows();
+  const Entry& e = it->second;
+  auto s = std::make_shared<SiteStats>();
+  s->width = e.width;
+  s->rows = e.rows;
+  s->abs_sum.resize(e.width);
+  s->gram.resize(e.width, e.width);
+  const auto w = static_cast<size_t>(e.width);
+  if (!read_at(file_->fd, s->abs_sum.data(), w * sizeof(double), e.offset) ||
+      !read_at(file_->fd, s->gram.data(), w * w * sizeof(double), e.offset + w * sizeof(double))) {
+    fail_errno(errno, "{}: cannot read the statistics of {}", file_->path.string(), hook_name(site, layer));
+  }
+  return s;
+}
+
+std::vector<Calibration::Where> Calibration::sites() const {
+  std::vector<Where> out;
+  for (const auto& [where, s] : memory_) out.push_back(where);
+  for (const auto& [where, e] : index_) out.push_back(where);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void Calibration::put(int64_t layer, HookSite site, SiteStats stats) {
+  index_.erase({layer, site});
+  memory_[{layer, site}] = std::make_shared<const SiteStats>(std::move(stats));
+}
+
+CalibrationAccumulator::CalibrationAccumulator(Backend& backend, int64_t first_layer, int64_t end_layer)
+    : backend_(backend),
+      first_(first_layer),
+      end_(end_layer),
+      hook_([this](HookSite site, int64_t layer, const Buffer& x) { add(site, layer, x); }) {}
+
+void CalibrationAccumulator::add(HookSite site, int64_t layer, const Buffer& x) {
+  if (std::find(std::begin(kSites), std::end(kSites), site) == std::end(kSites)) return;
+  if (layer < first_ || layer >= end_) return;
+  auto& acc = sites_[{layer, site}];
+  if (!acc) acc = backend_.gram_accumulator(x.cols());
+  RS_ASSERT(acc->width() == x.cols());
+  acc->add(x);
+}
+
+std::vector<Calibration::Where> CalibrationAccumulator::sites() const {
+  std::vector<Calibration::Where> out;
+  for (const auto& [where, acc] : sites_) out.push_back(where);
+  return out;
+}
+
+SiteStats CalibrationAccumulator::take(int64_t layer, HookSite site) {
+  const auto it = sites_.find({layer, site});
+  RS_ASSERT(it != sites_.end());
+  SiteStats s;
+  s.width = it->second->width();
+  s.rows = it->second->rows();
+  s.abs_sum.resize(s.width);
+  s.gram.resize(s.width, s.width);
+  it->second->read(s.abs_sum.data(), s.gram.data());
+  sites_.erase(it);
+  s.gram.triangularView<Eigen::StrictlyUpper>() = s.gram.transpose();
+  return s;
 }
 
 Calibration CalibrationAccumulator::finish(std::string key, nlohmann::json info) {
   Calibration c;
   c.key = std::move(key);
   c.info = std::move(info);
-  for (auto& [where, s] : sites_) {
-    s.gram.triangularView<Eigen::StrictlyUpper>() = s.gram.transpose();
-  }
-  c.sites = std::move(sites_);
-  sites_.clear();
+  for (const auto& [layer, site] : sites()) c.put(layer, site, take(layer, site));
   return c;
 }
 
@@ -121,49 +188,93 @@ std::filesystem::path calibration_path(const std::filesystem::path& cache_dir, c
   return cache_dir / "calib" / (key + ".bin");
 }
 
-void save_calibration(const std::filesystem::path& path, const Calibration& c) {
-  RS_ASSERT(c.key.size() == kKeyChars);
-  std::string payload = c.info.dump();
-  const uint64_t info_bytes = payload.size();
-  for (const auto& [where, s] : c.sites) {
-    const EntryHeader e{where.first, static_cast<int64_t>(where.second), s.width, s.rows};
-    payload.append(reinterpret_cast<const char*>(&e), sizeof e);
-    payload.append(reinterpret_cast<const char*>(s.abs_sum.data()), static_cast<size_t>(s.width) * sizeof(double));
-    // Column-major and symmetric: the same bytes as row-major.
-    payload.append(reinterpret_cast<const char*>(s.gram.data()), static_cast<size_t>(s.width * s.width) * sizeof(double));
+struct CalibrationWriter::State {
+  std::filesystem::path path, tmp;
+  Header header{};
+  int fd = -1;
+  XXH3_state_t* hash = nullptr;
+  uint64_t payload = 0;
+  ~State() {
+    if (hash != nullptr) XXH3_freeState(hash);
+    if (fd >= 0) {
+      ::close(fd);
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+    }
   }
-  Header h{};
-  std::memcpy(h.magic, kMagic, sizeof kMagic);
-  h.version = kVersion;
-  h.n_entries = static_cast<uint32_t>(c.sites.size());
-  std::memcpy(h.key, c.key.data(), kKeyChars);
-  h.info_bytes = info_bytes;
-  h.payload_bytes = payload.size();
-  h.checksum = XXH3_64bits(payload.data(), payload.size());
+  void write(const void* data, size_t size) {
+    XXH3_64bits_update(hash, data, size);
+    write_all(fd, data, size, tmp);
+    payload += size;
+  }
+};
 
+CalibrationWriter::CalibrationWriter(std::filesystem::path path, const std::string& key, const nlohmann::json& info)
+    : state_(std::make_unique<State>()) {
+  RS_ASSERT(key.size() == kKeyChars);
+  auto& st = *state_;
+  st.path = std::move(path);
   std::error_code ec;
-  std::filesystem::create_directories(path.parent_path(), ec);
-  if (ec) fail("{}: cannot create the calibration cache directory: {}", path.parent_path().string(), ec.message());
-  remove_stale_temporaries(path.parent_path());  // of killed writers, before adding one
-  const auto tmp = temporary_path(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail_errno(errno, "{}: cannot create", tmp.string());
-  try {
-    char header[kHeaderBytes] = {};
-    std::memcpy(header, &h, sizeof h);
-    write_all(fd, header, kHeaderBytes, tmp);
-    write_all(fd, payload.data(), payload.size(), tmp);
-  } catch (...) {
-    ::close(fd);
-    std::filesystem::remove(tmp);
-    throw;
+  std::filesystem::create_directories(st.path.parent_path(), ec);
+  if (ec) fail("{}: cannot create the calibration cache directory: {}", st.path.parent_path().string(), ec.message());
+  remove_stale_temporaries(st.path.parent_path());  // of killed writers, before adding one
+  st.tmp = temporary_path(st.path);
+  st.fd = ::open(st.tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (st.fd < 0) fail_errno(errno, "{}: cannot create", st.tmp.string());
+  st.hash = XXH3_createState();
+  XXH3_64bits_reset(st.hash);
+  std::memcpy(st.header.magic, kMagic, sizeof kMagic);
+  st.header.version = kVersion;
+  std::memcpy(st.header.key, key.data(), kKeyChars);
+  const char zeros[kHeaderBytes] = {};
+  write_all(st.fd, zeros, kHeaderBytes, st.tmp);  // the real header goes in last
+  const std::string text = info.dump();
+  st.header.info_bytes = text.size();
+  st.write(text.data(), text.size());
+}
+
+CalibrationWriter::~CalibrationWriter() = default;
+
+void CalibrationWriter::add(int64_t layer, HookSite site, const SiteStats& s) {
+  auto& st = *state_;
+  RS_ASSERT(st.fd >= 0);
+  const EntryHeader e{layer, static_cast<int64_t>(site), s.width, s.rows};
+  st.write(&e, sizeof e);
+  st.write(s.abs_sum.data(), static_cast<size_t>(s.width) * sizeof(double));
+  // Column-major and symmetric: the same bytes as row-major.
+  st.write(s.gram.data(), static_cast<size_t>(s.width * s.width) * sizeof(double));
+  ++st.header.n_entries;
+}
+
+void CalibrationWriter::commit() {
+  auto& st = *state_;
+  RS_ASSERT(st.fd >= 0);
+  st.header.payload_bytes = st.payload;
+  st.header.checksum = XXH3_64bits_digest(st.hash);
+  char header[kHeaderBytes] = {};
+  std::memcpy(header, &st.header, sizeof st.header);
+  if (::lseek(st.fd, 0, SEEK_SET) != 0) fail_errno(errno, "{}: seek failed", st.tmp.string());
+  write_all(st.fd, header, kHeaderBytes, st.tmp);
+  if (::close(st.fd) != 0) {
+    const int err = errno;
+    st.fd = -1;
+    std::error_code ec;
+    std::filesystem::remove(st.tmp, ec);
+    fail_errno(err, "{}: close failed", st.tmp.string());
   }
-  ::close(fd);
-  std::filesystem::rename(tmp, path, ec);
+  st.fd = -1;
+  std::error_code ec;
+  std::filesystem::rename(st.tmp, st.path, ec);
   if (ec) {
-    std::filesystem::remove(tmp, ec);
-    fail("{}: cannot rename the written temporary into place", path.string());
+    std::filesystem::remove(st.tmp, ec);
+    fail("{}: cannot rename the written temporary into place", st.path.string());
   }
+}
+
+void save_calibration(const std::filesystem::path& path, const Calibration& c) {
+  CalibrationWriter writer(path, c.key, c.info);
+  for (const auto& [layer, site] : c.sites()) writer.add(layer, site, *c.at(layer, site));
+  writer.commit();
 }
 
 std::optional<Calibration> load_calibration(const std::filesystem::path& path, const std::string& key) {
@@ -174,52 +285,64 @@ std::optional<Calibration> load_calibration(const std::filesystem::path& path, c
   if (!std::filesystem::is_regular_file(status)) {
     fail("{}: in the calibration cache but not a regular file; remove it", path.string());
   }
-  std::shared_ptr<const MappedFile> file;
-  try {
-    file = MappedFile::open(path);
-  } catch (const Error&) {
-    return std::nullopt;
-  }
-  const auto bytes = file->bytes();
-  if (bytes.size() < kHeaderBytes) return std::nullopt;
+  auto file = std::make_shared<Calibration::File>();
+  file->path = path;
+  file->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (file->fd < 0) return std::nullopt;
+  struct stat st {};
+  if (::fstat(file->fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size < kHeaderBytes) return std::nullopt;
   Header h;
-  std::memcpy(&h, bytes.data(), sizeof h);
+  if (!read_at(file->fd, &h, sizeof h, 0)) return std::nullopt;
   if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion ||
-      std::string_view(h.key, kKeyChars) != key || h.payload_bytes != bytes.size() - kHeaderBytes ||
+      std::string_view(h.key, kKeyChars) != key || h.payload_bytes != size - kHeaderBytes ||
       h.info_bytes > h.payload_bytes) {
     return std::nullopt;
   }
-  const auto* payload = reinterpret_cast<const char*>(bytes.data() + kHeaderBytes);
-  if (XXH3_64bits(payload, h.payload_bytes) != h.checksum) return std::nullopt;
+  // The checksum, reading the file a block at a time (never all of it at once).
+  {
+    constexpr size_t kBlockBytes = size_t{16} << 20;
+    std::vector<char> block(static_cast<size_t>(std::min<uint64_t>(kBlockBytes, std::max<uint64_t>(h.payload_bytes, 1))));
+    XXH3_state_t* state = XXH3_createState();
+    XXH3_64bits_reset(state);
+    bool ok = true;
+    for (uint64_t pos = 0; pos < h.payload_bytes && ok;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(block.size(), h.payload_bytes - pos));
+      ok = read_at(file->fd, block.data(), n, kHeaderBytes + pos);
+      if (ok) XXH3_64bits_update(state, block.data(), n);
+      pos += n;
+    }
+    const uint64_t digest = XXH3_64bits_digest(state);
+    XXH3_freeState(state);
+    if (!ok || digest != h.checksum) return std::nullopt;
+  }
   Calibration c;
   c.key = key;
+  std::string info_text(static_cast<size_t>(h.info_bytes), '\0');
+  if (!read_at(file->fd, info_text.data(), info_text.size(), kHeaderBytes)) return std::nullopt;
   try {
-    c.info = parse_json_text(std::string_view(payload, h.info_bytes), path.string());
+    c.info = parse_json_text(info_text, path.string());
   } catch (const Error&) {
     return std::nullopt;
   }
-  size_t pos = h.info_bytes;
-  const size_t end = h.payload_bytes;
+  uint64_t pos = h.info_bytes;
+  const uint64_t end = h.payload_bytes;
   for (uint32_t i = 0; i < h.n_entries; ++i) {
     EntryHeader e;
     if (end - pos < sizeof e) return std::nullopt;
-    std::memcpy(&e, payload + pos, sizeof e);
+    if (!read_at(file->fd, &e, sizeof e, kHeaderBytes + pos)) return std::nullopt;
     pos += sizeof e;
     if (e.width <= 0 || e.width > (int64_t{1} << 20) || e.rows < 0 || e.site < 0 || e.site > 3) return std::nullopt;
-    const size_t need = static_cast<size_t>(e.width + e.width * e.width) * sizeof(double);
+    const uint64_t need = static_cast<uint64_t>(e.width + e.width * e.width) * sizeof(double);
     if (end - pos < need) return std::nullopt;
-    SiteStats s;
-    s.width = e.width;
-    s.rows = e.rows;
-    s.abs_sum.resize(e.width);
-    s.gram.resize(e.width, e.width);
-    std::memcpy(s.abs_sum.data(), payload + pos, static_cast<size_t>(e.width) * sizeof(double));
-    std::memcpy(s.gram.data(), payload + pos + static_cast<size_t>(e.width) * sizeof(double),
-                static_cast<size_t>(e.width * e.width) * sizeof(double));
+    const Calibration::Where where{e.layer, static_cast<HookSite>(e.site)};
+    if (c.index_.count(where) != 0) return std::nullopt;  // one entry per site
+    c.index_[where] = {kHeaderBytes + pos, e.width, e.rows};
     pos += need;
-    c.sites[{e.layer, static_cast<HookSite>(e.site)}] = std::move(s);
   }
   if (pos != end) return std::nullopt;
+  c.file_ = std::move(file);
   return c;
 }
 

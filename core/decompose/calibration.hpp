@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <climits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -43,34 +44,85 @@ struct SiteStats {
   Eigen::VectorXd mean_abs() const;  // abs_sum / rows (zeros when rows == 0)
 };
 
-struct Calibration {
+// The statistics of every (layer, site) of one calibration. Small ones live in memory; those
+// loaded from the cache stay in the file (kept open) and are read one site at a time, so that a
+// Llama-2-7B calibration (44 GB of Gram matrices) never has to fit in host memory.
+class Calibration {
+ public:
+  using Where = std::pair<int64_t, HookSite>;
   std::string key;            // 32 hex digits: model content + data identity + settings
   nlohmann::json info;        // source, samples, ctx, seed, tokens, ... (recorded with results)
-  std::map<std::pair<int64_t, HookSite>, SiteStats> sites;
-  // The statistics of `site` in `layer`; Error when the calibration has none (another model).
-  const SiteStats& at(int64_t layer, HookSite site) const;
+
+  // The statistics of `site` in `layer`; Error when the calibration has none (another model) or
+  // its file cannot be read.
+  std::shared_ptr<const SiteStats> at(int64_t layer, HookSite site) const;
+  // Every (layer, site) held, in order.
+  std::vector<Where> sites() const;
+  size_t size() const { return memory_.size() + index_.size(); }
+  // Adds (or replaces) in-memory statistics.
+  void put(int64_t layer, HookSite site, SiteStats stats);
+  bool file_backed() const { return !index_.empty(); }
+
+ private:
+  friend std::optional<Calibration> load_calibration(const std::filesystem::path& path, const std::string& key);
+  struct Entry {
+    uint64_t offset = 0;  // of the abs_sum values in the file
+    int64_t width = 0, rows = 0;
+  };
+  struct File;
+  std::map<Where, std::shared_ptr<const SiteStats>> memory_;
+  std::map<Where, Entry> index_;
+  std::shared_ptr<File> file_;
 };
 
-// Accumulates the statistics of the four decomposable-input sites over forward passes: pass
-// hook() to llama_forward (LlamaOptions::hook) or bert_forward, then take the result.
+// Accumulates the statistics of the four decomposable-input sites over forward passes on the
+// model's backend (on a GPU in float64 there): pass device_hook() to llama_logits
+// (LlamaOptions::device_hook) or bert_forward, then take() each finished site. Only layers in
+// [first_layer, end_layer) are kept.
 class CalibrationAccumulator {
  public:
-  CalibrationAccumulator();
-  const Hook& hook() const { return hook_; }
-  void add(HookSite site, int64_t layer, const Mat& activations);
+  explicit CalibrationAccumulator(Backend& backend, int64_t first_layer = 0, int64_t end_layer = INT64_MAX);
+  const DeviceHook& device_hook() const { return hook_; }
+  void add(HookSite site, int64_t layer, const Buffer& activations);
+  // The sites seen, in order.
+  std::vector<Calibration::Where> sites() const;
+  // The statistics of one site (full symmetric Gram matrix), freeing its accumulator.
+  SiteStats take(int64_t layer, HookSite site);
+  // Every site into a Calibration held in memory.
   Calibration finish(std::string key, nlohmann::json info);
 
  private:
-  std::map<std::pair<int64_t, HookSite>, SiteStats> sites_;
-  Hook hook_;
+  Backend& backend_;
+  int64_t first_, end_;
+  std::map<Calibration::Where, std::unique_ptr<GramAccumulator>> sites_;
+  DeviceHook hook_;
+};
+
+// A calibration file written one site at a time: a unique temporary beside `path`, renamed into
+// place by commit() (removed when the writer is destroyed without it). Throws Error naming the
+// file when it cannot be written.
+class CalibrationWriter {
+ public:
+  CalibrationWriter(std::filesystem::path path, const std::string& key, const nlohmann::json& info);
+  ~CalibrationWriter();
+  CalibrationWriter(const CalibrationWriter&) = delete;
+  CalibrationWriter& operator=(const CalibrationWriter&) = delete;
+  void add(int64_t layer, HookSite site, const SiteStats& stats);
+  void commit();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 // <dir>/calib/<key>.bin (docs/methods.md, "Calibration cache files"). Written to a temporary name
-// and renamed; throws Error naming the file when it cannot be written.
+// and renamed (through CalibrationWriter); throws Error naming the file when it cannot be written.
 std::filesystem::path calibration_path(const std::filesystem::path& cache_dir, const std::string& key);
 void save_calibration(const std::filesystem::path& path, const Calibration& calibration);
-// The calibration stored at `path` under `key`, or nullopt when the file is absent, truncated,
-// corrupt (checksum), of another version or of another key: the caller recomputes and rewrites it.
+// The calibration stored at `path` under `key` (file-backed: the checksum is verified reading
+// the file once, the statistics are read when asked for), or nullopt when the file is absent,
+// truncated, corrupt (checksum), of another version or of another key: the caller recomputes and
+// rewrites it.
 std::optional<Calibration> load_calibration(const std::filesystem::path& path, const std::string& key);
 
 // The transform D of an activation-aware method for one input site: the decomposer factorises

@@ -98,5 +98,7 @@ enum class HookSite {
 };
 std::string hook_name(HookSite site, int64_t layer);  // "blk.3.ffn_act"
 using Hook = std::function<void(HookSite site, int64_t layer, const Mat& activations)>;
+// The same on the backend's device: the activations stay there (calibration statistics).
+using DeviceHook = std::function<void(HookSite site, int64_t layer, const Buffer& activations)>;
 
 }  // namespace rankscope

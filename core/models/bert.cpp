@@ -30,7 +30,8 @@ void check_input(const Model& model, const BertInput& in) {
 
 }  // namespace
 
-BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, const Hook* hook_fn) {
+BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, const Hook* hook_fn,
+                        const DeviceHook* device_hook) {
   const auto& c = model.config;
   const auto& w = model.weights;
   if (c.arch != Arch::bert) fail("{}: bert_forward on a {} model", model.dir.string(), c.architecture);
@@ -56,6 +57,7 @@ BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, co
   Mat host;  // hooks' copy of a device buffer
   auto hook = [&](HookSite site, int64_t layer, const Buffer& b) {
     if (hook_fn != nullptr) (*hook_fn)(site, layer, be.host_view(b, host));
+    if (device_hook != nullptr) (*device_hook)(site, layer, b);
   };
 
   // x [n_tokens x n_embd] = LayerNorm(word[id] + position[t] + type[type_id]), fp32; xc is its

@@ -30,6 +30,7 @@ struct BertOutput {
 // "longest_first"). Throws Error when the tokenizer has no [CLS]/[SEP].
 BertInput bert_encode(const Tokenizer& tokenizer, std::string_view a, std::string_view b, int64_t max_len);
 
-BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, const Hook* hook = nullptr);
+BertOutput bert_forward(const Model& model, std::span<const BertInput> batch, const Hook* hook = nullptr,
+                        const DeviceHook* device_hook = nullptr);
 
 }  // namespace rankscope

@@ -49,6 +49,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
   if (c.arch != Arch::llama) fail("{}: llama_forward on a {} model", model.dir.string(), c.architecture);
   if (!model.has_weights) fail("{}: shapes-only model (no weights) cannot run", model.dir.string());
   RS_ASSERT(caches.empty() || caches.size() == sequences.size());
+  RS_ASSERT(caches.empty() || options.layers < 0);  // a cache holds every layer
   check_ids(model, sequences);
   Backend& be = model.runtime();
 
@@ -75,7 +76,9 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
   Mat host;  // hooks' copy of a device buffer
   auto hook = [&](HookSite site, int64_t layer, const Buffer& b) {
     if (options.hook != nullptr) (*options.hook)(site, layer, be.host_view(b, host));
+    if (options.device_hook != nullptr) (*options.device_hook)(site, layer, b);
   };
+  const int64_t n_blocks = options.layers < 0 ? c.n_layer : std::min(options.layers, c.n_layer);
 
   // x [n_tokens x n_embd]: the residual stream, fp32.
   Buffer x = be.buffer(n_tokens, c.n_embd, Precision::f32);
@@ -88,7 +91,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
   Buffer ctx = be.buffer(n_tokens, c.n_embd_q(), Precision::compute);
   Buffer gate = be.buffer(n_tokens, c.n_ff, Precision::compute);
   Buffer up = be.buffer(n_tokens, c.n_ff, Precision::compute);
-  for (int64_t l = 0; l < c.n_layer; ++l) {
+  for (int64_t l = 0; l < n_blocks; ++l) {
     const auto& layer = w.layers[static_cast<size_t>(l)];
     // Attention: h = RMSNorm(x); q, k, v = h Wq^T, h Wk^T, h Wv^T; RoPE on q and k.
     be.rms_norm(x, layer.attn_norm, c.norm_eps, h);                   // [n_tokens x n_embd]
@@ -116,6 +119,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
   if (!caches.empty()) {
     for (size_t s = 0; s < sequences.size(); ++s) caches[s].n_past += layout.length(static_cast<int64_t>(s));
   }
+  if (options.layers >= 0) return {};
 
   // Final RMSNorm and logits = h W_out^T, fp32.
   if (options.last_logits_only) {

@@ -16,6 +16,10 @@ namespace rankscope {
 struct LlamaOptions {
   bool last_logits_only = false;  // logits of each sequence's last token only
   const Hook* hook = nullptr;
+  const DeviceHook* device_hook = nullptr;
+  // Run only the first `layers` blocks (hooks included) and return an empty buffer: no logits.
+  // -1 = all blocks and the logits.
+  int64_t layers = -1;
 };
 
 // Runs `sequences` on the model's backend (each continuing its cache when `caches` is non-empty:

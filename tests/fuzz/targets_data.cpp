@@ -326,13 +326,13 @@ Target cache_target() {
     // Separate directories: with the full SVD present the randomized one would never be written.
     FactorCache(dir / "full").factors(w, 0);
     FactorCache(dir / "randomized", randomized_policy()).factors(w, kCacheRank);
-    CalibrationAccumulator acc;
+    CalibrationAccumulator acc(cpu_backend());
     Rng rng(3);
     Mat x1(5, 6), x2(7, 4);
     for (int64_t i = 0; i < x1.size(); ++i) x1.data()[i] = static_cast<float>(rng.below(100)) / 10.0f - 5.0f;
     for (int64_t i = 0; i < x2.size(); ++i) x2.data()[i] = static_cast<float>(rng.below(100)) / 10.0f - 5.0f;
-    acc.add(HookSite::attn_in, 0, x1);
-    acc.add(HookSite::ffn_act, 1, x2);
+    acc.add(HookSite::attn_in, 0, cpu_backend().upload(x1, Precision::f32));
+    acc.add(HookSite::ffn_act, 1, cpu_backend().upload(x2, Precision::f32));
     const fs::path calib = calibration_path(dir, kCalibrationKey);
     save_calibration(calib, acc.finish(kCalibrationKey, {{"source", "fuzz"}, {"samples", 2}, {"ctx", {1, 2, {{"a", nullptr}}}}}));
     std::vector<Seed> seeds;
@@ -354,11 +354,11 @@ Target cache_target() {
     FactorCache full(dir / "factors");
     touch(*full.factors(w, 0));
     if (const auto c = load_calibration(calibration_path(dir, kCalibrationKey), kCalibrationKey)) {
-      for (const auto& [where, stats] : c->sites) {
-        stats.mean_abs();
-        c->at(where.first, where.second);
-        asvd_transform(stats, 0.5);
-        whiten_transform(stats);
+      for (const auto& [layer, site] : c->sites()) {
+        const auto stats = c->at(layer, site);
+        stats->mean_abs();
+        asvd_transform(*stats, 0.5);
+        whiten_transform(*stats);
       }
     }
   };

@@ -207,6 +207,81 @@ std::vector<TokenScore> CpuBackend::score(const Buffer& logits, std::span<const 
   return out;
 }
 
+std::vector<RowComparison> CpuBackend::compare_rows(const Buffer& logits, std::span<const int64_t> rows,
+                                                    std::span<const TokenId> targets, const float* base,
+                                                    float* log_probs) {
+  const Mat& l = mat(logits);
+  RS_ASSERT(rows.size() == targets.size());
+  const int64_t n_vocab = l.cols();
+  std::vector<RowComparison> out(rows.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
+    const float* x = l.row(rows[static_cast<size_t>(i)]).data();
+    double max = x[0];
+    int64_t argmax = 0;
+    for (int64_t v = 1; v < n_vocab; ++v) {
+      if (x[v] > x[argmax]) argmax = v;
+      max = std::max(max, static_cast<double>(x[v]));
+    }
+    double sum = 0.0;
+    for (int64_t v = 0; v < n_vocab; ++v) sum += std::exp(static_cast<double>(x[v]) - max);
+    const double lse = std::log(sum);
+    RowComparison& r = out[static_cast<size_t>(i)];
+    r.argmax = static_cast<int32_t>(argmax);
+    r.logprob = static_cast<double>(x[targets[static_cast<size_t>(i)]]) - max - lse;
+    if (log_probs != nullptr) {
+      float* o = log_probs + i * n_vocab;
+      for (int64_t v = 0; v < n_vocab; ++v) o[v] = static_cast<float>(static_cast<double>(x[v]) - max - lse);
+    }
+    if (base != nullptr) {
+      const float* lb = base + i * n_vocab;
+      double kl = 0.0;
+      for (int64_t v = 0; v < n_vocab; ++v) {
+        const auto lc = static_cast<float>(static_cast<double>(x[v]) - max - lse);
+        const double lpb = lb[v];
+        kl += std::exp(lpb) * (lpb - static_cast<double>(lc));
+      }
+      r.kl = kl;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// X^T X and sum |x| in double on the host (Eigen's symmetric rank update, lower triangle).
+class CpuGramAccumulator final : public GramAccumulator {
+ public:
+  explicit CpuGramAccumulator(int64_t width)
+      : abs_sum_(Eigen::VectorXd::Zero(width)), gram_(Eigen::MatrixXd::Zero(width, width)) {
+    width_ = width;
+  }
+  void add(const Buffer& x) override {
+    const Mat& m = mat(x);
+    RS_ASSERT(m.cols() == width_);
+    const Eigen::MatrixXd xd = m.cast<double>();
+    abs_sum_ += xd.cwiseAbs().colwise().sum().transpose();
+    gram_.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
+    rows_ += m.rows();
+  }
+  void read(double* abs_sum, double* gram) override {
+    std::copy_n(abs_sum_.data(), width_, abs_sum);
+    for (int64_t j = 0; j < width_; ++j) {
+      std::copy(gram_.data() + j * width_ + j, gram_.data() + (j + 1) * width_, gram + j * width_ + j);
+    }
+  }
+
+ private:
+  Eigen::VectorXd abs_sum_;
+  Eigen::MatrixXd gram_;
+};
+
+}  // namespace
+
+std::unique_ptr<GramAccumulator> CpuBackend::gram_accumulator(int64_t width) {
+  return std::make_unique<CpuGramAccumulator>(width);
+}
+
 TokenScore score_row(const float* row, int64_t n_vocab, TokenId target) {
   float max = row[0];
   int64_t argmax = 0;

@@ -33,6 +33,10 @@ class CpuBackend final : public Backend {
   void tanh(Buffer& x) override;
   std::vector<TokenScore> score(const Buffer& logits, std::span<const int64_t> rows,
                                 std::span<const TokenId> targets) override;
+  std::vector<RowComparison> compare_rows(const Buffer& logits, std::span<const int64_t> rows,
+                                          std::span<const TokenId> targets, const float* base,
+                                          float* log_probs) override;
+  std::unique_ptr<GramAccumulator> gram_accumulator(int64_t width) override;
 };
 
 // log softmax(row)[target] in float64 (the reference every backend's score() matches).

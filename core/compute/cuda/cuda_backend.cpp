@@ -428,6 +428,124 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  std::vector<RowComparison> compare_rows(const Buffer& logits, std::span<const int64_t> rows,
+                                          std::span<const TokenId> targets, const float* base,
+                                          float* log_probs) override {
+    std::optional<Scope> scope(std::in_place, profile_.get(), "compare_rows");
+    RS_ASSERT(logits.type() == ComputeType::f32 && rows.size() == targets.size());
+    const auto n = static_cast<int64_t>(rows.size());
+    const int64_t n_vocab = logits.cols();
+    std::vector<RowComparison> out(static_cast<size_t>(n));
+    if (n == 0) return out;
+    // Rows a chunk: the base and log-probability rows that travel stay within 256 MiB each.
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{256} << 20) / (n_vocab * 4));
+    const size_t max_rows = static_cast<size_t>(std::min(chunk, n));
+    std::shared_ptr<void> d_base, d_out;
+    if (base != nullptr) d_base = allocate(max_rows * static_cast<size_t>(n_vocab) * 4, "base log-probabilities");
+    if (log_probs != nullptr) d_out = allocate(max_rows * static_cast<size_t>(n_vocab) * 4, "log-probabilities");
+    auto d_kl = allocate(static_cast<size_t>(n) * sizeof(double), "row comparisons");
+    auto d_logprob = allocate(static_cast<size_t>(n) * sizeof(double), "row comparisons");
+    auto d_argmax = allocate(static_cast<size_t>(n) * sizeof(int32_t), "row comparisons");
+    auto d_rows = upload(rows.data(), rows.size_bytes(), "compared rows");
+    auto d_targets = upload(targets.data(), targets.size_bytes(), "compared targets");
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+      const int64_t m = std::min(chunk, n - r0);
+      const size_t bytes = static_cast<size_t>(m * n_vocab) * 4;
+      if (base != nullptr) {
+        check(cudaMemcpyAsync(d_base.get(), base + r0 * n_vocab, bytes, cudaMemcpyHostToDevice, ctx_->stream),
+              "cudaMemcpyAsync (base log-probabilities)");
+      }
+      check(cuda::compare_rows(static_cast<const float*>(logits.data()), n_vocab,
+                               static_cast<const int64_t*>(d_rows.get()) + r0, static_cast<const int32_t*>(d_targets.get()) + r0,
+                               m, static_cast<const float*>(d_base.get()), static_cast<float*>(d_out.get()),
+                               static_cast<double*>(d_kl.get()) + r0, static_cast<double*>(d_logprob.get()) + r0,
+                               static_cast<int32_t*>(d_argmax.get()) + r0, ctx_->stream),
+            "compare_rows kernel");
+      if (log_probs != nullptr) {
+        check(cudaMemcpyAsync(log_probs + r0 * n_vocab, d_out.get(), bytes, cudaMemcpyDeviceToHost, ctx_->stream),
+              "cudaMemcpyAsync (log-probabilities)");
+      }
+      // The host side of the next chunk's copies is pageable: the stream orders them.
+    }
+    std::vector<double> kl(static_cast<size_t>(n)), logprob(static_cast<size_t>(n));
+    std::vector<int32_t> argmax(static_cast<size_t>(n));
+    check(cudaMemcpyAsync(kl.data(), d_kl.get(), kl.size() * sizeof(double), cudaMemcpyDeviceToHost, ctx_->stream), "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(logprob.data(), d_logprob.get(), logprob.size() * sizeof(double), cudaMemcpyDeviceToHost, ctx_->stream),
+          "cudaMemcpyAsync");
+    check(cudaMemcpyAsync(argmax.data(), d_argmax.get(), argmax.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, ctx_->stream),
+          "cudaMemcpyAsync");
+    scope.reset();
+    synchronize();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = {kl[i], logprob[i], argmax[i]};
+    return out;
+  }
+
+  // X^T X by DSYRK in float64 over the rows widened to float64 a chunk at a time.
+  class Gram final : public GramAccumulator {
+   public:
+    Gram(CudaBackend& be, int64_t width) : be_(be) {
+      width_ = width;
+      const auto w = static_cast<size_t>(width);
+      gram_ = be.allocate(w * w * sizeof(double), fmt::format("a [{} x {}] float64 Gram matrix", width, width));
+      abs_sum_ = be.allocate(w * sizeof(double), "column sums");
+      check(cudaMemsetAsync(gram_.get(), 0, w * w * sizeof(double), be.ctx_->stream), "cudaMemsetAsync");
+      check(cudaMemsetAsync(abs_sum_.get(), 0, w * sizeof(double), be.ctx_->stream), "cudaMemsetAsync");
+    }
+    void add(const Buffer& x) override {
+      const Scope scope(be_.profile_.get(), "gram");
+      RS_ASSERT(x.cols() == width_);
+      check(cuda::add_abs_column_sums(x.data(), x.type(), x.rows(), width_, static_cast<double*>(abs_sum_.get()),
+                                      be_.ctx_->stream),
+            "abs_column_sums kernel");
+      const int64_t chunk = std::max<int64_t>(1, (int64_t{256} << 20) / (width_ * 8));
+      auto wide = be_.allocate(static_cast<size_t>(std::min(chunk, x.rows()) * width_) * sizeof(double), "float64 activations");
+      const double one = 1.0;
+      for (int64_t r0 = 0; r0 < x.rows(); r0 += chunk) {
+        const int64_t m = std::min(chunk, x.rows() - r0);
+        const auto* src = static_cast<const std::byte*>(x.data()) + static_cast<size_t>(r0 * width_) * element_size(x.type());
+        check(cuda::widen_to_double(src, x.type(), m * width_, static_cast<double*>(wide.get()), be_.ctx_->stream),
+              "widen kernel");
+        // Row-major X [m x width] is the column-major X^T [width x m]: C += X^T X = A A^T.
+        check(cublasDsyrk(be_.ctx_->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(width_), static_cast<int>(m),
+                          &one, static_cast<const double*>(wide.get()), static_cast<int>(width_), &one,
+                          static_cast<double*>(gram_.get()), static_cast<int>(width_)),
+              "DSYRK (calibration statistics)");
+      }
+      rows_ += x.rows();
+    }
+    void read(double* abs_sum, double* gram) override {
+      const auto w = static_cast<size_t>(width_);
+      check(cudaMemcpyAsync(abs_sum, abs_sum_.get(), w * sizeof(double), cudaMemcpyDeviceToHost, be_.ctx_->stream), "cudaMemcpyAsync");
+      check(cudaMemcpyAsync(gram, gram_.get(), w * w * sizeof(double), cudaMemcpyDeviceToHost, be_.ctx_->stream), "cudaMemcpyAsync");
+      be_.synchronize();
+    }
+
+   private:
+    CudaBackend& be_;
+    std::shared_ptr<void> gram_, abs_sum_;
+  };
+
+  std::unique_ptr<GramAccumulator> gram_accumulator(int64_t width) override { return std::make_unique<Gram>(*this, width); }
+
+  int64_t free_memory() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    // Blocks freed into the stream-ordered pool are free to us but not to the driver.
+    cudaMemPool_t pool = nullptr;
+    uint64_t reserved = 0, used = 0;
+    if (cudaDeviceGetDefaultMemPool(&pool, ctx_->index) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess && reserved > used) {
+      free_bytes += static_cast<size_t>(reserved - used);
+    }
+    cudaGetLastError();
+    const size_t capped = ctx_->limit > ctx_->in_use ? ctx_->limit - ctx_->in_use : 0;
+    return static_cast<int64_t>(std::min(free_bytes, capped));
+  }
+
   void synchronize() override {
     check(cudaStreamSynchronize(ctx_->stream), "cudaStreamSynchronize");
     if (profile_) profile_->resolve();

@@ -237,7 +237,110 @@ __global__ void score_kernel(const float* logits, int64_t n_vocab, const int64_t
   }
 }
 
+__global__ void compare_kernel(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets,
+                               const float* base, float* log_probs, double* kl, double* logprob, int32_t* argmax) {
+  const int64_t i = blockIdx.x;
+  const float* row = logits + rows[i] * n_vocab;
+  __shared__ float best_value[kBlock];
+  __shared__ int64_t best_index[kBlock];
+  float best = row[0];
+  int64_t index = 0;
+  for (int64_t v = threadIdx.x; v < n_vocab; v += blockDim.x) {
+    if (row[v] > best) {  // strided: the first maximum within this thread's indices
+      best = row[v];
+      index = v;
+    }
+  }
+  best_value[threadIdx.x] = best;
+  best_index[threadIdx.x] = index;
+  __syncthreads();
+  for (int stride = kBlock / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      const float ov = best_value[threadIdx.x + stride];
+      const int64_t oi = best_index[threadIdx.x + stride];
+      const float mv = best_value[threadIdx.x];
+      const int64_t mi = best_index[threadIdx.x];
+      if (ov > mv || (ov == mv && oi < mi)) {
+        best_value[threadIdx.x] = ov;
+        best_index[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  const double max = best_value[0];
+  double sum = 0.0;
+  for (int64_t v = threadIdx.x; v < n_vocab; v += blockDim.x) sum += exp(static_cast<double>(row[v]) - max);
+  sum = block_sum(sum);
+  const double lse = log(sum);
+  double k = 0.0;
+  const float* lb = base != nullptr ? base + i * n_vocab : nullptr;
+  float* out = log_probs != nullptr ? log_probs + i * n_vocab : nullptr;
+  if (lb != nullptr || out != nullptr) {
+    for (int64_t v = threadIdx.x; v < n_vocab; v += blockDim.x) {
+      const auto lc = static_cast<float>(static_cast<double>(row[v]) - max - lse);
+      if (out != nullptr) out[v] = lc;
+      if (lb != nullptr) {
+        const double lpb = lb[v];
+        k += exp(lpb) * (lpb - static_cast<double>(lc));
+      }
+    }
+  }
+  if (lb != nullptr) k = block_sum(k);
+  if (threadIdx.x == 0) {
+    kl[i] = k;
+    logprob[i] = static_cast<double>(row[targets[i]]) - max - lse;
+    argmax[i] = static_cast<int32_t>(best_index[0]);
+  }
+}
+
+template <typename T>
+__global__ void widen_kernel(const T* x, double* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = static_cast<double>(to_float(x[i]));
+  }
+}
+
+template <typename T>
+__global__ void abs_column_sum_kernel(const T* x, int64_t rows, int64_t width, double* acc) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= width) return;
+  double s = 0.0;
+  for (int64_t r = 0; r < rows; ++r) s += fabs(static_cast<double>(to_float(x[r * width + j])));
+  acc[j] += s;
+}
+
 }  // namespace
+
+cudaError_t compare_rows(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets, int64_t n,
+                         const float* base, float* log_probs, double* kl, double* logprob, int32_t* argmax,
+                         cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  compare_kernel<<<static_cast<unsigned>(n), kBlock, 0, stream>>>(logits, n_vocab, rows, targets, base, log_probs, kl,
+                                                                  logprob, argmax);
+  return cudaGetLastError();
+}
+
+cudaError_t widen_to_double(const void* x, ComputeType type, int64_t n, double* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + kBlock - 1) / kBlock, 65535));
+    widen_kernel<<<blocks, kBlock, 0, stream>>>(static_cast<const T*>(x), out, n);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t add_abs_column_sums(const void* x, ComputeType type, int64_t rows, int64_t width, double* acc,
+                                cudaStream_t stream) {
+  if (rows == 0 || width == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    const auto blocks = static_cast<unsigned>((width + kBlock - 1) / kBlock);
+    abs_column_sum_kernel<<<blocks, kBlock, 0, stream>>>(static_cast<const T*>(x), rows, width, acc);
+  });
+  return cudaGetLastError();
+}
 
 cudaError_t convert(const void* src, ComputeType src_type, void* dst, ComputeType dst_type, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;

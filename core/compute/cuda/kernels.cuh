@@ -82,4 +82,18 @@ cudaError_t append_rows(const void* src, int64_t ld, const AppendDesc* seqs, int
 cudaError_t score(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets, int64_t n, double* logprob,
            uint8_t* is_argmax, cudaStream_t stream);
 
+// Per row i of n (logits[rows[i], :]): the float64 log-softmax; log_probs[i, :] (optional) = it
+// rounded to float32; logprob[i] at targets[i]; argmax[i] the first maximum; with base
+// ([n x n_vocab] float32 log-probabilities, optional) kl[i] = KL(base_i || row) over the row's
+// float32-rounded log-probabilities.
+cudaError_t compare_rows(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets, int64_t n,
+                         const float* base, float* log_probs, double* kl, double* logprob, int32_t* argmax,
+                         cudaStream_t stream);
+
+// x [rows x width] in `type` -> out [rows x width] float64 (for the statistics of a calibration).
+cudaError_t widen_to_double(const void* x, ComputeType type, int64_t n, double* out, cudaStream_t stream);
+// acc[j] += sum over the rows of |x[r, j]| (float64, a fixed order per column: reproducible).
+cudaError_t add_abs_column_sums(const void* x, ComputeType type, int64_t rows, int64_t width, double* acc,
+                                cudaStream_t stream);
+
 }  // namespace rankscope::cuda
