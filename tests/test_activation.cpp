@@ -361,6 +361,40 @@ TEST_CASE("calibration statistics are cached on disk and a corrupt file is recom
   CHECK(cached);
 }
 
+TEST_CASE("calibration in layer groups (a memory budget) gives the statistics of one pass bit for bit",
+          "[activation][cache]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  CalibrationOptions o;
+  o.source = "tinystories";
+  o.data_dir = test::shared_data("");
+  o.samples = 3;
+  o.ctx = 24;
+  o.seed = 5;
+  const auto one_pass = calibrate(base, o);  // in memory: no cache directory
+  CHECK_FALSE(one_pass->file_backed());
+  // A layer's statistics take about 0.34 MiB: 1 MiB holds 3 of the 5 layers, so two passes
+  // (the second runs the forward again up to layer 4); each site goes to the file as it is done.
+  o.memory_mib = 1;
+  o.cache_dir = test::scratch_dir("activation_calib_groups");
+  const auto grouped = calibrate(base, o);
+  CHECK(grouped->file_backed());
+  REQUIRE(grouped->sites() == one_pass->sites());
+  CHECK(grouped->size() == 20);
+  for (const auto& [layer, site] : one_pass->sites()) {
+    INFO(hook_name(site, layer));
+    const auto a = one_pass->at(layer, site);
+    const auto b = grouped->at(layer, site);
+    CHECK(a->rows == b->rows);
+    CHECK(a->gram == b->gram);
+    CHECK(a->abs_sum == b->abs_sum);
+    CHECK(a->gram == a->gram.transpose());
+  }
+  CHECK(grouped->info.at("device") == "cpu");
+  CHECK(grouped->info.at("dtype") == "fp32");
+}
+
 TEST_CASE("a calibration from the cache records the source this request named", "[activation][cache]") {
   const auto dir = test::shared_data("stories260K-hf");
   const auto text_file = test::shared_data("tinystories/tinystories_val.txt");

@@ -12,11 +12,14 @@
 #include "core/compute/backend.hpp"
 #include "core/compute/cpu/cpu_backend.hpp"
 #include "core/decompose/decompose.hpp"
+#include "core/decompose/calibration.hpp"
 #include "core/decompose/linalg.hpp"
 #include "core/io/npy.hpp"
 #include "core/models/bert.hpp"
 #include "core/models/llama.hpp"
 #include "core/space/config_string.hpp"
+#include "evaluators/calibration.hpp"
+#include "evaluators/fidelity.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
 
@@ -373,6 +376,136 @@ TEST_CASE("GPU log-softmax scoring equals the CPU's float64 reference, first max
   }
   CHECK(got[rows - 1 - 3].is_argmax);
   CHECK_FALSE(got[rows - 1 - 4].is_argmax);
+}
+
+TEST_CASE("GPU fidelity rows: KL, log-probabilities and argmax equal the CPU's float64 reference", "[gpu][fidelity]") {
+  RS_REQUIRE_GPU();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  const int64_t rows = 19, vocab = 32000;
+  Mat logits(rows, vocab), other(rows, vocab);
+  for (int64_t i = 0; i < logits.size(); ++i) {
+    logits.data()[i] = normal(rng);
+    other.data()[i] = logits.data()[i] + 0.3f * normal(rng);
+  }
+  std::vector<int64_t> pick;
+  std::vector<TokenId> targets;
+  for (int64_t i = 0; i < rows; ++i) {
+    pick.push_back((i * 5) % rows);
+    targets.push_back(static_cast<TokenId>((i * 7919) % vocab));
+  }
+  auto be = gpu(ComputeType::f32);
+  // The base side: log-probabilities written out, as the fidelity cache stores them.
+  Mat base_cpu(rows, vocab), base_gpu(rows, vocab);
+  const auto want_base = cpu_backend().compare_rows(cpu_backend().upload(other, Precision::f32), pick, targets, nullptr,
+                                                    base_cpu.data());
+  const auto got_base = be->compare_rows(be->upload(other, Precision::f32), pick, targets, nullptr, base_gpu.data());
+  // log p = x - max - log(sum exp): float64 sums in another order, rounded to float32.
+  CHECK((base_gpu - base_cpu).cwiseAbs().maxCoeff() <= 1e-5f);
+  const auto want = cpu_backend().compare_rows(cpu_backend().upload(logits, Precision::f32), pick, targets, base_cpu.data(), nullptr);
+  const auto got = be->compare_rows(be->upload(logits, Precision::f32), pick, targets, base_cpu.data(), nullptr);
+  for (size_t i = 0; i < pick.size(); ++i) {
+    INFO("row " << pick[i]);
+    CHECK(got_base[i].argmax == want_base[i].argmax);
+    CHECK(std::abs(got_base[i].logprob - want_base[i].logprob) <= 1e-12 * std::max(1.0, std::abs(want_base[i].logprob)));
+    CHECK(got[i].argmax == want[i].argmax);
+    CHECK(std::abs(got[i].logprob - want[i].logprob) <= 1e-12 * std::max(1.0, std::abs(want[i].logprob)));
+    // Terms exp(lpb) (lpb - lc) with lc rounded to float32 on both sides: a flip of the last bit
+    // of one lc moves KL by at most exp(lpb) * ulp(lc) ~ 1e-7 in total.
+    CHECK(std::abs(got[i].kl - want[i].kl) <= 1e-6 * std::max(1.0, want[i].kl));
+    CHECK(want[i].kl > 0.01);
+  }
+  // Equal rows: exactly 0, as on the CPU.
+  const auto same = be->compare_rows(be->upload(other, Precision::f32), pick, targets, base_gpu.data(), nullptr);
+  for (const auto& r : same) CHECK(r.kl == 0.0);
+}
+
+TEST_CASE("GPU fidelity: a decomposed stories260K-hf against its base equals the CPU's (fp32)", "[gpu][fidelity]") {
+  RS_REQUIRE_GPU();
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  auto ids = test::read_json(dir / "golden/tinystories_val_50k_ids.json")["ids"].get<std::vector<TokenId>>();
+  ids.resize(3000);
+  FactorCache cache(test::scratch_dir("gpu_fidelity_factors"));
+  FidelityOptions o;
+  o.ctx = 128;
+  o.windows_per_batch = 4;
+  auto run = [&](std::shared_ptr<Backend> backend) {
+    Model b = base;
+    if (backend) b.backend = backend;
+    const Model cand = decompose_model(b, parse_config("L*:all=50%", b.config), cache);
+    return fidelity(b, cand, ids, o);
+  };
+  const FidelityResult cpu = run(nullptr);
+  const FidelityResult cuda = run(gpu(ComputeType::f32));
+  CHECK(cuda.n_tokens == cpu.n_tokens);
+  CHECK(cpu.kl > 0.01);
+  // fp32 logits agree to 1e-4: KL (a mean of ~1e-1) and perplexities to 1e-4 relative.
+  CHECK(std::abs(cuda.kl - cpu.kl) <= 1e-4 * cpu.kl);
+  CHECK(std::abs(cuda.ppl_base - cpu.ppl_base) <= 1e-4 * cpu.ppl_base);
+  CHECK(std::abs(cuda.ppl_candidate - cpu.ppl_candidate) <= 1e-4 * cpu.ppl_candidate);
+  CHECK(std::abs(cuda.top1 - cpu.top1) <= 3.0 / static_cast<double>(cpu.n_tokens));  // near-ties may flip
+}
+
+TEST_CASE("GPU calibration: float64 statistics on the device equal the CPU's and layer groups read back lazily",
+          "[gpu][activation]") {
+  RS_REQUIRE_GPU();
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  auto model = load_model(dir);
+  CalibrationOptions o;
+  o.source = "tinystories";
+  o.data_dir = test::shared_data("");
+  o.samples = 6;
+  o.ctx = 64;
+  const auto cpu = calibrate(model, o);
+  model.backend = gpu(ComputeType::f32);
+  o.memory_mib = 1;  // two groups of layers
+  o.cache_dir = test::scratch_dir("gpu_calibration");
+  const auto cuda = calibrate(model, o);
+  CHECK(cuda->file_backed());
+  CHECK(cuda->info.at("device") == "cuda");
+  REQUIRE(cuda->sites() == cpu->sites());
+  for (const auto& [layer, site] : cpu->sites()) {
+    INFO(hook_name(site, layer));
+    const auto a = cpu->at(layer, site);
+    const auto b = cuda->at(layer, site);
+    CHECK(a->rows == b->rows);
+    // Activations agree to ~1e-6 relative (fp32 in another order); the sums are float64.
+    CHECK((a->gram - b->gram).norm() <= 1e-5 * a->gram.norm());
+    CHECK((a->abs_sum - b->abs_sum).norm() <= 1e-5 * a->abs_sum.norm());
+  }
+  // A whiten decomposition from the GPU's statistics runs and is finite.
+  FactorCache cache(test::scratch_dir("gpu_calibration_factors"));
+  const Model dec = decompose_model(model, parse_config("L*:all=50%@whiten", model.config), cache, nullptr, {cuda, 0.5});
+  CHECK(llama_forward(dec, golden_batch()).allFinite());
+}
+
+TEST_CASE("GPU randomized SVD equals the CPU's from the same sketch: singular values and error", "[gpu][linalg]") {
+  RS_REQUIRE_GPU();
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const auto& [m, n] : {std::pair<int64_t, int64_t>{600, 400}, {400, 600}}) {
+    INFO(m << " x " << n);
+    Mat a(m, std::min(m, n)), b(std::min(m, n), n);
+    for (Mat* x : {&a, &b}) {
+      for (int64_t i = 0; i < x->size(); ++i) x->data()[i] = normal(rng);
+    }
+    for (int64_t i = 0; i < a.cols(); ++i) a.col(i) *= std::pow(0.98f, static_cast<float>(i));
+    const Mat w = a * b;
+    RandomizedSvdOptions o;
+    const Svd want = svd_randomized(w, 64, o);
+    o.backend = SvdBackend::cuda;
+    const Svd got = svd_randomized(w, 64, o);
+    REQUIRE(got.rank() == 64);
+    // The same sketch through fp32 products in another order: the captured subspace and its
+    // singular values agree to fp32 accuracy relative to the largest.
+    CHECK((got.s - want.s).cwiseAbs().maxCoeff() <= 1e-4f * want.s(0));
+    CHECK(std::abs(truncation_error(w, got, 64) - truncation_error(w, want, 64)) <= 1e-3 * truncation_error(w, want, 64));
+    const Mat utu = got.u.transpose() * got.u;
+    CHECK((utu - Mat::Identity(64, 64)).cwiseAbs().maxCoeff() <= 1e-4f);
+  }
 }
 
 TEST_CASE("GPU bf16: ARC-Easy@200, SST-2 and TinyStories perplexity as on the CPU, protocol records device and dtype",

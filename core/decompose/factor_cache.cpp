@@ -174,7 +174,9 @@ std::shared_ptr<const CachedSvd> FactorCache::lookup(const std::string& key, int
   const Mat w = make();
   RS_ASSERT(w.rows() == m && w.cols() == n);
   if (randomized) {
-    return store(randomized_path(k), w, key, svd_randomized(w, k, policy_.options));
+    RandomizedSvdOptions options = policy_.options;
+    options.backend = policy_.backend;
+    return store(randomized_path(k), w, key, svd_randomized(w, k, options));
   }
   return store(full_path, w, key, svd_full(w, policy_.backend));
 }

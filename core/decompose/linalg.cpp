@@ -222,22 +222,33 @@ Svd svd_randomized(const Mat& w, int64_t rank, const RandomizedSvdOptions& optio
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (int64_t i = 0; i < omega_t.size(); ++i) omega_t.data()[i] = gauss(rng);
   Mat q_t(l, m);
-  gemm_xwt(omega_t.data(), l, n, w.data(), m, q_t.data());
-  orthonormalize_columns(q_t.data(), m, l);
-
-  // Power iterations Q <- orth(W orth(W^T Q)): Z^T = Q^T W [l x n], Y^T = Z^T W^T [l x m].
-  Mat z_t(l, n);
-  for (int it = 0; it < options.power_iterations; ++it) {
-    gemm_xb(q_t.data(), l, m, w.data(), n, z_t.data());
-    orthonormalize_columns(z_t.data(), n, l);
-    gemm_xwt(z_t.data(), l, n, w.data(), m, q_t.data());
-    orthonormalize_columns(q_t.data(), m, l);
-  }
-
-  // B = Q^T W [l x n] = U_B S V^T; W ~ (Q U_B) S V^T.
   Mat b(l, n);
-  gemm_xb(q_t.data(), l, m, w.data(), n, b.data());
-  const Svd small = svd_uncounted(b, SvdBackend::lapack);
+  if (options.backend == SvdBackend::cuda) {
+#ifdef RANKSCOPE_CUDA
+    if (cuda_visible_devices() == 0) fail("--svd-backend cuda: no CUDA GPU is visible");
+    std::vector<float> q, bv;
+    cuda_range_finder(w.data(), m, n, omega_t.data(), l, options.power_iterations, q, bv);
+    q_t = ConstMatMap(q.data(), l, m);
+    b = ConstMatMap(bv.data(), l, n);
+#else
+    fail("--svd-backend cuda: this rankscope was built without CUDA (configure with -DRANKSCOPE_CUDA=ON)");
+#endif
+  } else {
+    gemm_xwt(omega_t.data(), l, n, w.data(), m, q_t.data());
+    orthonormalize_columns(q_t.data(), m, l);
+    // Power iterations Q <- orth(W orth(W^T Q)): Z^T = Q^T W [l x n], Y^T = Z^T W^T [l x m].
+    Mat z_t(l, n);
+    for (int it = 0; it < options.power_iterations; ++it) {
+      gemm_xb(q_t.data(), l, m, w.data(), n, z_t.data());
+      orthonormalize_columns(z_t.data(), n, l);
+      gemm_xwt(z_t.data(), l, n, w.data(), m, q_t.data());
+      orthonormalize_columns(q_t.data(), m, l);
+    }
+    // B = Q^T W [l x n].
+    gemm_xb(q_t.data(), l, m, w.data(), n, b.data());
+  }
+  // B = U_B S V^T; W ~ (Q U_B) S V^T.
+  const Svd small = svd_uncounted(b, options.backend == SvdBackend::cuda ? SvdBackend::cuda : SvdBackend::lapack);
   Svd svd;
   svd.u = q_t.transpose() * small.u.leftCols(rank);
   svd.s = small.s.head(rank);

@@ -32,6 +32,8 @@ struct RandomizedSvdOptions {
   int64_t oversample = 40;  // 10 gives 1.0156x the optimal error on a 0.99^i spectrum at rank 128; 40 gives 1.0016x
   int power_iterations = 2;
   uint64_t seed = 0;
+  // cuda: the sketches, power iterations and the small SVD on GPU 0 (same Gaussian sketch).
+  SvdBackend backend = SvdBackend::lapack;
 };
 // Rank-r randomized SVD.
 Svd svd_randomized(const Mat& w, int64_t rank, const RandomizedSvdOptions& options = {});

@@ -21,4 +21,10 @@ std::shared_ptr<Backend> make_cuda_backend(int index, ComputeType type);
 void cuda_svd_full(const float* w, int64_t m, int64_t n, std::vector<float>& u, std::vector<float>& s,
                    std::vector<float>& v, int device = 0);
 
+// The range finder of a randomized SVD on GPU `device` (fp32 products without TF32, cuSOLVER QR):
+// from the Gaussian sketch omega_t [l x n] (row-major), `power_iterations` rounds of
+// Q <- orth(W orth(W^T Q)); returns q_t = Q^T [l x m] and b = Q^T W [l x n], row-major.
+void cuda_range_finder(const float* w, int64_t m, int64_t n, const float* omega_t, int64_t l, int power_iterations,
+                       std::vector<float>& q_t, std::vector<float>& b, int device = 0);
+
 }  // namespace rankscope

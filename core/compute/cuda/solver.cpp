@@ -131,4 +131,75 @@ void cuda_svd_full(const float* w, int64_t m, int64_t n, std::vector<float>& u, 
   svd_tall(wt, n, m, v, s, u);
 }
 
+namespace {
+
+struct FloatArray {
+  float* p = nullptr;
+  FloatArray(size_t n, const char* what) {
+    if (cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(float)) != cudaSuccess) {
+      cudaGetLastError();
+      fail("out of GPU memory: {} needs {:.1f} MiB", what, static_cast<double>(n * sizeof(float)) / (1 << 20));
+    }
+  }
+  ~FloatArray() { cudaFree(p); }
+  FloatArray(const FloatArray&) = delete;
+  FloatArray& operator=(const FloatArray&) = delete;
+};
+
+// Replaces the column-major rows x cols matrix a (rows >= cols) by the Q of its QR.
+void orthonormalize(Handles& h, float* a, int rows, int cols) {
+  int lwork_qr = 0, lwork_q = 0;
+  FloatArray tau(static_cast<size_t>(cols), "QR scalars");
+  check(cusolverDnSgeqrf_bufferSize(h.solver, rows, cols, a, rows, &lwork_qr), "SGEQRF workspace");
+  check(cusolverDnSorgqr_bufferSize(h.solver, rows, cols, cols, a, rows, tau.p, &lwork_q), "SORGQR workspace");
+  FloatArray work(static_cast<size_t>(std::max(lwork_qr, lwork_q)), "QR workspace");
+  int* info_d = nullptr;
+  check(cudaMalloc(&info_d, sizeof(int)), "cudaMalloc");
+  int info_qr = 0, info_q = 0;
+  const cusolverStatus_t s1 = cusolverDnSgeqrf(h.solver, rows, cols, a, rows, tau.p, work.p, lwork_qr, info_d);
+  cudaMemcpy(&info_qr, info_d, sizeof(int), cudaMemcpyDeviceToHost);
+  const cusolverStatus_t s2 = cusolverDnSorgqr(h.solver, rows, cols, cols, a, rows, tau.p, work.p, lwork_q, info_d);
+  cudaMemcpy(&info_q, info_d, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(info_d);
+  check(s1, "SGEQRF");
+  check(s2, "SORGQR");
+  if (info_qr != 0 || info_q != 0) fail("cuSOLVER QR of a {}x{} sketch failed (info {}, {})", rows, cols, info_qr, info_q);
+}
+
+}  // namespace
+
+void cuda_range_finder(const float* w, int64_t m, int64_t n, const float* omega_t, int64_t l, int power_iterations,
+                       std::vector<float>& q_t, std::vector<float>& b, int device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  Handles h;
+  // fp32 without TF32: the products keep fp32 accuracy, as OpenBLAS's do.
+  check(cublasSetMathMode(h.blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  const int M = static_cast<int>(m), N = static_cast<int>(n), L = static_cast<int>(l);
+  // Row-major W [m x n] is the column-major W^T [n x m] (ld n); the sketches are column-major
+  // Y [m x l] (ld m) and Z [n x l] (ld n): row-major Q^T [l x m] and Z^T [l x n], as on the CPU.
+  FloatArray wd(static_cast<size_t>(m * n), "the matrix");
+  FloatArray om(static_cast<size_t>(n * l), "the Gaussian sketch");
+  FloatArray y(static_cast<size_t>(m * l), "the range sketch");
+  FloatArray z(static_cast<size_t>(n * l), "the co-range sketch");
+  check(cudaMemcpy(wd.p, w, static_cast<size_t>(m * n) * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+  check(cudaMemcpy(om.p, omega_t, static_cast<size_t>(n * l) * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+  const float one = 1.0f, zero = 0.0f;
+  // Y = W Omega.
+  check(cublasSgemm(h.blas, CUBLAS_OP_T, CUBLAS_OP_N, M, L, N, &one, wd.p, N, om.p, N, &zero, y.p, M), "SGEMM W Omega");
+  orthonormalize(h, y.p, M, L);
+  for (int it = 0; it < power_iterations; ++it) {
+    // Z = W^T Q, orthonormalised; Y = W Z, orthonormalised.
+    check(cublasSgemm(h.blas, CUBLAS_OP_N, CUBLAS_OP_N, N, L, M, &one, wd.p, N, y.p, M, &zero, z.p, N), "SGEMM W^T Q");
+    orthonormalize(h, z.p, N, L);
+    check(cublasSgemm(h.blas, CUBLAS_OP_T, CUBLAS_OP_N, M, L, N, &one, wd.p, N, z.p, N, &zero, y.p, M), "SGEMM W Z");
+    orthonormalize(h, y.p, M, L);
+  }
+  // B^T = W^T Q [n x l] column-major: row-major B = Q^T W [l x n].
+  check(cublasSgemm(h.blas, CUBLAS_OP_N, CUBLAS_OP_N, N, L, M, &one, wd.p, N, y.p, M, &zero, z.p, N), "SGEMM Q^T W");
+  q_t.resize(static_cast<size_t>(l * m));
+  b.resize(static_cast<size_t>(l * n));
+  check(cudaMemcpy(q_t.data(), y.p, q_t.size() * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check(cudaMemcpy(b.data(), z.p, b.size() * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+}
+
 }  // namespace rankscope
