@@ -7,6 +7,8 @@
 //   factored    all 7 matrices of every layer factored at ranks 64/256/1024 (svd: two products,
 //               tucker: three) against dense: measured speed-up over the ideal FLOP ratio
 //   svd         the full SVD of every decomposable matrix on the GPU (--svd-backend cuda)
+//   calib       calibration statistics of every layer (Gram matrices and mean |x|, float64 on the
+//               GPU, layer groups, written site by site): time and the host memory it took
 //   ops         each operation of one layer alone at the throughput shape (where time goes)
 //   paper       the paper's request set (arc_easy, arc_challenge, hellaswag, mmlu, truthfulqa_mc2,
 //               winogrande; full, zero-shot) for one configuration: dense and L2,17,31:all=1
@@ -35,6 +37,7 @@
 #include "core/models/llama.hpp"
 #include "core/space/config_string.hpp"
 #include "core/tokenize/tokenizer.hpp"
+#include "evaluators/calibration.hpp"
 #include "evaluators/evaluator.hpp"
 
 using namespace rankscope;
@@ -44,6 +47,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// A field of /proc/self/status in KiB (VmRSS, VmHWM); 0 when absent.
+int64_t proc_status_kib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  }
+  return 0;
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -332,6 +345,50 @@ int main(int argc, char** argv) {
       fmt::print("svd: {} matrices factorized (full SVD, GPU) in {:.1f} s ({:.2f} s each)\n", count, wall,
                  wall / static_cast<double>(count));
       report["svd"] = {{"matrices", count}, {"seconds", wall}};
+      // Randomized SVD at rank 1024 (the factor cache's choice for ranks up to 1024 of a
+      // 4096-wide matrix) on the GPU and on the CPU, one layer's matrices.
+      for (const SvdBackend backend : {SvdBackend::cuda, SvdBackend::lapack}) {
+        RandomizedSvdOptions o;
+        o.backend = backend;
+        const auto t1 = Clock::now();
+        int64_t n = 0;
+        for (const auto& lin : w.layers[0].linear) {
+          const Mat weight = lin.weight().matrix();
+          (void)svd_randomized(weight, 1024, o);
+          ++n;
+        }
+        const double each = seconds_since(t1) / static_cast<double>(n);
+        fmt::print("svd: randomized rank 1024 on the {}: {:.2f} s a matrix (layer 0's {})\n",
+                   backend == SvdBackend::cuda ? "GPU" : "CPU", each, n);
+        report["svd"][backend == SvdBackend::cuda ? "randomized_gpu_s" : "randomized_cpu_s"] = each;
+      }
+    }
+
+    if (sections.count("calib")) {
+      auto tok = load_sentencepiece(std::filesystem::path(tokenizer_dir) / "tokenizer.model");
+      m.tokenizer = std::shared_ptr<const Tokenizer>(std::move(tok));
+      CalibrationOptions o;
+      o.source = "wikitext2";
+      o.data_dir = data_dir;
+      o.samples = 64;
+      o.ctx = 512;
+      o.cache_dir = "bench-gpu-calib-cache";
+      std::filesystem::remove_all(o.cache_dir);
+      // Host memory: the peak resident set from here on (VmHWM after resetting it) over the resident
+      // set before.
+      const int64_t rss_before = proc_status_kib("VmRSS");
+      std::ofstream("/proc/self/clear_refs") << "5";
+      const auto t0 = Clock::now();
+      const auto calibration = calibrate(m, o);
+      const double wall = seconds_since(t0);
+      const int64_t peak = proc_status_kib("VmHWM");
+      const auto bytes = std::filesystem::file_size(calibration_path(o.cache_dir, calibration->key));
+      fmt::print("calib: {} samples x {} tokens, {} sites, {:.1f} GB of statistics written in {:.1f} s; host memory "
+                 "peak {:.2f} GB above the {:.2f} GB before\n",
+                 o.samples, o.ctx, calibration->size(), static_cast<double>(bytes) / 1e9, wall,
+                 static_cast<double>(peak - rss_before) / (1024.0 * 1024.0), static_cast<double>(rss_before) / (1024.0 * 1024.0));
+      report["calib"] = {{"seconds", wall}, {"bytes", bytes}, {"host_peak_extra_kib", peak - rss_before}};
+      std::filesystem::remove_all(o.cache_dir);
     }
 
     if (sections.count("paper")) {

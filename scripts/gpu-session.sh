@@ -14,7 +14,7 @@ case "${1:-}" in
     [ -d .gpu-run/debs ] || bash ../shared/gpu-machine/fetch-debs.sh .gpu-run/debs
     cp ../shared/gpu-machine/build-on-gpu.sh .gpu-run/
     (cd ../shared && tar czf "$OLDPWD/.gpu-run/shared.tgz" data/stories260K-hf data/bert-tiny-sst2 data/arc data/tinystories \
-      data/glue-sst2 data/hellaswag data/mmlu data/truthfulqa data/winogrande data/llama2-tokenizer configs/llama-2-7b)
+      data/glue-sst2 data/hellaswag data/mmlu data/truthfulqa data/winogrande data/llama2-tokenizer data/wikitext-2 data/wikitext-2-raw configs/llama-2-7b)
     du -sh .gpu-run
     exit 0 ;;
   run) ;;
