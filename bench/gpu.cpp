@@ -16,6 +16,7 @@
 //   build/bench/gpu --config ../shared/configs/llama-2-7b --tokenizer ../shared/data/llama2-tokenizer
 //                   [--data-dir ../shared/data] [--layers N] [--sections gemm,throughput,factored,paper]
 //                   [--batch 64] [--seq 128] [--reps 5] [--baseline transformers.json] [--json out.json]
+//                   [--paper-runs dense,paper]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -163,6 +164,7 @@ std::set<std::string> split(const std::string& s) {
 int main(int argc, char** argv) {
   std::string config_path = "../shared/configs/llama-2-7b", tokenizer_dir = "../shared/data/llama2-tokenizer";
   std::string data_dir = "../shared/data", sections_text = "gemm,throughput,factored,paper", baseline_path, json_path;
+  std::string paper_runs = "dense,paper";
   std::string device = "cuda", dtype = "bf16", paper_tasks = "arc_easy,arc_challenge,hellaswag,mmlu,truthfulqa_mc2,winogrande";
   int64_t layers = 0, batch = 64, seq = 128, limit = -1, batch_tokens = 16384;
   int reps = 5;
@@ -177,6 +179,7 @@ int main(int argc, char** argv) {
     else if (a == "--device") device = v;
     else if (a == "--dtype") dtype = v;
     else if (a == "--tasks") paper_tasks = v;
+    else if (a == "--paper-runs") paper_runs = v;
     else if (a == "--layers") layers = std::stoll(v);
     else if (a == "--batch") batch = std::stoll(v);
     else if (a == "--seq") seq = std::stoll(v);
@@ -411,8 +414,10 @@ int main(int argc, char** argv) {
         paper_config += (paper_config.empty() ? "L" : ",") + std::to_string(l);
       }
       paper_config += ":all=1";
-      std::vector<std::string> configs = {std::string()};
-      if (!paper_layers.empty()) configs.push_back(paper_config);
+      std::vector<std::string> configs;
+      const auto runs = split(paper_runs);
+      if (runs.count("dense")) configs.push_back(std::string());
+      if (runs.count("paper") && !paper_layers.empty()) configs.push_back(paper_config);
       for (const std::string& text : configs) {
         Model candidate = m;
         if (!text.empty()) factor_layers(candidate, paper_layers, 1, "tucker", 9000);

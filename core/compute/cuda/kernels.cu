@@ -310,7 +310,41 @@ __global__ void abs_column_sum_kernel(const T* x, int64_t rows, int64_t width, d
   acc[j] += s;
 }
 
+__global__ void reverse_columns_kernel(const double* src, int64_t rows, int64_t cols, const double* scale, float* out) {
+  const int64_t n = rows * cols;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / cols, j = e % cols;
+    const double v = src[i * cols + cols - 1 - j];
+    out[e] = static_cast<float>(scale != nullptr ? v * scale[j] : v);
+  }
+}
+
+__global__ void eigenvectors_descending_kernel(const double* ev, int64_t k, float* out) {
+  const int64_t n = k * k;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / k, j = e % k;
+    out[e] = static_cast<float>(ev[(k - 1 - j) * k + i]);
+  }
+}
+
 }  // namespace
+
+cudaError_t reverse_columns(const double* src, int64_t rows, int64_t cols, const double* scale, float* out,
+                            cudaStream_t stream) {
+  if (rows * cols == 0) return cudaSuccess;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((rows * cols + kBlock - 1) / kBlock, 65535));
+  reverse_columns_kernel<<<blocks, kBlock, 0, stream>>>(src, rows, cols, scale, out);
+  return cudaGetLastError();
+}
+
+cudaError_t eigenvectors_descending(const double* ev, int64_t k, float* out, cudaStream_t stream) {
+  if (k == 0) return cudaSuccess;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((k * k + kBlock - 1) / kBlock, 65535));
+  eigenvectors_descending_kernel<<<blocks, kBlock, 0, stream>>>(ev, k, out);
+  return cudaGetLastError();
+}
 
 cudaError_t compare_rows(const float* logits, int64_t n_vocab, const int64_t* rows, const int32_t* targets, int64_t n,
                          const float* base, float* log_probs, double* kl, double* logprob, int32_t* argmax,

@@ -96,4 +96,12 @@ cudaError_t widen_to_double(const void* x, ComputeType type, int64_t n, double* 
 cudaError_t add_abs_column_sums(const void* x, ComputeType type, int64_t rows, int64_t width, double* acc,
                                 cudaStream_t stream);
 
+// out[i, j] = src[i, cols - 1 - j] * scale[j] (scale optional): row-major [rows x cols], float64 in,
+// float32 out (the factors of an SVD from an ascending eigendecomposition).
+cudaError_t reverse_columns(const double* src, int64_t rows, int64_t cols, const double* scale, float* out,
+                            cudaStream_t stream);
+// out[i, j] = ev[(k - 1 - j) * k + i]: the column-major eigenvectors ev [k x k] as row-major
+// float32 factor columns, largest eigenvalue first.
+cudaError_t eigenvectors_descending(const double* ev, int64_t k, float* out, cudaStream_t stream);
+
 }  // namespace rankscope::cuda

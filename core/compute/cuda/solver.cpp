@@ -3,6 +3,12 @@
 // fp64 keeps the squared condition number harmless for fp32 weights: singular values are accurate
 // to about 1e-8 of the largest, far below fp32 factors' own rounding.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
 #include <cmath>
 #include <vector>
 
@@ -10,8 +16,11 @@
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
+#include <fmt/format.h>
+
 #include "core/base/error.hpp"
 #include "core/compute/cuda/cuda_backend.hpp"
+#include "core/compute/cuda/kernels.cuh"
 
 namespace rankscope {
 
@@ -41,97 +50,31 @@ struct DeviceArray {
   DeviceArray& operator=(const DeviceArray&) = delete;
 };
 
+// cuBLAS and cuSOLVER handles of this thread on one device, created once: creating them costs
+// more than a small factorization.
 struct Handles {
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
   Handles() {
     check(cublasCreate(&blas), "cublasCreate");
     check(cusolverDnCreate(&solver), "cusolverDnCreate");
+    // fp32 stays fp32: no TF32 shortcuts in the sketches' products.
+    check(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   }
   ~Handles() {
     cusolverDnDestroy(solver);
     cublasDestroy(blas);
   }
+  Handles(const Handles&) = delete;
+  Handles& operator=(const Handles&) = delete;
 };
 
-// The SVD of w [m x n] row-major with m >= n: u [m x n], s [n], v [n x n], row-major.
-void svd_tall(const std::vector<double>& w, int64_t m, int64_t n, std::vector<float>& u, std::vector<float>& s,
-              std::vector<float>& v) {
-  Handles h;
-  const int M = static_cast<int>(m), N = static_cast<int>(n);
-  // Row-major W [m x n] is the column-major A = W^T [n x m], leading dimension n.
-  DeviceArray a(static_cast<size_t>(m * n), "the matrix (fp64)");
-  DeviceArray g(static_cast<size_t>(n * n), "its Gram matrix");
-  DeviceArray eig(static_cast<size_t>(n), "eigenvalues");
-  check(cudaMemcpy(a.p, w.data(), w.size() * sizeof(double), cudaMemcpyHostToDevice), "cudaMemcpy");
-  // G = A A^T = W^T W [n x n], lower triangle.
-  const double one = 1.0, zero = 0.0;
-  check(cublasDsyrk(h.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, N, M, &one, a.p, N, &zero, g.p, N), "DSYRK");
-  int lwork = 0;
-  check(cusolverDnDsyevd_bufferSize(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, N, g.p, N, eig.p, &lwork),
-        "DSYEVD workspace");
-  DeviceArray work(static_cast<size_t>(lwork), "DSYEVD workspace");
-  int* info_d = nullptr;
-  check(cudaMalloc(&info_d, sizeof(int)), "cudaMalloc");
-  const cusolverStatus_t st =
-      cusolverDnDsyevd(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, N, g.p, N, eig.p, work.p, lwork, info_d);
-  int info = 0;
-  cudaMemcpy(&info, info_d, sizeof(int), cudaMemcpyDeviceToHost);
-  cudaFree(info_d);
-  check(st, "DSYEVD");
-  if (info != 0) fail("cuSOLVER DSYEVD on a {}x{} Gram matrix failed (info {})", n, n, info);
-  // Eigenvalues ascending: singular values are their square roots in reverse order.
-  std::vector<double> lambda(static_cast<size_t>(n));
-  check(cudaMemcpy(lambda.data(), eig.p, lambda.size() * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  std::vector<double> sigma(static_cast<size_t>(n)), inv(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) sigma[j] = std::sqrt(std::max(0.0, lambda[n - 1 - j]));
-  // Directions whose singular value is lost in rounding get a zero column of U (weight 0 anyway).
-  const double floor = sigma.empty() ? 0.0 : sigma[0] * 1e-12;
-  for (int64_t j = 0; j < n; ++j) inv[j] = sigma[j] > floor ? 1.0 / sigma[j] : 0.0;
-  // Reverse the eigenvector columns: Vd column j = eigenvector n-1-j (column-major [n x n]).
-  std::vector<double> g_host(static_cast<size_t>(n * n));
-  check(cudaMemcpy(g_host.data(), g.p, g_host.size() * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  std::vector<double> vd(static_cast<size_t>(n * n));
-  for (int64_t j = 0; j < n; ++j) {
-    std::copy_n(g_host.data() + (n - 1 - j) * n, n, vd.data() + j * n);
-  }
-  check(cudaMemcpy(g.p, vd.data(), vd.size() * sizeof(double), cudaMemcpyHostToDevice), "cudaMemcpy");
-  // C = Vd^T A [n x m] column-major = row-major U [m x n] before scaling; then row j of C times 1/s_j.
-  DeviceArray c(static_cast<size_t>(m * n), "U");
-  check(cublasDgemm(h.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, N, &one, g.p, N, a.p, N, &zero, c.p, N), "DGEMM");
-  DeviceArray inv_d(static_cast<size_t>(n), "scales");
-  check(cudaMemcpy(inv_d.p, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "cudaMemcpy");
-  check(cublasDdgmm(h.blas, CUBLAS_SIDE_LEFT, N, M, c.p, N, inv_d.p, 1, c.p, N), "DDGMM");
-  std::vector<double> u_host(static_cast<size_t>(m * n));
-  check(cudaMemcpy(u_host.data(), c.p, u_host.size() * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  u.assign(u_host.begin(), u_host.end());
-  s.assign(sigma.begin(), sigma.end());
-  // V row-major [n x n]: V[i][j] = Vd(i, j) = vd[j * n + i].
-  v.resize(static_cast<size_t>(n * n));
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) v[i * n + j] = static_cast<float>(vd[j * n + i]);
-  }
+Handles& handles(int device) {
+  thread_local std::map<int, std::unique_ptr<Handles>> per_device;
+  auto& h = per_device[device];
+  if (!h) h = std::make_unique<Handles>();
+  return *h;
 }
-
-}  // namespace
-
-void cuda_svd_full(const float* w, int64_t m, int64_t n, std::vector<float>& u, std::vector<float>& s,
-                   std::vector<float>& v, int device) {
-  check(cudaSetDevice(device), "cudaSetDevice");
-  if (m >= n) {
-    std::vector<double> wd(w, w + m * n);
-    svd_tall(wd, m, n, u, s, v);
-    return;
-  }
-  // W^T = V S U^T: the SVD of the tall transpose with the factors swapped.
-  std::vector<double> wt(static_cast<size_t>(m * n));
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) wt[j * m + i] = w[i * n + j];
-  }
-  svd_tall(wt, n, m, v, s, u);
-}
-
-namespace {
 
 struct FloatArray {
   float* p = nullptr;
@@ -145,6 +88,106 @@ struct FloatArray {
   FloatArray(const FloatArray&) = delete;
   FloatArray& operator=(const FloatArray&) = delete;
 };
+
+// Phase times of one factorization on stderr with RANKSCOPE_CUDA_PROFILE=1 (where time goes).
+class Phases {
+ public:
+  Phases() {
+    const char* p = std::getenv("RANKSCOPE_CUDA_PROFILE");
+    on_ = p != nullptr && std::string(p) == "1";
+    last_ = std::chrono::steady_clock::now();
+  }
+  void mark(const char* name) {
+    if (!on_) return;
+    cudaDeviceSynchronize();
+    const auto now = std::chrono::steady_clock::now();
+    line_ += fmt::format(" {} {:.0f} ms", name, std::chrono::duration<double, std::milli>(now - last_).count());
+    last_ = now;
+  }
+  ~Phases() {
+    if (on_) std::fprintf(stderr, "svd phases:%s\n", line_.c_str());
+  }
+
+ private:
+  bool on_ = false;
+  std::chrono::steady_clock::time_point last_;
+  std::string line_;
+};
+
+}  // namespace
+
+// W [m x n] row-major is the column-major A = W^T [n x m] (ld n). With k = min(m, n), the Gram
+// matrix of the short side (tall: W^T W = A A^T; wide: W W^T = A^T A, both [k x k]) is
+// eigendecomposed; its eigenvectors are one factor, the other is W times them over s.
+void cuda_svd_full(const float* w, int64_t m, int64_t n, std::vector<float>& u, std::vector<float>& s,
+                   std::vector<float>& v, int device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  Handles& h = handles(device);
+  Phases phases;
+  const bool tall = m >= n;
+  const int64_t k = std::min(m, n), other = std::max(m, n);
+  const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+  DeviceArray a(static_cast<size_t>(m * n), "the matrix (fp64)");
+  {
+    FloatArray wf(static_cast<size_t>(m * n), "the matrix");
+    check(cudaMemcpy(wf.p, w, static_cast<size_t>(m * n) * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    check(cuda::widen_to_double(wf.p, ComputeType::f32, m * n, a.p, nullptr), "widen kernel");
+  }
+  phases.mark("upload");
+  DeviceArray g(static_cast<size_t>(k * k), "its Gram matrix");
+  DeviceArray eig(static_cast<size_t>(k), "eigenvalues");
+  const double one = 1.0, zero = 0.0;
+  check(cublasDsyrk(h.blas, CUBLAS_FILL_MODE_LOWER, tall ? CUBLAS_OP_N : CUBLAS_OP_T, K, tall ? M : N, &one, a.p, N, &zero,
+                    g.p, K),
+        "DSYRK");
+  phases.mark("syrk");
+  int lwork = 0;
+  check(cusolverDnDsyevd_bufferSize(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, K, g.p, K, eig.p, &lwork),
+        "DSYEVD workspace");
+  DeviceArray work(static_cast<size_t>(lwork), "DSYEVD workspace");
+  int* info_d = nullptr;
+  check(cudaMalloc(&info_d, sizeof(int)), "cudaMalloc");
+  const cusolverStatus_t st =
+      cusolverDnDsyevd(h.solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, K, g.p, K, eig.p, work.p, lwork, info_d);
+  int info = 0;
+  cudaMemcpy(&info, info_d, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(info_d);
+  check(st, "DSYEVD");
+  if (info != 0) fail("cuSOLVER DSYEVD on a {}x{} Gram matrix failed (info {})", k, k, info);
+  phases.mark("syevd");
+  // Eigenvalues ascending: singular values are their square roots in reverse order.
+  std::vector<double> lambda(static_cast<size_t>(k));
+  check(cudaMemcpy(lambda.data(), eig.p, lambda.size() * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  std::vector<double> sigma(static_cast<size_t>(k)), inv(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) sigma[j] = std::sqrt(std::max(0.0, lambda[k - 1 - j]));
+  // Directions whose singular value is lost in rounding get a zero column (weight 0 anyway).
+  const double floor = sigma.empty() ? 0.0 : sigma[0] * 1e-12;
+  for (int64_t j = 0; j < k; ++j) inv[j] = sigma[j] > floor ? 1.0 / sigma[j] : 0.0;
+  // The other factor before scaling, in ascending eigen order: C = Ev^T A (tall: [k x m]
+  // column-major = row-major [m x k], rows W v_j) or C = Ev^T A^T (wide: row-major [n x k], rows
+  // W^T u_j).
+  DeviceArray c(static_cast<size_t>(other * k), "the other factor");
+  check(cublasDgemm(h.blas, CUBLAS_OP_T, tall ? CUBLAS_OP_N : CUBLAS_OP_T, K, static_cast<int>(other), tall ? N : M, &one,
+                    g.p, K, a.p, N, &zero, c.p, K),
+        "DGEMM");
+  DeviceArray inv_d(static_cast<size_t>(k), "scales");
+  check(cudaMemcpy(inv_d.p, inv.data(), inv.size() * sizeof(double), cudaMemcpyHostToDevice), "cudaMemcpy");
+  FloatArray f_other(static_cast<size_t>(other * k), "the other factor (fp32)");
+  FloatArray f_eig(static_cast<size_t>(k * k), "the eigenvector factor (fp32)");
+  check(cuda::reverse_columns(c.p, other, k, inv_d.p, f_other.p, nullptr), "reverse_columns kernel");
+  check(cuda::eigenvectors_descending(g.p, k, f_eig.p, nullptr), "eigenvectors kernel");
+  phases.mark("factors");
+  std::vector<float>& big = tall ? u : v;    // [other x k]
+  std::vector<float>& small = tall ? v : u;  // [k x k]
+  big.resize(static_cast<size_t>(other * k));
+  small.resize(static_cast<size_t>(k * k));
+  check(cudaMemcpy(big.data(), f_other.p, big.size() * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check(cudaMemcpy(small.data(), f_eig.p, small.size() * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  s.assign(sigma.begin(), sigma.end());
+  phases.mark("download");
+}
+
+namespace {
 
 // Replaces the column-major rows x cols matrix a (rows >= cols) by the Q of its QR.
 void orthonormalize(Handles& h, float* a, int rows, int cols) {
@@ -171,9 +214,7 @@ void orthonormalize(Handles& h, float* a, int rows, int cols) {
 void cuda_range_finder(const float* w, int64_t m, int64_t n, const float* omega_t, int64_t l, int power_iterations,
                        std::vector<float>& q_t, std::vector<float>& b, int device) {
   check(cudaSetDevice(device), "cudaSetDevice");
-  Handles h;
-  // fp32 without TF32: the products keep fp32 accuracy, as OpenBLAS's do.
-  check(cublasSetMathMode(h.blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  Handles& h = handles(device);
   const int M = static_cast<int>(m), N = static_cast<int>(n), L = static_cast<int>(l);
   // Row-major W [m x n] is the column-major W^T [n x m] (ld n); the sketches are column-major
   // Y [m x l] (ld m) and Z [n x l] (ld n): row-major Q^T [l x m] and Z^T [l x n], as on the CPU.
