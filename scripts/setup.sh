@@ -16,6 +16,8 @@ PACKAGES=(
   libfmt-dev
   catch2                      # tests (Catch2 v2)
   libsqlite3-dev              # results store
+  libpq-dev                   # PostgreSQL results store (client library)
+  postgresql-15               # a throwaway server for the PostgreSQL tests (initdb, pg_ctl)
   libbz2-dev                  # llama.cpp's HellaSwag text ships as .bz2
 )
 

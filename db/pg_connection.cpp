@@ -1,0 +1,177 @@
+#include "db/pg_connection.hpp"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "core/base/error.hpp"
+
+namespace rankscope {
+
+namespace {
+
+// libpq's messages end with a newline and may hold several lines: one line, trimmed.
+std::string one_line(const char* message) {
+  std::string s = message != nullptr ? message : "";
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s.empty() ? "unknown error" : s;
+}
+
+// Parses with libpq; keyword -> value of every option the URI sets.
+std::map<std::string, std::string> parse(const std::string& url, std::string* error) {
+  char* err = nullptr;
+  PQconninfoOption* options = PQconninfoParse(url.c_str(), &err);
+  std::map<std::string, std::string> out;
+  if (options == nullptr) {
+    if (error != nullptr) *error = one_line(err);
+    if (err != nullptr) PQfreemem(err);
+    return out;
+  }
+  for (const PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr && *o->val != '\0') out[o->keyword] = o->val;
+  }
+  PQconninfoFree(options);
+  return out;
+}
+
+// Whether a failed connection is the server's absence (worth waiting for) rather than a refusal.
+bool server_absent(const std::string& message) {
+  for (const char* marker : {"Connection refused", "could not connect", "timeout expired", "server closed the connection",
+                             "No such file or directory", "could not translate host name", "the database system is starting up",
+                             "the database system is shutting down", "Connection reset", "no connection to the server",
+                             "could not receive data", "could not send data", "terminating connection"}) {
+    if (message.find(marker) != std::string::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool is_postgres_url(std::string_view text) {
+  return text.starts_with("postgresql://") || text.starts_with("postgres://");
+}
+
+std::string redact_postgres_url(const std::string& url) {
+  std::string error;
+  auto options = parse(url, &error);
+  if (options.empty() && !error.empty()) {
+    // The message of libpq names no password; the URI itself is not repeated.
+    fail("--db: not a valid PostgreSQL URI ({})", error);
+  }
+  std::string out = "postgresql://";
+  if (auto it = options.find("user"); it != options.end()) out += it->second + "@";
+  if (auto it = options.find("host"); it != options.end()) {
+    out += it->second.find(':') != std::string::npos && it->second.front() != '/' ? "[" + it->second + "]" : it->second;
+  }
+  if (auto it = options.find("port"); it != options.end()) out += ":" + it->second;
+  out += "/";
+  if (auto it = options.find("dbname"); it != options.end()) out += it->second;
+  std::string query;
+  for (const auto& [key, value] : options) {
+    if (key == "user" || key == "host" || key == "port" || key == "dbname" || key == "password") continue;
+    query += (query.empty() ? "?" : "&") + key + "=" + value;
+  }
+  return out + query;
+}
+
+struct PgConnection::Impl {
+  PGconn* conn = nullptr;
+  ~Impl() {
+    if (conn != nullptr) PQfinish(conn);
+  }
+};
+
+PgConnection::PgConnection(const std::string& url, int connect_timeout_seconds)
+    : url_(url), display_(redact_postgres_url(url)), timeout_(std::max(2, connect_timeout_seconds)),
+      impl_(std::make_unique<Impl>()) {
+  connect();
+}
+
+PgConnection::~PgConnection() = default;
+
+void PgConnection::fail_connection(const std::string& what) const {
+  const std::string message = fmt::format("{}: {}", display_, what);
+  if (server_absent(what)) throw TransientError(message);
+  throw Error(message);
+}
+
+void PgConnection::connect() {
+  if (impl_->conn != nullptr) {
+    PQfinish(impl_->conn);
+    impl_->conn = nullptr;
+  }
+  // Our defaults first: what the URI names overrides them (libpq applies PG* variables to the rest).
+  const std::string timeout = std::to_string(timeout_);
+  const char* keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
+  const char* values[] = {timeout.c_str(), "rankscope", url_.c_str(), nullptr};
+  impl_->conn = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
+  if (impl_->conn == nullptr) throw TransientError(fmt::format("{}: out of memory opening a connection", display_));
+  if (PQstatus(impl_->conn) != CONNECTION_OK) fail_connection(one_line(PQerrorMessage(impl_->conn)));
+  // Quiet notices (CREATE TABLE IF NOT EXISTS ... already exists) instead of libpq printing them.
+  PQsetNoticeProcessor(impl_->conn, [](void*, const char*) {}, nullptr);
+}
+
+bool PgConnection::ok() const { return impl_->conn != nullptr && PQstatus(impl_->conn) == CONNECTION_OK; }
+
+void PgConnection::reconnect() { connect(); }
+
+int PgConnection::server_version() const { return impl_->conn != nullptr ? PQserverVersion(impl_->conn) : 0; }
+
+PgResult PgConnection::exec(const std::string& sql, const std::vector<PgParam>& params) {
+  if (!ok()) fail_connection("no connection to the server");
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+  PGresult* r = PQexecParams(impl_->conn, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
+                             nullptr, 0);
+  const ExecStatusType status = r != nullptr ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+    std::string message = one_line(r != nullptr ? PQresultErrorMessage(r) : PQerrorMessage(impl_->conn));
+    const char* state = r != nullptr ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+    const std::string sqlstate = state != nullptr ? state : "";
+    if (r != nullptr) PQclear(r);
+    // A lost connection (or a server going down: class 08, 57P0x) is transient.
+    if (PQstatus(impl_->conn) != CONNECTION_OK || sqlstate.starts_with("08") || sqlstate.starts_with("57P0")) {
+      throw TransientError(fmt::format("{}: {}", display_, message));
+    }
+    throw Error(fmt::format("{}: {}{}", display_, message, sqlstate.empty() ? "" : " (SQLSTATE " + sqlstate + ")"));
+  }
+  PgResult out;
+  const int n_rows = PQntuples(r), n_cols = PQnfields(r);
+  for (int c = 0; c < n_cols; ++c) out.names_.emplace_back(PQfname(r, c));
+  out.values_.resize(static_cast<size_t>(n_rows));
+  for (int i = 0; i < n_rows; ++i) {
+    auto& row = out.values_[static_cast<size_t>(i)];
+    row.reserve(static_cast<size_t>(n_cols));
+    for (int c = 0; c < n_cols; ++c) {
+      if (PQgetisnull(r, i, c)) {
+        row.emplace_back(std::nullopt);
+      } else {
+        row.emplace_back(std::string(PQgetvalue(r, i, c), static_cast<size_t>(PQgetlength(r, i, c))));
+      }
+    }
+  }
+  const char* affected = PQcmdTuples(r);
+  if (affected != nullptr && *affected != '\0') out.affected_ = std::stoll(affected);
+  PQclear(r);
+  return out;
+}
+
+void PgConnection::exec_script(const std::string& sql) {
+  if (!ok()) fail_connection("no connection to the server");
+  PGresult* r = PQexec(impl_->conn, sql.c_str());
+  const ExecStatusType status = r != nullptr ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+    const std::string message = one_line(r != nullptr ? PQresultErrorMessage(r) : PQerrorMessage(impl_->conn));
+    if (r != nullptr) PQclear(r);
+    if (PQstatus(impl_->conn) != CONNECTION_OK) throw TransientError(fmt::format("{}: {}", display_, message));
+    throw Error(fmt::format("{}: {}", display_, message));
+  }
+  PQclear(r);
+}
+
+}  // namespace rankscope
