@@ -131,9 +131,16 @@ constexpr int kTcKeys = 64;                   // keys per tile
 constexpr int kSStride = kTcKeys + 4;
 constexpr int kPStride = kTcKeys + 8;
 
-// Rows [0, n) of a [Rows x D] tile from global rows of stride ld (zeros beyond n), in 16-byte
-// copies. Every load of a thread is issued before its first store, so their latencies overlap
-// (one after another they made the kernel wait on memory most of its time).
+// Row stride of the Q, K and V tiles in shared memory: D plus 8 elements (16 bytes), so that the
+// 16 rows a WMMA fragment reads start in different banks (with a stride of D = 64 or 128 values,
+// 128 or 256 bytes, every row started in the same bank and the loads were serialised).
+template <int D>
+__host__ __device__ constexpr int tile_stride() { return D + 8; }
+
+// Rows [0, n) of a [Rows x D] tile (row stride tile_stride<D>()) from global rows of stride ld
+// (zeros beyond n), in 16-byte copies. Every load of a thread is issued before its first store,
+// so their latencies overlap (one after another they made the kernel wait on memory most of its
+// time).
 template <typename T, int D, int Rows>
 __device__ void load_tile(T* dst, const T* src, int64_t ld, int64_t n) {
   constexpr int kVec = 16 / sizeof(T);
@@ -151,7 +158,7 @@ __device__ void load_tile(T* dst, const T* src, int64_t ld, int64_t n) {
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
     const int i = threadIdx.x + k * kThreads;
-    *reinterpret_cast<uint4*>(dst + (i / kPerRow) * D + (i % kPerRow) * kVec) = v[k];
+    *reinterpret_cast<uint4*>(dst + (i / kPerRow) * tile_stride<D>() + (i % kPerRow) * kVec) = v[k];
   }
 }
 
@@ -167,12 +174,13 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   const int64_t t_end = min(t_begin + kTcQueries, s.n_tokens);
   const int64_t n_keys = causal ? s.n_past + t_end : s.n_past + s.n_tokens;
 
+  constexpr int L = tile_stride<D>();
   extern __shared__ __align__(128) unsigned char smem[];
-  T* q_s = reinterpret_cast<T*>(smem);                                  // [kTcQueries x D]
-  T* k_s = q_s + kTcQueries * D;                                         // [kTcKeys x D]
-  T* v_s = k_s + kTcKeys * D;                                            // [kTcKeys x D]
-  float* s_w = reinterpret_cast<float*>(v_s + kTcKeys * D) + warp * kTcRows * kSStride;  // this warp's [16 x 64]
-  T* p_w = reinterpret_cast<T*>(reinterpret_cast<float*>(v_s + kTcKeys * D) + kWarps * kTcRows * kSStride) +
+  T* q_s = reinterpret_cast<T*>(smem);                                  // [kTcQueries x D], stride L
+  T* k_s = q_s + kTcQueries * L;                                         // [kTcKeys x D], stride L
+  T* v_s = k_s + kTcKeys * L;                                            // [kTcKeys x D], stride L
+  float* s_w = reinterpret_cast<float*>(v_s + kTcKeys * L) + warp * kTcRows * kSStride;  // this warp's [16 x 64]
+  T* p_w = reinterpret_cast<T*>(reinterpret_cast<float*>(v_s + kTcKeys * L) + kWarps * kTcRows * kSStride) +
            warp * kTcRows * kPStride;                                    // this warp's [16 x 64]
 
   load_tile<T, D, kTcQueries>(q_s, q + (s.q_row0 + t_begin) * ld_q + h * D, ld_q, t_end - t_begin);
@@ -201,8 +209,8 @@ __global__ void __launch_bounds__(kWarps* kWarp)
       for (int kk = 0; kk < D / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-        wmma::load_matrix_sync(a, q_s + warp * kTcRows * D + kk * 16, D);
-        wmma::load_matrix_sync(b, k_s + n * 16 * D + kk * 16, D);
+        wmma::load_matrix_sync(a, q_s + warp * kTcRows * L + kk * 16, L);
+        wmma::load_matrix_sync(b, k_s + n * 16 * L + kk * 16, L);
         wmma::mma_sync(acc, a, b, acc);
       }
       wmma::store_matrix_sync(s_w + n * 16, acc, kSStride, wmma::mem_row_major);
@@ -257,7 +265,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
 #pragma unroll
       for (int n = 0; n < D / 16; ++n) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-        wmma::load_matrix_sync(b, v_s + kk * 16 * D + n * 16, D);
+        wmma::load_matrix_sync(b, v_s + kk * 16 * L + n * 16, L);
         wmma::mma_sync(o[n], a, b, o[n]);
       }
     }
@@ -293,9 +301,10 @@ template <typename T, int D>
 cudaError_t launch_attention_tc(const void* q, int64_t ld_q, const SequenceDesc* seqs, int64_t n_seq, int64_t max_tokens,
                                 int64_t n_head, int64_t group, bool causal, float scale, void* ctx, int64_t ld_ctx,
                                 cudaStream_t stream) {
-  const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * D + 2 * kTcKeys * D + kWarps * kTcRows * kPStride) +
+  constexpr int L = tile_stride<D>();
+  const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * L + 2 * kTcKeys * L + kWarps * kTcRows * kPStride) +
                         sizeof(float) * static_cast<size_t>(kWarps * kTcRows * kSStride);
-  static_assert(sizeof(T) * (kTcQueries + kTcKeys) * D >= sizeof(float) * kWarps * kTcRows * D, "O staging fits");
+  static_assert(sizeof(T) * (kTcQueries + kTcKeys) * L >= sizeof(float) * kWarps * kTcRows * D, "O staging fits");
   allow_shared(attention_tc_kernel<T, D>, shared);
   const dim3 grid(static_cast<unsigned>((max_tokens + kTcQueries - 1) / kTcQueries), static_cast<unsigned>(n_head),
                   static_cast<unsigned>(n_seq));
