@@ -15,8 +15,12 @@ namespace {
 
 // libpq's messages end with a newline and may hold several lines: one line, trimmed.
 std::string one_line(const char* message) {
-  std::string s = message != nullptr ? message : "";
-  std::replace(s.begin(), s.end(), '\n', ' ');
+  std::string s;
+  for (const char* c = message != nullptr ? message : ""; *c != '\0'; ++c) {
+    const bool space = *c == '\n' || *c == '\t' || *c == '\r' || *c == ' ';
+    if (space && (s.empty() || s.back() == ' ')) continue;  // runs of white space: one blank
+    s += space ? ' ' : *c;
+  }
   while (!s.empty() && s.back() == ' ') s.pop_back();
   return s.empty() ? "unknown error" : s;
 }

@@ -105,20 +105,14 @@ CREATE TABLE strategy_state (
   return steps;
 }
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+double now_seconds() { return unix_now(); }
 
 std::string hex128(const void* data, size_t size) {
   const XXH128_hash_t h = XXH3_128bits(data, size);
   return fmt::format("{:016x}{:016x}", h.high64, h.low64);
 }
 
-// The host part of a "host:pid" worker id (the whole id when it has no ':').
-std::string host_of(std::string_view worker) {
-  const size_t colon = worker.rfind(':');
-  return std::string(colon == std::string_view::npos ? worker : worker.substr(0, colon));
-}
+std::string host_of(std::string_view worker) { return worker_host(worker); }
 
 // Thrown inside a transaction when another connection holds a lock; the retry loop catches it.
 struct Busy {};
@@ -137,17 +131,29 @@ bool is_transient(int rc) {
 
 // A metric a search can use: status ok and not infinite (an infinite perplexity is stored with
 // status nan; a NaN value keeps the status its producer gave: the sweep marks those nan itself).
+
+
+
+
+}  // namespace
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string worker_host(std::string_view worker) {
+  const size_t colon = worker.rfind(':');
+  return std::string(colon == std::string_view::npos ? worker : worker.substr(0, colon));
+}
+
 bool metric_usable(const MetricValue& m) { return m.status == "ok" && !std::isinf(m.value); }
 
-// The status an evaluation is stored with: `done` becomes `nan` when a metric is not usable.
 EvalStatus settled_status(EvalStatus status, const std::vector<MetricValue>& metrics) {
   if (status != EvalStatus::done) return status;
   for (const auto& m : metrics)
     if (!metric_usable(m)) return EvalStatus::nan;
   return status;
 }
-
-}  // namespace
 
 std::string_view status_name(EvalStatus status) {
   switch (status) {

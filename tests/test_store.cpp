@@ -1,0 +1,274 @@
+// One behaviour, two stores: the claim protocol, completions, metrics and reads run the same
+// script on a SQLite file and on a real throwaway PostgreSQL server (tests/pg_server.hpp) and must
+// give the same answers; PostgreSQL alone: workers in several processes, schema checks, a server
+// that goes away. The PostgreSQL cases are skipped with a message where its binaries are absent.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <set>
+#include <thread>
+
+#include "core/base/error.hpp"
+#include "db/pg_connection.hpp"
+#include "db/pg_store.hpp"
+#include "db/results_db.hpp"
+#include "tests/pg_server.hpp"
+#include "tests/test_support.hpp"
+
+using namespace rankscope;
+using Catch::Matchers::Contains;
+
+namespace {
+
+constexpr double NaN = std::numeric_limits<double>::quiet_NaN();
+
+#define RS_REQUIRE_PG(server)                     \
+  std::string why_;                                \
+  auto server = test::PgTestServer::start(&why_);  \
+  if (!server) {                                   \
+    WARN("SKIPPED: " << why_);                     \
+    return;                                        \
+  }
+
+ModelInfo test_model() { return {"0123456789abcdef0123456789abcdef", "/models/m", "llama", 1000}; }
+
+// What a store answers, in a form two stores can be compared on (ids and times left out).
+std::string summary(const ResultsStore& db, int64_t study) {
+  std::string out;
+  db.for_each_evaluation(study, [&](const EvaluationRecord& r) {
+    out += fmt::format("{} {} {} {} {} [{}]", r.config, r.config_hash, r.model_hash, status_name(r.status), r.worker,
+                       r.error);
+    out += std::isnan(r.wall_s) ? " wall=NaN" : fmt::format(" wall={}", r.wall_s);
+    for (const auto& m : r.metrics) {
+      out += fmt::format(" {}={}/{}/{}/{}/{}", m.name, m.value, m.stderr_, m.n, m.status, m.protocol.dump());
+    }
+    out += "\n";
+  });
+  const auto c = db.counts(study);
+  out += fmt::format("counts {} {} {} {}\n", c.claimed, c.done, c.failed, c.nan);
+  for (const auto& n : db.metric_names()) out += n + ",";
+  const auto rows = db.metric_rows(study, {"t.ppl", "t.nll", "size.params", "missing"});
+  for (size_t i = 0; i < rows.rows.size(); ++i) {
+    out += fmt::format("\n{} {}", rows.configs[i], status_name(rows.statuses[i]));
+    for (double v : rows.rows[i]) out += fmt::format(" {}", v);
+  }
+  return out;
+}
+
+// The claim protocol and the record of results, on any store. Returns summary() of the study.
+std::string run_script(ResultsStore& db) {
+  const int64_t study = db.open_study("s", {{"tasks", {"t"}}});
+  const int64_t other = db.open_study("t", {});
+  const int64_t model = db.add_model(test_model());
+  CHECK(db.add_model(test_model()) == model);
+  CHECK(db.open_study("s", {}, [](const nlohmann::json& existing) { CHECK(existing["tasks"][0] == "t"); }) == study);
+
+  auto a = db.claim(study, model, "L0:q=1", "hostA:1", 3600);
+  REQUIRE(a);
+  CHECK(db.status_of(study, "L0:q=1") == EvalStatus::claimed);
+  CHECK(!db.status_of(study, "L1:q=1"));
+  CHECK(!db.claim(study, model, "L0:q=1", "hostB:2", 3600));
+  CHECK(!db.claim(study, model, "L0:q=1", "hostA:1", 3600));
+  auto in_other = db.claim(other, model, "L0:q=1", "hostB:2", 3600);
+  REQUIRE(in_other);
+  CHECK(db.heartbeat(*a));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  CHECK(!db.claim(study, model, "L0:q=1", "hostB:2", 10));
+  auto b = db.claim(study, model, "L0:q=1", "hostB:2", 0.03);
+  REQUIRE(b);
+  CHECK(*b != *a);
+  CHECK(!db.heartbeat(*a));
+  CHECK(!db.complete(*a, {{"x.y", 1.0}}, EvalStatus::done, 1.0));
+  CHECK(!db.release(*a));
+  const auto claims = db.claims(study);
+  REQUIRE(claims.size() == 1);
+  CHECK(claims[0].id == *b);
+  CHECK(claims[0].worker == "hostB:2");
+  CHECK(db.release(*b));
+  CHECK(!db.status_of(study, "L0:q=1"));
+  auto c = db.claim(study, model, "L0:q=1", "hostC:3", 3600);
+  REQUIRE(c);
+  CHECK(*c > *b);
+  const nlohmann::json protocol = {{"task", "t"}, {"tokens", 4096}};
+  REQUIRE(db.complete(*c,
+                      {{"t.ppl", 12.5, 0.25, 4096, "ok", protocol}, {"size.params", 123456, NaN, 0, "ok", nullptr}},
+                      EvalStatus::done, 0.5));
+  CHECK(!db.claim(study, model, "L0:q=1", "hostD:4", 0));
+  CHECK(!db.complete(*c, {{"t.ppl", 3.0}}, EvalStatus::done, 0.5));
+  auto nan = db.claim(study, model, "L1:q=1", "hostA:1", 3600);
+  REQUIRE(nan);
+  REQUIRE(db.complete(*nan, {{"t.ppl", INFINITY, NaN, 10, "ok", protocol}, {"t.nll", NaN, NaN, 10, "nan", protocol}},
+                      EvalStatus::done, 0.25));
+  CHECK(db.status_of(study, "L1:q=1") == EvalStatus::nan);
+  auto failed = db.claim(study, model, "L2:q=1", "hostA:1", 3600);
+  REQUIRE(failed);
+  REQUIRE(db.complete(*failed, {}, EvalStatus::failed, 0.1, "out of memory"));
+  CHECK_THROWS_WITH(db.complete(*in_other, {}, EvalStatus::claimed, 0), Contains(db.display()));
+  CHECK_THROWS_WITH(db.complete(*in_other, {{"a.b", 1.0}, {"a.b", 2.0}}, EvalStatus::done, 0),
+                    Contains("'a.b' given twice"));
+  CHECK(db.status_of(other, "L0:q=1") == EvalStatus::claimed);  // the failed complete rolled back
+
+  // Imports skip what the study has; a budget counts finished evaluations and live claims.
+  CHECK(db.add_evaluations(study, model, {{"L0:q=1"}, {"L3:q=1", EvalStatus::done, {{"t.ppl", 20.0}}, 1.5}}, "imp:9") == 1);
+  CHECK(db.counts(study).finished() == 4);
+  CHECK(!db.claim(study, model, "L4:q=1", "hostA:1", 3600, 4));
+  auto last = db.claim(study, model, "L4:q=1", "hostA:1", 3600, 5);
+  REQUIRE(last);
+  CHECK(!db.claim(study, model, "L5:q=1", "hostB:2", 3600, 5));
+  CHECK(db.release(*last));
+
+  // Settings, strategy state, renames and deletes.
+  CHECK(db.adopt_study_setting(study, "seed", 7) == 7);
+  CHECK(db.adopt_study_setting(study, "seed", 8) == 7);
+  CHECK(!db.load_strategy_state(study));
+  db.save_strategy_state(study, {{"x", 1}});
+  db.save_strategy_state(study, {{"x", 2}});
+  CHECK(db.load_strategy_state(study)->at("x") == 2);
+  CHECK_THROWS_WITH(db.rename_study("t", "s"), Contains("a study of that name exists"));
+  db.rename_study("t", "u");
+  CHECK(!db.find_study("t"));
+  REQUIRE(db.find_study("u"));
+  CHECK(db.find_study("u")->counts.claimed == 1);
+  CHECK(db.delete_study("u"));
+  CHECK_FALSE(db.delete_study("u"));
+  const auto studies = db.studies();
+  REQUIRE(studies.size() == 1);
+  CHECK(studies[0].name == "s");
+  CHECK(studies[0].settings["seed"] == 7);
+  CHECK(db.integrity_check() == "ok");
+  return summary(db, study);
+}
+
+}  // namespace
+
+TEST_CASE("stores: the PostgreSQL store answers the SQLite store's script exactly as it does", "[db][pg]") {
+  RS_REQUIRE_PG(server);
+  ResultsDb sqlite(test::scratch_dir("store_script") / "results.db");
+  const std::string want = run_script(sqlite);
+  PgStore pg(server->url());
+  CHECK(pg.display() == server->url());
+  const std::string got = run_script(pg);
+  CHECK(got == want);
+  CHECK_THAT(want, Contains("L1:q=1") && Contains("t.ppl=inf") && Contains("[out of memory]"));
+}
+
+TEST_CASE("stores: PostgreSQL schema: created once by concurrent workers, a newer one refused, none with create off",
+          "[db][pg]") {
+  RS_REQUIRE_PG(server);
+  REQUIRE(server->create_database("fresh"));
+  PgStore::Options no_create;
+  no_create.create = false;
+  CHECK_THROWS_WITH(PgStore(server->url("fresh"), no_create), Contains("no rankscope results"));
+  // Four processes open the empty database at once: one creates the schema, all succeed.
+  std::vector<pid_t> children;
+  for (int i = 0; i < 4; ++i) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      try {
+        PgStore s(server->url("fresh"));
+        s.open_study("s", {});
+        _exit(0);
+      } catch (...) {
+        _exit(1);
+      }
+    }
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+  PgStore s(server->url("fresh"), no_create);
+  CHECK(s.studies().size() == 1);
+  {
+    PgConnection raw(server->url("fresh"));
+    raw.exec("UPDATE rankscope_schema SET version = version + 1");
+  }
+  CHECK_THROWS_WITH(PgStore(server->url("fresh")), Contains("newer than this rankscope"));
+}
+
+TEST_CASE("stores: 4 worker processes on one PostgreSQL study take every configuration once within the budget",
+          "[db][pg]") {
+  RS_REQUIRE_PG(server);
+  const int64_t budget = 50;
+  std::vector<std::string> configs;
+  for (int i = 0; i < 64; ++i) configs.push_back(fmt::format("L{}:q={}", i % 8, 1 + i / 8));
+  {
+    PgStore setup(server->url());
+    setup.open_study("race", {});
+  }
+  std::vector<pid_t> children;
+  for (int w = 0; w < 4; ++w) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      try {
+        PgStore db(server->url());
+        const int64_t study = db.open_study("race", {});
+        const int64_t model = db.add_model(test_model());
+        const std::string worker = fmt::format("host{}:{}", w, getpid());
+        // Each worker walks the list from another start, as workers with other seeds would.
+        for (size_t k = 0; k < configs.size(); ++k) {
+          const auto& config = configs[(k + static_cast<size_t>(w) * 16) % configs.size()];
+          if (auto id = db.claim(study, model, config, worker, 3600, budget)) {
+            db.complete(*id, {{"size.params", static_cast<double>(k)}, {"worker.id", static_cast<double>(w)}},
+                        EvalStatus::done, 0.0);
+          }
+        }
+        _exit(0);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "worker %d: %s\n", w, e.what());
+        _exit(1);
+      }
+    }
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+  PgStore db(server->url());
+  const auto study = db.find_study("race");
+  REQUIRE(study);
+  CHECK(study->counts.done == budget);
+  CHECK(study->counts.claimed == 0);
+  std::set<std::string> seen;
+  std::set<double> workers;
+  db.for_each_evaluation(study->id, [&](const EvaluationRecord& r) {
+    CHECK(seen.insert(r.config).second);
+    REQUIRE(r.metrics.size() == 2);
+    workers.insert(r.metrics[1].value);
+  });
+  CHECK(seen.size() == static_cast<size_t>(budget));
+  CHECK(workers.size() > 1);  // the work was shared
+  CHECK(db.integrity_check() == "ok");
+}
+
+TEST_CASE("stores: a PostgreSQL server stopped mid-study: the store waits, says so once, and goes on", "[db][pg]") {
+  RS_REQUIRE_PG(server);
+  PgStore db(server->url());
+  const int64_t study = db.open_study("s", {});
+  const int64_t model = db.add_model(test_model());
+  auto a = db.claim(study, model, "L0:q=1", "w:1", 3600);
+  REQUIRE(a);
+  server->stop();
+  // Back in 2 s, while the store retries.
+  std::thread back([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    server->start_again();
+  });
+  CHECK(db.complete(*a, {{"size.params", 1.0}}, EvalStatus::done, 0.0));
+  back.join();
+  CHECK(db.status_of(study, "L0:q=1") == EvalStatus::done);
+  // A server that stays away past the wait is an Error naming it.
+  PgStore::Options brief;
+  brief.server_wait_seconds = 1;
+  PgStore impatient(server->url(), brief);
+  server->stop();
+  CHECK_THROWS_WITH(impatient.counts(study), Contains("the server stayed away") && Contains(server->url()));
+}
