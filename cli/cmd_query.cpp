@@ -16,7 +16,7 @@
 #include "core/base/error.hpp"
 #include "core/decompose/factor_cache.hpp"
 #include "core/base/suggest.hpp"
-#include "db/results_db.hpp"
+#include "db/open_store.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
 
@@ -124,30 +124,30 @@ std::vector<Constraint> parse_where(const std::string& text) {
   return constraints;
 }
 
-ResultsDb open_existing(const std::string& path) {
-  if (path.empty()) throw Error("--db FILE is required");
-  ResultsDb::Options options;
+std::unique_ptr<ResultsStore> open_existing(const std::string& where) {
+  if (where.empty()) throw Error("--db FILE|URI is required");
+  StoreOptions options;
   options.create = false;  // a mistyped path is an error, not a new empty database
-  return ResultsDb(path, options);
+  return open_results_store(where, options);
 }
 
 // Every metric named in objectives or filters must be in the database: an unknown name is an
 // error (with the closest stored name), not an empty front.
-void check_stored_metrics(const ResultsDb& db, const std::vector<std::string>& names, const std::string& option) {
+void check_stored_metrics(const ResultsStore& db, const std::vector<std::string>& names, const std::string& option) {
   const std::vector<std::string> stored = db.metric_names();
   for (const auto& name : names) {
     if (std::find(stored.begin(), stored.end(), name) != stored.end()) continue;
-    fail("{}: {}: no metric '{}' in this database{}", db.path().string(), option, name, did_you_mean(name, stored));
+    fail("{}: {}: no metric '{}' in this database{}", db.display(), option, name, did_you_mean(name, stored));
   }
 }
 
-StudyInfo require_study(const ResultsDb& db, const std::string& name) {
+StudyInfo require_study(const ResultsStore& db, const std::string& name) {
   if (name.empty()) throw Error("--study NAME is required");
   auto s = db.find_study(name);
   if (!s) {
     std::string names;
     for (const auto& st : db.studies()) names += (names.empty() ? "" : ", ") + st.name;
-    fail("{}: no study '{}' (studies: {})", db.path().string(), name, names.empty() ? "none" : names);
+    fail("{}: no study '{}' (studies: {})", db.display(), name, names.empty() ? "none" : names);
   }
   return *s;
 }
@@ -162,7 +162,7 @@ struct Front {
   double hypervolume = 0.0;
 };
 
-Front compute_front(const ResultsDb& db, const StudyInfo& study, const Params& params) {
+Front compute_front(const ResultsStore& db, const StudyInfo& study, const Params& params) {
   Front f;
   std::string objectives = params.objectives;
   if (objectives.empty()) objectives = study.settings.value("objectives", std::string());
@@ -251,7 +251,8 @@ std::string objectives_text(const std::vector<Objective>& objectives) {
 }  // namespace
 
 int run_pareto(const Params& params) {
-  const ResultsDb db = open_existing(params.db);
+  const auto db_store = open_existing(params.db);
+  const ResultsStore& db = *db_store;
   const StudyInfo study = require_study(db, params.study);
   const Front f = compute_front(db, study, params);
   const size_t m = f.objectives.size();
@@ -300,7 +301,8 @@ int run_studies(const Params& params) {
   if (params.delete_study || !params.rename.empty()) {
     if (params.delete_study && !params.rename.empty()) throw Error("--delete and --rename cannot be combined");
     if (params.study.empty()) fail("--{} needs the study: --study NAME", params.delete_study ? "delete" : "rename");
-    ResultsDb db = open_existing(params.db);
+    const auto db_store = open_existing(params.db);
+    ResultsStore& db = *db_store;
     const StudyInfo study = require_study(db, params.study);
     if (params.delete_study) {
       // Workers still running would lose their claims under them and fail on their next write.
@@ -310,16 +312,17 @@ int run_studies(const Params& params) {
       for (const auto& c : db.claims(study.id)) live += claim_is_stale(c, now, stale_after) ? 0 : 1;
       if (live > 0)
         fail("{}: study '{}' has {} live claims (workers are running): stop them, or wait {:g} s after they died",
-             params.db, study.name, live, stale_after);
+             db.display(), study.name, live, stale_after);
       db.delete_study(study.name);
-      fmt::print("deleted study '{}' ({} evaluations) from {}\n", study.name, study.counts.total(), params.db);
+      fmt::print("deleted study '{}' ({} evaluations) from {}\n", study.name, study.counts.total(), db.display());
     } else {
       db.rename_study(study.name, params.rename);
-      fmt::print("renamed study '{}' to '{}' in {}\n", study.name, params.rename, params.db);
+      fmt::print("renamed study '{}' to '{}' in {}\n", study.name, params.rename, db.display());
     }
     return 0;
   }
-  const ResultsDb db = open_existing(params.db);
+  const auto db_store = open_existing(params.db);
+  const ResultsStore& db = *db_store;
   const auto studies = db.studies();
   nlohmann::json out = nlohmann::json::array();
   if (!params.json) fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  best\n", "study", "done", "failed", "nan", "claimed");
@@ -436,7 +439,8 @@ std::string md_code(const std::string& s, bool table_cell = false) {
 }  // namespace
 
 int run_export(const Params& params) {
-  const ResultsDb db = open_existing(params.db);
+  const auto db_store = open_existing(params.db);
+  const ResultsStore& db = *db_store;
   const StudyInfo study = require_study(db, params.study);
   const auto where = parse_where(params.where);
   {
@@ -498,7 +502,8 @@ int run_export(const Params& params) {
 
 int run_report(const Params& params) {
   if (params.out.empty()) throw Error("--out DIR is required");
-  const ResultsDb db = open_existing(params.db);
+  const auto db_store = open_existing(params.db);
+  const ResultsStore& db = *db_store;
   const StudyInfo study = require_study(db, params.study);
   const Front f = compute_front(db, study, params);
   if (f.objectives.size() < 2) fail("report: the plot needs two objectives, got {}", f.objectives.size());
@@ -570,7 +575,7 @@ int run_report(const Params& params) {
   // The markdown table.
   std::string md = fmt::format("# Study {}\n\n{} evaluations ({} done, {} failed, {} nan) in {}.\n\n", md_code(study.name),
                                study.counts.finished(), study.counts.done, study.counts.failed, study.counts.nan,
-                               md_code(params.db));
+                               md_code(db.display()));
   md += fmt::format("![Pareto front](pareto.svg)\n\nPareto front of {}{}: {} points, hypervolume {}.\n\n",
                     md_code(objectives_text(f.objectives)), params.where.empty() ? "" : " where " + md_code(params.where),
                     f.front.size(), fmt_value(f.hypervolume));

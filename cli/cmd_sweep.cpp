@@ -30,7 +30,7 @@
 #include "core/compute/gemm.hpp"
 #include "core/io/model_hash.hpp"
 #include "core/base/suggest.hpp"
-#include "db/results_db.hpp"
+#include "db/open_store.hpp"
 #include "evaluators/calibration.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
@@ -58,8 +58,9 @@ struct ClaimLost {
 // soon take it over), lost() says why and the evaluation stops at its next progress report.
 class Heartbeat {
  public:
-  Heartbeat(const std::filesystem::path& db, double every_s, double stale_after_s)
-      : conn_(db, {.busy_timeout_seconds = every_s}),  // a beat never outlasts the next one
+  Heartbeat(const std::string& db, double every_s, double stale_after_s)
+      // A beat never outlasts the next one (a lock held, a server away).
+      : conn_(open_results_store(db, {.busy_timeout_seconds = every_s, .server_wait_seconds = every_s})),
         every_s_(every_s),
         give_up_s_(stale_after_s / 2),
         thread_([this] { loop(); }) {}
@@ -105,7 +106,7 @@ class Heartbeat {
       std::string why;
       bool taken_over = false, beat = false;
       try {
-        beat = conn_.heartbeat(evaluation);
+        beat = conn_->heartbeat(evaluation);
         if (!beat) {
           why = "another worker took the claim over";
           taken_over = true;
@@ -129,7 +130,7 @@ class Heartbeat {
     }
   }
 
-  ResultsDb conn_;
+  std::unique_ptr<ResultsStore> conn_;
   const double every_s_, give_up_s_;
   mutable std::mutex mutex_;
   std::condition_variable cv_;
@@ -282,7 +283,9 @@ int run_sweep(const Params& params) {
   // The factor cache lives beside the database unless --cache-dir says otherwise.
   std::filesystem::path cache_dir = params.cache_dir;
   if (cache_dir == Params{}.cache_dir) {
-    cache_dir = std::filesystem::absolute(params.db).parent_path() / "rankscope-cache";
+    // (for a database server: in the working directory)
+    cache_dir = is_server_store(params.db) ? std::filesystem::absolute("rankscope-cache")
+                                           : std::filesystem::absolute(params.db).parent_path() / "rankscope-cache";
   }
   request.cache_dir = cache_dir;
 
@@ -344,16 +347,17 @@ int run_sweep(const Params& params) {
   }
   const std::string model_hash = model_content_hash(base);
 
-  ResultsDb db(params.db);
+  const auto db_store = open_results_store(params.db);
+  ResultsStore& db = *db_store;
   const int64_t model_id = db.add_model({model_hash, params.model, base.config.architecture, base.n_params()});
   const nlohmann::json settings = study_settings(params, model_hash, list_text);
   const int64_t study = db.open_study(study_name, settings, [&](const nlohmann::json& existing) {
-    check_settings(params.db, study_name, existing, settings);
+    check_settings(db.display(), study_name, existing, settings);
   });
   // The study's stale-claim timeout (a study created before it was recorded adopts this run's).
   const nlohmann::json stale_setting = db.adopt_study_setting(study, "stale_after", params.stale_after);
   if (!stale_setting.is_number() || !std::isfinite(stale_setting.get<double>()) || stale_setting.get<double>() <= 0)
-    fail("{}: study '{}' has stale_after = {}, not a positive number of seconds", params.db, study_name,
+    fail("{}: study '{}' has stale_after = {}, not a positive number of seconds", db.display(), study_name,
          stale_setting.dump());
   const double stale_after = stale_setting.get<double>();
   if (stale_after != params.stale_after) {
@@ -404,7 +408,7 @@ int run_sweep(const Params& params) {
   std::signal(SIGTERM, on_signal);
   const StatusCounts at_start = db.counts(study);
   fmt::print("study {} in {}: {} of {} configurations evaluated; strategy {} (seed {}), {} tasks; worker {}\n", study_name,
-             params.db, at_start.finished(), budget, params.strategy, params.seed, request.tasks.size(), worker);
+             db.display(), at_start.finished(), budget, params.strategy, params.seed, request.tasks.size(), worker);
   std::fflush(stdout);
 
   int64_t evaluated = 0;

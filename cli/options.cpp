@@ -171,8 +171,11 @@ const std::vector<OptionDef>& option_defs() {
       opt("experiment", &Params::experiment, {"sweep"},
           "experiment file (INI, the option names of this command as keys; the command line overrides it); also the first positional argument"),
       per_command(opt("db", &Params::db, {"sweep", "pareto", "studies", "export", "report"},
-                      "results database to read (a SQLite file written by rankscope sweep)"),
-                  {{"sweep", "results database (SQLite; created when absent); or `db =` in the experiment file"}}),
+                      "results store to read: a SQLite file written by rankscope sweep, or a PostgreSQL server "
+                      "postgresql://USER@HOST:PORT/DBNAME (PG* variables fill in what it leaves out)"),
+                  {{"sweep", "results store: a SQLite file (created when absent), or a PostgreSQL server "
+                             "postgresql://USER@HOST:PORT/DBNAME shared by workers on several hosts (the schema is created "
+                             "when absent); or `db =` in the experiment file"}}),
       per_command(opt("study", &Params::study, {"sweep", "pareto", "studies", "export", "report"}, "study name"),
                   {{"sweep", "study name (default: the experiment file's name without .ini)"},
                    {"studies", "the study to --delete or --rename"}}),

@@ -55,10 +55,6 @@ bool server_absent(const std::string& message) {
 
 }  // namespace
 
-bool is_postgres_url(std::string_view text) {
-  return text.starts_with("postgresql://") || text.starts_with("postgres://");
-}
-
 std::string redact_postgres_url(const std::string& url) {
   std::string error;
   auto options = parse(url, &error);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -125,6 +126,7 @@ class PgTestServer {
 
   // Runs a PostgreSQL binary (as nobody when root), its output appended to server.log.
   int run(const std::vector<std::string>& args) const {
+    std::fflush(nullptr);  // nothing buffered here is written twice by the child
     const pid_t pid = ::fork();
     if (pid < 0) return -1;
     if (pid == 0) {

@@ -9,7 +9,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
+#include <map>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "core/base/error.hpp"
@@ -165,6 +168,7 @@ TEST_CASE("stores: PostgreSQL schema: created once by concurrent workers, a newe
   CHECK_THROWS_WITH(PgStore(server->url("fresh"), no_create), Contains("no rankscope results"));
   // Four processes open the empty database at once: one creates the schema, all succeed.
   std::vector<pid_t> children;
+  std::fflush(nullptr);
   for (int i = 0; i < 4; ++i) {
     const pid_t pid = fork();
     if (pid == 0) {
@@ -203,6 +207,7 @@ TEST_CASE("stores: 4 worker processes on one PostgreSQL study take every configu
     setup.open_study("race", {});
   }
   std::vector<pid_t> children;
+  std::fflush(nullptr);
   for (int w = 0; w < 4; ++w) {
     const pid_t pid = fork();
     if (pid == 0) {
@@ -271,4 +276,96 @@ TEST_CASE("stores: a PostgreSQL server stopped mid-study: the store waits, says 
   PgStore impatient(server->url(), brief);
   server->stop();
   CHECK_THROWS_WITH(impatient.counts(study), Contains("the server stayed away") && Contains(server->url()));
+}
+
+namespace {
+
+// Runs build/rankscope with `args`, stdout and stderr to `log`; returns its pid.
+pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& log) {
+  std::fflush(nullptr);  // nothing buffered here is written twice by the child
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::FILE* f = std::freopen(log.c_str(), "w", stdout);
+    if (f == nullptr || dup2(fileno(stdout), 2) < 0) _exit(126);
+    std::vector<char*> argv = {const_cast<char*>(RANKSCOPE_EXE)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(RANKSCOPE_EXE, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// config -> "metric=value ..." of every evaluation of a study.
+std::map<std::string, std::string> results_of(const ResultsStore& db, const std::string& study) {
+  std::map<std::string, std::string> out;
+  const auto s = db.find_study(study);
+  REQUIRE(s);
+  db.for_each_evaluation(s->id, [&](const EvaluationRecord& r) {
+    std::string line = std::string(status_name(r.status));
+    for (const auto& m : r.metrics) line += fmt::format(" {}={}", m.name, m.value);
+    CHECK(out.emplace(r.config, line).second);
+  });
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sweep: 4 workers on a PostgreSQL study take each configuration once, as one SQLite process does",
+          "[db][pg][sweep]") {
+  const auto model = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(model);
+  RS_REQUIRE_PG(server);
+  const auto dir = test::scratch_dir("store_sweep");
+  // A password in the URI (trust authentication ignores it): it must appear nowhere.
+  const std::string url = "postgresql://rankscope:sekret@127.0.0.1:" + std::to_string(server->port()) + "/postgres";
+  auto args = [&](const std::string& db) {
+    return std::vector<std::string>{"sweep", "--model", model.string(), "--db", db, "--study", "grid", "--strategy",
+                                    "exhaustive", "--budget", "32", "--space", "paper", "--ranks", "50%", "--tasks",
+                                    "tinystories,size", "--limit", "2", "--objectives", "tinystories.ppl:min,size.params:min",
+                                    "--data-dir", test::shared_data("").string(), "--cache-dir", (dir / "cache").string()};
+  };
+  REQUIRE(wait_exit(spawn(args((dir / "one.db").string()), dir / "one.txt"))== 0);
+  std::vector<pid_t> workers;
+  for (int w = 0; w < 4; ++w) workers.push_back(spawn(args(url), dir / fmt::format("w{}.txt", w)));
+  std::string logs;
+  for (size_t w = 0; w < workers.size(); ++w) {
+    CHECK(wait_exit(workers[w]) == 0);
+    logs += slurp(dir / fmt::format("w{}.txt", w));
+  }
+  INFO(logs);
+  CHECK(logs.find("sekret") == std::string::npos);
+  CHECK_THAT(logs, Contains("postgresql://rankscope@127.0.0.1:" + std::to_string(server->port()) + "/postgres"));
+  ResultsDb sqlite(dir / "one.db");
+  PgStore pg(server->url());
+  const auto want = results_of(sqlite, "grid");
+  const auto got = results_of(pg, "grid");
+  CHECK(want.size() == 32);
+  CHECK(got == want);
+  const auto study = pg.find_study("grid");
+  REQUIRE(study);
+  CHECK(study->counts.done == 32);
+  CHECK(study->counts.claimed == 0);
+  CHECK(study->settings.dump().find("sekret") == std::string::npos);
+  // The queries read the server too.
+  const auto listing = dir / "studies.txt";
+  CHECK(wait_exit(spawn({"studies", "--db", url}, listing)) == 0);
+  CHECK_THAT(slurp(listing), Contains("grid") && !Contains("sekret"));
+  const auto front = dir / "pareto.txt";
+  CHECK(wait_exit(spawn({"pareto", "--db", url, "--study", "grid", "--objectives", "tinystories.ppl:min,size.params:min"},
+                        front)) == 0);
+  CHECK_THAT(slurp(front), !Contains("sekret"));
 }
