@@ -61,6 +61,8 @@ const std::vector<Command>& commands() {
        run_export, {"db", "study"}},
       {"report", "a Pareto-front plot (SVG) and a markdown table of a study", "--db FILE --study NAME --out DIR [--objectives ...]",
        run_report, {"db", "study", "out"}},
+      {"db", "copy studies between results stores (SQLite files, PostgreSQL servers), merging without duplicates",
+       "copy --from A --to B [--study NAME]", run_db, {"action", "from", "to"}},
   };
   return table;
 }

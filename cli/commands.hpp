@@ -21,6 +21,7 @@ int run_pareto(const Params& params);
 int run_studies(const Params& params);
 int run_export(const Params& params);
 int run_report(const Params& params);
+int run_db(const Params& params);
 
 // --svd-backend as a factor-cache policy (decompose, eval).
 SvdPolicy svd_policy(const std::string& backend);

@@ -176,9 +176,10 @@ const std::vector<OptionDef>& option_defs() {
                   {{"sweep", "results store: a SQLite file (created when absent), or a PostgreSQL server "
                              "postgresql://USER@HOST:PORT/DBNAME shared by workers on several hosts (the schema is created "
                              "when absent); or `db =` in the experiment file"}}),
-      per_command(opt("study", &Params::study, {"sweep", "pareto", "studies", "export", "report"}, "study name"),
+      per_command(opt("study", &Params::study, {"sweep", "pareto", "studies", "export", "report", "db"}, "study name"),
                   {{"sweep", "study name (default: the experiment file's name without .ini)"},
-                   {"studies", "the study to --delete or --rename"}}),
+                   {"studies", "the study to --delete or --rename"},
+                   {"db", "copy only this study (default: every study)"}}),
       one_of(opt("strategy", &Params::strategy, {"sweep"}, "search strategy: list | exhaustive | random | greedy | evolutionary"),
              {"list", "exhaustive", "random", "greedy", "evolutionary"}),
       opt("budget", &Params::budget, {"sweep"},
@@ -203,6 +204,9 @@ const std::vector<OptionDef>& option_defs() {
       flag("delete", &Params::delete_study, {"studies"},
            "delete the study named by --study and everything recorded for it"),
       opt("rename", &Params::rename, {"studies"}, "rename the study named by --study to this name"),
+      one_of(opt("action", &Params::action, {"db"}, "what to do: copy (also the first positional argument)"), {"copy"}),
+      opt("from", &Params::from, {"db"}, "copy: the store to read (a SQLite file or postgresql://...)"),
+      opt("to", &Params::to, {"db"}, "copy: the store to write (created when absent)"),
       [] {
         auto def = one_of(per_command(opt("format", &Params::format, {"pareto", "export"}, "output format: table | csv | json"),
                                       {{"export", "output format: csv | json"}}),
@@ -306,6 +310,8 @@ std::optional<int> parse_command_line(const Command& command, int argc, const ch
   po::positional_options_description positional;
   if (desc.find_nothrow("experiment", false) != nullptr) {
     positional.add("experiment", 1);
+  } else if (desc.find_nothrow("action", false) != nullptr) {
+    positional.add("action", 1);
   } else if (desc.find_nothrow("model", false) != nullptr) {
     positional.add("model", 1);
   }

@@ -97,6 +97,9 @@ struct Params {
   std::string where;
   bool delete_study = false;  // studies --study NAME --delete
   std::string rename;         // studies --study NAME --rename NEW
+  // db
+  std::string action;         // positional: copy
+  std::string from, to;       // db copy --from A --to B
   std::string format = "table";
   std::string ref;
 };

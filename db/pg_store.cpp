@@ -405,6 +405,16 @@ int64_t PgStore::add_model(const ModelInfo& model) {
   });
 }
 
+std::vector<ModelInfo> PgStore::models() const {
+  Impl& d = *impl_;
+  return d.tx([&] {
+    std::vector<ModelInfo> out;
+    auto r = d.q("SELECT hash, path, architecture, n_params FROM models ORDER BY id");
+    for (int64_t i = 0; i < r.rows(); ++i) out.push_back({str(r, i, 0), str(r, i, 1), str(r, i, 2), i64(r, i, 3)});
+    return out;
+  });
+}
+
 std::optional<int64_t> PgStore::claim(int64_t study, int64_t model, std::string_view config, std::string_view worker,
                                       double stale_after_seconds, int64_t budget) {
   Impl& d = *impl_;

@@ -48,6 +48,7 @@ class PgStore final : public ResultsStore {
   std::optional<StudyInfo> find_study(const std::string& name) const override;
   std::vector<StudyInfo> studies() const override;
   int64_t add_model(const ModelInfo& model) override;
+  std::vector<ModelInfo> models() const override;
 
   std::optional<int64_t> claim(int64_t study, int64_t model, std::string_view config, std::string_view worker,
                                double stale_after_seconds, int64_t budget = -1) override;

@@ -862,6 +862,16 @@ int64_t ResultsDb::add_model(const ModelInfo& model) {
   });
 }
 
+std::vector<ModelInfo> ResultsDb::models() const {
+  Impl& d = *impl_;
+  return d.transaction(false, [&] {
+    std::vector<ModelInfo> out;
+    Query q(d, "SELECT hash, path, architecture, n_params FROM models ORDER BY id");
+    while (q.step()) out.push_back({q.text(0), q.text(1), q.text(2), q.i64(3)});
+    return out;
+  });
+}
+
 std::optional<int64_t> ResultsDb::claim(int64_t study, int64_t model, std::string_view config,
                                         std::string_view worker, double stale_after_seconds, int64_t budget) {
   Impl& d = *impl_;

@@ -66,6 +66,7 @@ class ResultsDb final : public ResultsStore {
   std::vector<StudyInfo> studies() const override;  // by name, with counts per status
   // The id of the model with this content hash, inserted when new (path updated when known).
   int64_t add_model(const ModelInfo& model) override;
+  std::vector<ModelInfo> models() const override;
 
   // --- the claim protocol ---------------------------------------------------------------------
   // Atomically claims (study, config) for `worker` ("host:pid", see worker_id(); the part before

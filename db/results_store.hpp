@@ -148,6 +148,8 @@ class ResultsStore {
   virtual std::vector<StudyInfo> studies() const = 0;  // by name, with counts per status
   // The id of the model with this content hash, inserted when new (path updated when known).
   virtual int64_t add_model(const ModelInfo& model) = 0;
+  // Every model recorded, in the order they were added.
+  virtual std::vector<ModelInfo> models() const = 0;
 
   // --- the claim protocol ---------------------------------------------------------------------
   // Atomically claims (study, config) for `worker` ("host:pid", see worker_id(); the part before

@@ -369,3 +369,96 @@ TEST_CASE("sweep: 4 workers on a PostgreSQL study take each configuration once, 
                         front)) == 0);
   CHECK_THAT(slurp(front), !Contains("sekret"));
 }
+
+namespace {
+
+// config -> everything stored about it but ids and times, for comparing copies.
+std::map<std::string, std::string> records_of(const ResultsStore& db, const std::string& study) {
+  std::map<std::string, std::string> out;
+  const auto s = db.find_study(study);
+  REQUIRE(s);
+  db.for_each_evaluation(s->id, [&](const EvaluationRecord& r) {
+    std::string line = fmt::format("{} {} {} {} [{}] {}", r.config_hash, r.model_hash, status_name(r.status), r.worker,
+                                   r.error, r.wall_s);
+    for (const auto& m : r.metrics) {
+      line += fmt::format(" {}={}/{}/{}/{}/{}", m.name, m.value, m.stderr_, m.n, m.status, m.protocol.dump());
+    }
+    out[r.config] = line;
+  });
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("db copy: SQLite -> PostgreSQL -> SQLite round-trips a study and two partial copies merge into their union",
+          "[db][pg]") {
+  RS_REQUIRE_PG(server);
+  const auto dir = test::scratch_dir("store_copy");
+  const auto a_path = dir / "a.db";
+  std::string settings_a;
+  std::map<std::string, std::string> want;
+  {
+    ResultsDb a(a_path);
+    run_script(a);
+    const auto s = a.find_study("s");
+    REQUIRE(s);
+    settings_a = s->settings.dump();
+    want = records_of(a, "s");
+    CHECK(a.claims(s->id).empty());
+    // One claim in flight: not copied.
+    REQUIRE(a.claim(s->id, a.add_model(test_model()), "L7:q=1", "busy:1", 3600));
+  }
+  const std::string url = server->url();
+  auto copy = [&](const std::string& from, const std::string& to, const std::string& log) {
+    const int code = wait_exit(spawn({"db", "copy", "--from", from, "--to", to}, dir / log));
+    INFO(slurp(dir / log));
+    CHECK(code == 0);
+    return slurp(dir / log);
+  };
+  CHECK_THAT(copy(a_path.string(), url, "1.txt"), Contains("study 's' created in") && Contains("4 evaluations copied") &&
+                                                      Contains("1 in flight not copied"));
+  CHECK_THAT(copy(url, (dir / "b.db").string(), "2.txt"), Contains("4 evaluations copied"));
+  {
+    ResultsDb b(dir / "b.db");
+    CHECK(records_of(b, "s") == want);
+    CHECK(b.find_study("s")->settings.dump() == settings_a);
+    CHECK(b.load_strategy_state(b.find_study("s")->id)->at("x") == 2);
+  }
+  // Again: nothing new, nothing twice.
+  CHECK_THAT(copy(a_path.string(), url, "3.txt"), Contains("merged into") && Contains("0 evaluations copied, 4 already there"));
+  {
+    PgStore pg(url);
+    CHECK(records_of(pg, "s") == want);
+  }
+
+  // Two partial copies of one study (a worker's results on a laptop, another's on the cluster)
+  // merge into their union.
+  {
+    ResultsDb c(dir / "c.db"), d(dir / "d.db");
+    for (ResultsDb* part : {&c, &d}) {
+      const int64_t study = part->open_study("u", {{"k", 1}});
+      const int64_t model = part->add_model(test_model());
+      const int first = part == &c ? 0 : 3;
+      std::vector<NewEvaluation> evals;
+      for (int i = first; i < first + 5; ++i) {
+        evals.push_back({fmt::format("L{}:q=1", i), EvalStatus::done, {{"size.params", static_cast<double>(i)}}, 0.5});
+      }
+      CHECK(part->add_evaluations(study, model, evals, "w:1") == 5);
+    }
+  }
+  copy((dir / "c.db").string(), url, "4.txt");
+  CHECK_THAT(copy((dir / "d.db").string(), url, "5.txt"), Contains("3 evaluations copied, 2 already there"));
+  PgStore pg(url);
+  const auto merged = records_of(pg, "u");
+  CHECK(merged.size() == 8);
+  CHECK(merged.count("L0:q=1") == 1);
+  CHECK(merged.count("L7:q=1") == 1);
+  // A study of the same name with other settings is not merged into.
+  {
+    ResultsDb e(dir / "e.db");
+    e.open_study("u", {{"k", 2}});
+  }
+  const int code = wait_exit(spawn({"db", "copy", "--from", (dir / "e.db").string(), "--to", url}, dir / "6.txt"));
+  CHECK(code == 1);
+  CHECK_THAT(slurp(dir / "6.txt"), Contains("exists with other settings"));
+}
