@@ -18,6 +18,7 @@ PACKAGES=(
   libsqlite3-dev              # results store
   libpq-dev                   # PostgreSQL results store (client library)
   postgresql-15               # a throwaway server for the PostgreSQL tests (initdb, pg_ctl)
+  slurmctld slurmd munge      # a private single-node Slurm for the job-array test
   libbz2-dev                  # llama.cpp's HellaSwag text ships as .bz2
 )
 

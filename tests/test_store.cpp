@@ -20,6 +20,7 @@
 #include "db/pg_store.hpp"
 #include "db/results_db.hpp"
 #include "tests/pg_server.hpp"
+#include "tests/slurm_cluster.hpp"
 #include "tests/test_support.hpp"
 
 using namespace rankscope;
@@ -461,4 +462,48 @@ TEST_CASE("db copy: SQLite -> PostgreSQL -> SQLite round-trips a study and two p
   const int code = wait_exit(spawn({"db", "copy", "--from", (dir / "e.db").string(), "--to", url}, dir / "6.txt"));
   CHECK(code == 1);
   CHECK_THAT(slurp(dir / "6.txt"), Contains("exists with other settings"));
+}
+
+TEST_CASE("slurm: a 4-task job array of experiments/slurm/sweep.sbatch completes a PostgreSQL study", "[db][pg][slurm]") {
+  const auto model = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(model);
+  RS_REQUIRE_PG(server);
+  std::string why;
+  const auto slurm = test::SlurmTestCluster::start(&why);
+  if (!slurm) {
+    WARN("SKIPPED: " << why);
+    return;
+  }
+  const auto dir = test::scratch_dir("store_slurm");
+  const auto experiment = std::filesystem::absolute(dir / "grid.ini");
+  std::ofstream(experiment) << "model = " << std::filesystem::absolute(model).string() << "\n"
+                            << "study = grid\nstrategy = exhaustive\nbudget = 32\nspace = paper\nranks = 50%\n"
+                            << "tasks = tinystories,size\nlimit = 2\nobjectives = tinystories.ppl:min,size.params:min\n"
+                            << "data-dir = " << std::filesystem::absolute(test::shared_data("")).string() << "\n"
+                            << "cache-dir = " << std::filesystem::absolute(dir / "cache").string() << "\n";
+  const std::string script = std::string(RANKSCOPE_SOURCE_DIR) + "/experiments/slurm/sweep.sbatch";
+  // No GPUs in this cluster: --gres=none overrides the script's one GPU a task.
+  const std::string submit = fmt::format(
+      "sbatch --wait --gres=none --cpus-per-task=1 --array=0-3 --chdir='{}' --output='{}/task-%a.log' "
+      "--export=ALL,RANKSCOPE_DB='{}',RANKSCOPE='{}' '{}' '{}'",
+      dir.string(), dir.string(), server->url(), RANKSCOPE_EXE, script, experiment.string());
+  const std::string out = slurm->run_capture("timeout 300 " + submit);
+  INFO(out);
+  CHECK_THAT(out, Contains("Submitted batch job"));
+  std::string logs;
+  for (int t = 0; t < 4; ++t) logs += slurp(dir / fmt::format("task-{}.log", t));
+  INFO(logs);
+  CHECK_THAT(logs, Contains("array task 3 of job"));
+  PgStore pg(server->url());
+  const auto study = pg.find_study("grid");
+  REQUIRE(study);
+  CHECK(study->counts.done == 32);
+  CHECK(study->counts.claimed == 0);
+  std::set<std::string> configs, workers;
+  pg.for_each_evaluation(study->id, [&](const EvaluationRecord& r) {
+    configs.insert(r.config);
+    workers.insert(r.worker);
+  });
+  CHECK(configs.size() == 32);
+  CHECK(workers.size() > 1);  // the array's tasks shared the study
 }
