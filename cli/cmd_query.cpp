@@ -349,17 +349,31 @@ int run_studies(const Params& params) {
                                  rows.configs[*bi].empty() ? "base" : rows.configs[*bi]);
       }
     }
+    // The claims: which worker evaluates what, and how long since its last heartbeat.
+    const double now = unix_now();
+    const double stale_after = s.settings.value("stale_after", 600.0);
+    nlohmann::json claims = nlohmann::json::array();
+    std::string claims_text;
+    for (const auto& c : db.claims(s.id)) {
+      const bool stale = claim_is_stale(c, now, stale_after);
+      claims.push_back({{"config", c.config}, {"worker", c.worker}, {"claimed_at", c.claimed_at},
+                        {"heartbeat_age_s", now - c.heartbeat_at}, {"stale", stale}});
+      claims_text += fmt::format("  {} evaluates {} (heartbeat {:.0f} s ago{})\n", c.worker,
+                                 c.config.empty() ? "the base model" : c.config, now - c.heartbeat_at,
+                                 stale ? ", stale: another worker may take it over" : "");
+    }
     if (params.json) {
       out.push_back({{"study", s.name},
                      {"done", s.counts.done},
                      {"failed", s.counts.failed},
                      {"nan", s.counts.nan},
                      {"claimed", s.counts.claimed},
+                     {"claims", claims},
                      {"settings", s.settings},
                      {"best", best}});
     } else {
-      fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  {}\n", s.name, s.counts.done, s.counts.failed, s.counts.nan,
-                 s.counts.claimed, best_text);
+      fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  {}\n{}", s.name, s.counts.done, s.counts.failed, s.counts.nan,
+                 s.counts.claimed, best_text, claims_text);
     }
   }
   if (params.json) fmt::print("{}\n", out.dump(2));

@@ -2,6 +2,7 @@
 // script on a SQLite file and on a real throwaway PostgreSQL server (tests/pg_server.hpp) and must
 // give the same answers; PostgreSQL alone: workers in several processes, schema checks, a server
 // that goes away. The PostgreSQL cases are skipped with a message where its binaries are absent.
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -506,4 +508,91 @@ TEST_CASE("slurm: a 4-task job array of experiments/slurm/sweep.sbatch completes
   });
   CHECK(configs.size() == 32);
   CHECK(workers.size() > 1);  // the array's tasks shared the study
+}
+
+namespace {
+
+std::vector<std::string> churn_args(const std::string& db, const std::filesystem::path& dir, const std::string& study) {
+  return {"sweep", "--model", test::shared_data("stories260K-hf").string(), "--db", db, "--study", study, "--strategy",
+          "exhaustive", "--budget", "243", "--space", "paper", "--ranks", "50%,25%", "--tasks", "tinystories,size",
+          "--limit", "8", "--objectives", "tinystories.ppl:min,size.params:min", "--data-dir",
+          test::shared_data("").string(), "--cache-dir", (dir / "cache").string(), "--stale-after", "3", "--threads", "1"};
+}
+
+int64_t finished_in(PgStore& db, const std::string& study) {
+  const auto s = db.find_study(study);
+  return s ? s->counts.finished() : 0;
+}
+
+}  // namespace
+
+TEST_CASE("sweep: PostgreSQL stopped for 10 s under 4 workers: they wait, say so, and complete the study", "[db][pg][sweep]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  RS_REQUIRE_PG(server);
+  const auto dir = test::scratch_dir("store_outage");
+  std::vector<pid_t> workers;
+  for (int w = 0; w < 4; ++w) workers.push_back(spawn(churn_args(server->url(), dir, "outage"), dir / fmt::format("w{}.txt", w)));
+  PgStore db(server->url());
+  // Stop the server once some results are in.
+  for (int i = 0; i < 600 && finished_in(db, "outage") < 20; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int64_t before = finished_in(db, "outage");
+  server->stop();
+  std::this_thread::sleep_for(std::chrono::seconds(10));
+  REQUIRE(server->start_again());
+  std::string logs;
+  for (size_t w = 0; w < workers.size(); ++w) {
+    CHECK(wait_exit(workers[w]) == 0);
+    logs += slurp(dir / fmt::format("w{}.txt", w));
+  }
+  INFO(logs);
+  CHECK(before < 243);  // the outage came in the middle
+  CHECK_THAT(logs, Contains("waiting for the PostgreSQL server") && Contains("the PostgreSQL server is back"));
+  PgStore after(server->url());
+  const auto s = after.find_study("outage");
+  REQUIRE(s);
+  CHECK(s->counts.finished() == 243);
+  CHECK(s->counts.claimed == 0);
+  std::set<std::string> configs;
+  after.for_each_evaluation(s->id, [&](const EvaluationRecord& r) { CHECK(configs.insert(r.config).second); });
+  CHECK(configs.size() == 243);
+}
+
+TEST_CASE("sweep: 20 SIGKILLs of random PostgreSQL workers, restarted: nothing lost, nothing twice, no claim left",
+          "[db][pg][sweep]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  RS_REQUIRE_PG(server);
+  const auto dir = test::scratch_dir("store_kills");
+  std::vector<pid_t> workers;
+  int started = 0;
+  auto start_worker = [&] { return spawn(churn_args(server->url(), dir, "kills"), dir / fmt::format("w{}.txt", started++)); };
+  for (int w = 0; w < 4; ++w) workers.push_back(start_worker());
+  std::mt19937 rng(17);
+  int kills = 0;
+  PgStore db(server->url());
+  while (kills < 20 && finished_in(db, "kills") < 230) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(50, 400)(rng)));
+    auto& victim = workers[std::uniform_int_distribution<size_t>(0, workers.size() - 1)(rng)];
+    if (::kill(victim, SIGKILL) == 0) {
+      wait_exit(victim);
+      ++kills;
+    }
+    victim = start_worker();  // a killed worker comes back, as a requeued task would
+  }
+  for (pid_t pid : workers) wait_exit(pid);
+  // Whatever the kills left unfinished, one more worker completes (dead workers' claims are taken
+  // over at once: their processes are gone).
+  CHECK(wait_exit(start_worker()) == 0);
+  CHECK(kills >= 5);
+  const auto s = db.find_study("kills");
+  REQUIRE(s);
+  CHECK(s->counts.finished() == 243);
+  CHECK(s->counts.claimed == 0);
+  std::set<std::string> configs;
+  db.for_each_evaluation(s->id, [&](const EvaluationRecord& r) {
+    CHECK(configs.insert(r.config).second);
+    CHECK(r.status == EvalStatus::done);
+    CHECK(r.metrics.size() >= 2);
+  });
+  CHECK(configs.size() == 243);
+  CHECK(db.integrity_check() == "ok");
 }
