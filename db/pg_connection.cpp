@@ -80,6 +80,8 @@ std::string redact_postgres_url(const std::string& url) {
 
 struct PgConnection::Impl {
   PGconn* conn = nullptr;
+  // Statements prepared on this connection (parsed and planned once): SQL text -> name.
+  std::map<std::string, std::string> prepared;
   ~Impl() {
     if (conn != nullptr) PQfinish(conn);
   }
@@ -104,6 +106,7 @@ void PgConnection::connect() {
     PQfinish(impl_->conn);
     impl_->conn = nullptr;
   }
+  impl_->prepared.clear();  // a new connection has none
   // Our defaults first: what the URI names overrides them (libpq applies PG* variables to the rest).
   const std::string timeout = std::to_string(timeout_);
   const char* keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
@@ -126,8 +129,26 @@ PgResult PgConnection::exec(const std::string& sql, const std::vector<PgParam>& 
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
-  PGresult* r = PQexecParams(impl_->conn, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                             nullptr, 0);
+  // Statements with parameters are prepared once per connection; the others run as they are.
+  PGresult* r = nullptr;
+  if (params.empty()) {
+    r = PQexecParams(impl_->conn, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
+  } else {
+    auto it = impl_->prepared.find(sql);
+    if (it == impl_->prepared.end()) {
+      const std::string name = "rs" + std::to_string(impl_->prepared.size());
+      PGresult* prep = PQprepare(impl_->conn, name.c_str(), sql.c_str(), static_cast<int>(values.size()), nullptr);
+      const bool ok = prep != nullptr && PQresultStatus(prep) == PGRES_COMMAND_OK;
+      const std::string message = ok ? "" : one_line(prep != nullptr ? PQresultErrorMessage(prep) : PQerrorMessage(impl_->conn));
+      if (prep != nullptr) PQclear(prep);
+      if (!ok) {
+        if (PQstatus(impl_->conn) != CONNECTION_OK) throw TransientError(fmt::format("{}: {}", display_, message));
+        throw Error(fmt::format("{}: {}", display_, message));
+      }
+      it = impl_->prepared.emplace(sql, name).first;
+    }
+    r = PQexecPrepared(impl_->conn, it->second.c_str(), static_cast<int>(values.size()), values.data(), nullptr, nullptr, 0);
+  }
   const ExecStatusType status = r != nullptr ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
     std::string message = one_line(r != nullptr ? PQresultErrorMessage(r) : PQerrorMessage(impl_->conn));

@@ -137,6 +137,9 @@ struct PgStore::Impl {
   std::string url, display;
   Options options;
   std::unique_ptr<PgConnection> conn;
+  // Metric names and protocols never change once stored: their ids, cached per connection's
+  // lifetime of this store (filled only after the inserting transaction committed).
+  std::unordered_map<std::string, int64_t> metric_ids, protocol_ids, pending_metric_ids, pending_protocol_ids;
 
   PgResult q(const std::string& sql, const std::vector<PgParam>& params = {}) { return conn->exec(sql, params); }
 
@@ -163,14 +166,18 @@ struct PgStore::Impl {
           std::fprintf(stderr, "rankscope: the PostgreSQL server is back (%s)\n", display.c_str());
           waiting = false;
         }
+        pending_metric_ids.clear();
+        pending_protocol_ids.clear();
         conn->exec(begin);
         if constexpr (std::is_void_v<Result>) {
           f();
           conn->exec("COMMIT");
+          committed();
           return;
         } else {
           Result result = f();
           conn->exec("COMMIT");
+          committed();
           return result;
         }
       } catch (const TransientError& e) {
@@ -196,6 +203,12 @@ struct PgStore::Impl {
     }
   }
 
+  // Ids a committed transaction stored are known for good.
+  void committed() {
+    metric_ids.insert(pending_metric_ids.begin(), pending_metric_ids.end());
+    protocol_ids.insert(pending_protocol_ids.begin(), pending_protocol_ids.end());
+  }
+
   void rollback() {
     if (!conn || !conn->ok()) return;
     try {
@@ -208,11 +221,13 @@ struct PgStore::Impl {
   void lock_study(int64_t study) { q("SELECT pg_advisory_xact_lock($1)", {p(kSchemaLock + 1 + study)}); }
 
   int64_t config_id(std::string_view canonical) {
-    if (auto r = q("SELECT id FROM configurations WHERE canonical = $1", {p(canonical)}); r.rows() > 0) return i64(r, 0, 0);
     const std::string hash = config_hash(canonical);
-    if (auto r = q("SELECT canonical FROM configurations WHERE hash = $1", {p(hash)}); r.rows() > 0) {
-      fail("{}: configuration hash collision between '{}' and '{}'", display, canonical, str(r, 0, 0));
+    // One round trip: the configuration, or another one with its hash (a collision).
+    auto found = q("SELECT id, canonical FROM configurations WHERE canonical = $1 OR hash = $2", {p(canonical), p(hash)});
+    for (int64_t i = 0; i < found.rows(); ++i) {
+      if (str(found, i, 1) == canonical) return i64(found, i, 0);
     }
+    if (found.rows() > 0) fail("{}: configuration hash collision between '{}' and '{}'", display, canonical, str(found, 0, 1));
     auto r = q("INSERT INTO configurations (canonical, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id",
                {p(canonical), p(hash)});
     if (r.rows() > 0) return i64(r, 0, 0);
@@ -238,16 +253,27 @@ struct PgStore::Impl {
       if (!seen.insert(m.name).second) fail("{}: metric '{}' given twice for evaluation {}", display, m.name, evaluation);
     }
     for (const auto& m : metrics) {
-      const int64_t mid = intern("SELECT id FROM metric_names WHERE name = $1",
-                                 "INSERT INTO metric_names (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id", {p(m.name)},
-                                 {p(m.name)});
+      int64_t mid = 0;
+      if (auto it = metric_ids.find(m.name); it != metric_ids.end()) {
+        mid = it->second;
+      } else {
+        mid = intern("SELECT id FROM metric_names WHERE name = $1",
+                     "INSERT INTO metric_names (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id", {p(m.name)}, {p(m.name)});
+        pending_metric_ids[m.name] = mid;
+      }
       PgParam protocol;
       if (!m.protocol.is_null()) {
         const std::string text = m.protocol.dump();
         const std::string hash = config_hash(text);
-        protocol = p(intern("SELECT id FROM protocols WHERE hash = $1",
-                            "INSERT INTO protocols (hash, json) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id",
-                            {p(hash)}, {p(hash), p(text)}));
+        if (auto it = protocol_ids.find(hash); it != protocol_ids.end()) {
+          protocol = p(it->second);
+        } else {
+          const int64_t pid = intern("SELECT id FROM protocols WHERE hash = $1",
+                                     "INSERT INTO protocols (hash, json) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id",
+                                     {p(hash)}, {p(hash), p(text)});
+          pending_protocol_ids[hash] = pid;
+          protocol = p(pid);
+        }
       }
       q("INSERT INTO metrics (metric_id, evaluation_id, value, stderr, n, status, protocol_id) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
