@@ -3,6 +3,8 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstring>
 #include <map>
 
 #include <fmt/format.h>
@@ -53,6 +55,20 @@ bool server_absent(const std::string& message) {
   return false;
 }
 
+// A URI component percent-encoded (everything but unreserved characters, plus `keep`), so that the
+// rebuilt URI parses back to the same values.
+std::string encode(const std::string& v, const char* keep = "") {
+  std::string out;
+  for (const unsigned char c : v) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || std::strchr(keep, c) != nullptr) {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string redact_postgres_url(const std::string& url) {
@@ -63,17 +79,32 @@ std::string redact_postgres_url(const std::string& url) {
     fail("--db: not a valid PostgreSQL URI ({})", error);
   }
   std::string out = "postgresql://";
-  if (auto it = options.find("user"); it != options.end()) out += it->second + "@";
-  if (auto it = options.find("host"); it != options.end()) {
-    out += it->second.find(':') != std::string::npos && it->second.front() != '/' ? "[" + it->second + "]" : it->second;
+  if (auto it = options.find("user"); it != options.end()) out += encode(it->second) + "@";
+  // Host and port in the authority when they are plain (a name, an IPv4 or a bracketed IPv6
+  // address; digits); otherwise (host lists, socket directories, odd bytes) as query parameters,
+  // which carry any value exactly.
+  const auto host = options.find("host");
+  const auto port = options.find("port");
+  auto plain = [](const std::string& v, const char* extra) {
+    return !v.empty() && std::all_of(v.begin(), v.end(), [&](unsigned char c) {
+      return std::isalnum(c) || c == '.' || c == '-' || c == '_' || std::strchr(extra, c) != nullptr;
+    });
+  };
+  const bool host_plain = host == options.end() || plain(host->second, ":");
+  const bool port_plain = port == options.end() || plain(port->second, "");
+  const bool in_authority = host_plain && port_plain && (host != options.end() || port == options.end());
+  if (in_authority && host != options.end()) {
+    const std::string& h = host->second;
+    out += h.find(':') != std::string::npos ? "[" + h + "]" : h;
   }
-  if (auto it = options.find("port"); it != options.end()) out += ":" + it->second;
+  if (in_authority && port != options.end()) out += ":" + port->second;
   out += "/";
-  if (auto it = options.find("dbname"); it != options.end()) out += it->second;
+  if (auto it = options.find("dbname"); it != options.end()) out += encode(it->second);
   std::string query;
   for (const auto& [key, value] : options) {
-    if (key == "user" || key == "host" || key == "port" || key == "dbname" || key == "password") continue;
-    query += (query.empty() ? "?" : "&") + key + "=" + value;
+    if (key == "user" || key == "dbname" || key == "password") continue;
+    if ((key == "host" || key == "port") && in_authority) continue;
+    query += (query.empty() ? "?" : "&") + encode(key) + "=" + encode(value);
   }
   return out + query;
 }

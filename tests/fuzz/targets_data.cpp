@@ -1,5 +1,6 @@
 // Fuzz targets of the data side: task files (evaluators/tasks.cpp), the factor and calibration
 // caches (core/factor_cache.*, core/calibration.cpp) and results databases (db/results_db.*).
+#include <map>
 #include <set>
 
 #include <bzlib.h>
@@ -10,6 +11,10 @@
 #include "core/decompose/calibration.hpp"
 #include "core/base/error.hpp"
 #include "core/decompose/factor_cache.hpp"
+#include "db/pg_connection.hpp"
+#ifdef RANKSCOPE_POSTGRES
+#include <libpq-fe.h>
+#endif
 #include "db/results_db.hpp"
 #include "evaluators/tasks.hpp"
 #include "tests/fuzz/fuzz.hpp"
@@ -421,9 +426,69 @@ Target db_target() {
   return t;
 }
 
+#ifdef RANKSCOPE_POSTGRES
+// --db URIs: libpq parses them, rankscope rebuilds them without the password. Whatever the text,
+// the result is a one-line Error or a URI that libpq reads as the given one without its password.
+Target pguri_target() {
+  Target t;
+  t.name = "pguri";
+  t.description = "PostgreSQL URIs given to --db: redacted without their password, or one Error (db/pg_connection.*)";
+  t.seeds = [](const fs::path&) {
+    std::vector<Seed> seeds;
+    for (const char* uri : {"postgresql://alice:s3cretpw@db.example:5433/study?sslmode=disable&application_name=x",
+                            "postgres://bob@[::1]:5432/db?password=hunter2pw", "postgresql://host/db",
+                            "postgresql://%61lice:p%40sswordx@h%6fst/d%62?connect_timeout=5",
+                            "postgresql:///db?host=/tmp&port=5432&user=u&password=longpassword"}) {
+      seeds.push_back({uri, {seed_file("uri.txt", uri, false)}, 1});
+    }
+    return seeds;
+  };
+  t.run = [](const fs::path& dir) {
+    // A URI comes from the command line, never from a file: the harness's FIFOs and missing files
+    // say nothing about it.
+    std::error_code ec;
+    if (!fs::is_regular_file(dir / "uri.txt", ec)) return;
+    const std::string uri = read_file(dir / "uri.txt");
+    std::string redacted;
+    try {
+      redacted = redact_postgres_url(uri);
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      if (message.find('\n') != std::string::npos) throw std::runtime_error("a multi-line error: " + message);
+      return;
+    }
+    // The redacted URI must read (by libpq) as the given one without its password: no password,
+    // every other value the same.
+    std::map<std::string, std::string> given, back;
+    auto parse = [](const std::string& text, std::map<std::string, std::string>& out) {
+      char* err = nullptr;
+      PQconninfoOption* options = PQconninfoParse(text.c_str(), &err);
+      if (err != nullptr) PQfreemem(err);
+      if (options == nullptr) return false;
+      for (const PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+        if (o->val != nullptr && *o->val != '\0') out[o->keyword] = o->val;
+      }
+      PQconninfoFree(options);
+      return true;
+    };
+    if (!parse(uri, given)) throw std::runtime_error("redacted a URI libpq cannot parse: " + uri);
+    if (!parse(redacted, back)) throw std::runtime_error("the redacted URI does not parse: " + redacted);
+    if (back.count("password") != 0) throw std::runtime_error("a password survived in " + redacted);
+    given.erase("password");
+    if (back != given) throw std::runtime_error("the redacted URI " + redacted + " reads differently from " + uri);
+  };
+  t.default_cases = 3000;
+  return t;
+}
+#endif
+
 std::vector<Target> all_targets() {
   return {safetensors_target(), model_target(), tokenizer_target(), npy_target(),
-          tasks_target(),       cache_target(), db_target()};
+          tasks_target(),       cache_target(), db_target()
+#ifdef RANKSCOPE_POSTGRES
+          , pguri_target()
+#endif
+  };
 }
 
 }  // namespace rankscope::fuzz
