@@ -105,6 +105,14 @@ TEST_CASE("PostgreSQL: a server that is away is a transient one-line error witho
   CHECK(refused.find("hunter2") == std::string::npos);
   CHECK(refused.find('\n') == std::string::npos);
 
+  // What the URI leaves out comes from the PG* variables, as for psql.
+  ::setenv("PGPORT", std::to_string(server->port()).c_str(), 1);
+  {
+    PgConnection by_env("postgresql://rankscope@127.0.0.1/postgres");
+    CHECK(by_env.exec("SELECT current_setting('port')").get(0, 0) == std::optional<std::string>(std::to_string(server->port())));
+  }
+  ::unsetenv("PGPORT");
+
   // PGPASSWORD is never printed either (trust authentication ignores it).
   ::setenv("PGPASSWORD", "hunter3", 1);
   PgConnection db(server->url());

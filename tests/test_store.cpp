@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -371,6 +372,13 @@ TEST_CASE("sweep: 4 workers on a PostgreSQL study take each configuration once, 
   CHECK(wait_exit(spawn({"pareto", "--db", url, "--study", "grid", "--objectives", "tinystories.ppl:min,size.params:min"},
                         front)) == 0);
   CHECK_THAT(slurp(front), !Contains("sekret"));
+  const auto exported = dir / "export.csv";
+  CHECK(wait_exit(spawn({"export", "--db", url, "--study", "grid"}, exported)) == 0);
+  const std::string csv = slurp(exported);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 33);  // a header and 32 evaluations
+  CHECK(wait_exit(spawn({"report", "--db", url, "--study", "grid", "--out", (dir / "report").string()}, dir / "report.txt")) == 0);
+  const std::string report = slurp(dir / "report" / "report.md");
+  CHECK_THAT(report, Contains("32 evaluations") && !Contains("sekret"));
 }
 
 namespace {
