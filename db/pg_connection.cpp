@@ -46,9 +46,12 @@ std::map<std::string, std::string> parse(const std::string& url, std::string* er
 
 // Whether a failed connection is the server's absence (worth waiting for) rather than a refusal.
 bool server_absent(const std::string& message) {
+  // (A host name that does not resolve is not among them: a mistyped --db should fail at once.)
   for (const char* marker : {"Connection refused", "could not connect", "timeout expired", "server closed the connection",
-                             "No such file or directory", "could not translate host name", "the database system is starting up",
-                             "the database system is shutting down", "Connection reset", "no connection to the server",
+                             "No such file or directory", "the database system is starting up",
+                             "the database system is shutting down", "the database system is in recovery mode",
+                             "not yet accepting connections", "No route to host", "Network is unreachable",
+                             "Connection timed out", "Connection reset", "no connection to the server",
                              "could not receive data", "could not send data", "terminating connection"}) {
     if (message.find(marker) != std::string::npos) return true;
   }
@@ -75,8 +78,18 @@ std::string redact_postgres_url(const std::string& url) {
   std::string error;
   auto options = parse(url, &error);
   if (options.empty() && !error.empty()) {
-    // The message of libpq names no password; the URI itself is not repeated.
-    fail("--db: not a valid PostgreSQL URI ({})", error);
+    // libpq quotes the offending text, which may be the password: quoted parts are not repeated.
+    std::string reason;
+    bool quoted = false;
+    for (const char c : error) {
+      if (c == '"') {
+        if (!quoted) reason += "\"...\"";
+        quoted = !quoted;
+      } else if (!quoted) {
+        reason += c;
+      }
+    }
+    fail("--db: not a valid PostgreSQL URI ({})", reason);
   }
   std::string out = "postgresql://";
   if (auto it = options.find("user"); it != options.end()) out += encode(it->second) + "@";
@@ -102,7 +115,7 @@ std::string redact_postgres_url(const std::string& url) {
   if (auto it = options.find("dbname"); it != options.end()) out += encode(it->second);
   std::string query;
   for (const auto& [key, value] : options) {
-    if (key == "user" || key == "dbname" || key == "password") continue;
+    if (key == "user" || key == "dbname" || key == "password" || key == "sslpassword") continue;
     if ((key == "host" || key == "port") && in_authority) continue;
     query += (query.empty() ? "?" : "&") + encode(key) + "=" + encode(value);
   }
@@ -139,9 +152,15 @@ void PgConnection::connect() {
   }
   impl_->prepared.clear();  // a new connection has none
   // Our defaults first: what the URI names overrides them (libpq applies PG* variables to the rest).
+  // TCP keepalives and a timeout on unacknowledged data notice a network that went away in about a
+  // minute, and the server ends a session whose transaction sits idle for a minute (its locks
+  // would otherwise block the study's other workers until the server's own keepalive, hours).
+  // extra_float_digits=3: servers before 12 print doubles exactly too.
   const std::string timeout = std::to_string(timeout_);
-  const char* keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
-  const char* values[] = {timeout.c_str(), "rankscope", url_.c_str(), nullptr};
+  const char* keywords[] = {"connect_timeout", "application_name", "keepalives", "keepalives_idle",
+                            "keepalives_interval", "keepalives_count", "tcp_user_timeout", "options", "dbname", nullptr};
+  const char* values[] = {timeout.c_str(), "rankscope", "1", "30", "10", "3", "60000",
+                          "-c idle_in_transaction_session_timeout=60000 -c extra_float_digits=3", url_.c_str(), nullptr};
   impl_->conn = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
   if (impl_->conn == nullptr) throw TransientError(fmt::format("{}: out of memory opening a connection", display_));
   if (PQstatus(impl_->conn) != CONNECTION_OK) fail_connection(one_line(PQerrorMessage(impl_->conn)));

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <set>
 #include <thread>
 #include <type_traits>
@@ -140,6 +141,9 @@ struct PgStore::Impl {
   // Metric names and protocols never change once stored: their ids, cached per connection's
   // lifetime of this store (filled only after the inserting transaction committed).
   std::unordered_map<std::string, int64_t> metric_ids, protocol_ids, pending_metric_ids, pending_protocol_ids;
+  // Set while a transaction runs again after the answer to its COMMIT was lost (it may have been
+  // committed): claim() and complete() then recognise their own earlier effect.
+  bool commit_unknown = false;
 
   PgResult q(const std::string& sql, const std::vector<PgParam>& params = {}) { return conn->exec(sql, params); }
 
@@ -159,7 +163,9 @@ struct PgStore::Impl {
     const auto start = std::chrono::steady_clock::now();
     double delay = 0.1;
     bool waiting = false;
+    commit_unknown = false;
     for (int races = 0;;) {
+      bool commit_sent = false;
       try {
         if (!conn || !conn->ok()) conn = std::make_unique<PgConnection>(url);
         if (waiting) {
@@ -171,16 +177,22 @@ struct PgStore::Impl {
         conn->exec(begin);
         if constexpr (std::is_void_v<Result>) {
           f();
+          commit_sent = true;
           conn->exec("COMMIT");
           committed();
           return;
         } else {
           Result result = f();
+          commit_sent = true;
           conn->exec("COMMIT");
           committed();
           return result;
         }
       } catch (const TransientError& e) {
+        // The connection is not reused: its state (an open transaction?) is unknown.
+        conn.reset();
+        // A COMMIT whose answer was lost may have taken effect: the run that follows knows it.
+        if (commit_sent) commit_unknown = true;
         const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         if (waited > options.server_wait_seconds) {
           fail("{}: the server stayed away for {:.0f} s: {}", display, waited, e.what());
@@ -189,7 +201,6 @@ struct PgStore::Impl {
           std::fprintf(stderr, "rankscope: waiting for the PostgreSQL server: %s\n", e.what());
           waiting = true;
         }
-        conn.reset();
         std::this_thread::sleep_for(std::chrono::duration<double>(delay));
         delay = std::min(delay * 2, 5.0);
       } catch (const Error& e) {
@@ -282,30 +293,58 @@ struct PgStore::Impl {
     }
   }
 
+  // Reads the schema version; only a missing or older schema is created or migrated (under a lock),
+  // so read-only roles and standby servers can run the reading commands.
   void create_or_check_schema() {
+    const auto& steps = migrations();
+    const auto current = static_cast<int64_t>(steps.size());
+    auto version_now = [&]() -> std::optional<int64_t> {
+      if (q("SELECT to_regclass('rankscope_schema') IS NOT NULL").get(0, 0) != std::optional<std::string>("t")) return std::nullopt;
+      auto r = q("SELECT version FROM rankscope_schema");
+      if (r.rows() != 1) fail("{}: the rankscope_schema table does not hold one version row", display);
+      return i64(r, 0, 0);
+    };
+    const auto seen = tx([&] { return version_now(); }, "BEGIN READ ONLY");
+    if (seen && *seen > current) {
+      fail("{}: results schema version {} is newer than this rankscope's {}; upgrade rankscope", display, *seen, current);
+    }
+    if (seen && *seen == current) return;
+    if (!options.create) {
+      if (!seen) fail("{}: no rankscope results in this database", display);
+      fail("{}: results schema version {} is older than this rankscope's {}: run a writing command (sweep, db copy --to) "
+           "once to upgrade it", display, *seen, current);
+    }
+    // A session-level lock taken before the transaction begins: the transaction then starts after
+    // another worker's schema commit and sees it (a lock taken inside it would leave the catalog
+    // caches of its start, where the table was missing).
+    if (!conn || !conn->ok()) conn = std::make_unique<PgConnection>(url);
+    conn->exec("SELECT pg_advisory_lock($1)", {p(kSchemaLock)});
+    struct Unlock {
+      Impl& d;
+      ~Unlock() {
+        try {
+          if (d.conn && d.conn->ok()) d.conn->exec("SELECT pg_advisory_unlock($1)", {p(kSchemaLock)});
+        } catch (const Error&) {
+          d.conn.reset();  // the session, and with it the lock, goes
+        }
+      }
+    } unlock{*this};
     tx([&] {
-      q("SELECT pg_advisory_xact_lock($1)", {p(kSchemaLock)});
-      const bool exists = q("SELECT to_regclass('rankscope_schema') IS NOT NULL").get(0, 0) == std::optional<std::string>("t");
-      int64_t version = 0;
-      if (exists) {
-        auto r = q("SELECT version FROM rankscope_schema");
-        if (r.rows() != 1) fail("{}: the rankscope_schema table does not hold one version row", display);
-        version = i64(r, 0, 0);
-      } else {
-        if (!options.create) fail("{}: no rankscope results in this database", display);
+      auto version = version_now();  // again, under the lock: another worker may have done it
+      if (!version) {
         if (q("SELECT to_regclass('studies') IS NOT NULL").get(0, 0) == std::optional<std::string>("t")) {
           fail("{}: the database has a table 'studies' that rankscope did not create; use another database", display);
         }
         q("CREATE TABLE rankscope_schema (version INTEGER NOT NULL)");
         q("INSERT INTO rankscope_schema (version) VALUES (0)");
+        version = 0;
       }
-      const auto& steps = migrations();
-      if (version > static_cast<int64_t>(steps.size())) {
-        fail("{}: results schema version {} is newer than this rankscope's {}; upgrade rankscope", display, version,
-             steps.size());
+      if (*version > current) {
+        fail("{}: results schema version {} is newer than this rankscope's {}; upgrade rankscope", display, *version, current);
       }
-      for (auto k = static_cast<size_t>(version); k < steps.size(); ++k) conn->exec_script(steps[k]);
-      q("UPDATE rankscope_schema SET version = $1", {p(static_cast<int64_t>(steps.size()))});
+      if (*version == current) return;
+      for (auto k = static_cast<size_t>(*version); k < steps.size(); ++k) conn->exec_script(steps[k]);
+      q("UPDATE rankscope_schema SET version = $1", {p(current)});
     });
   }
 
@@ -449,31 +488,39 @@ std::optional<int64_t> PgStore::claim(int64_t study, int64_t model, std::string_
     const double now = unix_now();
     const int64_t cid = d.config_id(config);
     if (budget >= 0) {
-      int64_t used = i64(d.q("SELECT count(*) FROM evaluations WHERE study_id = $1 AND status <> 'claimed'", {p(study)}), 0, 0);
-      auto r = d.q("SELECT worker, heartbeat_at FROM evaluations WHERE study_id = $1 AND status = 'claimed' AND "
-                   "configuration_id <> $2",
+      // Finished evaluations and the other configurations' claims in one statement (one snapshot):
+      // a claim finished meanwhile by another worker is counted once, as one or the other.
+      auto r = d.q("SELECT 'claim', worker, heartbeat_at FROM evaluations WHERE study_id = $1 AND status = 'claimed' AND "
+                   "configuration_id <> $2 UNION ALL SELECT 'finished', '', count(*)::double precision FROM evaluations "
+                   "WHERE study_id = $1 AND status <> 'claimed'",
                    {p(study), p(cid)});
+      int64_t used = 0;
       for (int64_t i = 0; i < r.rows(); ++i) {
+        if (str(r, i, 0) == "finished") {
+          used += static_cast<int64_t>(f64(r, i, 2));
+          continue;
+        }
         ClaimInfo other;
-        other.worker = str(r, i, 0);
-        other.heartbeat_at = f64(r, i, 1);
+        other.worker = str(r, i, 1);
+        other.heartbeat_at = f64(r, i, 2);
         if (!claim_is_stale(other, now, stale_after_seconds)) ++used;
       }
       if (used >= budget) return std::nullopt;
     }
-    auto r = d.q("SELECT id, status, heartbeat_at, worker FROM evaluations WHERE study_id = $1 AND configuration_id = $2",
+    // The row locked as it is judged: a heartbeat committing meanwhile waits, then is not lost.
+    auto r = d.q("SELECT id, status, heartbeat_at, worker FROM evaluations WHERE study_id = $1 AND configuration_id = $2 "
+                 "FOR UPDATE",
                  {p(study), p(cid)});
     if (r.rows() > 0) {
       if (str(r, 0, 1) != "claimed") return std::nullopt;
       ClaimInfo held;
       held.heartbeat_at = f64(r, 0, 2);
       held.worker = str(r, 0, 3);
+      // This worker's own claim made by this call, whose COMMIT's answer was lost: it is ours.
+      if (d.commit_unknown && held.worker == worker) return i64(r, 0, 0);
       if (!claim_is_stale(held, now, stale_after_seconds)) return std::nullopt;
-      // A stale claim: its worker is presumed dead; the new claim gets a new id. A claim finished
-      // since it was read is kept (and the configuration is not claimed again).
-      if (d.q("DELETE FROM evaluations WHERE id = $1 AND status = 'claimed'", {p(i64(r, 0, 0))}).affected() == 0) {
-        return std::nullopt;
-      }
+      // A stale claim: its worker is presumed dead; the new claim gets a new id.
+      d.q("DELETE FROM evaluations WHERE id = $1", {p(i64(r, 0, 0))});
     }
     auto ins = d.q("INSERT INTO evaluations (study_id, configuration_id, model_id, status, worker, host, claimed_at, "
                    "heartbeat_at) VALUES ($1, $2, $3, 'claimed', $4, $5, $6, $6) RETURNING id",
@@ -507,6 +554,11 @@ bool PgStore::complete(int64_t evaluation, const std::vector<MetricValue>& metri
             "WHERE id = $5 AND status = 'claimed'",
             {p(status_name(settled_status(status, metrics))), p(now), p(wall_s), text_or_null(error), p(evaluation)})
             .affected() == 0) {
+      // Stored by this call's earlier run whose COMMIT's answer was lost: stored, once.
+      if (d.commit_unknown &&
+          d.q("SELECT 1 FROM evaluations WHERE id = $1 AND status <> 'claimed'", {p(evaluation)}).rows() > 0) {
+        return true;
+      }
       return false;  // taken over or released: the late result is ignored
     }
     d.insert_metrics(evaluation, metrics);

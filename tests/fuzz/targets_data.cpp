@@ -455,6 +455,11 @@ Target pguri_target() {
     } catch (const Error& e) {
       const std::string message = e.what();
       if (message.find('\n') != std::string::npos) throw std::runtime_error("a multi-line error: " + message);
+      // libpq quotes the text it could not read (which may be the password): no quoted text of
+      // it is repeated, only "..." in its place.
+      std::string rest = message;
+      for (size_t at; (at = rest.find("\"...\"")) != std::string::npos;) rest.erase(at, 5);
+      if (rest.find('"') != std::string::npos) throw std::runtime_error("the error quotes the URI: " + message);
       return;
     }
     // The redacted URI must read (by libpq) as the given one without its password: no password,
@@ -473,8 +478,11 @@ Target pguri_target() {
     };
     if (!parse(uri, given)) throw std::runtime_error("redacted a URI libpq cannot parse: " + uri);
     if (!parse(redacted, back)) throw std::runtime_error("the redacted URI does not parse: " + redacted);
-    if (back.count("password") != 0) throw std::runtime_error("a password survived in " + redacted);
+    if (back.count("password") != 0 || back.count("sslpassword") != 0) {
+      throw std::runtime_error("a password survived in " + redacted);
+    }
     given.erase("password");
+    given.erase("sslpassword");
     if (back != given) throw std::runtime_error("the redacted URI " + redacted + " reads differently from " + uri);
   };
   t.default_cases = 3000;
