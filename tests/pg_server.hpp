@@ -160,3 +160,13 @@ class PgTestServer {
 };
 
 }  // namespace rankscope::test
+
+// In a Catch2 test: a running throwaway server named `server`, or the test returns, reported
+// skipped with the reason.
+#define RS_REQUIRE_PG(server)                                 \
+  std::string why_;                                            \
+  auto server = ::rankscope::test::PgTestServer::start(&why_); \
+  if (!server) {                                               \
+    WARN("SKIPPED: " << why_);                                 \
+    return;                                                    \
+  }

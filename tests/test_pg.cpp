@@ -15,14 +15,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-#define RS_REQUIRE_PG(server)                     \
-  std::string why_;                                \
-  auto server = test::PgTestServer::start(&why_);  \
-  if (!server) {                                   \
-    WARN("SKIPPED: " << why_);                     \
-    return;                                        \
-  }
-
 // The message of the exception `f` throws (empty when none), and whether it was transient.
 template <typename F>
 std::string message_of(F&& f, bool* transient = nullptr) {

@@ -33,13 +33,31 @@ namespace {
 
 constexpr double NaN = std::numeric_limits<double>::quiet_NaN();
 
-#define RS_REQUIRE_PG(server)                     \
-  std::string why_;                                \
-  auto server = test::PgTestServer::start(&why_);  \
-  if (!server) {                                   \
-    WARN("SKIPPED: " << why_);                     \
-    return;                                        \
+// Runs body(i) in n child processes at once (each opens its own connections); checks that every
+// one exits 0, printing what a failing one threw.
+template <typename Body>
+void in_processes(int n, Body body) {
+  std::fflush(nullptr);  // nothing buffered here is written twice by a child
+  std::vector<pid_t> children;
+  for (int i = 0; i < n; ++i) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      try {
+        body(i);
+        _exit(0);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "process %d: %s\n", i, e.what());
+        _exit(1);
+      }
+    }
+    children.push_back(pid);
   }
+  for (pid_t pid : children) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+}
 
 ModelInfo test_model() { return {"0123456789abcdef0123456789abcdef", "/models/m", "llama", 1000}; }
 
@@ -171,27 +189,10 @@ TEST_CASE("stores: PostgreSQL schema: created once by concurrent workers, a newe
   no_create.create = false;
   CHECK_THROWS_WITH(PgStore(server->url("fresh"), no_create), Contains("no rankscope results"));
   // Four processes open the empty database at once: one creates the schema, all succeed.
-  std::vector<pid_t> children;
-  std::fflush(nullptr);
-  for (int i = 0; i < 4; ++i) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      try {
-        PgStore s(server->url("fresh"));
-        s.open_study("s", {});
-        _exit(0);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "worker %d: %s\n", i, e.what());
-        _exit(1);
-      }
-    }
-    children.push_back(pid);
-  }
-  for (pid_t pid : children) {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
-  }
+  in_processes(4, [&](int) {
+    PgStore s(server->url("fresh"));
+    s.open_study("s", {});
+  });
   PgStore s(server->url("fresh"), no_create);
   CHECK(s.studies().size() == 1);
   {
@@ -211,37 +212,20 @@ TEST_CASE("stores: 4 worker processes on one PostgreSQL study take every configu
     PgStore setup(server->url());
     setup.open_study("race", {});
   }
-  std::vector<pid_t> children;
-  std::fflush(nullptr);
-  for (int w = 0; w < 4; ++w) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      try {
-        PgStore db(server->url());
-        const int64_t study = db.open_study("race", {});
-        const int64_t model = db.add_model(test_model());
-        const std::string worker = fmt::format("host{}:{}", w, getpid());
-        // Each worker walks the list from another start, as workers with other seeds would.
-        for (size_t k = 0; k < configs.size(); ++k) {
-          const auto& config = configs[(k + static_cast<size_t>(w) * 16) % configs.size()];
-          if (auto id = db.claim(study, model, config, worker, 3600, budget)) {
-            db.complete(*id, {{"size.params", static_cast<double>(k)}, {"worker.id", static_cast<double>(w)}},
-                        EvalStatus::done, 0.0);
-          }
-        }
-        _exit(0);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "worker %d: %s\n", w, e.what());
-        _exit(1);
+  in_processes(4, [&](int w) {
+    PgStore db(server->url());
+    const int64_t study = db.open_study("race", {});
+    const int64_t model = db.add_model(test_model());
+    const std::string worker = fmt::format("host{}:{}", w, getpid());
+    // Each worker walks the list from another start, as workers with other seeds would.
+    for (size_t k = 0; k < configs.size(); ++k) {
+      const auto& config = configs[(k + static_cast<size_t>(w) * 16) % configs.size()];
+      if (auto id = db.claim(study, model, config, worker, 3600, budget)) {
+        db.complete(*id, {{"size.params", static_cast<double>(k)}, {"worker.id", static_cast<double>(w)}},
+                    EvalStatus::done, 0.0);
       }
     }
-    children.push_back(pid);
-  }
-  for (pid_t pid : children) {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
-  }
+  });
   PgStore db(server->url());
   const auto study = db.find_study("race");
   REQUIRE(study);
