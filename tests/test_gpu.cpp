@@ -311,6 +311,75 @@ TEST_CASE("GPU attention kernels equal the CPU's: fp32 exactly to rounding, bf16
   }
 }
 
+TEST_CASE("GPU RMSNorm, RoPE and gated SiLU equal the CPU's at Llama shapes, vectorised and general kernels",
+          "[gpu][ops]") {
+  RS_REQUIRE_GPU();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto random = [&](int64_t rows, int64_t cols) {
+    Mat m(rows, cols);
+    for (int64_t i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+    return m;
+  };
+  // Element by element: fp32 differs by reassociation and a few-ulp exp only; bf16 rounds each
+  // result to 8 significant bits (half an ulp: 2^-9 relative), the rest is fp32 arithmetic.
+  auto check_close = [](const Mat& got, const Mat& want, ComputeType type) {
+    REQUIRE(got.rows() == want.rows());
+    REQUIRE(got.cols() == want.cols());
+    const float rel = type == ComputeType::f32 ? 1e-5f : 1.0f / 256;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < got.size(); ++i) {
+      if (!(std::abs(got.data()[i] - want.data()[i]) <= rel * std::abs(want.data()[i]) + 1e-5f)) ++bad;
+    }
+    CHECK(bad == 0);
+  };
+  for (const ComputeType type : {ComputeType::f32, ComputeType::bf16}) {
+    auto be = gpu(type);
+    Backend& cpu = cpu_backend();
+    auto rounded = [&](const Mat& m) { return be->download(be->upload(m, Precision::compute)); };
+    // RMSNorm: 4 and 8 vectors a thread, and the general kernel (cols not a multiple of 4, and
+    // beyond the vectorised width).
+    for (const int64_t cols : {int64_t{4096}, int64_t{6144}, int64_t{4098}, int64_t{9000}}) {
+      INFO("rms_norm cols " << cols << " " << compute_type_name(type));
+      const Mat x = random(19, cols), w = random(1, cols);
+      const Tensor weight = Tensor::owned({cols}, std::vector<float>(w.data(), w.data() + w.size()));
+      Buffer out = be->buffer(19, cols, Precision::compute);
+      be->rms_norm(be->upload(x, Precision::f32), weight, 1e-5, out);
+      Buffer want = cpu.buffer(19, cols, Precision::compute);
+      cpu.rms_norm(cpu.upload(x, Precision::f32), weight, 1e-5, want);
+      check_close(be->download(out), cpu.download(want), type);
+    }
+    // RoPE on q (32 heads) and k (8 heads) of 128 values, and heads of 12 (general kernel), over
+    // three sequences whose positions continue caches.
+    SequenceLayout layout;
+    layout.offset = {0, 5, 45, 77};
+    for (int64_t s = 0; s < 3; ++s) {
+      for (int64_t t = 0; t < layout.length(s); ++t) layout.positions.push_back(100 * s + t);
+    }
+    for (const auto& [heads, d] : {std::pair<int64_t, int64_t>{32, 128}, {8, 128}, {4, 64}, {3, 12}}) {
+      INFO("rope heads " << heads << " d " << d << " " << compute_type_name(type));
+      const Rope rope(d, 10000.0, RopeScaling{});
+      const Mat x = rounded(random(77, heads * d));
+      Buffer got = be->upload(x, Precision::compute);
+      be->rope(got, heads, rope, layout);
+      Buffer want = cpu.upload(x, Precision::compute);
+      cpu.rope(want, heads, rope, layout);
+      check_close(be->download(got), cpu.download(want), type);
+    }
+    // Gated SiLU: 16-byte vectors, and the general kernel (an odd count).
+    for (const int64_t cols : {int64_t{11008}, int64_t{1001}}) {
+      INFO("gated_activation cols " << cols << " " << compute_type_name(type));
+      Mat g = rounded(random(13, cols)), u = rounded(random(13, cols));
+      g.row(0).setConstant(-100.0f);  // exp overflows: silu is -0
+      Buffer got = be->upload(g, Precision::compute);
+      be->gated_activation(got, be->upload(u, Precision::compute), Activation::silu);
+      Buffer want = cpu.upload(g, Precision::compute);
+      cpu.gated_activation(want, cpu.upload(u, Precision::compute), Activation::silu);
+      check_close(be->download(got), cpu.download(want), type);
+    }
+  }
+}
+
 TEST_CASE("GPU SVD (fp64 Gram matrix, cuSOLVER) equals LAPACK's: singular values, reconstruction, orthonormal factors",
           "[gpu][linalg]") {
   RS_REQUIRE_GPU();

@@ -121,7 +121,9 @@ __global__ void __launch_bounds__(kWarps* kWarp)
 // in shared memory as they are; S = Q K^T and O += P V run as 16x16x16 WMMA products with fp32
 // accumulation. Two passes over the keys: the first finds each row's softmax maximum and sum, the
 // second forms the normalised probabilities P (rounded to the compute type) and accumulates P V,
-// so the output accumulators never need rescaling.
+// so the output accumulators never need rescaling. Scores are kept in base 2 (scaled by log2 e), so
+// the exponentials are single exp2 instructions. A warp's P tile reuses its S tile's shared memory,
+// so that three blocks fit an SM.
 namespace wmma = nvcuda::wmma;
 constexpr int kTcRows = 16;                   // query rows per warp
 constexpr int kTcQueries = kWarps * kTcRows;  // per block
@@ -130,6 +132,8 @@ constexpr int kTcKeys = 64;                   // keys per tile
 // reading 16 rows in a staggered column order, hit 32 different banks.
 constexpr int kSStride = kTcKeys + 4;
 constexpr int kPStride = kTcKeys + 8;
+static_assert(kPStride * 2 <= kSStride * 4, "a warp's P tile fits in its S tile");
+constexpr int kTcBlocksPerSm = 3;
 
 // Row stride of the Q, K and V tiles in shared memory: D plus 8 elements (16 bytes), so that the
 // 16 rows a WMMA fragment reads start in different banks (with a stride of D = 64 or 128 values,
@@ -163,7 +167,7 @@ __device__ void load_tile(T* dst, const T* src, int64_t ld, int64_t n) {
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kWarps* kWarp)
+__global__ void __launch_bounds__(kWarps* kWarp, kTcBlocksPerSm)
     attention_tc_kernel(const T* q, int64_t ld_q, const SequenceDesc* seqs, int64_t group, bool causal, float scale,
                         T* ctx, int64_t ld_ctx) {
   const SequenceDesc s = seqs[blockIdx.z];
@@ -180,8 +184,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   T* k_s = q_s + kTcQueries * L;                                         // [kTcKeys x D], stride L
   T* v_s = k_s + kTcKeys * L;                                            // [kTcKeys x D], stride L
   float* s_w = reinterpret_cast<float*>(v_s + kTcKeys * L) + warp * kTcRows * kSStride;  // this warp's [16 x 64]
-  T* p_w = reinterpret_cast<T*>(reinterpret_cast<float*>(v_s + kTcKeys * L) + kWarps * kTcRows * kSStride) +
-           warp * kTcRows * kPStride;                                    // this warp's [16 x 64]
+  T* p_w = reinterpret_cast<T*>(s_w);                                    // the same memory, once S is read
 
   load_tile<T, D, kTcQueries>(q_s, q + (s.q_row0 + t_begin) * ld_q + h * D, ld_q, t_end - t_begin);
   const T* k = static_cast<const T*>(s.k) + kvh * D;
@@ -194,10 +197,11 @@ __global__ void __launch_bounds__(kWarps* kWarp)
   auto column = [&](int i) { return col0 + (i + stagger) % 32; };
   const int64_t t = t_begin + warp * kTcRows + row;  // its query, within the sequence
   const float masked = -3.402823466e38f;
+  const float scale2 = scale * 1.4426950408889634f;  // scores in base 2
   auto score_at = [&](int c, int64_t j0) {
     const int64_t j = j0 + c;
     if (t >= t_end || j >= n_keys || (causal && j > s.n_past + t)) return -INFINITY;
-    float x = s_w[row * kSStride + c] * scale;
+    float x = s_w[row * kSStride + c] * scale2;
     if (s.mask != nullptr && j >= s.n_past && s.mask[j - s.n_past] == 0) x += masked;
     return x;
   };
@@ -225,17 +229,23 @@ __global__ void __launch_bounds__(kWarps* kWarp)
     load_tile<T, D, kTcKeys>(k_s, k + j0 * s.ld_kv, s.ld_kv, min(static_cast<int64_t>(kTcKeys), n_keys - j0));
     __syncthreads();
     scores();
+    float x[32];
     float tile_max = -INFINITY;
-    for (int i = 0; i < 32; ++i) tile_max = fmaxf(tile_max, score_at(column(i), j0));
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      x[i] = score_at(column(i), j0);
+      tile_max = fmaxf(tile_max, x[i]);
+    }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     const float m_new = fmaxf(m, tile_max);
     float sum = 0.0f;
     if (m_new != -INFINITY) {
-      for (int i = 0; i < 32; ++i) sum += expf(score_at(column(i), j0) - m_new);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sum += exp2f(x[i] - m_new);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if (m_new != -INFINITY) {
-      l = l * expf(m - m_new) + sum;
+      l = l * exp2f(m - m_new) + sum;
       m = m_new;
     }
     __syncwarp();
@@ -253,10 +263,13 @@ __global__ void __launch_bounds__(kWarps* kWarp)
     load_tile<T, D, kTcKeys>(v_s, v + j0 * s.ld_kv, s.ld_kv, n_tile);
     __syncthreads();
     scores();
+    float x[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) x[i] = score_at(column(i), j0);
+    __syncwarp();  // every lane has read S before P overwrites it
+#pragma unroll
     for (int i = 0; i < 32; ++i) {
-      const int c = column(i);
-      const float x = score_at(c, j0);
-      p_w[row * kPStride + c] = from_float<T>(x == -INFINITY ? 0.0f : expf(x - m) * inv_l);
+      p_w[row * kPStride + column(i)] = from_float<T>(x[i] == -INFINITY ? 0.0f : exp2f(x[i] - m) * inv_l);
     }
     __syncwarp();
     for (int kk = 0; kk < kTcKeys / 16; ++kk) {
@@ -302,7 +315,7 @@ cudaError_t launch_attention_tc(const void* q, int64_t ld_q, const SequenceDesc*
                                 int64_t n_head, int64_t group, bool causal, float scale, void* ctx, int64_t ld_ctx,
                                 cudaStream_t stream) {
   constexpr int L = tile_stride<D>();
-  const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * L + 2 * kTcKeys * L + kWarps * kTcRows * kPStride) +
+  const size_t shared = sizeof(T) * static_cast<size_t>(kTcQueries * L + 2 * kTcKeys * L) +
                         sizeof(float) * static_cast<size_t>(kWarps * kTcRows * kSStride);
   static_assert(sizeof(T) * (kTcQueries + kTcKeys) * L >= sizeof(float) * kWarps * kTcRows * D, "O staging fits");
   allow_shared(attention_tc_kernel<T, D>, shared);

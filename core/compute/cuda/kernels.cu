@@ -64,6 +64,45 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float eps, int64
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[r * cols + c] = from_float<To>(row[c] * scale * w[c]);
 }
 
+// Four consecutive values to `out` (16 bytes of fp32, 8 of bf16/fp16; out 4-element aligned).
+template <typename To>
+__device__ __forceinline__ void store4(To* out, float4 v) {
+  if constexpr (sizeof(To) == 4) {
+    *reinterpret_cast<float4*>(out) = v;
+  } else {
+    To t[4] = {from_float<To>(v.x), from_float<To>(v.y), from_float<To>(v.z), from_float<To>(v.w)};
+    *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(t);
+  }
+}
+
+// rms_norm_kernel for rows of cols <= 4 * Per * kBlock values, cols a multiple of 4 and 16-byte
+// aligned rows: the row is read once, 16 bytes a load, and kept in registers.
+template <typename To, int Per>
+__global__ void __launch_bounds__(kBlock) rms_norm_vec_kernel(const float* x, const float* w, float eps, int cols, To* out) {
+  const int64_t r = blockIdx.x;
+  const auto* row = reinterpret_cast<const float4*>(x + r * cols);
+  const auto* w4 = reinterpret_cast<const float4*>(w);
+  const int n4 = cols / 4;
+  float4 v[Per];
+  float ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < Per; ++k) {
+    const int i = threadIdx.x + k * kBlock;
+    v[k] = i < n4 ? row[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+  }
+  const float scale = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(cols) + eps);
+#pragma unroll
+  for (int k = 0; k < Per; ++k) {
+    const int i = threadIdx.x + k * kBlock;
+    if (i < n4) {
+      const float4 g = w4[i];
+      store4(out + r * cols + 4 * int64_t{i},
+             make_float4(v[k].x * scale * g.x, v[k].y * scale * g.y, v[k].z * scale * g.z, v[k].w * scale * g.w));
+    }
+  }
+}
+
 template <typename To>
 __global__ void layer_norm_kernel(float* x, const float* w, const float* b, float eps, int64_t cols, To* copy) {
   const int64_t r = blockIdx.x;
@@ -113,9 +152,45 @@ __global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, const float* table
   }
 }
 
+// RoPE on 16 bytes a thread: block r rotates row r; thread i takes head i / groups and the V values
+// j0 = (i % groups) * V .. j0 + V - 1 of its first half with their partners j + half (half a
+// multiple of V, rows 16-byte aligned). 32-bit index arithmetic: 64-bit division is a long
+// software sequence on the GPU.
+template <typename T>
+__global__ void rope_vec_kernel(T* x, int n_heads, int d, const float* table) {
+  constexpr int V = 16 / sizeof(T);
+  const int64_t r = blockIdx.x;
+  const int half = d / 2, groups = half / V;
+  const float* cs_row = table + r * half * 2;
+  T* row = x + r * n_heads * d;
+  for (int i = threadIdx.x; i < n_heads * groups; i += blockDim.x) {
+    const int h = i / groups, j0 = (i % groups) * V;
+    T* head = row + h * d;
+    uint4 a4 = *reinterpret_cast<const uint4*>(head + j0);
+    uint4 b4 = *reinterpret_cast<const uint4*>(head + j0 + half);
+    const auto* cs = reinterpret_cast<const float4*>(cs_row + 2 * j0);  // V (cos, sin) pairs
+    T* a = reinterpret_cast<T*>(&a4);
+    T* b = reinterpret_cast<T*>(&b4);
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) {
+      const float4 t = cs[k];
+      const float a0 = to_float(a[2 * k]), b0 = to_float(b[2 * k]);
+      const float a1 = to_float(a[2 * k + 1]), b1 = to_float(b[2 * k + 1]);
+      a[2 * k] = from_float<T>(a0 * t.x - b0 * t.y);
+      b[2 * k] = from_float<T>(b0 * t.x + a0 * t.y);
+      a[2 * k + 1] = from_float<T>(a1 * t.z - b1 * t.w);
+      b[2 * k + 1] = from_float<T>(b1 * t.z + a1 * t.w);
+    }
+    *reinterpret_cast<uint4*>(head + j0) = a4;
+    *reinterpret_cast<uint4*>(head + j0 + half) = b4;
+  }
+}
+
 __device__ __forceinline__ float activate(float v, Activation act) {
   switch (act) {
-    case Activation::silu: return v / (1.0f + expf(-v));
+    // __expf and __fdividef: a few ulp from expf and '/', far below the bf16/fp16 rounding of the
+    // result and the 1e-4 the fp32 path is held to; __fdividef(v, inf) is 0, as v / inf.
+    case Activation::silu: return __fdividef(v, 1.0f + __expf(-v));
     case Activation::gelu_erf: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
     case Activation::gelu_tanh: return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     case Activation::relu: return v > 0.0f ? v : 0.0f;
@@ -402,10 +477,19 @@ cudaError_t embed(const void* table, ComputeType table_type, const int32_t* ids,
 cudaError_t rms_norm(const float* x, const float* weight, double eps, int64_t rows, int64_t cols, void* out,
               ComputeType out_type, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
+  const bool vec = cols % 4 == 0 && cols <= 8 * 4 * kBlock && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(weight) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   dispatch(out_type, [&](auto t) {
     using T = decltype(t);
-    rms_norm_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(x, weight, static_cast<float>(eps), cols,
-                                                                        static_cast<T*>(out));
+    const auto grid = static_cast<unsigned>(rows);
+    const auto e = static_cast<float>(eps);
+    if (vec && cols <= 4 * 4 * kBlock) {
+      rms_norm_vec_kernel<T, 4><<<grid, kBlock, 0, stream>>>(x, weight, e, static_cast<int>(cols), static_cast<T*>(out));
+    } else if (vec) {
+      rms_norm_vec_kernel<T, 8><<<grid, kBlock, 0, stream>>>(x, weight, e, static_cast<int>(cols), static_cast<T*>(out));
+    } else {
+      rms_norm_kernel<<<grid, kBlock, 0, stream>>>(x, weight, e, cols, static_cast<T*>(out));
+    }
   });
   return cudaGetLastError();
 }
@@ -442,7 +526,16 @@ cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64
   if (rows == 0) return cudaSuccess;
   dispatch(type, [&](auto t) {
     using T = decltype(t);
-    rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head, table);
+    constexpr int V = 16 / sizeof(T);
+    const int64_t half = n_embd_head / 2;
+    if (half % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(table) % 16 == 0 &&
+        n_heads * n_embd_head < (int64_t{1} << 30)) {
+      const auto threads = static_cast<unsigned>(std::min<int64_t>(kBlock, n_heads * (half / V)));
+      rope_vec_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(static_cast<T*>(x), static_cast<int>(n_heads),
+                                                                           static_cast<int>(n_embd_head), table);
+    } else {
+      rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head, table);
+    }
   });
   return cudaGetLastError();
 }
