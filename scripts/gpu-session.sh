@@ -64,6 +64,29 @@ if [[ $stages == *,bench,* ]]; then
     --data-dir .gpu-run/shared/data --sections ${BENCH_SECTIONS:-gemm,throughput,factored} ${BENCH_ARGS:-} $base \
     --json "$OUT/bench-gpu.json" 2>&1 | tail -30
 fi
+if [[ $stages == *,ncu,* ]]; then
+  # Every kernel of the throughput section under Nsight Compute (durations only, caches and clocks
+  # as they are): kernel time per step by kernel, against the step's wall time.
+  ncu --csv --metrics gpu__time_duration.sum --cache-control none --clock-control none \
+    ./build-gpu/bench/gpu --config .gpu-run/shared/configs/llama-2-7b --tokenizer .gpu-run/shared/data/llama2-tokenizer \
+    --data-dir .gpu-run/shared/data --sections throughput > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  echo "ncu rc=$?"; tail -3 "$OUT/ncu.err"
+  python3 - "$OUT/ncu.csv" <<'PY'
+import csv, sys, collections, re
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+head = rows[0]; rows = rows[1:]
+ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
+total = collections.defaultdict(float); count = collections.Counter()
+for r in rows:
+    v = float(r[vi].replace(",", "")); v = v / 1e6 if r[ui] == "nsecond" else (v / 1e3 if r[ui] in ("usecond", "us") else v)
+    name = re.sub(r"\(.*", "", r[ki])[:70]
+    total[name] += v; count[name] += 1
+steps = 7
+print(f"ncu: {len(rows)} kernels, {sum(total.values()):.1f} ms in all, {sum(total.values())/steps:.1f} ms a step (of {steps})")
+for n, t in sorted(total.items(), key=lambda x: -x[1])[:25]:
+    print(f"  {t/steps:9.3f} ms/step {count[n]/steps:7.1f} calls/step  {n}")
+PY
+fi
 if [[ $stages == *,sweep,* ]]; then
   for dev in cuda cpu; do
     rm -rf /tmp/q-$dev; mkdir -p /tmp/q-$dev

@@ -51,8 +51,10 @@ struct Context {
   std::atomic<size_t> in_use{0};
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
+  void* blas_workspace = nullptr;
   ~Context() {
     if (blas != nullptr) cublasDestroy(blas);
+    if (blas_workspace != nullptr) cudaFree(blas_workspace);
     if (stream != nullptr) {
       cudaStreamSynchronize(stream);
       cudaStreamDestroy(stream);
@@ -143,6 +145,16 @@ class CudaBackend final : public Backend {
     check(cublasSetStream(ctx_->blas, ctx_->stream), "cublasSetStream");
     // fp32 stays fp32: no TF32 tensor-op shortcuts, so GPU fp32 matches the CPU.
     check(cublasSetMathMode(ctx_->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    // The workspace cuBLAS recommends for Hopper (32 MiB; 4 MiB before it), set after the stream
+    // (cublasSetStream resets it): GEMM kernels that split K need it.
+    constexpr size_t kBlasWorkspace = size_t{32} << 20;
+    if (cudaMalloc(&ctx_->blas_workspace, kBlasWorkspace) == cudaSuccess) {
+      ctx_->in_use += kBlasWorkspace;
+      check(cublasSetWorkspace(ctx_->blas, ctx_->blas_workspace, kBlasWorkspace), "cublasSetWorkspace");
+    } else {
+      cudaGetLastError();
+      ctx_->blas_workspace = nullptr;  // cuBLAS's own default workspace then
+    }
     // Freed blocks stay in the stream-ordered pool for reuse instead of going back to the driver.
     cudaMemPool_t pool = nullptr;
     check(cudaDeviceGetDefaultMemPool(&pool, index), "cudaDeviceGetDefaultMemPool");
