@@ -26,12 +26,14 @@
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
 #include "core/decompose/decompose.hpp"
+#include "core/decompose/proxy.hpp"
 #include "core/base/error.hpp"
 #include "core/compute/gemm.hpp"
 #include "core/io/model_hash.hpp"
 #include "core/base/suggest.hpp"
 #include "db/open_store.hpp"
 #include "evaluators/calibration.hpp"
+#include "evaluators/efficiency.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
 
@@ -218,6 +220,7 @@ nlohmann::json study_settings(const Params& p, const std::string& model_hash, co
                          {"mutation_rate", p.mutation_rate}, {"crossover_rate", p.crossover_rate}};
   }
   if (p.strategy == "greedy") s["target"] = p.target;
+  if (p.strategy == "guided") s["guided"] = {{"batch", p.batch}, {"initial", p.initial}, {"asvd_alpha", p.asvd_alpha}};
   if (!p.calib.empty()) {  // only then: studies created before calibration existed keep their settings
     s["calibration"] = {{"calib", p.calib}, {"samples", p.calib_samples}, {"ctx", p.calib_ctx},
                         {"seed", p.calib_seed}, {"asvd_alpha", p.asvd_alpha}};
@@ -252,6 +255,57 @@ void check_metric_names(const std::vector<std::string>& used, const std::vector<
     if (std::find(produced.begin(), produced.end(), name) != produced.end()) continue;
     fail("unknown metric '{}': the tasks {} produce {}{}", name, tasks, fmt::join(produced, ", "),
          did_you_mean(name, produced));
+  }
+}
+
+// The guided strategy's priors: per knob and digit, the change of each objective from the space's
+// zero point when that knob alone takes that digit. Size metrics (size.*) are exact and additive;
+// every other objective starts from the sensitivity proxy (the sum over the configuration's
+// matrices of their relative output error squared, core/decompose/proxy.hpp), which the strategy
+// rescales and corrects from the measurements.
+void guided_priors(const Model& base, const DesignSpace& space, const std::vector<Objective>& objectives,
+                   FactorCache& cache, const ActivationOptions& activation, StrategyOptions& options) {
+  const auto radices = space.radices();
+  const Point zero(radices.size(), 0);
+  auto size_of = [&](const Config& config, const std::string& metric) {
+    for (const auto& m : size_metrics(base, config).metrics) {
+      if (m.name() == metric) return m.value;
+    }
+    fail("guided strategy: no size metric '{}' (size.params, size.bytes, size.reduction_pct, size.flops_per_token)", metric);
+  };
+  std::optional<std::vector<std::vector<double>>> proxy_terms;
+  auto proxy_prior = [&] {
+    if (proxy_terms) return *proxy_terms;
+    if (!base.has_weights) fail("the guided strategy needs the model's weights for its proxies ({})", base.dir.string());
+    ProxyCalculator proxies(base, cache, activation);
+    const double at_zero = proxies.config_score(space.to_config(zero));
+    std::vector<std::vector<double>> terms(radices.size());
+    for (size_t k = 0; k < radices.size(); ++k) {
+      for (int64_t d = 0; d < radices[k]; ++d) {
+        Point e = zero;
+        e[k] = d;
+        terms[k].push_back(proxies.config_score(space.to_config(e)) - at_zero);
+      }
+    }
+    proxy_terms = terms;
+    return terms;
+  };
+  for (const auto& o : objectives) {
+    if (o.metric.rfind("size.", 0) != 0) {
+      options.priors[o.metric] = proxy_prior();
+      continue;
+    }
+    const double at_zero = size_of(space.to_config(zero), o.metric);
+    std::vector<std::vector<double>> terms(radices.size());
+    for (size_t k = 0; k < radices.size(); ++k) {
+      for (int64_t d = 0; d < radices[k]; ++d) {
+        Point e = zero;
+        e[k] = d;
+        terms[k].push_back(size_of(space.to_config(e), o.metric) - at_zero);
+      }
+    }
+    options.priors[o.metric] = std::move(terms);
+    options.exact.insert(o.metric);
   }
 }
 
@@ -363,6 +417,12 @@ int run_sweep(const Params& params) {
   if (stale_after != params.stale_after) {
     fmt::print(stderr, "sweep: study '{}' takes claims over after {:g} s of silence (set when it was created); "
                "this run's --stale-after {:g} does not change that\n", study_name, stale_after, params.stale_after);
+  }
+  if (params.strategy == "guided") {
+    if (!space) fail("the guided strategy needs a design space, not a list");
+    options.batch = params.batch;
+    options.initial = params.initial;
+    guided_priors(base, *space, objectives, factor_cache, activation, options);
   }
   auto strategy = make_strategy(params.strategy, radices, options);
 
@@ -478,6 +538,11 @@ int run_sweep(const Params& params) {
           metrics.push_back({m.name(), m.value, m.stderr_, m.n, finite ? m.status : "nan", protocol});
           if (!finite) status = EvalStatus::nan;
         }
+      }
+      // What the guided strategy predicted, stored beside what was measured (report compares).
+      for (const auto& [metric, value] : strategy->predicted(p)) {
+        metrics.push_back({"predicted." + metric, value, NAN, 0, std::isfinite(value) ? "ok" : "nan",
+                           {{"source", "the guided strategy's model when it proposed this configuration"}}});
       }
     } catch (const Interrupted&) {
       heartbeat.unwatch();

@@ -86,6 +86,8 @@ struct Params {
   std::string strategy = "evolutionary";
   int64_t budget = 100;
   int64_t population = 16;
+  int64_t batch = 4;    // guided
+  int64_t initial = 4;  // guided
   int64_t generations = 0;
   double mutation_rate = -1.0;
   double crossover_rate = 0.9;

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/base/error.hpp"
+#include "search/guided.hpp"
 #include "search/pareto.hpp"
 
 namespace rankscope {
@@ -993,7 +994,8 @@ std::unique_ptr<Strategy> make_strategy(const std::string& name, std::vector<int
     }
     return std::make_unique<Nsga2Strategy>(std::move(radices), options);
   }
-  fail("unknown strategy '{}' (list, exhaustive, random, greedy or evolutionary)", name);
+  if (name == "guided") return make_guided_strategy(std::move(radices), options);
+  fail("unknown strategy '{}' (list, exhaustive, random, greedy, evolutionary or guided)", name);
 }
 
 }  // namespace rankscope

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,6 +61,14 @@ struct StrategyOptions {
   // "greedy": stop when every metric here is reached (metric >= value), e.g. size.reduction_pct.
   std::map<std::string, double> target;
   std::string size_metric = "size.params";  // "greedy": smaller is smaller; saved = decrease
+  // "guided": per metric, a prior term for every knob and digit ([knob][digit]); an objective is
+  // predicted as intercept + scale * (the sum of the point's terms) + learnt corrections. Metrics
+  // in `exact` are additive exactly (sizes): only their intercept is fitted. An objective without
+  // a prior starts from zero terms and is learnt from the tells alone.
+  std::map<std::string, std::vector<std::vector<double>>> priors;
+  std::set<std::string> exact;
+  int64_t batch = 4;    // "guided": at most this many points per ask
+  int64_t initial = 4;  // "guided": points from the priors alone before the model is fitted
 };
 
 class Strategy {
@@ -78,10 +87,16 @@ class Strategy {
   // make_strategy with the same radices and options and restored from it continues exactly as
   // the original. restore() throws Error for a state of another strategy or space.
   virtual nlohmann::json state() const = 0;
+  // What the strategy predicted for a point it asked (metric -> value); empty when it makes no
+  // predictions (every strategy but guided) or made none for this point.
+  virtual std::map<std::string, double> predicted(const Point& point) const {
+    (void)point;
+    return {};
+  }
   virtual void restore(const nlohmann::json& state) = 0;
 };
 
-// name: list | exhaustive | random | greedy | evolutionary. Throws Error for an unknown name, a
+// name: list | exhaustive | random | greedy | evolutionary | guided. Throws Error for an unknown name, a
 // radix < 1, options the strategy cannot use (greedy without objectives, evolutionary without
 // objectives or with population < 2, rates outside [0, 1], list points outside the space) and,
 // for exhaustive, a space of more than 2^40 points.

@@ -40,6 +40,8 @@ class CachedSvd {
   // ||W - U_r S_r V_r^T||_F / ||W||_F of the rank-r truncation (exact for orthonormal factors:
   // the optimum for a full SVD, the achieved error for a randomized one).
   double relative_error(int64_t r) const;
+  // ||W||_F^2 (of the factorized matrix: W D for asvd/whiten).
+  double norm2() const { return norm2_; }
   // U_r [m x r], s_r, V_r [n x r] as owned row-major matrices (r <= k).
   Mat u(int64_t r) const;
   Eigen::VectorXf s(int64_t r) const;

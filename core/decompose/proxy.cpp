@@ -1,0 +1,77 @@
+#include "core/decompose/proxy.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/base/error.hpp"
+#include "core/decompose/calibration.hpp"
+#include "core/decompose/size.hpp"
+
+namespace rankscope {
+
+ProxyCalculator::ProxyCalculator(const Model& base, FactorCache& cache, ActivationOptions activation)
+    : base_(base), cache_(cache), activation_(std::move(activation)) {
+  if (!base.has_weights) fail("{}: shapes-only model (no weights): proxies need the weights", base.dir.string());
+}
+
+const Proxy& ProxyCalculator::proxy(int64_t layer, MatrixKind kind, const Choice& choice) {
+  const auto key = std::make_tuple(layer, kind, choice);
+  if (auto it = memo_.find(key); it != memo_.end()) return it->second;
+  if (layer < 0 || layer >= static_cast<int64_t>(base_.weights.layers.size())) {
+    fail("proxy: layer {} out of range (the model has {})", layer, base_.weights.layers.size());
+  }
+  const auto& lin = base_.weights.layers[static_cast<size_t>(layer)][kind];
+  if (lin.form() != Linear::Form::dense) {
+    fail("{}: layer {} {} is stored factored; proxies need the dense matrix", base_.dir.string(), layer,
+         matrix_kind_name(kind));
+  }
+  Proxy p;
+  p.layer = layer;
+  p.kind = kind;
+  p.choice = choice;
+  p.full_rank = std::min(lin.n_out(), lin.n_in());
+  p.rank = choice.rank.resolve(p.full_rank);
+  p.params_saved = lin.n_out() * lin.n_in() - factored_params(lin.n_out(), lin.n_in(), p.rank, choice.method);
+  std::shared_ptr<const CachedSvd> svd;
+  double tokens = static_cast<double>(lin.n_in());
+  if (!is_activation_aware(choice.method)) {
+    svd = cache_.factors(lin.weight(), p.rank);
+  } else {
+    if (!activation_.calibration) {
+      fail("@{} proxies (L{}:{}) need calibration activations: give --calib FILE|TASK", method_name(choice.method), layer,
+           matrix_kind_name(kind));
+    }
+    const HookSite site = input_site(kind);
+    const auto where = std::make_tuple(choice.method, layer, site);
+    auto it = transforms_.find(where);
+    if (it == transforms_.end()) {
+      const auto stats = activation_.calibration->at(layer, site);
+      if (stats->width != lin.n_in()) {
+        fail("calibration {}: {} has width {}, matrix L{}:{} takes {} inputs (recorded on another model?)",
+             activation_.calibration->key, hook_name(site, layer), stats->width, layer, matrix_kind_name(kind), lin.n_in());
+      }
+      it = transforms_.emplace(where, choice.method == Method::asvd ? asvd_transform(*stats, activation_.asvd_alpha)
+                                                                    : whiten_transform(*stats)).first;
+      if (choice.method == Method::whiten) tokens = static_cast<double>(std::max<int64_t>(1, stats->rows));
+    } else if (choice.method == Method::whiten) {
+      tokens = static_cast<double>(std::max<int64_t>(1, activation_.calibration->at(layer, site)->rows));
+    }
+    svd = activation_factors(cache_, lin.weight(), it->second, p.rank);
+  }
+  p.relative = svd->relative_error(p.rank);
+  p.energy = p.relative * p.relative * svd->norm2();
+  p.rms = std::sqrt(p.energy / tokens);
+  return memo_.emplace(key, p).first->second;
+}
+
+double ProxyCalculator::config_score(const Config& config) {
+  double total = 0;
+  for (const auto& [cell, choice] : config.cells) {
+    const Proxy& p = proxy(cell.first, cell.second, choice);
+    total += p.relative * p.relative;
+  }
+  return total;
+}
+
+}  // namespace rankscope

@@ -1,0 +1,55 @@
+// Zero-cost sensitivity proxies (docs/search.md, "Proxies"): the error that truncating one matrix
+// leaves in its layer's output, from the cached spectra alone (no forward pass). For a matrix W
+// truncated to rank r by a method:
+//  - svd, tucker: E = sum_{i>r} s_i(W)^2 = ||W - W_r||_F^2, the squared output error for inputs
+//    of identity covariance;
+//  - asvd:   the same of W D, D = diag(mean |x|)^alpha (the ASVD-scaled spectrum);
+//  - whiten: the same of W S, S S^T = X^T X (+ lambda I when regularised): exactly
+//    ||(W - W_r) X^T||_F^2, the squared output error summed over the calibration tokens X.
+// `relative` is sqrt(E / ||W D||_F^2), the fraction of the (scaled) output norm lost.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "core/decompose/decompose.hpp"
+#include "core/decompose/factor_cache.hpp"
+#include "core/io/model.hpp"
+#include "core/space/config_string.hpp"
+
+namespace rankscope {
+
+struct Proxy {
+  int64_t layer = 0;
+  MatrixKind kind = MatrixKind::q;
+  Choice choice;
+  int64_t rank = 0;          // absolute
+  int64_t full_rank = 0;     // min(out, in)
+  int64_t params_saved = 0;  // out*in - factored_params (negative above the break-even rank)
+  double energy = 0;         // E above
+  double relative = 0;       // sqrt(E / ||W D||_F^2)
+  // The RMS of the output error per token (whiten: sqrt(E / calibration tokens), exact on the
+  // calibration data) or per input direction (svd, tucker, asvd: sqrt(E / in)).
+  double rms = 0;
+};
+
+// Proxies of (layer, matrix, choice) cells of one model, computed on first use (the factor cache
+// factorises what it does not hold yet) and remembered.
+class ProxyCalculator {
+ public:
+  // `activation` must hold a calibration for asvd/whiten choices (Error naming --calib otherwise).
+  ProxyCalculator(const Model& base, FactorCache& cache, ActivationOptions activation);
+  const Proxy& proxy(int64_t layer, MatrixKind kind, const Choice& choice);
+  // The sum over the configuration's cells of relative^2: the prior of the guided strategy.
+  double config_score(const Config& config);
+
+ private:
+  const Model& base_;
+  FactorCache& cache_;
+  ActivationOptions activation_;
+  std::map<std::tuple<int64_t, MatrixKind, Choice>, Proxy> memo_;
+  std::map<std::tuple<Method, int64_t, HookSite>, ActivationTransform> transforms_;
+};
+
+}  // namespace rankscope
