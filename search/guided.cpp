@@ -25,8 +25,12 @@ using json = nlohmann::json;
 
 constexpr int64_t kCapacity = 512;  // knapsack resolution: size units over the space's range
 constexpr double kRidge = 1.0;      // penalty of the per-(knob, digit) corrections
-constexpr double kOptimism = 1.0;   // standard deviations of optimism in the expected gain
-constexpr int kMutationsPerFrontPoint = 2;
+constexpr double kScaleRidge = 0.1; // penalty of the per-knob scales of the prior
+// The gain of a candidate is the hypervolume its predicted mean adds (optimism 0: in the runs of
+// tests/test_search.cpp's allocation problem, optimism 0.5, 1 or 2 sds explored no better); the
+// model's uncertainty breaks ties among candidates that add nothing.
+constexpr double kOptimism = 0.0;
+constexpr int kMutationsPerFrontPoint = 1;
 
 class GuidedStrategy final : public Strategy {
  public:
@@ -49,7 +53,9 @@ class GuidedStrategy final : public Strategy {
       }
     }
     offset_.resize(radices_.size());
-    n_features_ = 3;
+    // Features: 1, P, P^2, each knob's own prior term (a per-knob scale), then one indicator per
+    // knob and digit >= 1 (a per-choice correction).
+    n_features_ = 3 + static_cast<Eigen::Index>(radices_.size());
     for (size_t k = 0; k < radices_.size(); ++k) {
       offset_[k] = n_features_ - 1;  // feature of digit d >= 1: offset_[k] + d
       n_features_ += radices_[k] - 1;
@@ -148,7 +154,11 @@ class GuidedStrategy final : public Strategy {
       j["told"].push_back({{"point", t.point}, {"ok", t.ok}, {"metrics", m}});
     }
     j["predictions"] = json::array();
-    for (const auto& [p, m] : predictions_) j["predictions"].push_back({{"point", p}, {"metrics", m}});
+    for (const auto& [p, m] : predictions_) {
+      json v = json::object();
+      for (const auto& [k, x] : m) v[k] = std::isfinite(x) ? json(x) : json(nullptr);
+      j["predictions"].push_back({{"point", p}, {"metrics", v}});
+    }
     return j;
   }
 
@@ -175,7 +185,8 @@ class GuidedStrategy final : public Strategy {
         told_.push_back(std::move(x));
       }
       for (const auto& e : s.at("predictions")) {
-        predictions_[e.at("point").get<Point>()] = e.at("metrics").get<std::map<std::string, double>>();
+        auto& m = predictions_[e.at("point").get<Point>()];
+        for (const auto& [k, v] : e.at("metrics").items()) m[k] = v.is_null() ? NAN : v.get<double>();
       }
     } catch (const json::exception& e) {
       fail("strategy state (guided): {}", e.what());
@@ -224,7 +235,9 @@ class GuidedStrategy final : public Strategy {
     x[0] = 1;
     x[1] = prior;
     x[2] = prior * prior;
+    const auto* terms = prior_of(metric);
     for (size_t k = 0; k < p.size(); ++k) {
+      if (terms != nullptr) x[3 + static_cast<Eigen::Index>(k)] = (*terms)[k][static_cast<size_t>(p[k])];
       if (p[k] > 0) x[offset_[k] + p[k]] = 1;
     }
     return x;
@@ -267,7 +280,9 @@ class GuidedStrategy final : public Strategy {
     Eigen::MatrixXd A = X.transpose() * X;
     A(0, 0) += 1e-9;
     A(1, 1) += 1e-9;
-    for (Eigen::Index j = 2; j < n_features_; ++j) A(j, j) += kRidge;
+    A(2, 2) += kRidge;
+    for (Eigen::Index j = 3; j < 3 + static_cast<Eigen::Index>(radices_.size()); ++j) A(j, j) += kScaleRidge;
+    for (Eigen::Index j = 3 + static_cast<Eigen::Index>(radices_.size()); j < n_features_; ++j) A(j, j) += kRidge;
     const Eigen::LDLT<Eigen::MatrixXd> ldlt(A);
     f.beta = ldlt.solve(X.transpose() * y);
     const Eigen::VectorXd r = y - X * f.beta;
@@ -350,7 +365,9 @@ class GuidedStrategy final : public Strategy {
       for (int64_t d = 0; d < radices_[k]; ++d) {
         const double p = prior ? (*prior)[k][static_cast<size_t>(d)] : 0.0;
         double v = p;
-        if (fitted && !f.exact) v = f.beta[1] * p + (d > 0 ? f.beta[offset_[k] + d] : 0.0);
+        if (fitted && !f.exact) {
+          v = (f.beta[1] + f.beta[3 + static_cast<Eigen::Index>(k)]) * p + (d > 0 ? f.beta[offset_[k] + d] : 0.0);
+        }
         // A fitted model on a log scale is still additive there; a prior's direction is "worse
         // when larger" for quality objectives (proxies), the metric's own for exact ones.
         const bool flip = (fitted || f.exact) ? !o.minimize : false;
