@@ -45,6 +45,12 @@ const std::vector<Command>& commands() {
        run_space, {"model"}},
       {"decompose", "decompose a model by a configuration and write the checkpoint",
        "MODEL --config STR --out DIR [--dense] [--cache-dir DIR]", run_decompose, {"model", "out"}},
+      {"sensitivity", "zero-cost sensitivity proxies: the output error of every matrix at every choice, from its spectrum",
+       "MODEL [--choices 75%,50%,25%] [--method whiten --calib tinystories] [--out FILE.csv|.json] [--json]",
+       run_sensitivity, {"model"}},
+      {"allocate", "the configuration of least predicted damage at a size target (exact rank allocation by the proxies)",
+       "MODEL --target size.reduction_pct=20 [--choices ...] [--method whiten --calib ...] [--evaluate TASKS]",
+       run_allocate, {"model", "target"}},
       {"eval", "evaluate a model (optionally decomposed by --config) on benchmark tasks, perplexity, fidelity, size and latency",
        "MODEL [--config STR] --tasks T1,T2 [--limit N] [--num-fewshot K] [--seed S] [--ctx N] "
        "[--ppl-protocol llamacpp|chunks|rolling] [--text FILE] [--json]",

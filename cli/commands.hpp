@@ -22,6 +22,8 @@ int run_studies(const Params& params);
 int run_export(const Params& params);
 int run_report(const Params& params);
 int run_db(const Params& params);
+int run_sensitivity(const Params& params);
+int run_allocate(const Params& params);
 
 // --svd-backend as a factor-cache policy (decompose, eval).
 SvdPolicy svd_policy(const std::string& backend);

@@ -94,6 +94,7 @@ struct Params {
   std::string objectives;
   std::string constraints;
   std::string target;
+  std::string evaluate;  // allocate: tasks to run the allocation and the uniform configuration on
   bool include_base = false;
   double stale_after = 600.0;
   std::string where;
