@@ -2,7 +2,10 @@
 // CSV or JSON. rankscope allocate MODEL --target size.reduction_pct=P: the configuration of least
 // predicted damage at a size target (an exact rank allocation), optionally evaluated beside the
 // uniform-rank configuration of the same size.
+#include <algorithm>
 #include <cmath>
+#include <optional>
+#include <tuple>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -20,7 +23,9 @@
 #include "core/space/design_space.hpp"
 #include "evaluators/calibration.hpp"
 #include "evaluators/evaluator.hpp"
+#include "db/open_store.hpp"
 #include "search/allocate.hpp"
+#include "search/strategy.hpp"
 
 namespace rankscope::cli {
 
@@ -138,19 +143,72 @@ int64_t parameters_to_remove(const std::string& target, int64_t total) {
   fail("--target '{}': allocate reaches size.reduction_pct or size.params", target);
 }
 
+using CellChoice = std::tuple<int64_t, MatrixKind, Choice>;
+
+// The measured cost of each matrix decomposed alone in a study (space = single): log(value / base)
+// of the first objective that is not a size (log(base / value) when maximised), at least 0; empty
+// without --db.
+std::map<CellChoice, double> measured_costs(const Params& params, const Model& base) {
+  std::map<CellChoice, double> out;
+  if (params.db.empty() && params.study.empty()) return out;
+  if (params.db.empty() || params.study.empty()) fail("allocate: give both --db and --study (a study of space = single)");
+  std::optional<Objective> quality;
+  for (const auto& o : parse_objectives(params.objectives)) {
+    if (o.metric.rfind("size.", 0) != 0) {
+      quality = o;
+      break;
+    }
+  }
+  if (!quality) fail("allocate --db: give --objectives METRIC:min|max, the quality metric of the study (e.g. tinystories.ppl:min)");
+  const auto store = open_results_store(params.db);
+  const auto study = store->find_study(params.study);
+  if (!study) fail("{}: no study '{}'", store->display(), params.study);
+  const MetricRows rows = store->metric_rows(study->id, {quality->metric});
+  std::optional<double> base_value;
+  for (size_t i = 0; i < rows.configs.size(); ++i) {
+    if (rows.configs[i].empty() && rows.statuses[i] == EvalStatus::done) base_value = rows.rows[i][0];
+  }
+  if (!base_value || !(*base_value > 0)) {
+    fail("{}: study '{}' has no positive {} of the base model (run it with space = single)", store->display(), params.study,
+         quality->metric);
+  }
+  for (size_t i = 0; i < rows.configs.size(); ++i) {
+    if (rows.statuses[i] != EvalStatus::done || rows.configs[i].empty() || !(rows.rows[i][0] > 0)) continue;
+    const Config c = parse_config(rows.configs[i], base.config);
+    if (c.cells.size() != 1) continue;
+    const auto& [cell, choice] = *c.cells.begin();
+    const double ratio = quality->minimize ? rows.rows[i][0] / *base_value : *base_value / rows.rows[i][0];
+    out[{cell.first, cell.second, choice}] = std::max(0.0, std::log(ratio));
+  }
+  if (out.empty()) fail("{}: study '{}' holds no single-matrix evaluations of {}", store->display(), params.study, quality->metric);
+  return out;
+}
+
 }  // namespace
 
 int run_allocate(const Params& params) {
   if (params.target.empty()) throw Error("--target is required, e.g. --target size.reduction_pct=20");
-  if (!params.db.empty() || !params.study.empty()) {
-    fail("allocate --db/--study (from a study's measurements) is not implemented yet: this allocation uses the proxies");
-  }
   const auto choices = proxy_choices(params);
   Setup s = setup(params, choices);
   const Model& base = s.base;
   const int64_t total = dense_param_count(base);
   const int64_t need = parameters_to_remove(params.target, total);
   ProxyCalculator proxies(base, *s.cache, s.activation);
+  const auto measured = measured_costs(params, base);
+  // Unmeasured cells: their proxy at the median ratio of measured cost to proxy.
+  double scale = 1.0;
+  if (!measured.empty()) {
+    std::vector<double> ratios;
+    for (const auto& [key, c] : measured) {
+      const Proxy& p = proxies.proxy(std::get<0>(key), std::get<1>(key), std::get<2>(key));
+      if (p.relative > 0) ratios.push_back(c / (p.relative * p.relative));
+    }
+    if (!ratios.empty()) {
+      std::nth_element(ratios.begin(), ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2), ratios.end());
+      scale = ratios[ratios.size() / 2];
+    }
+  }
+  int64_t n_measured = 0;
   // Knob per (layer, matrix): digit 0 dense, then each choice; cost = the proxy (relative^2), saved
   // = the parameters it removes.
   std::vector<std::pair<int64_t, MatrixKind>> cells;
@@ -163,7 +221,9 @@ int run_allocate(const Params& params) {
       std::vector<int64_t> v = {0};
       for (const auto& choice : choices) {
         const Proxy& p = proxies.proxy(l, kind, choice);
-        c.push_back(p.relative * p.relative);
+        const auto m = measured.find({l, kind, choice});
+        if (m != measured.end()) ++n_measured;
+        c.push_back(m != measured.end() ? m->second : scale * p.relative * p.relative);
         v.push_back(p.params_saved);
       }
       cost.push_back(std::move(c));
@@ -208,8 +268,14 @@ int run_allocate(const Params& params) {
     uniform_predicted += p.relative * p.relative;
   }
   fmt::print("target        {} ({} parameters of {} to remove)\n", params.target, need, total);
+  if (!params.db.empty()) {
+    fmt::print("costs         measured for {} of {} (matrix, choice) pairs in study {} ({}); the rest: proxy x {:.6g}\n",
+               n_measured, cells.size() * choices.size(), params.study, params.db, scale);
+  } else {
+    fmt::print("costs         the proxies (sum of relative output errors squared; measured ones: --db/--study)\n");
+  }
   fmt::print("allocation    {}\n", canonical.empty() ? "(base model)" : canonical);
-  fmt::print("size          {} parameters, {:.4f} % smaller; proxy sum {:.6g}\n", size.params_after, size.reduction_pct(),
+  fmt::print("size          {} parameters, {:.4f} % smaller; cost {:.6g}\n", size.params_after, size.reduction_pct(),
              predicted);
   fmt::print("uniform       {} ({} parameters, {:.4f} % smaller; proxy sum {:.6g})\n", encode_config(uniform, base.config),
              uniform_size.params_after, uniform_size.reduction_pct(), uniform_predicted);

@@ -115,8 +115,9 @@ const std::vector<OptionDef>& option_defs() {
                    {"eval", "configuration string: evaluate the model decomposed by it, e.g. \"L*:mlp=50%@svd\" (docs/config-strings.md)"},
                    {"sweep", "a configuration of the list strategy, e.g. \"L*:mlp=50%@svd\" (repeatable: one per configuration)"}}),
       opt("canonical", &Params::canonical, {"config"}, "configuration string to print in canonical form"),
-      one_of(opt("space", &Params::space, {"space", "sweep"}, "design space: paper | per-matrix | grouped"),
-             {"paper", "per-matrix", "grouped"}),
+      one_of(opt("space", &Params::space, {"space", "sweep"},
+                 "design space: paper | per-matrix | grouped | single (each matrix alone at each choice)"),
+             {"paper", "per-matrix", "grouped", "single"}),
       opt("ranks", &Params::ranks, {"space", "sweep"}, "paper space: comma-separated ranks (integers or percentages)"),
       opt("choices", &Params::choices, {"space", "sweep", "sensitivity", "allocate"}, "per-matrix/grouped spaces: comma-separated choices, dense allowed"),
       opt("group-size", &Params::group_size, {"space", "sweep"}, "grouped space: consecutive layers tied together"),
@@ -191,7 +192,7 @@ const std::vector<OptionDef>& option_defs() {
       opt("generations", &Params::generations, {"sweep"}, "evolutionary: generations after the first (0 = until the budget)"),
       opt("mutation-rate", &Params::mutation_rate, {"sweep"}, "evolutionary: per-gene mutation probability (-1 = 1 / genes)"),
       opt("crossover-rate", &Params::crossover_rate, {"sweep"}, "evolutionary: probability that two parents cross over"),
-      per_command(opt("objectives", &Params::objectives, {"sweep", "pareto", "report"},
+      per_command(opt("objectives", &Params::objectives, {"sweep", "pareto", "report", "allocate"},
                       "objectives as METRIC:min|max, comma-separated, e.g. tinystories.ppl:min,size.params:min "
                       "(default: the study's)"),
                   {{"sweep", "what the study optimises: METRIC:min|max, comma-separated, e.g. "

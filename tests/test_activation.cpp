@@ -598,3 +598,53 @@ TEST_CASE("proxies rank (matrix, rank) pairs as single-matrix perplexity increas
   // guided strategy learns a scale per matrix for exactly this.
   CHECK(rho >= 0.75);
 }
+
+TEST_CASE("allocate from measured single-matrix sensitivities beats the uniform rank of the same size at 10-40 %",
+          "[activation][allocate][cli][e2e]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto out = test::scratch_dir("allocate_cli");
+  const std::string common = " --method whiten --choices dense,75%,50%,37.5%,25%,12.5% --calib tinystories --data-dir " +
+                             test::shared_data("").string() + " --cache-dir " + (out / "cache").string();
+  // One evaluation per (matrix, choice) decomposed alone, and the base model: 1 + 35 x 5.
+  const auto sweep = run_cli("sweep --model " + dir.string() + " --db " + (out / "s.db").string() +
+                             " --study single --space single --strategy exhaustive --budget 1000"
+                             " --objectives tinystories.ppl:min,size.params:min --tasks tinystories,size --limit 16" + common);
+  REQUIRE(sweep.exit_code == 0);
+  CHECK_THAT(sweep.out, Contains("176 configurations evaluated"));
+  for (const int target : {10, 20, 30, 40}) {
+    const auto r = run_cli("allocate " + dir.string() + " --target size.reduction_pct=" + std::to_string(target) +
+                           " --db " + (out / "s.db").string() + " --study single --objectives tinystories.ppl:min"
+                           " --evaluate tinystories,size --limit 16" + common);
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.out, Contains("measured for 175 of 175"));
+    auto value_pair = [&](const std::string& metric) {
+      const auto at = r.out.find("\n" + metric + " ");
+      REQUIRE(at != std::string::npos);
+      std::istringstream line(r.out.substr(at + metric.size() + 1));
+      double a = NAN, b = NAN;
+      line >> a >> b;
+      return std::pair<double, double>{a, b};
+    };
+    const auto [ppl_alloc, ppl_uniform] = value_pair("tinystories.ppl");
+    const auto [red_alloc, red_uniform] = value_pair("size.reduction_pct");
+    std::printf("allocate at %d %%: TinyStories perplexity %.3f (%.2f %% smaller) against uniform %.3f (%.2f %% smaller)\n",
+                target, ppl_alloc, red_alloc, ppl_uniform, red_uniform);
+    CHECK(red_alloc >= target);
+    CHECK(red_uniform >= red_alloc);  // the uniform configuration is at least as small
+    CHECK(ppl_alloc < ppl_uniform);
+  }
+  // The proxies alone (no study): a configuration at the target, and a clear error for a bad target.
+  const auto proxies = run_cli("allocate " + dir.string() + " --target size.reduction_pct=20" + common);
+  CHECK(proxies.exit_code == 0);
+  CHECK_THAT(proxies.out, Contains("allocation") && Contains("the proxies"));
+  const auto bad = run_cli("allocate " + dir.string() + " --target size.reduction_pct=abc" + common);
+  CHECK(bad.exit_code != 0);
+  CHECK_THAT(bad.err, Contains("'abc' is not a number"));
+  // sensitivity: the table as CSV, one row per (layer, matrix, choice).
+  const auto csv = out / "proxies.csv";
+  const auto sens = run_cli("sensitivity " + dir.string() + " --out " + csv.string() + common);
+  REQUIRE(sens.exit_code == 0);
+  CHECK(std::count(std::istreambuf_iterator<char>(*std::make_unique<std::ifstream>(csv)), {}, '\n') == 1 + 35 * 5);
+}

@@ -10,10 +10,12 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
 #include "core/base/error.hpp"
+#include "search/allocate.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
 
@@ -939,6 +941,69 @@ TEST_CASE("guided at 100 evaluations beats random search and NSGA-II at 1,000 on
     CHECK(guided_hv > random_hv);
     CHECK(guided_hv > nsga_hv);
   }
+}
+
+TEST_CASE("allocate_min_cost equals brute force on random instances, and rounds savings safely") {
+  std::mt19937_64 rng(4);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (int trial = 0; trial < 200; ++trial) {
+    const size_t K = 1 + trial % 5, D = 1 + trial % 4;
+    std::vector<std::vector<double>> cost(K);
+    std::vector<std::vector<int64_t>> saved(K);
+    int64_t most = 0;
+    for (size_t k = 0; k < K; ++k) {
+      cost[k] = {0.0};
+      saved[k] = {0};
+      int64_t best = 0;
+      for (size_t d = 1; d < D; ++d) {
+        cost[k].push_back(std::floor(u(rng) * 100) / 10);
+        saved[k].push_back(static_cast<int64_t>(u(rng) * 50) - 5);  // some save nothing or less
+        best = std::max(best, saved[k].back());
+      }
+      most += best;
+    }
+    const int64_t need = static_cast<int64_t>(u(rng) * static_cast<double>(most + 10));
+    // Brute force over every digit vector.
+    std::optional<double> best_cost;
+    Point p(K, 0);
+    while (true) {
+      double c = 0;
+      int64_t s = 0;
+      for (size_t k = 0; k < K; ++k) {
+        c += cost[k][static_cast<size_t>(p[k])];
+        s += saved[k][static_cast<size_t>(p[k])];
+      }
+      if (s >= need && (!best_cost || c < *best_cost)) best_cost = c;
+      size_t k = 0;
+      while (k < K && ++p[k] == static_cast<int64_t>(D)) p[k++] = 0;
+      if (k == K) break;
+    }
+    INFO("trial " << trial << " need " << need);
+    const auto got = allocate_min_cost(cost, saved, need);
+    REQUIRE(got.has_value() == best_cost.has_value());
+    if (!got) continue;
+    double c = 0;
+    int64_t s = 0;
+    for (size_t k = 0; k < K; ++k) {
+      c += cost[k][static_cast<size_t>((*got)[k])];
+      s += saved[k][static_cast<size_t>((*got)[k])];
+    }
+    CHECK(s >= need);
+    CHECK(c == Approx(*best_cost).margin(1e-12));
+    // With coarse units (4 units in all) the answer still saves enough, at a cost no better than exact.
+    const auto coarse = allocate_min_cost(cost, saved, need, 4);
+    if (coarse) {
+      int64_t sc = 0;
+      double cc = 0;
+      for (size_t k = 0; k < K; ++k) {
+        sc += saved[k][static_cast<size_t>((*coarse)[k])];
+        cc += cost[k][static_cast<size_t>((*coarse)[k])];
+      }
+      CHECK(sc >= need);
+      CHECK(cc >= *best_cost - 1e-12);
+    }
+  }
+  CHECK_THROWS_AS(allocate_min_cost({{1.0}}, {{0}}, 1), Error);  // digit 0 must be dense
 }
 
 // =============================================================================================

@@ -237,6 +237,56 @@ class ChoiceSpace : public DesignSpace {
   std::string name_;
 };
 
+// One knob: digit 0 is the base model, digit 1 + i * C + c decomposes matrix i alone (the order of
+// decomposable_matrices: layer-major, kinds in mask order) by non-dense choice c. Exhaustive over it
+// is one evaluation per (matrix, choice): measured single-matrix sensitivities.
+class SingleSpace : public DesignSpace {
+ public:
+  SingleSpace(const ModelConfig& model, const std::vector<SpaceChoice>& choices)
+      : n_layer_(model.n_layer), kinds_(matrix_kinds(model.arch)) {
+    for (const auto& c : choices) {
+      if (c.dense) continue;
+      check_rank(c.choice.rank, model, "single");
+      choices_.push_back(c.choice);
+    }
+    if (choices_.empty()) fail("single space: no rank in the choice list (dense alone)");
+  }
+  std::string describe() const override {
+    std::string choices;
+    for (const auto& c : choices_) choices += fmt::format("{}{}", choices.empty() ? "" : ",", choice_string({false, c}));
+    return fmt::format("single: the base model and each of {} layers x {} matrices ({}) alone at each of {} choices ({}): {}",
+                       n_layer_, kinds_.size(), kind_list(kinds_), choices_.size(), choices, count_string(count()));
+  }
+  BigInt count() const override { return radices()[0]; }
+  std::vector<int64_t> radices() const override {
+    return {1 + n_layer_ * static_cast<int64_t>(kinds_.size() * choices_.size())};
+  }
+  Config to_config(const std::vector<int64_t>& digits) const override {
+    check_digits(radices(), digits);
+    Config config;
+    if (digits[0] == 0) return config;
+    const auto i = static_cast<size_t>(digits[0] - 1);
+    const size_t cell = i / choices_.size();
+    config.cells[{static_cast<int64_t>(cell / kinds_.size()), kinds_[cell % kinds_.size()]}] = choices_[i % choices_.size()];
+    return config;
+  }
+  std::optional<std::vector<int64_t>> from_config(const Config& config) const override {
+    if (config.cells.empty()) return std::vector<int64_t>{0};
+    if (config.cells.size() != 1) return std::nullopt;
+    const auto& [where, choice] = *config.cells.begin();
+    const auto kind = std::find(kinds_.begin(), kinds_.end(), where.second);
+    const auto c = std::find(choices_.begin(), choices_.end(), choice);
+    if (where.first < 0 || where.first >= n_layer_ || kind == kinds_.end() || c == choices_.end()) return std::nullopt;
+    const auto cell = static_cast<int64_t>(where.first * static_cast<int64_t>(kinds_.size()) + (kind - kinds_.begin()));
+    return std::vector<int64_t>{1 + cell * static_cast<int64_t>(choices_.size()) + (c - choices_.begin())};
+  }
+
+ private:
+  int64_t n_layer_;
+  std::vector<MatrixKind> kinds_;
+  std::vector<Choice> choices_;
+};
+
 }  // namespace
 
 std::vector<SpaceChoice> parse_space_choices(std::string_view text, Method method) {
@@ -297,7 +347,8 @@ std::unique_ptr<DesignSpace> make_design_space(const ModelConfig& model, const S
   if (spec.kind == "paper") return std::make_unique<PaperSpace>(model, spec.ranks, spec.method);
   if (spec.kind == "per-matrix") return std::make_unique<ChoiceSpace>(model, spec.choices, 1, "per-matrix");
   if (spec.kind == "grouped") return std::make_unique<ChoiceSpace>(model, spec.choices, spec.group_size, "grouped");
-  fail("unknown design space '{}' (paper, per-matrix or grouped)", spec.kind);
+  if (spec.kind == "single") return std::make_unique<SingleSpace>(model, spec.choices);
+  fail("unknown design space '{}' (paper, per-matrix, grouped or single)", spec.kind);
 }
 
 double log2_big(const BigInt& n) {

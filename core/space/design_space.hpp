@@ -4,6 +4,8 @@
 //  - per-matrix: every (layer, matrix) independently takes one choice from a list that may
 //                include dense (Llama-2-7B with 8 choices: 8^224).
 //  - grouped:    per-matrix choices tied across blocks of `group_size` consecutive layers.
+//  - single:     the base model and every (layer, matrix) decomposed alone at each non-dense choice
+//                (one knob): measured single-matrix sensitivities, e.g. for `rankscope allocate`.
 // Counts are exact big integers; every point has an index in [0, count) (mixed radix), maps to a
 // Config and, through it, to its canonical string.
 #pragma once
@@ -33,7 +35,7 @@ struct SpaceChoice {
 std::vector<SpaceChoice> parse_space_choices(std::string_view text, Method method);
 
 struct SpaceSpec {
-  std::string kind = "paper";            // paper | per-matrix | grouped
+  std::string kind = "paper";            // paper | per-matrix | grouped | single
   std::vector<RankSpec> ranks;           // paper: the rank list
   std::vector<SpaceChoice> choices;      // per-matrix / grouped
   int64_t group_size = 1;                // grouped
