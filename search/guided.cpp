@@ -176,16 +176,27 @@ class GuidedStrategy final : public Strategy {
       told_.clear();
       told_index_.clear();
       predictions_.clear();
-      for (const auto& p : s.at("asked")) asked_.insert(p.get<Point>());
-      for (const auto& p : s.at("known")) known_.insert(p.get<Point>());
+      auto point = [&](const json& j) {
+        Point p = j.get<Point>();
+        if (!in_space(p)) fail("strategy state (guided): point {} is outside the design space", j.dump());
+        return p;
+      };
+      for (const auto& p : s.at("asked")) asked_.insert(point(p));
+      for (const auto& p : s.at("known")) known_.insert(point(p));
       for (const auto& t : s.at("told")) {
-        Told x{t.at("point").get<Point>(), {}, t.at("ok").get<bool>()};
+        Told x{point(t.at("point")), {}, t.at("ok").get<bool>()};
         for (const auto& [k, v] : t.at("metrics").items()) x.metrics[k] = v.is_null() ? NAN : v.get<double>();
-        told_index_.insert(x.point);
+        for (const auto& o : options_.objectives) {  // as tell() decides it
+          auto it = x.metrics.find(o.metric);
+          if (it == x.metrics.end() || !std::isfinite(it->second)) x.ok = false;
+        }
+        if (!told_index_.insert(x.point).second) fail("strategy state (guided): point {} told twice", t.at("point").dump());
+        known_.insert(x.point);
         told_.push_back(std::move(x));
       }
+      for (const auto& p : asked_) known_.insert(p);
       for (const auto& e : s.at("predictions")) {
-        auto& m = predictions_[e.at("point").get<Point>()];
+        auto& m = predictions_[point(e.at("point"))];
         for (const auto& [k, v] : e.at("metrics").items()) m[k] = v.is_null() ? NAN : v.get<double>();
       }
     } catch (const json::exception& e) {
@@ -488,7 +499,9 @@ class GuidedStrategy final : public Strategy {
         for (int64_t d = 0; d < radices_[k]; ++d) {
           const size_t c2 = c + static_cast<size_t>(units[k][static_cast<size_t>(d)]);
           const double v = dp[c] + value[k][static_cast<size_t>(d)];
-          if (v < next[c2]) {  // ties keep the lower digit (visited first)
+          // Ties keep the lower digit (visited first); a reachable state always gets a digit, also
+          // when the model's terms are not finite.
+          if (v < next[c2] || choice[k][c2] < 0) {
             next[c2] = v;
             choice[k][c2] = static_cast<int32_t>(d);
           }

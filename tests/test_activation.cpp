@@ -648,3 +648,27 @@ TEST_CASE("allocate from measured single-matrix sensitivities beats the uniform 
   REQUIRE(sens.exit_code == 0);
   CHECK(std::count(std::istreambuf_iterator<char>(*std::make_unique<std::ifstream>(csv)), {}, '\n') == 1 + 35 * 5);
 }
+
+TEST_CASE("a guided sweep stores its predictions beside the measurements and extends on a rerun", "[activation][sweep][cli]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto out = test::scratch_dir("guided_sweep");
+  const std::string args = "sweep --model " + dir.string() + " --db " + (out / "g.db").string() +
+                           " --study g --space per-matrix --choices dense,75%,50%,25% --method whiten --calib tinystories"
+                           " --strategy guided --seed 2 --objectives tinystories.ppl:min,size.params:min"
+                           " --tasks tinystories,size --limit 4 --data-dir " + test::shared_data("").string() +
+                           " --cache-dir " + (out / "cache").string();
+  const auto first = run_cli(args + " --budget 10");
+  INFO(first.out << first.err);
+  REQUIRE(first.exit_code == 0);
+  CHECK_THAT(first.out, Contains("10 configurations evaluated in this run, 10 in the study"));
+  const auto second = run_cli(args + " --budget 14");
+  REQUIRE(second.exit_code == 0);
+  CHECK_THAT(second.out, Contains("4 configurations evaluated in this run, 14 in the study"));
+  const auto exported = run_cli("export --db " + (out / "g.db").string() + " --study g --format csv");
+  REQUIRE(exported.exit_code == 0);
+  // The first 4 come from the proxies alone; every later one carries the model's prediction.
+  CHECK_THAT(exported.out, Contains("predicted.tinystories.ppl") && Contains("predicted.size.params"));
+  const auto rows = std::count(exported.out.begin(), exported.out.end(), '\n');
+  CHECK(rows == 15);  // header + 14
+}

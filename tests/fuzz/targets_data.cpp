@@ -17,6 +17,7 @@
 #endif
 #include "db/results_db.hpp"
 #include "evaluators/tasks.hpp"
+#include "search/strategy.hpp"
 #include "tests/fuzz/fuzz.hpp"
 
 namespace rankscope::fuzz {
@@ -490,9 +491,71 @@ Target pguri_target() {
 }
 #endif
 
+// The guided strategy's saved state (search/guided.cpp): restore() of a mutated state returns or
+// throws Error, and a restored strategy asks and is told without failing.
+Target guided_state_target() {
+  Target t;
+  t.name = "guided";
+  t.description = "guided strategy states: restore, then ask and tell (search/guided.cpp)";
+  static const std::vector<int64_t> radices = {3, 4, 2, 3};
+  auto options = [] {
+    StrategyOptions o;
+    o.seed = 5;
+    o.objectives = parse_objectives("q:min,size:min");
+    o.priors["q"] = {{0, 0.5, 1}, {0, 0.1, 0.4, 2}, {0, 1}, {0, 0.2, 0.3}};
+    o.priors["size"] = {{0, -1, -2}, {0, -3, -5, -6}, {0, -2}, {0, -1, -4}};
+    o.exact = {"size"};
+    o.initial = 2;
+    o.batch = 3;
+    return o;
+  };
+  auto evaluate = [](const Point& p) {
+    double q = 1, size = 20;
+    for (size_t k = 0; k < p.size(); ++k) {
+      q += 0.3 * static_cast<double>(p[k] * (k + 1));
+      size -= static_cast<double>(p[k]);
+    }
+    return Observation{p, {{"q", q}, {"size", size}}, true};
+  };
+  t.seeds = [=](const fs::path&) {
+    std::vector<Seed> seeds;
+    auto s = make_strategy("guided", radices, options());
+    for (int step = 0; step < 4; ++step) {
+      const auto asked = s->ask(3);
+      std::vector<Observation> told;
+      for (const auto& p : asked) told.push_back(evaluate(p));
+      if (step == 3) told.pop_back();  // one point pending
+      s->tell(told);
+      seeds.push_back({fmt::format("after {} asks", step + 1), {seed_file("state.json", s->state().dump(), true)}, 1});
+    }
+    return seeds;
+  };
+  t.run = [=](const fs::path& dir) {
+    // A state comes from the results store, never from a file: the harness's FIFOs and missing
+    // files say nothing about it.
+    std::error_code ec;
+    if (!fs::is_regular_file(dir / "state.json", ec)) return;
+    nlohmann::json state;
+    try {
+      state = nlohmann::json::parse(read_file(dir / "state.json"));
+    } catch (const nlohmann::json::exception&) {
+      return;  // not JSON: the store never hands such a state over
+    }
+    auto s = make_strategy("guided", radices, options());
+    s->restore(state);
+    for (int step = 0; step < 3; ++step) {
+      std::vector<Observation> told;
+      for (const auto& p : s->ask(3)) told.push_back(evaluate(p));
+      s->tell(told);
+    }
+  };
+  t.default_cases = 1500;
+  return t;
+}
+
 std::vector<Target> all_targets() {
   return {safetensors_target(), model_target(), tokenizer_target(), npy_target(),
-          tasks_target(),       cache_target(), db_target()
+          tasks_target(),       cache_target(), db_target(), guided_state_target()
 #ifdef RANKSCOPE_POSTGRES
           , pguri_target()
 #endif
