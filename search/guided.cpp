@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -93,6 +94,14 @@ class GuidedStrategy final : public Strategy {
     for (const auto& p : asked_) front.push_back(predicted_row(p, 0.0));
     const auto ref = reference();
     std::vector<bool> minimize(options_.objectives.size(), true);  // rows are minimisation-oriented
+    // Each candidate's prediction once (a prediction's spread costs O(features^2)).
+    std::vector<std::vector<double>> optimistic, expected;
+    std::vector<double> spreads;
+    for (const auto& c : candidates) {
+      optimistic.push_back(predicted_row(c, kOptimism));
+      expected.push_back(predicted_row(c, 0.0));
+      spreads.push_back(uncertainty(c));
+    }
     while (static_cast<int64_t>(out.size()) < n) {
       const double base = front.empty() ? 0.0 : hypervolume(front, minimize, ref);
       double best_gain = 0, best_spread = -1;
@@ -100,9 +109,9 @@ class GuidedStrategy final : public Strategy {
       for (size_t i = 0; i < candidates.size(); ++i) {
         if (known_.count(candidates[i])) continue;
         auto rows = front;
-        rows.push_back(predicted_row(candidates[i], kOptimism));
+        rows.push_back(optimistic[i]);
         const double gain = hypervolume(rows, minimize, ref) - base;
-        const double spread = uncertainty(candidates[i]);
+        const double spread = spreads[i];
         if (gain > best_gain || (gain == best_gain && best_gain == 0 && spread > best_spread)) {
           best_gain = gain;
           best_spread = spread;
@@ -110,9 +119,8 @@ class GuidedStrategy final : public Strategy {
         }
       }
       if (!best) break;
-      const Point p = candidates[*best];
-      front.push_back(predicted_row(p, 0.0));
-      take(p, out, true);
+      front.push_back(expected[*best]);
+      take(candidates[*best], out, true);
     }
     if (out.empty()) fill_random(n, out, true);
     return out;
