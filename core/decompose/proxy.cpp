@@ -46,6 +46,9 @@ const Proxy& ProxyCalculator::proxy(int64_t layer, MatrixKind kind, const Choice
     const auto where = std::make_tuple(choice.method, layer, site);
     auto it = transforms_.find(where);
     if (it == transforms_.end()) {
+      // One layer's transforms at a time (a Llama-2-7B whiten transform of the MLP's activations
+      // is about 1 GB): proxies are asked for layer by layer.
+      std::erase_if(transforms_, [&](const auto& t) { return std::get<1>(t.first) != layer; });
       const auto stats = activation_.calibration->at(layer, site);
       if (stats->width != lin.n_in()) {
         fail("calibration {}: {} has width {}, matrix L{}:{} takes {} inputs (recorded on another model?)",
@@ -53,10 +56,9 @@ const Proxy& ProxyCalculator::proxy(int64_t layer, MatrixKind kind, const Choice
       }
       it = transforms_.emplace(where, choice.method == Method::asvd ? asvd_transform(*stats, activation_.asvd_alpha)
                                                                     : whiten_transform(*stats)).first;
-      if (choice.method == Method::whiten) tokens = static_cast<double>(std::max<int64_t>(1, stats->rows));
-    } else if (choice.method == Method::whiten) {
-      tokens = static_cast<double>(std::max<int64_t>(1, activation_.calibration->at(layer, site)->rows));
+      rows_[where] = stats->rows;
     }
+    if (choice.method == Method::whiten) tokens = static_cast<double>(std::max<int64_t>(1, rows_.at(where)));
     svd = activation_factors(cache_, lin.weight(), it->second, p.rank);
   }
   p.relative = svd->relative_error(p.rank);

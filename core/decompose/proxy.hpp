@@ -50,6 +50,7 @@ class ProxyCalculator {
   ActivationOptions activation_;
   std::map<std::tuple<int64_t, MatrixKind, Choice>, Proxy> memo_;
   std::map<std::tuple<Method, int64_t, HookSite>, ActivationTransform> transforms_;
+  std::map<std::tuple<Method, int64_t, HookSite>, int64_t> rows_;  // calibration tokens of each site
 };
 
 }  // namespace rankscope
