@@ -33,7 +33,6 @@
 #include "core/base/suggest.hpp"
 #include "db/open_store.hpp"
 #include "evaluators/calibration.hpp"
-#include "evaluators/efficiency.hpp"
 #include "search/pareto.hpp"
 #include "search/strategy.hpp"
 
@@ -258,57 +257,6 @@ void check_metric_names(const std::vector<std::string>& used, const std::vector<
   }
 }
 
-// The guided strategy's priors: per knob and digit, the change of each objective from the space's
-// zero point when that knob alone takes that digit. Size metrics (size.*) are exact and additive;
-// every other objective starts from the sensitivity proxy (the sum over the configuration's
-// matrices of their relative output error squared, core/decompose/proxy.hpp), which the strategy
-// rescales and corrects from the measurements.
-void guided_priors(const Model& base, const DesignSpace& space, const std::vector<Objective>& objectives,
-                   FactorCache& cache, const ActivationOptions& activation, StrategyOptions& options) {
-  const auto radices = space.radices();
-  const Point zero(radices.size(), 0);
-  auto size_of = [&](const Config& config, const std::string& metric) {
-    for (const auto& m : size_metrics(base, config).metrics) {
-      if (m.name() == metric) return m.value;
-    }
-    fail("guided strategy: no size metric '{}' (size.params, size.bytes, size.reduction_pct, size.flops_per_token)", metric);
-  };
-  std::optional<std::vector<std::vector<double>>> proxy_terms;
-  auto proxy_prior = [&] {
-    if (proxy_terms) return *proxy_terms;
-    if (!base.has_weights) fail("the guided strategy needs the model's weights for its proxies ({})", base.dir.string());
-    ProxyCalculator proxies(base, cache, activation);
-    const double at_zero = proxies.config_score(space.to_config(zero));
-    std::vector<std::vector<double>> terms(radices.size());
-    for (size_t k = 0; k < radices.size(); ++k) {
-      for (int64_t d = 0; d < radices[k]; ++d) {
-        Point e = zero;
-        e[k] = d;
-        terms[k].push_back(proxies.config_score(space.to_config(e)) - at_zero);
-      }
-    }
-    proxy_terms = terms;
-    return terms;
-  };
-  for (const auto& o : objectives) {
-    if (o.metric.rfind("size.", 0) != 0) {
-      options.priors[o.metric] = proxy_prior();
-      continue;
-    }
-    const double at_zero = size_of(space.to_config(zero), o.metric);
-    std::vector<std::vector<double>> terms(radices.size());
-    for (size_t k = 0; k < radices.size(); ++k) {
-      for (int64_t d = 0; d < radices[k]; ++d) {
-        Point e = zero;
-        e[k] = d;
-        terms[k].push_back(size_of(space.to_config(e), o.metric) - at_zero);
-      }
-    }
-    options.priors[o.metric] = std::move(terms);
-    options.exact.insert(o.metric);
-  }
-}
-
 }  // namespace
 
 int run_sweep(const Params& params) {
@@ -422,7 +370,14 @@ int run_sweep(const Params& params) {
     if (!space) fail("the guided strategy needs a design space, not a list");
     options.batch = params.batch;
     options.initial = params.initial;
-    guided_priors(base, *space, objectives, factor_cache, activation, options);
+    // Priors: exact sizes, and the proxies for every other objective.
+    std::vector<std::string> metrics;
+    for (const auto& o : objectives) metrics.push_back(o.metric);
+    if (!base.has_weights) fail("the guided strategy needs the model's weights for its proxies ({})", params.model);
+    ProxyCalculator proxies(base, factor_cache, activation);
+    auto priors = search_priors(base, *space, metrics, proxies);
+    options.priors = std::move(priors.terms);
+    options.exact = std::move(priors.exact);
   }
   auto strategy = make_strategy(params.strategy, radices, options);
 

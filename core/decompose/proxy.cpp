@@ -1,6 +1,8 @@
 #include "core/decompose/proxy.hpp"
 
 #include <cmath>
+#include <functional>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -74,6 +76,46 @@ double ProxyCalculator::config_score(const Config& config) {
     total += p.relative * p.relative;
   }
   return total;
+}
+
+SearchPriors search_priors(const Model& base, const DesignSpace& space, const std::vector<std::string>& metrics,
+                           ProxyCalculator& proxies) {
+  const auto radices = space.radices();
+  const std::vector<int64_t> zero(radices.size(), 0);
+  const int64_t dense_total = dense_param_count(base);
+  auto size_of = [&](const Config& config, const std::string& metric) -> double {
+    const SizeReport s = size_report(base.config, dense_total, config);
+    if (metric == "size.params") return static_cast<double>(s.params_after);
+    if (metric == "size.bytes") return static_cast<double>(s.bytes_after());
+    if (metric == "size.reduction_pct") return s.reduction_pct();
+    if (metric == "size.flops_per_token") return static_cast<double>(s.flops_per_token_after);
+    fail("no size metric '{}' (size.params, size.bytes, size.reduction_pct, size.flops_per_token)", metric);
+  };
+  // The terms of one metric: f(unit point) - f(zero point) for every knob and digit.
+  auto terms_of = [&](const std::function<double(const Config&)>& f) {
+    const double at_zero = f(space.to_config(zero));
+    std::vector<std::vector<double>> terms(radices.size());
+    for (size_t k = 0; k < radices.size(); ++k) {
+      for (int64_t d = 0; d < radices[k]; ++d) {
+        auto e = zero;
+        e[k] = d;
+        terms[k].push_back(f(space.to_config(e)) - at_zero);
+      }
+    }
+    return terms;
+  };
+  SearchPriors out;
+  std::optional<std::vector<std::vector<double>>> proxy_terms;
+  for (const auto& metric : metrics) {
+    if (metric.rfind("size.", 0) == 0) {
+      out.terms[metric] = terms_of([&](const Config& c) { return size_of(c, metric); });
+      out.exact.insert(metric);
+      continue;
+    }
+    if (!proxy_terms) proxy_terms = terms_of([&](const Config& c) { return proxies.config_score(c); });
+    out.terms[metric] = *proxy_terms;
+  }
+  return out;
 }
 
 }  // namespace rankscope

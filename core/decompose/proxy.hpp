@@ -10,12 +10,16 @@
 #pragma once
 
 #include <map>
+#include <set>
+#include <string>
+#include <vector>
 #include <memory>
 #include <tuple>
 
 #include "core/decompose/decompose.hpp"
 #include "core/decompose/factor_cache.hpp"
 #include "core/io/model.hpp"
+#include "core/space/design_space.hpp"
 #include "core/space/config_string.hpp"
 
 namespace rankscope {
@@ -52,5 +56,17 @@ class ProxyCalculator {
   std::map<std::tuple<Method, int64_t, HookSite>, ActivationTransform> transforms_;
   std::map<std::tuple<Method, int64_t, HookSite>, int64_t> rows_;  // calibration tokens of each site
 };
+
+// Prior terms of a search over `space` (the guided strategy's StrategyOptions::priors/exact): per
+// knob and digit, the change of each metric from the space's all-zero point when that knob alone
+// takes that digit. size.params, size.bytes, size.reduction_pct and size.flops_per_token are exact
+// (additive, from the size accounting) and listed in `exact`; every other metric gets the proxy
+// score (config_score: the sum of the relative output errors squared).
+struct SearchPriors {
+  std::map<std::string, std::vector<std::vector<double>>> terms;
+  std::set<std::string> exact;
+};
+SearchPriors search_priors(const Model& base, const DesignSpace& space, const std::vector<std::string>& metrics,
+                           ProxyCalculator& proxies);
 
 }  // namespace rankscope
