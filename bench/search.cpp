@@ -1,0 +1,188 @@
+// Search efficiency: the hypervolume the guided, evolutionary (NSGA-II) and random strategies reach
+// after 50, 100, 200, ... evaluations, against a reference front from one large evolutionary run.
+//   build/bench/search [--model ../shared/data/stories260K-hf] [--data-dir ../shared/data]
+//                      [--seeds 5] [--budget 1000] [--reference 5000] [--windows 16] [--cache-dir DIR]
+// Space: per-matrix, choices dense,75%,50%,37.5%,25%,12.5% of @whiten (calibration: TinyStories,
+// 64 x 256 tokens). Objectives: TinyStories perplexity (chunks of 256 tokens, the first `windows`)
+// and parameters. Hypervolume of (log perplexity, parameters) within 3x the dense perplexity:
+// reference point (log(3 ppl_dense), dense parameters). Every strategy sees the same evaluations
+// (memoised by configuration); each run is told what it asked, 4 (guided) or 16 at a time.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/base/error.hpp"
+#include "core/compute/gemm.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/decompose/proxy.hpp"
+#include "core/decompose/size.hpp"
+#include "core/space/design_space.hpp"
+#include "evaluators/calibration.hpp"
+#include "evaluators/perplexity.hpp"
+#include "evaluators/tasks.hpp"
+#include "search/pareto.hpp"
+#include "search/strategy.hpp"
+
+using namespace rankscope;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir = "../shared/data/stories260K-hf", data_dir = "../shared/data", cache_dir = "rankscope-cache";
+  int64_t seeds = 5, budget = 1000, reference_budget = 5000, windows = 16;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--model") model_dir = v;
+    else if (a == "--data-dir") data_dir = v;
+    else if (a == "--cache-dir") cache_dir = v;
+    else if (a == "--seeds") seeds = std::stoll(v);
+    else if (a == "--budget") budget = std::stoll(v);
+    else if (a == "--reference") reference_budget = std::stoll(v);
+    else if (a == "--windows") windows = std::stoll(v);
+    else {
+      fmt::print(stderr, "search: unknown option {}\n", a);
+      return 2;
+    }
+  }
+  try {
+    const Model base = load_model(model_dir);
+    const Task task = load_task("tinystories", {.data_dir = data_dir});
+    const auto ids = base.require_tokenizer().encode(task.text);
+    CalibrationOptions calib;
+    calib.source = "tinystories";
+    calib.data_dir = data_dir;
+    calib.cache_dir = cache_dir;
+    const ActivationOptions activation{calibrate(base, calib), 0.5};
+    FactorCache cache(cache_dir);
+    SpaceSpec spec;
+    spec.kind = "per-matrix";
+    spec.method = Method::whiten;
+    spec.choices = parse_space_choices("dense,75%,50%,37.5%,25%,12.5%", Method::whiten);
+    const auto space = make_design_space(base.config, spec);
+    const auto radices = space->radices();
+    const int64_t dense_params = dense_param_count(base);
+    PerplexityOptions ppl;
+    ppl.ctx = 256;
+    ppl.max_windows = windows;
+
+    std::map<Point, std::pair<double, double>> memo;  // point -> (ppl, params)
+    double eval_seconds = 0;
+    auto evaluate = [&](const Point& p) {
+      if (auto it = memo.find(p); it != memo.end()) return it->second;
+      const auto t0 = Clock::now();
+      const Config config = space->to_config(p);
+      const Model m = config.is_base() ? base : decompose_model(base, config, cache, nullptr, activation);
+      const double value = perplexity_chunks(m, ids, ppl).ppl;
+      const auto params = static_cast<double>(size_report(base.config, dense_params, config).params_after);
+      eval_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+      return memo[p] = {value, params};
+    };
+    const double dense_ppl = evaluate(Point(radices.size(), 0)).first;
+    const std::vector<double> ref = {std::log(3.0 * dense_ppl), static_cast<double>(dense_params)};
+    auto hv = [&](const std::vector<Point>& points) {
+      std::vector<std::vector<double>> rows;
+      for (const auto& p : points) {
+        const auto [v, params] = memo.at(p);
+        rows.push_back({std::log(v), params});
+      }
+      return hypervolume(rows, {true, true}, ref);
+    };
+    ProxyCalculator proxies(base, cache, activation);
+    const auto priors = search_priors(base, *space, {"ppl", "params"}, proxies);
+    auto options_for = [&](uint64_t seed) {
+      StrategyOptions o;
+      o.seed = seed;
+      o.objectives = parse_objectives("ppl:min,params:min");
+      o.priors = priors.terms;
+      o.exact = priors.exact;
+      o.population = 16;
+      o.include_zero = true;
+      return o;
+    };
+    // One run: the points in the order asked (up to n).
+    auto run = [&](const std::string& name, uint64_t seed, int64_t n) {
+      auto s = make_strategy(name, radices, options_for(seed));
+      std::vector<Point> asked;
+      while (static_cast<int64_t>(asked.size()) < n) {
+        auto pts = s->ask(name == "guided" ? 4 : 16);
+        if (pts.empty()) break;
+        std::vector<Observation> told;
+        for (const auto& p : pts) {
+          if (static_cast<int64_t>(asked.size()) >= n) break;
+          asked.push_back(p);
+          const auto [v, params] = evaluate(p);
+          told.push_back({p, {{"ppl", v}, {"params", params}}, std::isfinite(v)});
+        }
+        s->tell(told);
+      }
+      return asked;
+    };
+    fmt::print("space: {}\n", space->describe());
+    fmt::print("dense TinyStories perplexity {:.4f} ({} windows of 256 tokens), {} parameters; reference point "
+               "(log {:.4f}, {})\n", dense_ppl, windows, dense_params, 3 * dense_ppl, dense_params);
+    const auto t_ref = Clock::now();
+    const auto reference = run("evolutionary", 12345, reference_budget);
+    std::vector<Point> everything;
+    for (const auto& [p, v] : memo) everything.push_back(p);
+    const double reference_hv = hv(everything);
+    fmt::print("reference: evolutionary, {} evaluations in {:.0f} s: hypervolume {:.6g} (every evaluation so far)\n",
+               reference.size(), std::chrono::duration<double>(Clock::now() - t_ref).count(), reference_hv);
+    std::vector<int64_t> marks;
+    for (int64_t m : {50, 100, 200, 500, 1000, 2000}) {
+      if (m <= budget) marks.push_back(m);
+    }
+    std::map<std::string, std::map<int64_t, std::vector<double>>> results;
+    for (const std::string name : {"guided", "evolutionary", "random"}) {
+      for (int64_t seed = 1; seed <= seeds; ++seed) {
+        const auto asked = run(name, static_cast<uint64_t>(seed), budget);
+        std::string line;
+        for (int64_t m : marks) {
+          if (static_cast<int64_t>(asked.size()) < m) break;
+          const double ratio = hv(std::vector<Point>(asked.begin(), asked.begin() + m)) / reference_hv;
+          results[name][m].push_back(ratio);
+          line += fmt::format(" {}: {:.4f}", m, ratio);
+        }
+        fmt::print("{} seed {}:{}\n", name, seed, line);
+        std::fflush(stdout);
+      }
+    }
+    fmt::print("\nmedian of {} seeds, hypervolume / reference's:\n{:<14}", seeds, "evaluations");
+    for (int64_t m : marks) fmt::print(" {:>8}", m);
+    fmt::print("\n");
+    for (const auto& [name, by_mark] : results) {
+      fmt::print("{:<14}", name);
+      for (int64_t m : marks) {
+        const auto it = by_mark.find(m);
+        fmt::print(" {:>8}", it == by_mark.end() ? std::string("-") : fmt::format("{:.4f}", median(it->second)));
+      }
+      fmt::print("\n");
+    }
+    auto at = [&](const std::string& name, int64_t m) {
+      const auto it = results[name].find(m);
+      return it == results[name].end() ? NAN : median(it->second);
+    };
+    fmt::print("guided at 100 / evolutionary at 1000: {:.4f} (target >= 1)\n", at("guided", 100) / at("evolutionary", 1000));
+    fmt::print("guided at 200: {:.2f} % of the reference (target >= 98 %)\n", 100 * at("guided", 200));
+    fmt::print("{} distinct configurations evaluated in {:.0f} s\n", memo.size(), eval_seconds);
+  } catch (const Error& e) {
+    fmt::print(stderr, "search: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
