@@ -494,7 +494,7 @@ int run_sweep(const Params& params) {
           if (!finite) status = EvalStatus::nan;
         }
       }
-      // What the guided strategy predicted, stored beside what was measured (report compares).
+      // What the guided strategy predicted, stored beside what was measured: how good its model is.
       for (const auto& [metric, value] : strategy->predicted(p)) {
         metrics.push_back({"predicted." + metric, value, NAN, 0, std::isfinite(value) ? "ok" : "nan",
                            {{"source", "the guided strategy's model when it proposed this configuration"}}});
