@@ -78,7 +78,8 @@ head = rows[0]; rows = rows[1:]
 ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
 total = collections.defaultdict(float); count = collections.Counter()
 for r in rows:
-    v = float(r[vi].replace(",", "")); v = v / 1e6 if r[ui] == "nsecond" else (v / 1e3 if r[ui] in ("usecond", "us") else v)
+    v = float(r[vi].replace(",", ""))
+    v *= {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0, "s": 1e3, "second": 1e3}.get(r[ui], 1.0)
     name = re.sub(r"\(.*", "", r[ki])[:70]
     total[name] += v; count[name] += 1
 steps = 7
