@@ -262,11 +262,7 @@ int run_allocate(const Params& params) {
   const Config uniform = uniform_at(uniform_pct);
   const auto uniform_size = size_report(base.config, total, uniform);
   const std::string canonical = encode_config(config, base.config);
-  double uniform_predicted = 0;
-  for (const auto& [cell, choice] : uniform.cells) {
-    const Proxy& p = proxies.proxy(cell.first, cell.second, choice);
-    uniform_predicted += p.relative * p.relative;
-  }
+  const double uniform_predicted = proxies.config_score(uniform);
   fmt::print("target        {} ({} parameters of {} to remove)\n", params.target, need, total);
   if (!params.db.empty()) {
     fmt::print("costs         measured for {} of {} (matrix, choice) pairs in study {} ({}); the rest: proxy x {:.6g}\n",

@@ -48,7 +48,7 @@ const std::vector<Command>& commands() {
       {"sensitivity", "zero-cost sensitivity proxies: the output error of every matrix at every choice, from its spectrum",
        "MODEL [--choices 75%,50%,25%] [--method whiten --calib tinystories] [--out FILE.csv|.json] [--json]",
        run_sensitivity, {"model"}},
-      {"allocate", "the configuration of least predicted damage at a size target (exact rank allocation by the proxies)",
+      {"allocate", "the configuration of least predicted damage at a size target (exact rank allocation from the proxies or a study's measured single-matrix sensitivities)",
        "MODEL --target size.reduction_pct=20 [--choices ...] [--method whiten --calib ...] [--evaluate TASKS]",
        run_allocate, {"model", "target"}},
       {"eval", "evaluate a model (optionally decomposed by --config) on benchmark tasks, perplexity, fidelity, size and latency",

@@ -97,6 +97,25 @@ double tinystories_ppl(const Model& model, const std::vector<TokenId>& ids, int6
   return perplexity_chunks(model, ids, o).ppl;
 }
 
+// stories260K-hf with the TinyStories text's ids and a whiten/asvd calibration on the text's second
+// half (the perplexity windows are its start), cached under `scratch`.
+struct StoriesCalibrated {
+  Model base;
+  std::vector<TokenId> ids;
+  std::filesystem::path cache_dir;
+  ActivationOptions activation;
+};
+StoriesCalibrated stories_calibrated(const std::filesystem::path& dir, const std::string& scratch) {
+  StoriesCalibrated s{load_model(dir), {}, test::scratch_dir(scratch), {}};
+  s.ids = s.base.require_tokenizer().encode(load_task("tinystories", {.data_dir = test::shared_data("")}).text);
+  CalibrationOptions o;
+  o.source = "tinystories";
+  o.data_dir = test::shared_data("");
+  o.cache_dir = s.cache_dir;
+  s.activation = {calibrate(s.base, o), 0.5};
+  return s;
+}
+
 }  // namespace
 
 TEST_CASE("asvd and whiten in configuration strings", "[activation][config]") {
@@ -464,15 +483,11 @@ TEST_CASE("calibration sources: a BERT classifier on a .tsv, bad sources", "[act
 TEST_CASE("stories260K-hf at 50 %: whiten beats plain SVD in TinyStories perplexity", "[activation][e2e]") {
   const auto dir = test::shared_data("stories260K-hf");
   RS_REQUIRE_SHARED(dir);
-  const auto base = load_model(dir);
-  const Task task = load_task("tinystories", {.data_dir = test::shared_data("")});
-  const auto ids = base.require_tokenizer().encode(task.text);
-  CalibrationOptions o;
-  o.source = "tinystories";  // its second half; the perplexity windows below are its start
-  o.data_dir = test::shared_data("");
-  o.cache_dir = test::scratch_dir("activation_e2e");
-  const ActivationOptions activation{calibrate(base, o), 0.5};
-  FactorCache cache(o.cache_dir);
+  const auto s = stories_calibrated(dir, "activation_e2e");
+  const Model& base = s.base;
+  const auto& ids = s.ids;
+  const ActivationOptions& activation = s.activation;
+  FactorCache cache(s.cache_dir);
   const double dense = tinystories_ppl(base, ids);
   const double svd = tinystories_ppl(decompose_model(base, parse_config("L*:all=50%@svd", base.config), cache), ids);
   DecomposeStats stats;
@@ -562,15 +577,11 @@ TEST_CASE("proxies rank (matrix, rank) pairs as single-matrix perplexity increas
           "[activation][proxy][e2e]") {
   const auto dir = test::shared_data("stories260K-hf");
   RS_REQUIRE_SHARED(dir);
-  const auto base = load_model(dir);
-  const Task task = load_task("tinystories", {.data_dir = test::shared_data("")});
-  const auto ids = base.require_tokenizer().encode(task.text);
-  CalibrationOptions o;
-  o.source = "tinystories";
-  o.data_dir = test::shared_data("");
-  o.cache_dir = test::scratch_dir("proxy_spearman");
-  const ActivationOptions activation{calibrate(base, o), 0.5};
-  FactorCache cache(o.cache_dir);
+  const auto s = stories_calibrated(dir, "proxy_spearman");
+  const Model& base = s.base;
+  const auto& ids = s.ids;
+  const ActivationOptions& activation = s.activation;
+  FactorCache cache(s.cache_dir);
   ProxyCalculator proxies(base, cache, activation);
   const int64_t windows = 16;
   const double dense = tinystories_ppl(base, ids, windows);

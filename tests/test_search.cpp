@@ -979,26 +979,25 @@ TEST_CASE("allocate_min_cost equals brute force on random instances, and rounds 
       if (k == K) break;
     }
     INFO("trial " << trial << " need " << need);
+    // (cost, saved) of an allocation
+    auto totals = [&](const std::vector<int64_t>& digits) {
+      double c = 0;
+      int64_t s = 0;
+      for (size_t k = 0; k < K; ++k) {
+        c += cost[k][static_cast<size_t>(digits[k])];
+        s += saved[k][static_cast<size_t>(digits[k])];
+      }
+      return std::pair<double, int64_t>{c, s};
+    };
     const auto got = allocate_min_cost(cost, saved, need);
     REQUIRE(got.has_value() == best_cost.has_value());
     if (!got) continue;
-    double c = 0;
-    int64_t s = 0;
-    for (size_t k = 0; k < K; ++k) {
-      c += cost[k][static_cast<size_t>((*got)[k])];
-      s += saved[k][static_cast<size_t>((*got)[k])];
-    }
+    const auto [c, s] = totals(*got);
     CHECK(s >= need);
     CHECK(c == Approx(*best_cost).margin(1e-12));
     // With coarse units (4 units in all) the answer still saves enough, at a cost no better than exact.
-    const auto coarse = allocate_min_cost(cost, saved, need, 4);
-    if (coarse) {
-      int64_t sc = 0;
-      double cc = 0;
-      for (size_t k = 0; k < K; ++k) {
-        sc += saved[k][static_cast<size_t>((*coarse)[k])];
-        cc += cost[k][static_cast<size_t>((*coarse)[k])];
-      }
+    if (const auto coarse = allocate_min_cost(cost, saved, need, 4)) {
+      const auto [cc, sc] = totals(*coarse);
       CHECK(sc >= need);
       CHECK(cc >= *best_cost - 1e-12);
     }
