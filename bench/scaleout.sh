@@ -145,6 +145,13 @@ ini=$work/scaleout.ini
   [ "$device" = cuda ] && echo "svd-backend = cuda"
   for c in "${configs[@]}"; do echo "config = $c"; done
 } > "$ini"
+# Studies of an earlier run with other settings are not reused.
+sig=$(grep -v '^#' "$ini" | cksum | cut -d' ' -f1)
+if [ "$(cat "$work/settings.sig" 2> /dev/null)" != "$sig" ]; then
+  rm -f "$work"/wall-*; echo "$sig" > "$work/settings.sig"; fresh=1
+else
+  fresh=0
+fi
 warm=$work/warm.ini
 # (one document of the first task: what makes a worker decompose, and so compute the factors)
 { grep -v -e '^config =' -e '^tasks =' -e '^limit =' "$ini"; echo "tasks = ${tasks%%,*},size"; echo "limit = 1"; echo "config = L$first-$last:all=50%"; } > "$warm"
@@ -191,7 +198,7 @@ done
 # 5. The kill run.
 if [ "$kill_n" -gt 0 ]; then
   study=scaleout-kill; n=$max_workers
-  if [ "$(study_done "$study")" -lt "$n_configs" ]; then
+  if [ "$fresh" = 1 ] || [ "$(study_done "$study")" -lt "$n_configs" ]; then
     "$rs" studies --db "$db" --study "$study" --delete > /dev/null 2>&1 || true
     say "$study: $n workers; $kill_n killed (SIGKILL) once $(( n_configs / 3 )) configurations are done, then restarted"
     pids=()
@@ -223,9 +230,14 @@ def metrics(ev):
     return {e["config"]: {m: v["value"] for m, v in e["metrics"].items()} for e in ev if e["status"] == "done"}
 ref = metrics(load("scaleout-w1")) if 1 in walls else None
 print(f"# rankscope scale-out: {k} configurations x ({tasks}, limit {limit}), device {device}, {gpus} GPUs\n")
-print("| workers | wall s | configurations/hour | efficiency vs 1 worker | outside evaluations | metrics equal to 1 worker |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| workers | wall s | configurations/hour | efficiency vs 1 worker | outside evaluations | first claim to last result s | efficiency over that span | metrics equal to 1 worker |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+def span(ev):
+    return max(e["finished_at"] for e in ev) - min(e["claimed_at"] for e in ev)
+span1 = span(load("scaleout-w1")) if 1 in walls else None
 rate1 = k / walls[1] * 3600 if 1 in walls else None
+print("(wall: from starting the workers to the last one's exit, model loading included; outside evaluations: 1 - the")
+print("evaluations' summed wall_s / (workers x wall); the span columns leave out each worker's start and exit)\n")
 ok = True
 def compare(m):
     if ref is None: return "-"
@@ -245,7 +257,9 @@ for n, w in sorted(walls.items()):
     eff = rate / (n * rate1) if rate1 else float("nan")
     cmp = compare(metrics(ev)); ok &= cmp.startswith("yes") or cmp == "-"
     ok &= len(done) == k
-    print(f"| {n} | {w:.1f} | {rate:.1f} | {eff:.2f} | {100 * (1 - busy / (n * w)):.1f} % | {cmp} |")
+    sp = span(done)
+    eff_span = span1 / (n * sp) if span1 else float("nan")
+    print(f"| {n} | {w:.1f} | {rate:.1f} | {eff:.2f} | {100 * (1 - busy / (n * w)):.1f} % | {sp:.1f} | {eff_span:.2f} | {cmp} |")
 if kill_n:
     ev = load("scaleout-kill")
     done = [e for e in ev if e["status"] == "done"]

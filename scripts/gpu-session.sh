@@ -71,6 +71,7 @@ if [[ $stages == *,build,* ]]; then
   [ -d /usr/include/boost ] && mv /usr/include/boost /usr/include/boost-1.83-set-aside || true
   ln -sfn $L/openblas-openmp /usr/lib/x86_64-linux-gnu/openblas-openmp
   ln -sfn $P/usr/include/x86_64-linux-gnu/openblas-openmp /usr/include/x86_64-linux-gnu/openblas-openmp
+  [ -d $P/usr/include/postgresql ] && [ ! -e /usr/include/postgresql ] && ln -sfn $P/usr/include/postgresql /usr/include/postgresql
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$P/usr" \
     -DBoost_DIR=$L/cmake/Boost-1.74.0 -DBoost_NO_SYSTEM_PATHS=ON -DPKG_CONFIG_USE_CMAKE_PREFIX_PATH=ON \
     -DRANKSCOPE_CUDA=ON -DRANKSCOPE_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-80;90}" -Wno-dev > "$OUT/configure.log" 2>&1 || tail -30 "$OUT/configure.log"
