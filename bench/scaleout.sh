@@ -34,7 +34,7 @@
 #   --device D         cuda | cpu [cuda]     --threads T  threads per worker [cores / workers]
 #   --build DIR        rankscope's build directory [build]
 #   --pg-bin DIR       PostgreSQL's bin directory (initdb, pg_ctl, createdb) [found]
-#   --work DIR         [/tmp/rankscope-scaleout]   --port P [54329]
+#   --work DIR         [/tmp/rankscope-scaleout]   --port P [a free one, kept with the server]
 #   --stop-server      stop the PostgreSQL server at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ root=$PWD
 
 workers_list=""; kill_n=2; n_configs=16; tasks=arc_easy,hellaswag; limit=-1; model=""
 config=../shared/configs/llama-2-7b; tokenizer=../shared/data/llama2-tokenizer; data_dir=../shared/data
-device=cuda; threads=""; build=build; pg_bin=""; work=/tmp/rankscope-scaleout; port=54329; gpus=""; stop_server=0
+device=cuda; threads=""; build=build; pg_bin=""; work=/tmp/rankscope-scaleout; port=""; gpus=""; stop_server=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers_list=${2//,/ }; shift 2 ;;
@@ -69,8 +69,9 @@ done
 say() { echo "[scaleout $(date +%H:%M:%S)] $*"; }
 die() { echo "scaleout.sh: error: $*" >&2; exit 1; }
 
-rs=$root/$build/rankscope
-[ -x "$rs" ] || die "$rs: not built (cmake --build $build --target rankscope random_model)"
+case "$build" in /*) ;; *) build=$root/$build ;; esac
+rs=$build/rankscope
+[ -x "$rs" ] || die "$rs: not built (cmake --build $build --target rankscope)"
 mkdir -p "$work/logs"; work=$(cd "$work" && pwd)
 cores=$(nproc)
 if [ -z "$gpus" ]; then
@@ -88,9 +89,9 @@ say "host $(hostname): $cores cores, $gpus GPUs; workers: $workers_list; kill ru
 if [ -z "$model" ]; then
   model=$work/model
   if [ ! -f "$model/model.safetensors.index.json" ]; then
-    [ -x "$root/$build/bench/random_model" ] || die "$root/$build/bench/random_model: not built (-DRANKSCOPE_BUILD_BENCH=ON)"
+    [ -x "$build/bench/random_model" ] || die "$build/bench/random_model: not built (-DRANKSCOPE_BUILD_BENCH=ON)"
     say "writing a random bf16 checkpoint of $config to $model"
-    "$root/$build/bench/random_model" --config "$config" --tokenizer "$tokenizer" --out "$model" --seed 1
+    "$build/bench/random_model" --config "$config" --tokenizer "$tokenizer" --out "$model" --seed 1
   fi
 fi
 model=$(cd "$model" && pwd)
@@ -112,7 +113,11 @@ if [ ! -f "$pgdir/data/PG_VERSION" ]; then
     || { tail -5 "$work/logs/initdb.log"; die "initdb failed (log: $work/logs/initdb.log)"; }
 fi
 export PGPASSWORD; PGPASSWORD=$(cat "$pgdir/password")
-if ! as_db_user "$pg_bin/pg_ctl" -D "$pgdir/data" status > /dev/null 2>&1; then
+if as_db_user "$pg_bin/pg_ctl" -D "$pgdir/data" status > /dev/null 2>&1; then
+  port=$(cat "$work/port")
+else
+  [ -n "$port" ] || port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo "$port" > "$work/port"
   max_conn=$(( 4 * max_workers + 20 ))
   as_db_user "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w \
     -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=$max_conn" start > /dev/null \
@@ -120,6 +125,9 @@ if ! as_db_user "$pg_bin/pg_ctl" -D "$pgdir/data" status > /dev/null 2>&1; then
   as_db_user "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U rankscope rankscope 2> /dev/null || true
 fi
 db=postgresql://rankscope@127.0.0.1:$port/rankscope
+if [ "$stop_server" = 1 ]; then
+  trap 'as_db_user "$pg_bin/pg_ctl" -D "$pgdir/data" -m fast -w stop > /dev/null 2>&1 || true' EXIT
+fi
 say "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') at $db (password in PGPASSWORD, never on a command line)"
 
 # The study: a fixed list of configurations over the model's last four layers.
@@ -275,6 +283,4 @@ if kill_n:
 print(f"\nall checks: {'passed' if ok else 'FAILED'}")
 sys.exit(0 if ok else 1)
 PY
-rc=${PIPESTATUS[0]}
-if [ "$stop_server" = 1 ]; then as_db_user "$pg_bin/pg_ctl" -D "$pgdir/data" -m fast -w stop > /dev/null; fi
-exit "$rc"
+exit "${PIPESTATUS[0]}"

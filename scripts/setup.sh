@@ -20,6 +20,7 @@ PACKAGES=(
   postgresql-15               # a throwaway server for the PostgreSQL tests (initdb, pg_ctl)
   slurmctld slurmd munge      # a private single-node Slurm for the job-array test
   libbz2-dev                  # llama.cpp's HellaSwag text ships as .bz2
+  python3                     # bench/scaleout.sh (and its test) reads the exported studies
 )
 
 missing=()
