@@ -238,14 +238,14 @@ def metrics(ev):
     return {e["config"]: {m: v["value"] for m, v in e["metrics"].items()} for e in ev if e["status"] == "done"}
 ref = metrics(load("scaleout-w1")) if 1 in walls else None
 print(f"# rankscope scale-out: {k} configurations x ({tasks}, limit {limit}), device {device}, {gpus} GPUs\n")
+print("(wall: from starting the workers to the last one's exit, model loading included; outside evaluations: 1 - the")
+print("evaluations' summed wall_s / (workers x wall); the span columns leave out each worker's start and exit)\n")
 print("| workers | wall s | configurations/hour | efficiency vs 1 worker | outside evaluations | first claim to last result s | efficiency over that span | metrics equal to 1 worker |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 def span(ev):
     return max(e["finished_at"] for e in ev) - min(e["claimed_at"] for e in ev)
 span1 = span(load("scaleout-w1")) if 1 in walls else None
 rate1 = k / walls[1] * 3600 if 1 in walls else None
-print("(wall: from starting the workers to the last one's exit, model loading included; outside evaluations: 1 - the")
-print("evaluations' summed wall_s / (workers x wall); the span columns leave out each worker's start and exit)\n")
 ok = True
 def compare(m):
     if ref is None: return "-"
