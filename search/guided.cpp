@@ -53,6 +53,14 @@ class GuidedStrategy final : public Strategy {
         }
       }
     }
+    for (size_t j = 0; j < options_.objectives.size(); ++j) {
+      const auto& m = options_.objectives[j].metric;
+      if (auto it = options_.reference.find(m); it != options_.reference.end() && !std::isfinite(it->second)) {
+        fail("guided strategy: the reference of {} is not finite", m);
+      }
+      const auto given = given_reference(j);
+      log_ok_.push_back(!given || *given > 0);
+    }
     offset_.resize(radices_.size());
     // Features: 1, P, P^2, each knob's own prior term (a per-knob scale), then one indicator per
     // knob and digit >= 1 (a per-choice correction).
@@ -328,10 +336,10 @@ class GuidedStrategy final : public Strategy {
   // The objectives of p as a minimisation row: the prediction moved `optimism` sds the good way.
   std::vector<double> predicted_row(const Point& p, double optimism) const {
     std::vector<double> row;
-    for (const auto& o : options_.objectives) {
+    for (size_t j = 0; j < options_.objectives.size(); ++j) {
+      const auto& o = options_.objectives[j];
       const auto [mu, sd] = predict(o.metric, p);
-      const double v = mu - optimism * sd * (o.minimize ? 1.0 : -1.0);
-      row.push_back(o.minimize ? v : -v);
+      row.push_back(hv_scale(j, mu - optimism * sd * (o.minimize ? 1.0 : -1.0)));
     }
     return row;
   }
@@ -346,22 +354,50 @@ class GuidedStrategy final : public Strategy {
     return u;
   }
 
+  // Hypervolume is measured on the scale the model fits (log for positive quality metrics: a
+  // perplexity from 10 to 11 weighs what one from 20 to 22 does), minimisation-oriented.
+  double hv_scale(size_t j, double v) const {
+    const auto& o = options_.objectives[j];
+    auto it = fits_.find(o.metric);
+    const bool log = it != fits_.end() && it->second.log && log_ok_[j];
+    const double x = log ? (v > 0 ? std::log(v) : -std::numeric_limits<double>::infinity()) : v;
+    return o.minimize ? x : -x;
+  }
+
   std::vector<std::vector<double>> measured_rows() const {
     std::vector<std::vector<double>> rows;
     for (const auto& t : told_) {
       if (!t.ok) continue;
       std::vector<double> row;
-      for (const auto& o : options_.objectives) row.push_back(o.minimize ? t.metrics.at(o.metric) : -t.metrics.at(o.metric));
+      for (size_t j = 0; j < options_.objectives.size(); ++j) row.push_back(hv_scale(j, t.metrics.at(options_.objectives[j].metric)));
       rows.push_back(std::move(row));
     }
     return rows;
   }
 
-  // The hypervolume reference: each objective's worst measured value plus a tenth of its range.
+  // The reference bound of objective j in its own units, from the options or a constraint on it.
+  std::optional<double> given_reference(size_t j) const {
+    const auto& o = options_.objectives[j];
+    if (auto it = options_.reference.find(o.metric); it != options_.reference.end()) return it->second;
+    std::optional<double> bound;
+    for (const auto& c : options_.constraints) {
+      if (c.metric != o.metric) continue;
+      const bool upper = c.op == "<" || c.op == "<=";
+      if (upper == o.minimize) bound = bound ? (o.minimize ? std::min(*bound, c.bound) : std::max(*bound, c.bound)) : c.bound;
+    }
+    return bound;
+  }
+
+  // The hypervolume reference (hv_scale): each objective's given bound, else its worst measured
+  // value plus a tenth of its range.
   std::vector<double> reference() const {
     const auto rows = measured_rows();
     std::vector<double> ref;
     for (size_t j = 0; j < options_.objectives.size(); ++j) {
+      if (auto given = given_reference(j)) {
+        ref.push_back(hv_scale(j, *given));
+        continue;
+      }
       double lo = std::numeric_limits<double>::infinity(), hi = -lo;
       for (const auto& r : rows) {
         lo = std::min(lo, r[j]);
@@ -569,6 +605,7 @@ class GuidedStrategy final : public Strategy {
   std::vector<Told> told_;  // in the order told
   std::map<Point, std::map<std::string, double>> predictions_;
   std::map<std::string, Fit> fits_;
+  std::vector<bool> log_ok_;  // per objective: hypervolume on the log scale allowed (no reference <= 0)
 };
 
 }  // namespace

@@ -67,6 +67,10 @@ struct StrategyOptions {
   // a prior starts from zero terms and is learnt from the tells alone.
   std::map<std::string, std::vector<std::vector<double>>> priors;
   std::set<std::string> exact;
+  // "guided": the hypervolume reference point, per objective metric in its own units (worse than
+  // this counts for nothing). An objective without one takes a constraint's bound on it (e.g.
+  // tinystories.ppl<=30), else its worst measured value plus a tenth of the measured range.
+  std::map<std::string, double> reference;
   int64_t batch = 4;    // "guided": at most this many points per ask
   int64_t initial = 4;  // "guided": points from the priors alone before the model is fitted
 };
