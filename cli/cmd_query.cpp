@@ -179,8 +179,13 @@ Front compute_front(const ResultsStore& db, const StudyInfo& study, const Params
   const size_t m = f.objectives.size();
   std::vector<bool> minimize;
   for (const auto& o : f.objectives) minimize.push_back(o.minimize);
+  // Complete evaluations only, unless --include-pruned: a pruned one's metrics cover a prefix of
+  // the data, and a lucky prefix must not push complete points off the front unasked.
+  const auto joins = [&](EvalStatus status) {
+    return status == EvalStatus::done || (params.include_pruned && status == EvalStatus::pruned);
+  };
   for (size_t i = 0; i < f.rows.rows.size(); ++i) {
-    if (f.rows.statuses[i] != EvalStatus::done) continue;
+    if (!joins(f.rows.statuses[i])) continue;
     const auto& row = f.rows.rows[i];
     bool ok = true;
     for (size_t j = 0; j < m; ++j) ok = ok && std::isfinite(row[j]);
@@ -261,32 +266,40 @@ int run_pareto(const Params& params) {
     for (size_t i : f.front) {
       nlohmann::json values;
       for (size_t j = 0; j < m; ++j) values[f.objectives[j].metric] = number(f.rows.rows[i][j]);
-      front.push_back({{"evaluation", f.rows.evaluation_ids[i]}, {"config", f.rows.configs[i]}, {"values", values}});
+      front.push_back({{"evaluation", f.rows.evaluation_ids[i]},
+                       {"config", f.rows.configs[i]},
+                       {"status", status_name(f.rows.statuses[i])},
+                       {"values", values}});
     }
     nlohmann::json out = {{"study", study.name},           {"objectives", objectives_text(f.objectives)},
-                          {"where", params.where},         {"evaluations", f.candidates.size()},
+                          {"where", params.where},         {"include_pruned", params.include_pruned},
+                          {"evaluations", f.candidates.size()},
                           {"hypervolume", f.hypervolume},  {"ref", f.ref},
                           {"front", front}};
     fmt::print("{}\n", out.dump(2));
   } else if (params.format == "csv") {
-    std::string header = "evaluation,config";
+    // With --include-pruned a status column says which points are pruned (partial metrics).
+    std::string header = params.include_pruned ? "evaluation,config,status" : "evaluation,config";
     for (const auto& o : f.objectives) header += "," + o.metric;
     fmt::print("{}\n", header);
     for (size_t i : f.front) {
       std::string line = fmt::format("{},{}", f.rows.evaluation_ids[i], csv_field(f.rows.configs[i]));
+      if (params.include_pruned) line += fmt::format(",{}", status_name(f.rows.statuses[i]));
       for (size_t j = 0; j < m; ++j) line += "," + exact_number(f.rows.rows[i][j]);
       fmt::print("{}\n", line);
     }
   } else if (params.format == "table") {
-    fmt::print("study {}: Pareto front of {} over {} evaluations{}\n\n", study.name, objectives_text(f.objectives),
-               f.candidates.size(), params.where.empty() ? "" : " where " + params.where);
+    fmt::print("study {}: Pareto front of {} over {} evaluations{}{}\n\n", study.name, objectives_text(f.objectives),
+               f.candidates.size(), params.include_pruned ? " (pruned ones included)" : "",
+               params.where.empty() ? "" : " where " + params.where);
     std::string header = fmt::format("{:>6}", "id");
     for (const auto& o : f.objectives) header += fmt::format("  {:>18}", o.metric);
     fmt::print("{}  config\n", header);
     for (size_t i : f.front) {
       std::string line = fmt::format("{:>6}", f.rows.evaluation_ids[i]);
       for (size_t j = 0; j < m; ++j) line += fmt::format("  {:>18}", fmt_value(f.rows.rows[i][j]));
-      fmt::print("{}  {}\n", line, f.rows.configs[i].empty() ? "(base model)" : f.rows.configs[i]);
+      fmt::print("{}  {}{}\n", line, f.rows.configs[i].empty() ? "(base model)" : f.rows.configs[i],
+                 f.rows.statuses[i] == EvalStatus::pruned ? "  [pruned]" : "");
     }
     std::string ref;
     for (double r : f.ref) ref += (ref.empty() ? "" : ",") + fmt_value(r);
@@ -325,7 +338,8 @@ int run_studies(const Params& params) {
   const ResultsStore& db = *db_store;
   const auto studies = db.studies();
   nlohmann::json out = nlohmann::json::array();
-  if (!params.json) fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  best\n", "study", "done", "failed", "nan", "claimed");
+  if (!params.json)
+    fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7} {:>7}  best\n", "study", "done", "failed", "nan", "pruned", "claimed");
   for (const auto& s : studies) {
     // Best point of each objective the study declared.
     std::string best_text;
@@ -367,13 +381,14 @@ int run_studies(const Params& params) {
                      {"done", s.counts.done},
                      {"failed", s.counts.failed},
                      {"nan", s.counts.nan},
+                     {"pruned", s.counts.pruned},
                      {"claimed", s.counts.claimed},
                      {"claims", claims},
                      {"settings", s.settings},
                      {"best", best}});
     } else {
-      fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7}  {}\n{}", s.name, s.counts.done, s.counts.failed, s.counts.nan,
-                 s.counts.claimed, best_text, claims_text);
+      fmt::print("{:<32} {:>7} {:>7} {:>7} {:>7} {:>7}  {}\n{}", s.name, s.counts.done, s.counts.failed, s.counts.nan,
+                 s.counts.pruned, s.counts.claimed, best_text, claims_text);
     }
   }
   if (params.json) fmt::print("{}\n", out.dump(2));
@@ -587,12 +602,13 @@ int run_report(const Params& params) {
   const auto svg_path = std::filesystem::path(params.out) / "pareto.svg";
 
   // The markdown table.
-  std::string md = fmt::format("# Study {}\n\n{} evaluations ({} done, {} failed, {} nan) in {}.\n\n", md_code(study.name),
-                               study.counts.finished(), study.counts.done, study.counts.failed, study.counts.nan,
-                               md_code(db.display()));
-  md += fmt::format("![Pareto front](pareto.svg)\n\nPareto front of {}{}: {} points, hypervolume {}.\n\n",
+  std::string md = fmt::format("# Study {}\n\n{} evaluations ({} done, {} failed, {} nan, {} pruned) in {}.\n\n",
+                               md_code(study.name), study.counts.finished(), study.counts.done, study.counts.failed,
+                               study.counts.nan, study.counts.pruned, md_code(db.display()));
+  md += fmt::format("![Pareto front](pareto.svg)\n\nPareto front of {}{}{}: {} points, hypervolume {}.\n\n",
                     md_code(objectives_text(f.objectives)), params.where.empty() ? "" : " where " + md_code(params.where),
-                    f.front.size(), fmt_value(f.hypervolume));
+                    params.include_pruned ? " (pruned evaluations included)" : "", f.front.size(),
+                    fmt_value(f.hypervolume));
   md += "| id |";
   for (const auto& o : f.objectives) md += " " + md_text(o.metric) + " |";
   md += " configuration |\n| ---: |";
@@ -601,7 +617,8 @@ int run_report(const Params& params) {
   for (size_t i : f.front) {
     md += fmt::format("| {} |", f.rows.evaluation_ids[i]);
     for (size_t j = 0; j < f.objectives.size(); ++j) md += " " + fmt_value(f.rows.rows[i][j]) + " |";
-    md += " " + md_code(f.rows.configs[i].empty() ? std::string("(base model)") : f.rows.configs[i], true) + " |\n";
+    md += " " + md_code(f.rows.configs[i].empty() ? std::string("(base model)") : f.rows.configs[i], true) +
+          (f.rows.statuses[i] == EvalStatus::pruned ? " (pruned)" : "") + " |\n";
   }
   const auto md_path = std::filesystem::path(params.out) / "report.md";
   // Each file through a temporary renamed into place: a failed write leaves no partial file.

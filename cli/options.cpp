@@ -209,6 +209,9 @@ const std::vector<OptionDef>& option_defs() {
       opt("where", &Params::where, {"pareto", "export", "report"},
           "filter on stored metrics: METRIC OP NUMBER conditions (OP one of >= <= > <) joined by 'and' (or ','), "
           "e.g. \"size.reduction_pct>=9 and arc_easy.acc>0.5\""),
+      flag("include-pruned", &Params::include_pruned, {"pareto", "report"},
+           "let evaluations stopped early (status pruned: metrics on a prefix of the data) join the front; by default "
+           "only complete ones (done) do"),
       flag("delete", &Params::delete_study, {"studies"},
            "delete the study named by --study and everything recorded for it"),
       opt("rename", &Params::rename, {"studies"}, "rename the study named by --study to this name"),

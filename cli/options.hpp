@@ -98,6 +98,7 @@ struct Params {
   bool include_base = false;
   double stale_after = 600.0;
   std::string where;
+  bool include_pruned = false;  // pareto, report: pruned evaluations (partial metrics) join the front
   bool delete_study = false;  // studies --study NAME --delete
   std::string rename;         // studies --study NAME --rename NEW
   // db

@@ -88,6 +88,14 @@ CREATE TABLE strategy_state (
   updated_at DOUBLE PRECISION NOT NULL
 );
 )sql",
+      // 1 -> 2: evaluation status 'pruned' (early stopping). The column's CHECK of step 0 got
+      // PostgreSQL's default name <table>_<column>_check; it is replaced under the same name (adding
+      // it checks every row, under the table's lock, inside the migration's transaction).
+      R"sql(
+ALTER TABLE evaluations DROP CONSTRAINT evaluations_status_check;
+ALTER TABLE evaluations ADD CONSTRAINT evaluations_status_check
+  CHECK (status IN ('claimed', 'done', 'failed', 'nan', 'pruned'));
+)sql",
   };
   return steps;
 }
@@ -129,6 +137,7 @@ void add_count(StatusCounts& counts, const std::string& status, int64_t n) {
     case EvalStatus::done: counts.done += n; break;
     case EvalStatus::failed: counts.failed += n; break;
     case EvalStatus::nan: counts.nan += n; break;
+    case EvalStatus::pruned: counts.pruned += n; break;
   }
 }
 
@@ -294,7 +303,9 @@ struct PgStore::Impl {
   }
 
   // Reads the schema version; only a missing or older schema is created or migrated (under a lock),
-  // so read-only roles and standby servers can run the reading commands.
+  // so read-only roles and standby servers can run the reading commands. A reader (create false)
+  // reads an older schema as it is: every version from 1 on holds the tables and columns the reads
+  // use (2 only allows one more status).
   void create_or_check_schema() {
     const auto& steps = migrations();
     const auto current = static_cast<int64_t>(steps.size());
@@ -310,9 +321,8 @@ struct PgStore::Impl {
     }
     if (seen && *seen == current) return;
     if (!options.create) {
-      if (!seen) fail("{}: no rankscope results in this database", display);
-      fail("{}: results schema version {} is older than this rankscope's {}: run a writing command (sweep, db copy --to) "
-           "once to upgrade it", display, *seen, current);
+      if (!seen || *seen < 1) fail("{}: no rankscope results in this database", display);
+      return;
     }
     // A session-level lock taken before the transaction begins: the transaction then starts after
     // another worker's schema commit and sees it (a lock taken inside it would leave the catalog

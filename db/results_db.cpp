@@ -101,6 +101,38 @@ CREATE TABLE strategy_state (
   updated_at REAL NOT NULL
 );
 )sql",
+      // 1 -> 2: evaluation status 'pruned' (early stopping). SQLite cannot alter a CHECK
+      // constraint, so evaluations is rebuilt as https://www.sqlite.org/lang_altertable.html
+      // ("Making Other Kinds Of Table Schema Changes") says: migrate() turns foreign keys off
+      // around the transaction (DROP TABLE would otherwise cascade into metrics) and runs
+      // foreign_key_check before COMMIT. The AUTOINCREMENT counter moves to the new table, so the
+      // ids of deleted claims are still never reused.
+      R"sql(
+CREATE TABLE evaluations_new (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+  configuration_id INTEGER NOT NULL REFERENCES configurations(id),
+  model_id INTEGER NOT NULL REFERENCES models(id),
+  status TEXT NOT NULL CHECK (status IN ('claimed', 'done', 'failed', 'nan', 'pruned')),
+  worker TEXT NOT NULL,
+  host TEXT NOT NULL,
+  claimed_at REAL NOT NULL,
+  heartbeat_at REAL NOT NULL,
+  finished_at REAL,
+  wall_s REAL,
+  error TEXT,
+  UNIQUE (study_id, configuration_id)
+);
+INSERT INTO evaluations_new (id, study_id, configuration_id, model_id, status, worker, host, claimed_at, heartbeat_at,
+                             finished_at, wall_s, error)
+  SELECT id, study_id, configuration_id, model_id, status, worker, host, claimed_at, heartbeat_at, finished_at, wall_s,
+         error FROM evaluations ORDER BY id;
+DELETE FROM sqlite_sequence WHERE name = 'evaluations_new';
+UPDATE sqlite_sequence SET name = 'evaluations_new' WHERE name = 'evaluations';
+DROP TABLE evaluations;
+ALTER TABLE evaluations_new RENAME TO evaluations;
+CREATE INDEX evaluations_by_status ON evaluations(study_id, status, configuration_id);
+)sql",
   };
   return steps;
 }
@@ -165,6 +197,8 @@ std::string_view status_name(EvalStatus status) {
       return "failed";
     case EvalStatus::nan:
       return "nan";
+    case EvalStatus::pruned:
+      return "pruned";
   }
   RS_ASSERT(false);
   return "";
@@ -175,7 +209,8 @@ EvalStatus parse_status(std::string_view name) {
   if (name == "done") return EvalStatus::done;
   if (name == "failed") return EvalStatus::failed;
   if (name == "nan") return EvalStatus::nan;
-  fail("unknown evaluation status '{}' (expected claimed, done, failed or nan)", name);
+  if (name == "pruned") return EvalStatus::pruned;
+  fail("unknown evaluation status '{}' (expected claimed, done, failed, nan or pruned)", name);
 }
 
 namespace {
@@ -365,6 +400,7 @@ struct ResultsDbImpl {
   void open();
   void classify();
   void migrate();
+  void migrate_steps();
 
   int64_t config_id(std::string_view canonical, bool create);
   int64_t metric_id(const std::string& metric, std::unordered_map<std::string, int64_t>& cache);
@@ -513,9 +549,23 @@ void Impl::classify() {
   // An empty SQLite database: initialised like a new file.
 }
 
-// Brings the schema to the latest version in one transaction (re-checking what validate_read_only
-// saw, since another process may have initialised the file since).
+// Brings the schema to the latest version in one transaction (re-checking what classify() saw,
+// since another process may have initialised the file since). A step may rebuild a table (1 -> 2
+// does): DROP TABLE would cascade into the rows that reference it while foreign keys are on, and
+// PRAGMA foreign_keys is a no-op inside a transaction, so they are off around the transaction and
+// PRAGMA foreign_key_check must find nothing before it commits.
 void Impl::migrate() {
+  exec("PRAGMA foreign_keys = OFF");
+  try {
+    migrate_steps();
+  } catch (...) {
+    sqlite3_exec(db, "PRAGMA foreign_keys = ON", nullptr, nullptr, nullptr);
+    throw;
+  }
+  exec("PRAGMA foreign_keys = ON");
+}
+
+void Impl::migrate_steps() {
   const int64_t latest = static_cast<int64_t>(migrations.size());
   transaction(true, [&] {
     Header header;
@@ -553,6 +603,12 @@ void Impl::migrate() {
       if (is_busy(rc)) throw Busy{};
       if (rc != SQLITE_OK)
         fail("{}: migrating the schema from version {} to {} failed: {}", name, k, k + 1, text);
+    }
+    {
+      Query q(*this, "PRAGMA foreign_key_check");
+      if (q.step())
+        fail("{}: migrating the schema from version {} to {} failed: foreign key violation: a row of {} refers to a "
+             "missing row of {}", name, version, latest, q.text(0), q.text(2));
     }
     exec(fmt::format("PRAGMA application_id = {}", kResultsDbApplicationId).c_str());
     exec(fmt::format("PRAGMA user_version = {}", latest).c_str());
@@ -598,13 +654,18 @@ void Impl::open() {
   exec("PRAGMA journal_size_limit = 67108864");
   // A current schema needs no write lock: read the version in a snapshot first; migrate()
   // re-reads it under the write lock, since another process may be creating the file right now.
+  // A reader (create false) reads an older rankscope file as it is, without migrating it: every
+  // version from 1 on holds the tables and columns the reads use (2 only allows one more status),
+  // and a file on read-only storage stays readable.
   const bool needs_migration = transaction(false, [&] {
     Query q(*this, "PRAGMA user_version");
     q.step();
     const int64_t version = q.i64(0);
     Query a(*this, "PRAGMA application_id");
     a.step();
-    return !(a.i64(0) == kResultsDbApplicationId && version == static_cast<int64_t>(migrations.size()));
+    if (a.i64(0) != kResultsDbApplicationId) return true;
+    if (!options.create && version >= 1) return false;
+    return version != static_cast<int64_t>(migrations.size());
   });
   if (needs_migration) migrate();
 }
@@ -796,6 +857,9 @@ void add_count(const Impl& d, StatusCounts& counts, std::string_view status, int
       break;
     case EvalStatus::nan:
       counts.nan += n;
+      break;
+    case EvalStatus::pruned:
+      counts.pruned += n;
       break;
   }
 }

@@ -84,9 +84,10 @@ class ResultsDb final : public ResultsStore {
   // Deletes a claim (Ctrl-C) so another worker can take the configuration at once; false when
   // `evaluation` is no longer a claim.
   bool release(int64_t evaluation) override;
-  // Finishes a claim: status (done, failed or nan), metrics, wall time and error text in one
-  // transaction. A metric whose status is not "ok" or whose value is infinite is stored with
-  // status "nan", and turns a `done` evaluation into `nan` (add_evaluations alike). Returns false and writes nothing when `evaluation` is no longer a claim (it was
+  // Finishes a claim: status (done, failed, nan or pruned), metrics, wall time and error text in
+  // one transaction. A metric whose status is not "ok" or whose value is infinite is stored with
+  // status "nan", and turns a `done` evaluation into `nan` (a `pruned` one stays pruned;
+  // add_evaluations alike). Returns false and writes nothing when `evaluation` is no longer a claim (it was
   // taken over or released): a late result is ignored, never duplicated. Throws Error for a
   // status of claimed or a metric named twice.
   bool complete(int64_t evaluation, const std::vector<MetricValue>& metrics, EvalStatus status, double wall_s,

@@ -23,11 +23,14 @@ namespace rankscope {
 // PRAGMA application_id of every results database ("RSCP").
 inline constexpr int32_t kResultsDbApplicationId = 0x52534350;
 
-enum class EvalStatus { claimed, done, failed, nan };
-std::string_view status_name(EvalStatus status);  // "claimed", "done", "failed", "nan"
+// pruned: stopped early as hopeless (early stopping); its metrics are partial, computed on a prefix
+// of the data (each metric's n says how much of it), so Pareto queries leave it out unless asked.
+enum class EvalStatus { claimed, done, failed, nan, pruned };
+std::string_view status_name(EvalStatus status);  // "claimed", "done", "failed", "nan", "pruned"
 // Inverse of status_name; throws Error naming the token otherwise.
 EvalStatus parse_status(std::string_view name);
-// done, failed and nan are final: such a configuration is never evaluated again in its study.
+// done, failed, nan and pruned are final: such a configuration is never evaluated again in its
+// study, and it counts against the study's budget.
 inline bool is_finished(EvalStatus status) { return status != EvalStatus::claimed; }
 
 // "hostname:pid" of this process: the worker id recorded with every claim.
@@ -58,7 +61,8 @@ struct MetricValue {
 
 struct StatusCounts {
   int64_t claimed = 0, done = 0, failed = 0, nan = 0;
-  int64_t finished() const { return done + failed + nan; }
+  int64_t pruned = 0;
+  int64_t finished() const { return done + failed + nan + pruned; }
   int64_t total() const { return claimed + finished(); }
 };
 
@@ -70,9 +74,9 @@ struct StudyInfo {
   StatusCounts counts;
 };
 
-// Chosen metrics of every finished (done, failed or nan) evaluation of a study, ascending by id:
-// the input of Pareto queries. rows[i][j] is metrics[j] of evaluation_ids[i]; NaN where the value
-// is NULL or the evaluation lacks that metric.
+// Chosen metrics of every finished (done, failed, nan or pruned) evaluation of a study, ascending
+// by id: the input of Pareto queries, which keep the rows they want by `statuses`. rows[i][j] is
+// metrics[j] of evaluation_ids[i]; NaN where the value is NULL or the evaluation lacks that metric.
 struct MetricRows {
   std::vector<std::string> metrics;
   std::vector<int64_t> evaluation_ids;
@@ -117,7 +121,7 @@ struct NewEvaluation {
 // Shared by the stores: Unix seconds now; the host part of a "host:pid" worker id (the whole id
 // when it has no ':'); whether a metric is usable by a search (status ok and not infinite: an
 // infinite perplexity is stored with status nan); and the status an evaluation is stored with
-// (`done` becomes `nan` when a metric is not usable).
+// (`done` becomes `nan` when a metric is not usable; `pruned`, `failed` and `nan` stay as given).
 double unix_now();
 std::string worker_host(std::string_view worker);
 bool metric_usable(const MetricValue& m);
@@ -167,9 +171,10 @@ class ResultsStore {
   // Deletes a claim (Ctrl-C) so another worker can take the configuration at once; false when
   // `evaluation` is no longer a claim.
   virtual bool release(int64_t evaluation) = 0;
-  // Finishes a claim: status (done, failed or nan), metrics, wall time and error text in one
-  // transaction. A metric whose status is not "ok" or whose value is infinite is stored with
-  // status "nan", and turns a `done` evaluation into `nan` (add_evaluations alike). Returns false and writes nothing when `evaluation` is no longer a claim (it was
+  // Finishes a claim: status (done, failed, nan or pruned), metrics, wall time and error text in
+  // one transaction. A metric whose status is not "ok" or whose value is infinite is stored with
+  // status "nan", and turns a `done` evaluation into `nan` (a `pruned` one stays pruned;
+  // add_evaluations alike). Returns false and writes nothing when `evaluation` is no longer a claim (it was
   // taken over or released): a late result is ignored, never duplicated. Throws Error for a
   // status of claimed or a metric named twice.
   virtual bool complete(int64_t evaluation, const std::vector<MetricValue>& metrics, EvalStatus status, double wall_s,

@@ -159,7 +159,7 @@ TEST_CASE("db: create, reopen and schema version") {
   REQUIRE(fs::exists(path));
   CHECK(raw_one(path, "PRAGMA application_id") == std::to_string(kResultsDbApplicationId));
   CHECK(raw_one(path, "PRAGMA user_version") == std::to_string(ResultsDb::schema_version()));
-  CHECK(ResultsDb::schema_version() == 1);
+  CHECK(ResultsDb::schema_version() == 2);
   CHECK(raw_one(path, "PRAGMA journal_mode") == "wal");
   const auto tables = raw_query(path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name");
   for (const char* t : {"configurations", "evaluations", "metric_names", "metrics", "models", "protocols",
@@ -184,7 +184,7 @@ TEST_CASE("db: create, reopen and schema version") {
   const auto empty = dir / "empty.db";
   write_bytes(empty, "");
   { ResultsDb e(empty); }
-  CHECK(raw_one(empty, "PRAGMA user_version") == "1");
+  CHECK(raw_one(empty, "PRAGMA user_version") == "2");
 
   // Moving keeps the connection.
   ResultsDb moved = std::move(db);
@@ -233,7 +233,7 @@ TEST_CASE("db: foreign and newer files are refused untouched") {
       db.open_study("s", {});
     }
     raw_exec(path, "PRAGMA user_version = 7;");
-    require_refused(path, "schema version 7, newer than this rankscope supports (1)");
+    require_refused(path, "schema version 7, newer than this rankscope supports (2)");
   }
 }
 
@@ -244,28 +244,28 @@ TEST_CASE("db: migrations run in one transaction") {
     ResultsDb db(path);
     db.open_study("kept", {{"a", 1}});
   }
-  // Version 1 -> 2 with an extra step.
-  // Step 0 is never run on a version-1 file, so a placeholder stands for the real first schema.
-  std::vector<std::string> steps = {"", "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT);"};
+  // Version 2 -> 3 with an extra step.
+  // Steps 0 and 1 are never run on a version-2 file, so placeholders stand for the real ones.
+  std::vector<std::string> steps = {"", "", "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT);"};
   {
     ResultsDb::Options options;
     options.migrations = &steps;
     ResultsDb db(path, options);
     CHECK(db.find_study("kept"));
   }
-  CHECK(raw_one(path, "PRAGMA user_version") == "2");
+  CHECK(raw_one(path, "PRAGMA user_version") == "3");
   CHECK(raw_one(path, "SELECT count(*) FROM sqlite_master WHERE name = 'notes'") == "1");
-  // This build (version 1) now refuses the file.
-  require_refused(path, "schema version 2, newer than this rankscope supports (1)");
+  // This build (version 2) now refuses the file.
+  require_refused(path, "schema version 3, newer than this rankscope supports (2)");
 
   // A failing step rolls the whole upgrade back: version and tables as before.
   const auto path2 = dir / "results2.db";
   { ResultsDb db(path2); }
-  std::vector<std::string> failing = {"", "CREATE TABLE extra (x);", "CREATE TABLE studies (x);"};
+  std::vector<std::string> failing = {"", "", "CREATE TABLE extra (x);", "CREATE TABLE studies (x);"};
   ResultsDb::Options options;
   options.migrations = &failing;
-  CHECK_THROWS_WITH(ResultsDb(path2, options), Contains(path2.string()) && Contains("from version 2 to 3"));
-  CHECK(raw_one(path2, "PRAGMA user_version") == "1");
+  CHECK_THROWS_WITH(ResultsDb(path2, options), Contains(path2.string()) && Contains("from version 3 to 4"));
+  CHECK(raw_one(path2, "PRAGMA user_version") == "2");
   CHECK(raw_one(path2, "SELECT count(*) FROM sqlite_master WHERE name = 'extra'") == "0");
 }
 
@@ -776,4 +776,289 @@ TEST_CASE("db: a setting a study lacks is adopted once, in one transaction") {
   CHECK(db.adopt_study_setting(study, "stale_after", 30.0) == 30.0);
   CHECK(db.adopt_study_setting(study, "stale_after", 600.0) == 30.0);  // the first one stays
   CHECK(db.find_study("s")->settings == nlohmann::json{{"seed", 1}, {"stale_after", 30.0}});
+}
+
+namespace {
+
+// The released version-1 schema (step 0 of builtin_migrations(), frozen), and what a version-1
+// rankscope set beside it: a file as rankscope 1 left it.
+const char* const kVersion1Schema = R"sql(
+CREATE TABLE studies (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  created_at REAL NOT NULL,
+  settings TEXT NOT NULL
+);
+CREATE TABLE models (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  path TEXT NOT NULL,
+  architecture TEXT NOT NULL,
+  n_params INTEGER NOT NULL
+);
+CREATE TABLE configurations (
+  id INTEGER PRIMARY KEY,
+  canonical TEXT NOT NULL UNIQUE,
+  hash TEXT NOT NULL UNIQUE
+);
+CREATE TABLE evaluations (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+  configuration_id INTEGER NOT NULL REFERENCES configurations(id),
+  model_id INTEGER NOT NULL REFERENCES models(id),
+  status TEXT NOT NULL CHECK (status IN ('claimed', 'done', 'failed', 'nan')),
+  worker TEXT NOT NULL,
+  host TEXT NOT NULL,
+  claimed_at REAL NOT NULL,
+  heartbeat_at REAL NOT NULL,
+  finished_at REAL,
+  wall_s REAL,
+  error TEXT,
+  UNIQUE (study_id, configuration_id)
+);
+CREATE INDEX evaluations_by_status ON evaluations(study_id, status, configuration_id);
+CREATE TABLE metric_names (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE protocols (
+  id INTEGER PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  json TEXT NOT NULL
+);
+CREATE TABLE metrics (
+  metric_id INTEGER NOT NULL REFERENCES metric_names(id),
+  evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+  value REAL,
+  stderr REAL,
+  n INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  protocol_id INTEGER REFERENCES protocols(id),
+  PRIMARY KEY (metric_id, evaluation_id)
+) WITHOUT ROWID;
+CREATE INDEX metrics_by_evaluation ON metrics(evaluation_id);
+CREATE TABLE strategy_state (
+  study_id INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
+  state TEXT NOT NULL,
+  updated_at REAL NOT NULL
+);
+)sql";
+
+// A version-1 file holding one study: evaluation 1 done (two metrics, one with a protocol), 2 nan
+// (a NULL value), 3 failed, 4 a live claim, 5 a claim released since (the AUTOINCREMENT counter
+// stands at 5), and a strategy state. Written as rankscope 1 wrote it: one transaction, WAL.
+void write_version1_file(const fs::path& path) {
+  raw_exec(path, std::string("PRAGMA journal_mode = WAL; BEGIN;") + kVersion1Schema + R"sql(
+INSERT INTO studies VALUES (1, 's', 1700000000.5, '{"objectives":"t.ppl:min,size.params:min"}');
+INSERT INTO models VALUES (1, '0123456789abcdef0123456789abcdef', '/models/m', 'llama', 1000);
+INSERT INTO configurations VALUES (1, 'L0:q=1', 'h1'), (2, 'L1:q=1', 'h2'), (3, 'L2:q=1', 'h3'), (4, 'L3:q=1', 'h4'),
+                                  (5, 'L4:q=1', 'h5');
+INSERT INTO evaluations VALUES
+  (1, 1, 1, 1, 'done', 'hostA/1:10', 'hostA/1', 1700000001, 1700000002, 1700000002, 1.25, NULL),
+  (2, 1, 2, 1, 'nan', 'hostA/1:10', 'hostA/1', 1700000003, 1700000004, 1700000004, 0.5, NULL),
+  (3, 1, 3, 1, 'failed', 'hostB/2:20', 'hostB/2', 1700000005, 1700000006, 1700000006, NULL, 'out of memory'),
+  (4, 1, 4, 1, 'claimed', 'elsewhere:7', 'elsewhere', 1700000007, 1700000008, NULL, NULL, NULL),
+  (5, 1, 5, 1, 'claimed', 'elsewhere:8', 'elsewhere', 1700000009, 1700000009, NULL, NULL, NULL);
+DELETE FROM evaluations WHERE id = 5;
+INSERT INTO metric_names VALUES (1, 't.ppl'), (2, 'size.params');
+INSERT INTO protocols VALUES (1, 'p1', '{"task":"t","tokens":4096}');
+INSERT INTO metrics VALUES (1, 1, 12.5, 0.25, 4096, 'ok', 1), (2, 1, 123456, NULL, 0, 'ok', NULL),
+                           (1, 2, NULL, NULL, 4096, 'nan', 1), (2, 2, 654321, NULL, 0, 'ok', NULL);
+INSERT INTO strategy_state VALUES (1, '{"generation":3}', 1700000010);
+)sql" + fmt::format("PRAGMA application_id = {}; PRAGMA user_version = 1; COMMIT;", kResultsDbApplicationId));
+}
+
+// Every row of `sql`, each as its columns' text joined by '|' ("NULL" for NULL).
+std::vector<std::string> raw_rows(const fs::path& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    std::string row;
+    for (int c = 0; c < sqlite3_column_count(stmt); ++c) {
+      const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt, c));
+      row += (c > 0 ? "|" : "") + std::string(p ? p : "NULL");
+    }
+    out.push_back(row);
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_DONE);
+  return out;
+}
+
+// Everything a version-1 file holds, table by table, rows in key order.
+std::vector<std::string> all_rows(const fs::path& path) {
+  std::vector<std::string> out;
+  for (const char* sql : {"SELECT * FROM studies ORDER BY id", "SELECT * FROM models ORDER BY id",
+                          "SELECT * FROM configurations ORDER BY id", "SELECT * FROM evaluations ORDER BY id",
+                          "SELECT * FROM metric_names ORDER BY id", "SELECT * FROM protocols ORDER BY id",
+                          "SELECT * FROM metrics ORDER BY evaluation_id, metric_id",
+                          "SELECT * FROM strategy_state ORDER BY study_id"}) {
+    out.push_back(sql);
+    for (auto& row : raw_rows(path, sql)) out.push_back(std::move(row));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("db: a pruned evaluation is final, counted, exported and kept pruned with partial or NaN metrics") {
+  const auto dir = test::scratch_dir("db_pruned");
+  const auto path = dir / "results.db";
+  ResultsDb db(path);
+  const int64_t study = db.open_study("s", {});
+  const int64_t model = db.add_model(test_model());
+  CHECK(parse_status("pruned") == EvalStatus::pruned);
+  CHECK(status_name(EvalStatus::pruned) == "pruned");
+  CHECK(is_finished(EvalStatus::pruned));
+  CHECK_THROWS_WITH(parse_status("stopped"), Contains("claimed, done, failed, nan or pruned"));
+
+  // complete(pruned): partial metrics (n says how many examples), one of them NaN.
+  const auto a = db.claim(study, model, "L0:q=1", "hostA:1", 3600);
+  REQUIRE(a);
+  REQUIRE(db.complete(*a,
+                      {{"t.ppl", 30.5, 1.5, 512, "ok", nullptr},
+                       {"t.nll", NaN, NaN, 512, "nan", nullptr},
+                       {"eval.fidelity", 0.25, NaN, 512, "ok", nullptr}},
+                      EvalStatus::pruned, 0.75));
+  CHECK(db.status_of(study, "L0:q=1") == EvalStatus::pruned);
+  CHECK(raw_one(path, "SELECT status FROM evaluations WHERE id = " + std::to_string(*a)) == "pruned");
+  // An infinite metric is stored as nan, and the evaluation stays pruned.
+  const auto b = db.claim(study, model, "L1:q=1", "hostA:1", 3600);
+  REQUIRE(b);
+  REQUIRE(db.complete(*b, {{"t.ppl", INFINITY, NaN, 64, "ok", nullptr}}, EvalStatus::pruned, 0.5));
+  CHECK(db.status_of(study, "L1:q=1") == EvalStatus::pruned);
+  CHECK(raw_one(path, "SELECT m.status FROM metrics m WHERE m.evaluation_id = " + std::to_string(*b)) == "nan");
+  // A pruned configuration is never claimed again, however stale; a late completion is ignored.
+  CHECK(!db.claim(study, model, "L0:q=1", "hostB:2", 0));
+  CHECK(!db.complete(*a, {{"t.ppl", 1.0}}, EvalStatus::done, 0.5));
+  CHECK(!db.heartbeat(*a));
+  CHECK(!db.release(*a));
+
+  // add_evaluations(pruned), beside done.
+  CHECK(db.add_evaluations(study, model,
+                           {{"L2:q=1", EvalStatus::pruned, {{"t.ppl", 40.0, NaN, 128, "ok", nullptr}}, 0.25},
+                            {"L3:q=1", EvalStatus::done, {{"t.ppl", 20.0, NaN, 4096, "ok", nullptr}}, 2.0}},
+                           "imp:1") == 2);
+  CHECK(db.status_of(study, "L2:q=1") == EvalStatus::pruned);
+  const auto counts = db.counts(study);
+  CHECK(counts.pruned == 3);
+  CHECK(counts.done == 1);
+  CHECK(counts.nan == 0);
+  CHECK(counts.finished() == 4);
+  CHECK(counts.total() == 4);
+  CHECK(db.studies()[0].counts.pruned == 3);
+  CHECK(db.find_study("s")->counts.pruned == 3);
+  // The budget counts pruned evaluations: 4 finished fill a budget of 4.
+  CHECK(!db.claim(study, model, "L4:q=1", "hostA:1", 3600, 4));
+  CHECK(db.claim(study, model, "L4:q=1", "hostA:1", 3600, 5));
+
+  // Reads: metric_rows carries the status, the export every partial metric with its n.
+  const auto rows = db.metric_rows(study, {"t.ppl"});
+  REQUIRE(rows.statuses.size() == 4);
+  CHECK(rows.statuses[0] == EvalStatus::pruned);
+  CHECK(rows.rows[0][0] == 30.5);
+  CHECK(rows.statuses[3] == EvalStatus::done);
+  std::map<std::string, EvaluationRecord> records;
+  db.for_each_evaluation(study, [&](const EvaluationRecord& r) { records[r.config] = r; });
+  REQUIRE(records.count("L0:q=1") == 1);
+  const auto& r = records["L0:q=1"];
+  CHECK(r.status == EvalStatus::pruned);
+  CHECK(r.wall_s == 0.75);
+  REQUIRE(r.metrics.size() == 3);
+  CHECK(r.metrics[0].name == "eval.fidelity");
+  CHECK(r.metrics[0].value == 0.25);
+  CHECK(r.metrics[2].name == "t.ppl");
+  CHECK(r.metrics[2].n == 512);
+  CHECK(r.metrics[1].status == "nan");
+  CHECK(records["L4:q=1"].status == EvalStatus::claimed);
+  CHECK(db.integrity_check() == "ok");
+}
+
+TEST_CASE("db: a version-1 file is migrated to version 2 with every row, metric and id counter intact") {
+  const auto dir = test::scratch_dir("db_migrate_v1");
+  const auto path = dir / "v1.db";
+  write_version1_file(path);
+  REQUIRE(raw_one(path, "PRAGMA user_version") == "1");
+  const auto before = all_rows(path);
+  REQUIRE(before.size() == 8 + 1 + 1 + 5 + 4 + 2 + 1 + 4 + 1);
+  const auto copy = dir / "v1-copy.db";
+  fs::copy_file(path, copy);
+
+  {
+    ResultsDb db(path);
+    const auto s = db.find_study("s");
+    REQUIRE(s);
+    CHECK(s->counts.done == 1);
+    CHECK(s->counts.nan == 1);
+    CHECK(s->counts.failed == 1);
+    CHECK(s->counts.claimed == 1);
+    CHECK(s->counts.pruned == 0);
+    CHECK(db.integrity_check() == "ok");
+    // The live claim is still a claim; the new claim's id is past the deleted claim's 5.
+    REQUIRE(db.claims(s->id).size() == 1);
+    CHECK(db.claims(s->id)[0].id == 4);
+    const auto e = db.claim(s->id, 1, "L5:q=1", "hostC:3", 3600);
+    REQUIRE(e);
+    CHECK(*e == 6);
+    REQUIRE(db.complete(*e, {{"t.ppl", 50.0, NaN, 256, "ok", nullptr}, {"eval.fidelity", 0.125, NaN, 256, "ok", nullptr}},
+                        EvalStatus::pruned, 0.1));
+    CHECK(db.status_of(s->id, "L5:q=1") == EvalStatus::pruned);
+    CHECK(db.counts(s->id).pruned == 1);
+  }
+  CHECK(raw_one(path, "PRAGMA user_version") == "2");
+  CHECK(raw_one(path, "PRAGMA application_id") == std::to_string(kResultsDbApplicationId));
+  CHECK(raw_query(path, "PRAGMA foreign_key_check").empty());
+  CHECK(raw_one(path, "SELECT count(*) FROM sqlite_master WHERE name = 'evaluations_new'") == "0");
+  CHECK_THAT(raw_one(path, "SELECT sql FROM sqlite_master WHERE name = 'evaluations'"), Contains("'pruned'"));
+  CHECK(raw_one(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'evaluations_by_status'") == "1");
+  // Every row as it was (the new evaluation 6 and its metrics aside).
+  raw_exec(path, "DELETE FROM metrics WHERE evaluation_id = 6; DELETE FROM evaluations WHERE id = 6; "
+                 "DELETE FROM configurations WHERE id = 6; DELETE FROM metric_names WHERE name = 'eval.fidelity';");
+  CHECK(all_rows(path) == before);
+  // The schema is exactly a new file's.
+  const auto fresh = dir / "fresh.db";
+  { ResultsDb db(fresh); }
+  const std::string schema = "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name <> 'sqlite_sequence' ORDER BY name";
+  CHECK(raw_rows(path, schema) == raw_rows(fresh, schema));
+  // The CHECK still refuses an unknown status.
+  sqlite3* raw = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
+  CHECK(sqlite3_exec(raw, "UPDATE evaluations SET status = 'bogus' WHERE id = 1", nullptr, nullptr, nullptr) ==
+        SQLITE_CONSTRAINT);
+  sqlite3_close(raw);
+
+  // A reader (create false) reads a version-1 file as it is, without migrating it.
+  {
+    ResultsDb reader(copy, {.create = false});
+    const auto s = reader.find_study("s");
+    REQUIRE(s);
+    CHECK(s->counts.finished() == 3);
+    const auto rows = reader.metric_rows(s->id, {"t.ppl", "size.params"});
+    REQUIRE(rows.rows.size() == 3);
+    CHECK(rows.rows[0][0] == 12.5);
+    CHECK(rows.rows[1][1] == 654321);
+  }
+  CHECK(raw_one(copy, "PRAGMA user_version") == "1");
+  CHECK(all_rows(copy) == before);
+}
+
+TEST_CASE("db: a version-1 file whose foreign keys do not hold is not migrated and stays as it was") {
+  const auto dir = test::scratch_dir("db_migrate_v1_damaged");
+  const auto path = dir / "v1.db";
+  write_version1_file(path);
+  // A metric of an evaluation that does not exist (a raw connection does not enforce foreign keys).
+  raw_exec(path, "INSERT INTO metrics VALUES (1, 99, 1.0, NULL, 1, 'ok', NULL);");
+  const auto before = all_rows(path);
+  const std::string schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name";
+  const auto schema_before = raw_rows(path, schema);
+  CHECK_THROWS_WITH(ResultsDb(path), Contains(path.string()) && Contains("from version 1 to 2") &&
+                                         Contains("foreign key violation") && Contains("metrics"));
+  CHECK(raw_one(path, "PRAGMA user_version") == "1");
+  CHECK(raw_rows(path, schema) == schema_before);
+  CHECK(all_rows(path) == before);
 }

@@ -806,3 +806,77 @@ TEST_CASE("forward: a full disk is an error, never a truncated .npy") {
   for (const auto& entry : fs::directory_iterator(full.dir)) left.insert(entry.path().filename().string());
   CHECK(left == std::set<std::string>{"filler"});
 }
+
+TEST_CASE("pareto and report: pruned evaluations join the front only with --include-pruned, studies and export show them") {
+  const auto dir = test::scratch_dir("queries-pruned");
+  const std::string db = (dir / "r.db").string();
+  {
+    // Two complete points, a pruned one (metrics on a prefix) that would dominate both, a failed one.
+    ResultsDb r(db);
+    const int64_t study = r.open_study("front", {{"objectives", "t.ppl:min,size.params:min"}});
+    const int64_t model = r.add_model({"0123456789abcdef0123456789abcdef", "/models/m", "llama", 1000});
+    const double NaN = std::numeric_limits<double>::quiet_NaN();
+    REQUIRE(r.add_evaluations(study, model,
+                              {{"L0:q=1", EvalStatus::done, {{"t.ppl", 10.0}, {"size.params", 100.0}}, 1.0},
+                               {"L1:q=1", EvalStatus::done, {{"t.ppl", 20.0}, {"size.params", 50.0}}, 1.0},
+                               {"L2:q=1", EvalStatus::pruned,
+                                {{"t.ppl", 9.0, NaN, 32, "ok", nullptr}, {"size.params", 40.0}, {"eval.fidelity", 0.25}}, 0.2},
+                               {"L3:q=1", EvalStatus::failed, {}, 0.1, "out of memory"}},
+                              "w:1") == 4);
+  }
+  int code = 0;
+  const std::string base = "pareto --db " + db + " --study front ";
+  const auto plain = nlohmann::json::parse(capture(base + "--format json", &code));
+  REQUIRE(code == 0);
+  CHECK(plain["evaluations"] == 2);
+  CHECK(plain["include_pruned"] == false);
+  REQUIRE(plain["front"].size() == 2);
+  CHECK(plain["front"][0]["config"] == "L0:q=1");
+  CHECK(plain["front"][1]["config"] == "L1:q=1");
+  CHECK(plain["front"][0]["status"] == "done");
+  const auto pruned = nlohmann::json::parse(capture(base + "--include-pruned --format json", &code));
+  REQUIRE(code == 0);
+  CHECK(pruned["evaluations"] == 3);
+  REQUIRE(pruned["front"].size() == 1);
+  CHECK(pruned["front"][0]["config"] == "L2:q=1");
+  CHECK(pruned["front"][0]["status"] == "pruned");
+  CHECK(pruned["front"][0]["values"]["t.ppl"] == 9.0);
+  // Table and CSV say which point is pruned.
+  const std::string table = capture(base + "--include-pruned", &code);
+  CHECK(code == 0);
+  CHECK_THAT(table, Contains("over 3 evaluations (pruned ones included)") && Contains("L2:q=1  [pruned]"));
+  const std::string plain_table = capture(base);
+  CHECK_THAT(plain_table, Contains("over 2 evaluations") && !Contains("L2:q=1") && !Contains("pruned"));
+  const std::string csv = capture(base + "--include-pruned --format csv", &code);
+  CHECK(code == 0);
+  CHECK_THAT(csv, Contains("evaluation,config,status,t.ppl,size.params\n") && Contains(",L2:q=1,pruned,9,40\n"));
+  CHECK_THAT(capture(base + "--format csv"), Contains("evaluation,config,t.ppl,size.params\n"));
+
+  // studies: a pruned column (table and JSON); the best values are complete ones.
+  const std::string studies = capture("studies --db " + db, &code);
+  CHECK(code == 0);
+  CHECK_THAT(studies, Contains("pruned") && Contains("t.ppl 10 (L0:q=1)"));
+  CHECK(studies.find(fmt::format("{:<32} {:>7} {:>7} {:>7} {:>7} {:>7}", "front", 2, 1, 0, 1, 0)) != std::string::npos);
+  const auto studies_json = nlohmann::json::parse(capture("studies --db " + db + " --json"));
+  REQUIRE(studies_json.size() == 1);
+  CHECK(studies_json[0]["pruned"] == 1);
+  CHECK(studies_json[0]["done"] == 2);
+
+  // export: the status and every partial metric.
+  const std::string exported = capture("export --db " + db + " --study front --format csv");
+  CHECK_THAT(exported, Contains(",L2:q=1,pruned,"));
+  const auto exported_json = nlohmann::json::parse(capture("export --db " + db + " --study front --format json"));
+  CHECK(exported_json["evaluations"][2]["status"] == "pruned");
+  CHECK(exported_json["evaluations"][2]["metrics"]["t.ppl"]["n"] == 32);
+
+  // report: the same choice.
+  REQUIRE(capture("report --db " + db + " --study front --out " + (dir / "plain").string(), &code).size() > 0);
+  CHECK(code == 0);
+  const std::string md_plain = read_file(dir / "plain" / "report.md");
+  CHECK_THAT(md_plain, Contains("4 evaluations (2 done, 1 failed, 0 nan, 1 pruned)") && Contains("2 points") &&
+                           !Contains("L2:q=1"));
+  REQUIRE(capture("report --db " + db + " --study front --include-pruned --out " + (dir / "pruned").string(), &code).size() > 0);
+  CHECK(code == 0);
+  const std::string md_pruned = read_file(dir / "pruned" / "report.md");
+  CHECK_THAT(md_pruned, Contains("(pruned evaluations included): 1 points") && Contains("`L2:q=1` (pruned)"));
+}

@@ -195,8 +195,8 @@ void corrupt_rows(const fs::path& dir, Rng& rng, std::vector<std::string>& log) 
       break;
     }
     case 6: {
-      static const std::vector<std::string> kPragmas = {"user_version = 0", "user_version = 2", "user_version = 99",
-                                                        "user_version = -1", "application_id = 0",
+      static const std::vector<std::string> kPragmas = {"user_version = 0", "user_version = 1", "user_version = 2",
+                                                        "user_version = 99", "user_version = -1", "application_id = 0",
                                                         "application_id = 1", "journal_mode = DELETE"};
       const std::string pragma = kPragmas[rng.below(kPragmas.size())];
       exec(db, "PRAGMA " + pragma);
@@ -388,7 +388,10 @@ Target db_target() {
       for (int i = 0; i < 6; ++i) {
         NewEvaluation e;
         e.config = i == 0 ? "" : fmt::format("L{}:q={}", i % 5, 8 * i);
-        e.status = i == 5 ? EvalStatus::failed : i == 4 ? EvalStatus::nan : EvalStatus::done;
+        e.status = i == 5   ? EvalStatus::failed
+                   : i == 4 ? EvalStatus::nan
+                   : i == 3 ? EvalStatus::pruned
+                            : EvalStatus::done;
         e.wall_s = 0.5 * i;
         e.error = i == 5 ? "boom" : "";
         e.metrics = {{"tinystories.ppl", 4.5 + i, 0.1, 100, "ok", {{"protocol", "chunks"}, {"ctx", 256}}},
