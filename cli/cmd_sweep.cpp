@@ -8,6 +8,7 @@
 // on one database replay the same strategy and split the work through atomic claims: a process
 // skips what another has claimed and waits for its result when the strategy needs it.
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -219,7 +220,14 @@ nlohmann::json study_settings(const Params& p, const std::string& model_hash, co
                          {"mutation_rate", p.mutation_rate}, {"crossover_rate", p.crossover_rate}};
   }
   if (p.strategy == "greedy") s["target"] = p.target;
-  if (p.strategy == "guided") s["guided"] = {{"batch", p.batch}, {"initial", p.initial}, {"asvd_alpha", p.asvd_alpha}};
+  if (p.prune) {
+    const EarlyStop e;
+    s["prune"] = {{"stages", e.stages}, {"z", e.z}, {"min_windows", e.min_windows}, {"window_order_seed", e.shuffle_seed}};
+  }  // only then: earlier studies keep their settings
+  if (p.strategy == "guided") {
+    s["guided"] = {{"batch", p.batch}, {"initial", p.initial}, {"asvd_alpha", p.asvd_alpha}};
+    if (!p.ref.empty()) s["guided"]["ref"] = p.ref;  // only then: earlier guided studies keep their settings
+  }
   if (!p.calib.empty()) {  // only then: studies created before calibration existed keep their settings
     s["calibration"] = {{"calib", p.calib}, {"samples", p.calib_samples}, {"ctx", p.calib_ctx},
                         {"seed", p.calib_seed}, {"asvd_alpha", p.asvd_alpha}};
@@ -370,6 +378,17 @@ int run_sweep(const Params& params) {
     if (!space) fail("the guided strategy needs a design space, not a list");
     options.batch = params.batch;
     options.initial = params.initial;
+    if (!params.ref.empty()) {  // the hypervolume reference, one value per objective
+      const auto items = split_list(params.ref);
+      if (items.size() != objectives.size()) fail("--ref has {} values for {} objectives", items.size(), objectives.size());
+      for (size_t j = 0; j < items.size(); ++j) {
+        double v = 0;
+        const auto* end = items[j].data() + items[j].size();
+        const auto [ptr, ec] = std::from_chars(items[j].data(), end, v);
+        if (ec != std::errc() || ptr != end || !std::isfinite(v)) fail("--ref: '{}' is not a finite number", items[j]);
+        options.reference[objectives[j].metric] = v;
+      }
+    }
     // Priors: exact sizes, and the proxies for every other objective.
     std::vector<std::string> metrics;
     for (const auto& o : objectives) metrics.push_back(o.metric);
@@ -469,6 +488,54 @@ int run_sweep(const Params& params) {
       bar->update(done, total);
       if (done >= total) bar->finish();
     };
+    // Early stopping (--prune): stop once this configuration's optimistic objectives (a perplexity
+    // objective at the low end of its interval, sizes exact) are dominated by a complete evaluation.
+    EarlyStop early;
+    std::string pruned_by;
+    std::map<std::string, double> exact_sizes;
+    if (params.prune) {
+      for (const auto& m : size_metrics(base, config).metrics) exact_sizes[m.name()] = m.value;
+      refresh_known();  // the complete evaluations of every worker so far
+      early.stop = [&](const PartialEstimate& e) {
+        std::vector<double> x;  // this configuration at its best, objective by objective
+        for (const auto& o : objectives) {
+          if (o.metric == e.metric) {
+            x.push_back(o.minimize ? e.lo : e.hi);
+          } else if (auto it = exact_sizes.find(o.metric); it != exact_sizes.end()) {
+            x.push_back(it->second);
+          } else {
+            return false;  // an objective not known yet: it could be anything
+          }
+        }
+        for (const auto& [cfg, k] : known) {
+          if (!k.ok || !satisfies(k.metrics, constraints)) continue;
+          bool dominates = true;
+          std::string why;
+          for (size_t j = 0; j < objectives.size() && dominates; ++j) {
+            const auto& o = objectives[j];
+            auto it = k.metrics.find(o.metric);
+            if (it == k.metrics.end()) {
+              dominates = false;
+              break;
+            }
+            const double q = it->second;
+            // Strictly better on the estimated objective, at least as good on the exact ones.
+            if (o.metric == e.metric) {
+              dominates = o.minimize ? q < x[j] : q > x[j];
+            } else {
+              dominates = o.minimize ? q <= x[j] : q >= x[j];
+            }
+            why += fmt::format("{}{}={}", why.empty() ? "" : ", ", o.metric, short_number(q));
+          }
+          if (dominates) {
+            pruned_by = fmt::format("pruned after {} of {} windows: {} in [{}, {}] ({:g} sd), dominated by {} ({})", e.done,
+                                    e.total, e.metric, short_number(e.lo), short_number(e.hi), early.z, name_of(cfg), why);
+            return true;
+          }
+        }
+        return false;
+      };
+    }
     try {
       std::unique_ptr<Model> decomposed;
       if (!config.is_base() && !size_only) {
@@ -476,7 +543,16 @@ int run_sweep(const Params& params) {
       }
       check_claim();
       const auto t_model = std::chrono::steady_clock::now();
-      const auto reports = evaluator.run(decomposed ? *decomposed : base, config, progress);
+      auto reports = evaluator.run(decomposed ? *decomposed : base, config, progress, params.prune ? &early : nullptr);
+      const bool stopped = !reports.empty() && reports.back().fidelity < 1.0;
+      if (stopped) {
+        // The sizes are exact and cheap: a pruned evaluation keeps them even when its size task
+        // came after the one that stopped.
+        const bool has_size = std::any_of(reports.begin(), reports.end(), [](const TaskReport& r) { return r.task == "size"; });
+        if (!has_size && std::find(request.tasks.begin(), request.tasks.end(), "size") != request.tasks.end()) {
+          reports.push_back(size_metrics(base, config));
+        }
+      }
       model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count();
       // From here on the result is complete: complete() stores it if the claim is still this
       // worker's, whatever the heartbeats said meanwhile.
@@ -493,6 +569,15 @@ int run_sweep(const Params& params) {
           metrics.push_back({m.name(), m.value, m.stderr_, m.n, finite ? m.status : "nan", protocol});
           if (!finite) status = EvalStatus::nan;
         }
+      }
+      if (stopped) {
+        const auto& last = *std::find_if(reports.begin(), reports.end(), [](const TaskReport& r) { return r.fidelity < 1.0; });
+        metrics.push_back({"eval.fidelity", last.fidelity, NAN, last.protocol.value("windows", int64_t{0}), "ok",
+                           {{"task", last.task}, {"definition", "share of the task's windows scored before early stopping"},
+                            {"windows", last.protocol.value("windows", int64_t{0})},
+                            {"windows_total", last.protocol.value("windows_total", int64_t{0})}}});
+        if (status == EvalStatus::done) status = EvalStatus::pruned;
+        error = pruned_by;
       }
       // What the guided strategy predicted, stored beside what was measured: how good its model is.
       for (const auto& [metric, value] : strategy->predicted(p)) {
@@ -679,9 +764,9 @@ int run_sweep(const Params& params) {
                g_signal.load(), evaluated, counts.finished());
     exit_code = 128 + g_signal.load();
   } else {
-    fmt::print("{}: {} configurations evaluated in this run, {} in the study ({} done, {} failed, {} nan); Pareto front {}\n",
+    fmt::print("{}: {} configurations evaluated in this run, {} in the study ({} done, {} failed, {} nan{}); Pareto front {}\n",
                finished ? "strategy finished" : "budget reached", evaluated, counts.finished(), counts.done, counts.failed,
-               counts.nan, front_size());
+               counts.nan, counts.pruned > 0 ? fmt::format(", {} pruned", counts.pruned) : "", front_size());
     fmt::print("time: {:.2f} s wall, {:.2f} s in the evaluators, {:.2f} s decomposing, {:.2f} s sweep overhead ({:.2f} %)\n",
                wall, model_seconds, eval_seconds - model_seconds, wall - eval_seconds,
                wall > 0 ? 100.0 * (wall - eval_seconds) / wall : 0.0);

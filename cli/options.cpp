@@ -203,6 +203,9 @@ const std::vector<OptionDef>& option_defs() {
                   {{"allocate", "the size to reach: size.reduction_pct=P or size.params=N"}}),
       opt("evaluate", &Params::evaluate, {"allocate"},
           "tasks to evaluate the allocation and the uniform-rank configuration of the same size on, e.g. tinystories,size"),
+      flag("prune", &Params::prune, {"sweep"},
+           "early stopping: stop a configuration's perplexity task at 1/8, 1/4, 1/2 or 3/4 of its windows once the low "
+           "end of its 3-sd interval is dominated by a complete evaluation (sizes exact); stored with status pruned"),
       flag("include-base", &Params::include_base, {"sweep"}, "evaluate the dense model as the baseline: first in a list, in the first population of evolutionary"),
       opt("stale-after", &Params::stale_after, {"sweep"},
           "seconds without a heartbeat after which another process's claim is taken over"),
@@ -226,8 +229,11 @@ const std::vector<OptionDef>& option_defs() {
         def.command_default["export"] = "csv";
         return def;
       }(),
-      opt("ref", &Params::ref, {"pareto", "report"},
-          "hypervolume reference point, one value per objective (default: the worst value of each objective plus 10 % of its range)"),
+      per_command(opt("ref", &Params::ref, {"pareto", "report", "sweep"},
+                      "hypervolume reference point, one value per objective (default: the worst value of each objective plus 10 % of its range)"),
+                  {{"sweep", "guided: the hypervolume reference point, one value per objective in their order: worse than "
+                             "this counts for nothing (default: a constraint's bound on the objective, else its worst "
+                             "measured value plus 10 % of its range)"}}),
   };
   return defs;
 }

@@ -96,6 +96,7 @@ struct Params {
   std::string target;
   std::string evaluate;  // allocate: tasks to run the allocation and the uniform configuration on
   bool include_base = false;
+  bool prune = false;  // sweep: early stopping of hopeless evaluations
   double stale_after = 600.0;
   std::string where;
   bool include_pruned = false;  // pareto, report: pruned evaluations (partial metrics) join the front

@@ -134,7 +134,36 @@ Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), requ
 
 Evaluator::~Evaluator() = default;
 
-TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, const ProgressFn& progress) const {
+PartialEstimate estimate_perplexity(const std::vector<double>& window_nll_sums, const std::vector<int64_t>& window_tokens,
+                                    int64_t total, double z) {
+  PartialEstimate e;
+  const auto k = static_cast<int64_t>(window_nll_sums.size());
+  e.done = k;
+  e.total = total;
+  double nll = 0, tokens = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    nll += window_nll_sums[static_cast<size_t>(i)];
+    tokens += static_cast<double>(window_tokens[static_cast<size_t>(i)]);
+  }
+  const double mean = tokens > 0 ? nll / tokens : kNaN;
+  // The spread of the windows' own mean NLLs: the complete value is the mean over all `total`
+  // windows, of which k are known (finite population correction 1 - k/total).
+  double ss = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const double m = window_nll_sums[static_cast<size_t>(i)] / static_cast<double>(std::max<int64_t>(1, window_tokens[static_cast<size_t>(i)]));
+    ss += (m - mean) * (m - mean);
+  }
+  const double sd = k > 1 ? std::sqrt(ss / static_cast<double>(k - 1)) : std::numeric_limits<double>::infinity();
+  const double fpc = total > 0 ? std::max(0.0, 1.0 - static_cast<double>(k) / static_cast<double>(total)) : 1.0;
+  const double se = k > 0 ? sd / std::sqrt(static_cast<double>(k)) * std::sqrt(fpc) : std::numeric_limits<double>::infinity();
+  e.value = std::exp(mean);
+  e.lo = std::exp(mean - z * se);
+  e.hi = std::exp(mean + z * se);
+  return e;
+}
+
+TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, const ProgressFn& progress,
+                                     const EarlyStop* early) const {
   PerplexityOptions options;
   options.ctx = t.ctx;
   options.windows_per_batch = std::max<int64_t>(1, request_.settings.groups_per_batch);
@@ -143,6 +172,22 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   }
   options.max_windows = request_.load.limit;
   if (progress) options.progress = [&](int64_t done, int64_t total) { progress(t.name, done, total); };
+  size_t next_stage = 0;  // the first stage not yet checked
+  if (early && early->stop) {
+    options.shuffle_seed = early->shuffle_seed;
+    options.keep_going = [&](const std::vector<double>& sums, const std::vector<int64_t>& tokens, int64_t total) {
+      const double share = static_cast<double>(sums.size()) / static_cast<double>(total);
+      bool due = false;
+      while (next_stage < early->stages.size() && share >= early->stages[next_stage]) {
+        due = true;
+        ++next_stage;
+      }
+      if (!due || static_cast<int64_t>(sums.size()) < std::max<int64_t>(2, early->min_windows)) return true;
+      PartialEstimate e = estimate_perplexity(sums, tokens, total, early->z);
+      e.metric = t.name + ".ppl";
+      return !early->stop(e);
+    };
+  }
   PerplexityResult r;
   if (t.protocol == "llamacpp") {
     r = perplexity_llamacpp(model, t.ids, options);
@@ -163,6 +208,7 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
     r = perplexity_rolling(model, docs, words, bytes, static_cast<TokenId>(*prefix), options);
   }
   TaskReport report{.task = t.name};
+  if (r.stopped) report.fidelity = static_cast<double>(r.n_windows) / static_cast<double>(r.n_windows_total);
   const std::string status = r.finite ? "ok" : "nan";
   auto add = [&](const char* metric, double value, double err, int64_t n) {
     report.metrics.push_back({.task = t.name, .metric = metric, .value = r.finite ? value : kNaN, .stderr_ = r.finite ? err : kNaN,
@@ -184,6 +230,13 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
                      {"files", t.files},
                      {"data_key", t.data_key},
                      {"bos", request_.settings.bos}};
+  if (r.stopped) {  // stopped early: the windows it would have scored, and the rule that stopped it
+    report.protocol["windows_total"] = r.n_windows_total;
+  }
+  if (options.shuffle_seed != 0) {  // the order scored (the rule applies to complete evaluations too)
+    report.protocol["early_stop"] = {{"stages", early->stages}, {"z", early->z}, {"min_windows", early->min_windows},
+                                     {"window_order_seed", early->shuffle_seed}};
+  }
   if (t.protocol == "rolling") report.protocol["prefix_token"] = request_.settings.bos ? "BOS" : "EOS (lm-eval 0.4.0)";
   return report;
 }
@@ -249,7 +302,8 @@ std::vector<std::string> Evaluator::metric_names() const {
   return names;
 }
 
-std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& config, const ProgressFn& progress) const {
+std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& config, const ProgressFn& progress,
+                                       const EarlyStop* early) const {
   const std::string canonical = encode_config(config, base_.config);
   std::vector<TaskReport> reports;
   for (const auto& name : order_) {
@@ -262,7 +316,7 @@ std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& con
     } else if (name == "fidelity") {
       report = run_fidelity(candidate, progress);
     } else if (auto it = texts_.find(name); it != texts_.end()) {
-      report = run_perplexity(candidate, *it->second, progress);
+      report = run_perplexity(candidate, *it->second, progress, early);
     } else {
       const Task& task = tasks_.at(name);
       EvalSettings settings = request_.settings;
@@ -279,7 +333,9 @@ std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& con
       report.protocol["device_name"] = candidate.runtime().device_name();
       report.protocol["dtype"] = compute_type_name(candidate.runtime().compute_type());
     }
+    const bool stopped = report.fidelity < 1.0;
     reports.push_back(std::move(report));
+    if (stopped) break;  // early stopping: the tasks after it are not run
   }
   return reports;
 }

@@ -36,6 +36,30 @@ struct EvalRequest {
 // Reports progress as (label, done, total); the label is the task name.
 using ProgressFn = std::function<void(const std::string& label, int64_t done, int64_t total)>;
 
+// Early stopping of hopeless evaluations (sweep --prune). The windows of a perplexity task are
+// scored in a seeded random order, so that every prefix is a random sample of them; at growing
+// prefixes (`stages`, shares of its windows, at least min_windows), `stop` sees the estimate of the task's complete
+// perplexity so far with an interval of z standard errors (per-window mean NLLs, with the finite
+// population correction, through exp); returning true stops the evaluation there: that task's
+// report covers the windows scored (fidelity < 1) and the tasks after it are not run.
+struct PartialEstimate {
+  std::string metric;                 // TASK.ppl
+  double value = 0, lo = 0, hi = 0;   // exp(mean NLL), exp(mean NLL -+ z se)
+  int64_t done = 0, total = 0;        // windows scored, of
+};
+struct EarlyStop {
+  std::function<bool(const PartialEstimate&)> stop;
+  std::vector<double> stages = {0.125, 0.25, 0.5, 0.75};
+  double z = 3.0;
+  int64_t min_windows = 8;   // no decision on fewer windows
+  uint64_t shuffle_seed = 1; // windows scored in this seeded random order (PerplexityOptions)
+};
+
+// The estimate of a perplexity task's complete value from its first windows (their NLL sums and
+// scored tokens) out of `total`: exported for its test.
+PartialEstimate estimate_perplexity(const std::vector<double>& window_nll_sums, const std::vector<int64_t>& window_tokens,
+                                    int64_t total, double z);
+
 class Evaluator {
  public:
   // Loads every task named in `request` (errors surface here, before any model runs).
@@ -46,7 +70,10 @@ class Evaluator {
 
   // Evaluates `candidate` (the base model with `config` applied). Every report's protocol also
   // records the base model's content hash and the canonical configuration.
-  std::vector<TaskReport> run(const Model& candidate, const Config& config, const ProgressFn& progress = {}) const;
+  // With `early` (its stop set), a perplexity task may stop the run early (see EarlyStop): the
+  // last report then has fidelity < 1 and later tasks are missing.
+  std::vector<TaskReport> run(const Model& candidate, const Config& config, const ProgressFn& progress = {},
+                              const EarlyStop* early = nullptr) const;
 
   // The name (TASK.METRIC) of every metric run() can report, in request order, known before
   // anything runs: objectives, constraints and filters are checked against it.
@@ -56,7 +83,8 @@ class Evaluator {
 
  private:
   struct TextTask;
-  TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress) const;
+  TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress,
+                            const EarlyStop* early) const;
   TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress) const;
 
   const Model& base_;

@@ -34,6 +34,7 @@ struct TaskReport {
   std::vector<MetricResult> metrics;  // the task's own metrics first, then per-subject ones
   nlohmann::json protocol;            // everything needed to reproduce the numbers
   double seconds = 0.0;
+  double fidelity = 1.0;              // share of the task's windows scored (< 1: stopped early)
 };
 
 // Whether a model runs on a GPU (batches sized by EvalSettings::batch_tokens).

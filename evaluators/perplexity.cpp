@@ -39,10 +39,13 @@ struct Scored {
   double sum_sq = 0.0;
 };
 
-Scored score_windows(const Model& model, const std::vector<Window>& windows, const PerplexityOptions& options) {
+Scored score_windows(const Model& model, const std::vector<Window>& windows, const PerplexityOptions& options,
+                     bool may_stop = true) {
   const int64_t n_vocab = model.config.n_vocab;
   const auto n_windows = static_cast<int64_t>(windows.size());
   Scored s;
+  s.r.n_windows_total = n_windows;
+  std::vector<int64_t> window_tokens;
   s.r.window_nll_sums.reserve(windows.size());
   if (options.progress) options.progress(0, n_windows);
   for (int64_t w0 = 0; w0 < n_windows; w0 += options.windows_per_batch) {
@@ -79,10 +82,16 @@ Scored score_windows(const Model& model, const std::vector<Window>& windows, con
         if (!std::isfinite(nll[k])) s.r.finite = false;
       }
       s.r.window_nll_sums.push_back(window_sum);
+      window_tokens.push_back(static_cast<int64_t>(win.targets.size()));
       s.r.nll_sum += window_sum;
       s.r.n_scored += static_cast<int64_t>(win.targets.size());
     }
     if (options.progress) options.progress(w1, n_windows);
+    if (may_stop && options.keep_going && w1 < n_windows && !options.keep_going(s.r.window_nll_sums, window_tokens, n_windows)) {
+      s.r.stopped = true;
+      s.r.n_windows = w1;
+      return s;
+    }
   }
   s.r.n_windows = n_windows;
   return s;
@@ -105,6 +114,23 @@ void finish(Scored& s, bool llamacpp_stderr) {
     r.ppl_stderr = (variance > 0 && r.n_scored > 1) ? r.ppl * std::sqrt(variance / (n - 1)) : 0.0;
   } else {
     r.ppl_stderr = r.ppl * std::sqrt(std::max(0.0, variance) / n);
+  }
+}
+
+// The order windows are scored in: text order, or a Fisher-Yates permutation driven by splitmix64
+// (not std::shuffle, whose algorithm differs between standard libraries).
+void order_windows(std::vector<Window>& windows, uint64_t seed) {
+  if (seed == 0) return;
+  uint64_t state = seed;
+  auto next = [&state] {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  for (size_t i = windows.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>(next() % i);
+    std::swap(windows[i - 1], windows[j]);
   }
 }
 
@@ -135,6 +161,7 @@ PerplexityResult perplexity_chunks(const Model& model, const std::vector<TokenId
     win.score_begin = 0;  // BOS .. window[j-1] at position j predicts window[j]
     win.targets.assign(begin, end);
   }
+  order_windows(windows, options.shuffle_seed);
   auto s = score_windows(model, windows, options);
   finish(s, false);
   return s.r;
@@ -176,6 +203,7 @@ PerplexityResult perplexity_llamacpp(const Model& model, const std::vector<Token
     win.score_begin = first;
     win.targets.assign(start + first + 1, start + n_ctx);
   }
+  order_windows(windows, options.shuffle_seed);
   auto s = score_windows(model, windows, options);
   finish(s, true);
   return s.r;
@@ -250,7 +278,7 @@ PerplexityResult perplexity_rolling(const Model& model, const std::vector<std::v
   }
   if (windows.empty()) fail("no tokens to score");
 
-  auto s = score_windows(model, windows, options);
+  auto s = score_windows(model, windows, options, /*may_stop=*/false);  // word and byte counts are per document
   finish(s, false);
   auto& r = s.r;
   r.n_docs = n_docs;

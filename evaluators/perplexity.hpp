@@ -36,6 +36,15 @@ struct PerplexityOptions {
   // documents while their windows fit (Error if the first document alone does not).
   int64_t max_windows = -1;
   std::function<void(int64_t done, int64_t total)> progress;  // windows done / to do
+  // chunks and llamacpp: 0 scores the windows in text order; otherwise in a permutation drawn from
+  // this seed (the same on every machine), so that any prefix of them is a random sample of the
+  // windows, as early stopping's interval assumes. The result is the same sum in another order.
+  uint64_t shuffle_seed = 0;
+  // Early stopping (chunks and llamacpp; rolling ignores it): called after each batch with every
+  // scored window's NLL sum and scored tokens, in order, and the number of windows to do;
+  // returning false stops there, and the result covers the windows scored (stopped = true).
+  std::function<bool(const std::vector<double>& window_nll_sums, const std::vector<int64_t>& window_tokens,
+                     int64_t total)> keep_going;
 };
 
 struct PerplexityResult {
@@ -48,7 +57,9 @@ struct PerplexityResult {
   // the population variance over n, llamacpp llama.cpp's sqrt(var / (n - 1)) ("PPL = x +/- y").
   double ppl_stderr = 0.0;
   bool finite = true;     // false: some NLL was NaN/Inf; ppl, mean_nll, stderr (and below) are NaN
-  std::vector<double> window_nll_sums;  // one per window, in order
+  std::vector<double> window_nll_sums;  // one per window, in the order scored
+  bool stopped = false;         // keep_going stopped it: n_windows of n_windows_total were scored
+  int64_t n_windows_total = 0;  // windows the text (and --limit) gave
 
   // rolling only (0 otherwise; NaN when the counts were not given or are 0).
   int64_t n_docs = 0;             // documents scored (an empty document counts, scoring nothing)

@@ -112,6 +112,36 @@ class GuidedStrategy final : public Strategy {
     }
     while (static_cast<int64_t>(out.size()) < n) {
       const double base = front.empty() ? 0.0 : hypervolume(front, minimize, ref);
+      // The first point of a batch is the mean model's best; each further one is the best under
+      // a draw of the model from its posterior (Thompson sampling), among the candidates and that
+      // draw's own knapsack optima: exploration where the model is unsure, not at random.
+      if (!out.empty()) {
+        const auto sample = sample_fits();
+        std::vector<Point> pool = candidates;
+        std::vector<std::vector<double>> rows_of;
+        {
+          const ActiveFits use(*this, sample);
+          for (auto& c : generate(true)) pool.push_back(std::move(c));
+          for (const auto& c : pool) rows_of.push_back(predicted_row(c, 0.0));
+        }
+        double best_gain = 0;
+        std::optional<size_t> best;
+        for (size_t i = 0; i < pool.size(); ++i) {
+          if (known_.count(pool[i])) continue;
+          auto rows = front;
+          rows.push_back(rows_of[i]);
+          const double gain = hypervolume(rows, minimize, ref) - base;
+          if (gain > best_gain) {
+            best_gain = gain;
+            best = i;
+          }
+        }
+        if (best) {
+          front.push_back(predicted_row(pool[*best], 0.0));  // a fantasy at the mean model's prediction
+          take(pool[*best], out, true);
+          continue;
+        }
+      }
       double best_gain = 0, best_spread = -1;
       std::optional<size_t> best;
       for (size_t i = 0; i < candidates.size(); ++i) {
@@ -324,7 +354,7 @@ class GuidedStrategy final : public Strategy {
   // Mean and standard deviation of an objective at p, in the metric's own scale (a log-scale
   // model's spread is mapped through exp at mean +- one sd and halved).
   std::pair<double, double> predict(const std::string& metric, const Point& p) const {
-    const Fit& f = fits_.at(metric);
+    const Fit& f = active_->at(metric);
     if (f.exact) return {f.beta[0] + prior_sum(metric, p), 0.0};
     const Eigen::VectorXd x = features(metric, p);
     const double mu = x.dot(f.beta);
@@ -362,6 +392,31 @@ class GuidedStrategy final : public Strategy {
     const bool log = it != fits_.end() && it->second.log && log_ok_[j];
     const double x = log ? (v > 0 ? std::log(v) : -std::numeric_limits<double>::infinity()) : v;
     return o.minimize ? x : -x;
+  }
+
+  // While alive, predictions and knapsack terms use `fits` (a posterior draw) instead of fits_.
+  struct ActiveFits {
+    const GuidedStrategy& g;
+    ActiveFits(const GuidedStrategy& strategy, const std::map<std::string, Fit>& fits) : g(strategy) { g.active_ = &fits; }
+    ~ActiveFits() { g.active_ = &g.fits_; }
+  };
+
+  // A draw of every fitted model from its posterior, beta + L z (L L^T = cov, z standard normal by
+  // Box-Muller from rng_: the same on every machine, unlike std::normal_distribution).
+  std::map<std::string, Fit> sample_fits() {
+    std::map<std::string, Fit> out = fits_;
+    auto uniform = [this] { return (static_cast<double>(rng_() >> 11) + 0.5) * 0x1.0p-53; };
+    for (auto& [metric, f] : out) {
+      if (f.exact || f.n == 0) continue;
+      const Eigen::LLT<Eigen::MatrixXd> llt(f.cov);
+      if (llt.info() != Eigen::Success) continue;
+      Eigen::VectorXd z(f.beta.size());
+      for (Eigen::Index i = 0; i < z.size(); ++i) {
+        z[i] = std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform());
+      }
+      f.beta += llt.matrixL() * z;
+    }
+    return out;
   }
 
   std::vector<std::vector<double>> measured_rows() const {
@@ -414,7 +469,7 @@ class GuidedStrategy final : public Strategy {
   std::vector<std::vector<double>> terms(size_t objective, bool fitted) const {
     const auto& o = options_.objectives[objective];
     const auto* prior = prior_of(o.metric);
-    const Fit& f = fits_.at(o.metric);
+    const Fit& f = active_->at(o.metric);
     std::vector<std::vector<double>> t(radices_.size());
     for (size_t k = 0; k < radices_.size(); ++k) {
       for (int64_t d = 0; d < radices_[k]; ++d) {
@@ -605,6 +660,7 @@ class GuidedStrategy final : public Strategy {
   std::vector<Told> told_;  // in the order told
   std::map<Point, std::map<std::string, double>> predictions_;
   std::map<std::string, Fit> fits_;
+  mutable const std::map<std::string, Fit>* active_ = &fits_;  // see ActiveFits
   std::vector<bool> log_ok_;  // per objective: hypervolume on the log scale allowed (no reference <= 0)
 };
 

@@ -1,6 +1,7 @@
 // Perplexity protocols: the chunk protocol against the golden value of stories260K-hf
 // (transformers and llama2.c agree on it); llama.cpp's protocol and lm-eval's rolling windows
 // against brute-force re-implementations here that run each window alone through llama_forward.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -10,6 +11,7 @@
 
 #include "core/base/error.hpp"
 #include "core/models/llama.hpp"
+#include "evaluators/evaluator.hpp"
 #include "evaluators/perplexity.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
@@ -388,4 +390,106 @@ TEST_CASE("perplexity: bad arguments are Errors", "[evaluators][perplexity]") {
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find('\n') == std::string::npos);
   }
+}
+
+TEST_CASE("perplexity: keep_going stops after a batch, and the prefix is scored as a --limit run scores it",
+          "[evaluators][perplexity]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = load_model(dir);
+  const auto ids = golden_ids(dir);
+  PerplexityOptions options;
+  options.ctx = 128;
+  options.windows_per_batch = 4;
+  std::vector<int64_t> seen;  // windows done at each call
+  int64_t want_total = 0, want_tokens = 0;
+  options.keep_going = [&](const std::vector<double>& sums, const std::vector<int64_t>& tokens, int64_t total) {
+    CHECK(sums.size() == tokens.size());
+    CHECK(total == want_total);
+    for (auto t : tokens) CHECK(t == want_tokens);  // whole windows only before the last
+    seen.push_back(static_cast<int64_t>(sums.size()));
+    return sums.size() < 12;  // stop once 12 windows are scored
+  };
+  const auto n = static_cast<int64_t>(ids.size());
+  for (const bool llamacpp : {false, true}) {
+    seen.clear();
+    // chunks: every token once in windows of 128; llama.cpp: chunks of 128 positions with BOS,
+    // the second half scored (positions 64..126 predict 63 tokens).
+    want_total = llamacpp ? (n + 1) / 128 : (n + 127) / 128;
+    want_tokens = llamacpp ? 63 : 128;
+    const auto r = llamacpp ? perplexity_llamacpp(model, ids, options) : perplexity_chunks(model, ids, options);
+    CHECK(r.stopped);
+    CHECK(r.n_windows == 12);
+    CHECK(r.window_nll_sums.size() == 12);
+    CHECK(r.n_windows_total > 12);
+    CHECK(seen == std::vector<int64_t>{4, 8, 12});
+    // The same batches as a run limited to 12 windows: the same numbers, bit for bit.
+    PerplexityOptions limited = options;
+    limited.keep_going = nullptr;
+    limited.max_windows = 12;
+    const auto l = llamacpp ? perplexity_llamacpp(model, ids, limited) : perplexity_chunks(model, ids, limited);
+    CHECK_FALSE(l.stopped);
+    CHECK(l.nll_sum == r.nll_sum);
+    CHECK(l.ppl == r.ppl);
+    CHECK(l.n_scored == r.n_scored);
+  }
+  // Rolling windows belong to documents: the rolling protocol never stops.
+  const std::vector<std::vector<TokenId>> docs = {std::vector<TokenId>(ids.begin(), ids.begin() + 1000),
+                                                  std::vector<TokenId>(ids.begin() + 1000, ids.begin() + 3000)};
+  options.keep_going = [](const std::vector<double>&, const std::vector<int64_t>&, int64_t) { return false; };
+  const auto rolling = perplexity_rolling(model, docs, {}, {}, 1, options);
+  CHECK_FALSE(rolling.stopped);
+  CHECK(rolling.n_scored == 3000);
+}
+
+TEST_CASE("perplexity: the early-stopping estimate and its interval", "[evaluators][perplexity]") {
+  // Equal windows: no spread, the interval is the point.
+  auto e = estimate_perplexity({10.0, 10.0, 10.0}, {5, 5, 5}, 30, 3.0);
+  CHECK(e.value == Approx(std::exp(2.0)));
+  CHECK(e.lo == Approx(e.value));
+  CHECK(e.hi == Approx(e.value));
+  CHECK(e.done == 3);
+  CHECK(e.total == 30);
+  // Per-window means 1 and 3 (tokens 10 each): mean 2, sd sqrt(2), se sqrt(2)/sqrt(2) = 1 times
+  // sqrt(1 - 2/10) for the windows still to come.
+  e = estimate_perplexity({10.0, 30.0}, {10, 10}, 10, 2.0);
+  const double se = std::sqrt(0.8);
+  CHECK(e.value == Approx(std::exp(2.0)));
+  CHECK(e.lo == Approx(std::exp(2.0 - 2 * se)));
+  CHECK(e.hi == Approx(std::exp(2.0 + 2 * se)));
+  // Every window scored: nothing left to estimate.
+  e = estimate_perplexity({10.0, 30.0}, {10, 10}, 2, 2.0);
+  CHECK(e.lo == Approx(e.value));
+  // One window: no spread to go by, an unbounded interval (never stops on one window).
+  e = estimate_perplexity({10.0}, {10}, 10, 3.0);
+  CHECK(e.lo == 0.0);
+  CHECK(std::isinf(e.hi));
+}
+
+TEST_CASE("perplexity: a shuffled window order scores the same windows", "[evaluators][perplexity]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto model = load_model(dir);
+  const auto ids = golden_ids(dir);
+  PerplexityOptions options;
+  options.ctx = 128;
+  options.windows_per_batch = 1;  // one window a pass: each window's sum does not depend on its neighbours
+  options.max_windows = 40;
+  const auto in_order = perplexity_chunks(model, ids, options);
+  options.shuffle_seed = 1;
+  const auto shuffled = perplexity_chunks(model, ids, options);
+  options.shuffle_seed = 2;
+  const auto other = perplexity_chunks(model, ids, options);
+  REQUIRE(shuffled.window_nll_sums.size() == 40);
+  CHECK(shuffled.window_nll_sums != in_order.window_nll_sums);  // another order
+  CHECK(other.window_nll_sums != shuffled.window_nll_sums);     // another seed, another order
+  auto sorted = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  CHECK(sorted(shuffled.window_nll_sums) == sorted(in_order.window_nll_sums));  // the same windows, bit for bit
+  CHECK(shuffled.n_scored == in_order.n_scored);
+  CHECK(close(shuffled.nll_sum, in_order.nll_sum, 1e-12));  // the same sum in another order
+  options.shuffle_seed = 1;
+  CHECK(perplexity_chunks(model, ids, options).window_nll_sums == shuffled.window_nll_sums);  // deterministic
 }
