@@ -46,12 +46,13 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   std::string model_dir = "../shared/data/stories260K-hf", data_dir = "../shared/data", cache_dir = "rankscope-cache";
   int64_t seeds = 5, budget = 1000, reference_budget = 5000, windows = 16;
+  std::vector<std::string> strategies = {"guided", "evolutionary", "random"};
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "-h" || a == "--help" || i + 1 >= argc) {
       fmt::print(a == "-h" || a == "--help" ? stdout : stderr,
                  "usage: search [--model DIR] [--data-dir DIR] [--cache-dir DIR] [--seeds 5] [--budget 1000] "
-                 "[--reference 5000] [--windows 16]\n");
+                 "[--reference 5000] [--windows 16] [--strategies guided,evolutionary,random]\n");
       return a == "-h" || a == "--help" ? 0 : 2;
     }
     const std::string v = argv[i + 1];
@@ -62,6 +63,14 @@ int main(int argc, char** argv) {
     else if (a == "--budget") budget = std::stoll(v);
     else if (a == "--reference") reference_budget = std::stoll(v);
     else if (a == "--windows") windows = std::stoll(v);
+    else if (a == "--strategies") {
+      strategies.clear();
+      for (size_t at = 0; at <= v.size();) {
+        const size_t comma = std::min(v.find(',', at), v.size());
+        strategies.push_back(v.substr(at, comma - at));
+        at = comma + 1;
+      }
+    }
     else {
       fmt::print(stderr, "search: unknown option {}\n", a);
       return 2;
@@ -158,7 +167,7 @@ int main(int argc, char** argv) {
       if (m <= budget) marks.push_back(m);
     }
     std::map<std::string, std::map<int64_t, std::vector<double>>> results;
-    for (const std::string name : {"guided", "evolutionary", "random"}) {
+    for (const std::string& name : strategies) {
       for (int64_t seed = 1; seed <= seeds; ++seed) {
         const auto asked = run(name, static_cast<uint64_t>(seed), budget);
         std::string line;

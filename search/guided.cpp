@@ -157,11 +157,49 @@ class GuidedStrategy final : public Strategy {
         }
       }
       if (!best) break;
+      if (best_gain == 0) {
+        // Nothing is predicted to add: the candidate predicted closest to adding something (the
+        // least uniform improvement, in units of the reference box, that would put it inside the
+        // box and off every front point), rather than the most uncertain one (often far outside).
+        double least = std::numeric_limits<double>::infinity();
+        for (size_t i = 0; i < candidates.size(); ++i) {
+          if (known_.count(candidates[i])) continue;
+          const double e = shortfall(expected[i], front, ref);
+          if (e < least) {
+            least = e;
+            best = i;
+          }
+        }
+      }
       front.push_back(expected[*best]);
       take(candidates[*best], out, true);
     }
     if (out.empty()) fill_random(n, out, true);
     return out;
+  }
+
+  // How far row c (minimised) is from adding hypervolume: the least amount t, in units of each
+  // objective's span between the best front value and the reference, by which every objective
+  // of c would have to improve for c to lie inside the reference box and be dominated by no row
+  // of `front`.
+  static double shortfall(const std::vector<double>& c, const std::vector<std::vector<double>>& front,
+                          const std::vector<double>& ref) {
+    const size_t m = c.size();
+    std::vector<double> span(m, 1.0);
+    for (size_t j = 0; j < m; ++j) {
+      double best = ref[j];
+      for (const auto& f : front) best = std::min(best, f[j]);
+      span[j] = ref[j] - best > 0 ? ref[j] - best : 1.0;
+    }
+    double t = 0;
+    for (size_t j = 0; j < m; ++j) t = std::max(t, (c[j] - ref[j]) / span[j]);  // into the box
+    for (const auto& f : front) {
+      // Escaping f: improving by t makes some objective strictly better than f's.
+      double escape = std::numeric_limits<double>::infinity();
+      for (size_t j = 0; j < m; ++j) escape = std::min(escape, (c[j] - f[j]) / span[j]);
+      t = std::max(t, escape);
+    }
+    return std::isfinite(t) ? t : std::numeric_limits<double>::max();
   }
 
   void tell(const std::vector<Observation>& results) override {
