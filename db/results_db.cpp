@@ -664,7 +664,8 @@ void Impl::open() {
     Query a(*this, "PRAGMA application_id");
     a.step();
     if (a.i64(0) != kResultsDbApplicationId) return true;
-    if (!options.create && version >= 1) return false;
+    // (A version newer than this rankscope's goes on to migrate(), which refuses it.)
+    if (!options.create && version >= 1 && version <= static_cast<int64_t>(migrations.size())) return false;
     return version != static_cast<int64_t>(migrations.size());
   });
   if (needs_migration) migrate();

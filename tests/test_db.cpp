@@ -234,6 +234,11 @@ TEST_CASE("db: foreign and newer files are refused untouched") {
     }
     raw_exec(path, "PRAGMA user_version = 7;");
     require_refused(path, "schema version 7, newer than this rankscope supports (2)");
+    // A reader (which reads an older file as it is) refuses a newer one too.
+    ResultsDb::Options reader;
+    reader.create = false;
+    CHECK_THROWS_WITH(ResultsDb(path, reader), Contains("schema version 7, newer than this rankscope supports (2)"));
+    CHECK(raw_one(path, "PRAGMA user_version") == "7");
   }
 }
 
