@@ -233,7 +233,7 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   if (r.stopped) {  // stopped early: the windows it would have scored, and the rule that stopped it
     report.protocol["windows_total"] = r.n_windows_total;
   }
-  if (options.shuffle_seed != 0) {  // the order scored (the rule applies to complete evaluations too)
+  if (options.shuffle_seed != 0 && t.protocol != "rolling") {  // the order scored (complete evaluations too; rolling keeps text order)
     report.protocol["early_stop"] = {{"stages", early->stages}, {"z", early->z}, {"min_windows", early->min_windows},
                                      {"window_order_seed", early->shuffle_seed}};
   }
