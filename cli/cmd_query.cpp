@@ -529,6 +529,72 @@ int run_export(const Params& params) {
   return 0;
 }
 
+namespace {
+
+// Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 pairs or no spread.
+double spearman(const std::vector<double>& a, const std::vector<double>& b) {
+  const size_t n = a.size();
+  if (n < 3) return NAN;
+  auto ranks = [n](const std::vector<double>& v) {
+    std::vector<size_t> idx(n);
+    for (size_t i = 0; i < n; ++i) idx[i] = i;
+    std::sort(idx.begin(), idx.end(), [&](size_t x, size_t y) { return v[x] < v[y]; });
+    std::vector<double> r(n);
+    for (size_t i = 0; i < n;) {
+      size_t j = i;
+      while (j + 1 < n && v[idx[j + 1]] == v[idx[i]]) ++j;
+      for (size_t k = i; k <= j; ++k) r[idx[k]] = 0.5 * static_cast<double>(i + j);
+      i = j + 1;
+    }
+    return r;
+  };
+  const auto ra = ranks(a), rb = ranks(b);
+  double ma = 0, mb = 0;
+  for (size_t i = 0; i < n; ++i) ma += ra[i], mb += rb[i];
+  ma /= static_cast<double>(n);
+  mb /= static_cast<double>(n);
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sab += (ra[i] - ma) * (rb[i] - mb);
+    saa += (ra[i] - ma) * (ra[i] - ma);
+    sbb += (rb[i] - mb) * (rb[i] - mb);
+  }
+  return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : NAN;
+}
+
+// How good the guided strategy's model was: for each objective it predicted (metrics
+// predicted.METRIC stored beside the measured ones), over the complete evaluations that carry
+// both, the rank correlation and the median relative error. Empty when nothing was predicted.
+std::string predicted_section(const ResultsStore& db, const StudyInfo& study, const std::vector<Objective>& objectives) {
+  const auto names = db.metric_names();
+  std::string table;
+  for (const auto& o : objectives) {
+    const std::string predicted = "predicted." + o.metric;
+    if (!std::binary_search(names.begin(), names.end(), predicted)) continue;
+    const MetricRows rows = db.metric_rows(study.id, {o.metric, predicted});
+    std::vector<double> measured, guessed, rel;
+    for (size_t i = 0; i < rows.rows.size(); ++i) {
+      const double m = rows.rows[i][0], p = rows.rows[i][1];
+      if (rows.statuses[i] != EvalStatus::done || !std::isfinite(m) || !std::isfinite(p)) continue;
+      measured.push_back(m);
+      guessed.push_back(p);
+      rel.push_back(std::abs(p - m) / std::max(std::abs(m), 1e-300));
+    }
+    if (measured.empty()) continue;
+    std::sort(rel.begin(), rel.end());
+    const double median = rel.size() % 2 ? rel[rel.size() / 2] : 0.5 * (rel[rel.size() / 2 - 1] + rel[rel.size() / 2]);
+    table += fmt::format("| {} | {} | {} | {} |\n", md_text(o.metric), measured.size(), fmt_value(spearman(guessed, measured)),
+                         fmt_value(median));
+  }
+  if (table.empty()) return "";
+  return "\n## The guided strategy's model: predicted against measured\n\n"
+         "Over the complete evaluations proposed once the model was fitted (`predicted.METRIC`):\n\n"
+         "| objective | evaluations | Spearman rho | median relative error |\n| --- | ---: | ---: | ---: |\n" +
+         table;
+}
+
+}  // namespace
+
 int run_report(const Params& params) {
   if (params.out.empty()) throw Error("--out DIR is required");
   const auto db_store = open_existing(params.db);
@@ -620,6 +686,7 @@ int run_report(const Params& params) {
     md += " " + md_code(f.rows.configs[i].empty() ? std::string("(base model)") : f.rows.configs[i], true) +
           (f.rows.statuses[i] == EvalStatus::pruned ? " (pruned)" : "") + " |\n";
   }
+  md += predicted_section(db, study, f.objectives);
   const auto md_path = std::filesystem::path(params.out) / "report.md";
   // Each file through a temporary renamed into place: a failed write leaves no partial file.
   write_file_atomically(svg_path, svg);

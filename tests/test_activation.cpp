@@ -682,4 +682,11 @@ TEST_CASE("a guided sweep stores its predictions beside the measurements and ext
   CHECK_THAT(exported.out, Contains("predicted.tinystories.ppl") && Contains("predicted.size.params"));
   const auto rows = std::count(exported.out.begin(), exported.out.end(), '\n');
   CHECK(rows == 15);  // header + 14
+  // report: how good the model was, per objective (10 of the 14 carry predictions; sizes are exact).
+  const auto report = run_cli("report --db " + (out / "g.db").string() + " --study g --out " + (out / "report").string());
+  REQUIRE(report.exit_code == 0);
+  const std::string md = slurp(out / "report" / "report.md");
+  CHECK_THAT(md, Contains("## The guided strategy's model: predicted against measured"));
+  CHECK_THAT(md, Contains("| tinystories.ppl | 10 |"));
+  CHECK_THAT(md, Contains("| size.params | 10 | 1 | 0 |"));  // exact: perfect rank order, no error
 }
