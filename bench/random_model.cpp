@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/base/error.hpp"
+#include "core/base/splitmix.hpp"
 #include "core/base/json_file.hpp"
 #include "core/io/model_config.hpp"
 #include "core/io/safetensors.hpp"
@@ -30,21 +31,14 @@ using namespace rankscope;
 
 namespace {
 
-// splitmix64: a counter-based generator, so every element's value depends on (seed, tensor,
-// index) alone and blocks fill in parallel with the same result.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 std::vector<float> uniform(int64_t n, float scale, uint64_t stream) {
   std::vector<float> v(static_cast<size_t>(n));
-  const uint64_t base = mix(stream);
+  // splitmix64 is counter-based: every element's value depends on (seed, tensor, index) alone,
+  // and blocks fill in parallel with the same result.
+  const uint64_t base = splitmix64(stream);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t r = mix(base + static_cast<uint64_t>(i));
+    const uint64_t r = splitmix64(base + static_cast<uint64_t>(i));
     const float u = static_cast<float>(r >> 40) * (1.0f / 16777216.0f);  // [0, 1), 24 bits
     v[static_cast<size_t>(i)] = scale * (2.0f * u - 1.0f);
   }

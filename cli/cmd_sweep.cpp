@@ -493,8 +493,10 @@ int run_sweep(const Params& params) {
     EarlyStop early;
     std::string pruned_by;
     std::map<std::string, double> exact_sizes;
+    std::optional<TaskReport> sizes;  // computed once: for the rule, and kept by a pruned evaluation
     if (params.prune) {
-      for (const auto& m : size_metrics(base, config).metrics) exact_sizes[m.name()] = m.value;
+      sizes = size_metrics(base, config);
+      for (const auto& m : sizes->metrics) exact_sizes[m.name()] = m.value;
       refresh_known();  // the complete evaluations of every worker so far
       early.stop = [&](const PartialEstimate& e) {
         std::vector<double> x;  // this configuration at its best, objective by objective
@@ -550,7 +552,7 @@ int run_sweep(const Params& params) {
         // came after the one that stopped.
         const bool has_size = std::any_of(reports.begin(), reports.end(), [](const TaskReport& r) { return r.task == "size"; });
         if (!has_size && std::find(request.tasks.begin(), request.tasks.end(), "size") != request.tasks.end()) {
-          reports.push_back(size_metrics(base, config));
+          reports.push_back(*sizes);
         }
       }
       model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count();

@@ -9,6 +9,7 @@
 
 #include "core/models/bert.hpp"
 #include "core/base/error.hpp"
+#include "core/base/splitmix.hpp"
 #include "evaluators/loglikelihood.hpp"
 
 namespace rankscope {
@@ -22,13 +23,6 @@ int64_t code_points(const std::string& s) {
   int64_t n = 0;
   for (unsigned char ch : s) n += (ch & 0xC0) != 0x80;
   return n;
-}
-
-uint64_t mix(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
 }
 
 bool is_partial(const Doc& doc) { return doc.contexts.size() > 1; }
@@ -59,7 +53,7 @@ std::vector<const Doc*> fewshot_examples(const Task& task, const Doc& doc, const
       out.push_back(&d);
     }
   } else {
-    std::mt19937_64 rng(mix(settings.seed) ^ mix(static_cast<uint64_t>(doc.index) + 1));
+    std::mt19937_64 rng(splitmix64(settings.seed) ^ splitmix64(static_cast<uint64_t>(doc.index) + 1));
     std::set<size_t> chosen;
     const size_t available = pool.size() - (exclude_self ? 1 : 0);
     while (out.size() < std::min(k, available)) {

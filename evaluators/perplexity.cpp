@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "core/base/error.hpp"
+#include "core/base/splitmix.hpp"
 #include "core/models/llama.hpp"
 
 namespace rankscope {
@@ -123,10 +124,9 @@ void order_windows(std::vector<Window>& windows, uint64_t seed) {
   if (seed == 0) return;
   uint64_t state = seed;
   auto next = [&state] {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    const uint64_t r = splitmix64(state);
+    state += kSplitmixGolden;
+    return r;
   };
   for (size_t i = windows.size(); i > 1; --i) {
     const size_t j = static_cast<size_t>(next() % i);
