@@ -222,11 +222,15 @@ const std::vector<OptionDef>& option_defs() {
       opt("from", &Params::from, {"db"}, "copy: the store to read (a SQLite file or postgresql://...)"),
       opt("to", &Params::to, {"db"}, "copy: the store to write (created when absent)"),
       [] {
-        auto def = one_of(per_command(opt("format", &Params::format, {"pareto", "export"}, "output format: table | csv | json"),
-                                      {{"export", "output format: csv | json"}}),
+        auto def = one_of(per_command(opt("format", &Params::format, {"pareto", "export", "decompose"}, "output format: table | csv | json"),
+                                      {{"export", "output format: csv | json"},
+                                       {"decompose", "checkpoint layout: rankscope (factors as U, core, V tensors) | hf (the same, plus a "
+                                                     "modeling file: transformers loads it with trust_remote_code=True and runs it factored)"}}),
                           {"table", "csv", "json"});
         def.command_choices["export"] = {"csv", "json"};
         def.command_default["export"] = "csv";
+        def.command_choices["decompose"] = {"rankscope", "hf"};
+        def.command_default["decompose"] = "rankscope";
         return def;
       }(),
       per_command(opt("ref", &Params::ref, {"pareto", "report", "sweep"},
