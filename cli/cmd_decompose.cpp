@@ -6,6 +6,7 @@
 #include "core/base/error.hpp"
 #include "core/compute/gemm.hpp"
 #include "core/decompose/size.hpp"
+#include "core/io/model_hash.hpp"
 #include "evaluators/calibration.hpp"
 
 namespace rankscope::cli {
@@ -58,7 +59,17 @@ int run_decompose(const Params& params) {
     recorded.cells[{cell.layer, cell.kind}] = {.rank = {.percent = false, .value = static_cast<double>(cell.rank)},
                                                .method = cell.method};
   }
-  write_checkpoint(model, params.out, encode_config(recorded, base.config), params.dense);
+  // Where it came from, so `info` on the checkpoint and any study of it can tell.
+  CheckpointOptions options{.dense = params.dense, .hf = params.format == "hf"};
+  options.provenance["base_model"] = {{"path", params.model}, {"hash", model_content_hash(base)},
+                                      {"architecture", base.config.architecture}};
+  options.provenance["written_by"] = fmt::format("rankscope {} decompose", RANKSCOPE_VERSION);
+  options.provenance["svd_backend"] = params.svd_backend;
+  if (activation.calibration) {
+    options.provenance["calibration"] = activation.calibration->info;
+    options.provenance["asvd_alpha"] = activation.asvd_alpha;
+  }
+  write_checkpoint(model, params.out, encode_config(recorded, base.config), options);
   const auto size = size_report(base.config, dense_param_count(base), config);
   fmt::print("config        {}\n", canonical.empty() ? "(base model)" : canonical);
   fmt::print("decomposed    {} matrices: {} factorized, {} from the cache ({}) in {:.2f} s\n", stats.matrices,
@@ -80,7 +91,11 @@ int run_decompose(const Params& params) {
     fmt::print("warning       {} factored matrices are not smaller than dense (rankscope info --config lists them "
                "with their break-even ranks)\n", not_smaller);
   }
-  fmt::print("wrote         {} ({})\n", params.out, params.dense ? "dense reconstruction" : "factored");
+  fmt::print("wrote         {} ({})\n", params.out,
+             params.dense ? "dense reconstruction"
+             : options.hf ? fmt::format("factored, for transformers: {}.from_pretrained(dir, trust_remote_code=True)",
+                                        hf_auto_class(base.config.architecture))
+                          : "factored");
   return 0;
 }
 

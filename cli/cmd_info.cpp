@@ -74,6 +74,7 @@ int run_info(const Params& params) {
     if (show_size) {
       j["config"] = encode_config(config, c);
       if (stored_factored) j["checkpoint_config"] = c.rankscope_config;
+      if (!c.rankscope_section.empty()) j["rankscope"] = nlohmann::json::parse(c.rankscope_section);
       j["size"] = {{"params_before", size.params_before},   {"params_after", size.params_after},
                    {"bytes_before", size.bytes_before()},   {"bytes_after", size.bytes_after()},
                    {"reduction_pct", size.reduction_pct()}, {"matrices_decomposed", size.n_decomposed},
@@ -126,6 +127,18 @@ int run_info(const Params& params) {
     if (stored_factored) {
       fmt::print("checkpoint     decomposed by rankscope: {} ({} matrices stored factored)\n",
                  c.rankscope_config.empty() ? "(configuration not recorded)" : c.rankscope_config, size.n_stored_factored);
+      if (!c.rankscope_base_hash.empty()) {
+        fmt::print("base model     {} (content hash {})\n", c.rankscope_base_path, c.rankscope_base_hash);
+      }
+      if (!c.rankscope_section.empty()) {
+        const auto rs = nlohmann::json::parse(c.rankscope_section);
+        if (rs.contains("calibration") && rs["calibration"].is_object()) {
+          const auto& cal = rs["calibration"];
+          fmt::print("calibration    {} ({}): {} samples, {} tokens, seed {}\n", cal.value("data", std::string("?")),
+                     cal.value("part", std::string("")), cal.value("samples", int64_t{0}), cal.value("tokens", int64_t{0}),
+                     cal.value("seed", uint64_t{0}));
+        }
+      }
     }
     if (!params.config.empty() || !stored_factored) {
       fmt::print("configuration  {}{}\n", canonical.empty() ? "(base model)" : canonical,

@@ -164,7 +164,7 @@ TEST_CASE("a decomposed checkpoint loads back to the same logits", "[decompose][
     const Mat expected = llama_forward(factored, kSequence);
 
     const auto out = test::scratch_dir("decomposed");
-    write_checkpoint(factored, out, encode_config(config, base.config), false);
+    write_checkpoint(factored, out, encode_config(config, base.config), {});
     const auto loaded = load_model(out);
     CHECK(loaded.config.rankscope_config == encode_config(config, base.config));
     CHECK(loaded.config.factored.size() == resolve_config(config, base.config).size());
@@ -174,7 +174,7 @@ TEST_CASE("a decomposed checkpoint loads back to the same logits", "[decompose][
     REQUIRE(loaded.tokenizer != nullptr);
 
     const auto dense_out = test::scratch_dir("decomposed_dense");
-    write_checkpoint(factored, dense_out, encode_config(config, base.config), true);
+    write_checkpoint(factored, dense_out, encode_config(config, base.config), {.dense = true});
     const auto dense = load_model(dense_out);
     CHECK(dense.config.factored.empty());
     CHECK(dense.n_params() == base.n_params());
@@ -201,7 +201,7 @@ TEST_CASE("a decomposed BERT checkpoint loads back to the same logits", "[decomp
   const auto config = parse_config("L0:all=32;L1:up,down=16@svd", base.config);
   const Model factored = decompose_model(base, config, cache);
   const auto out = test::scratch_dir("bert_decomposed");
-  write_checkpoint(factored, out, encode_config(config, base.config), false);
+  write_checkpoint(factored, out, encode_config(config, base.config), {});
   const auto loaded = load_model(out);
   const BertInput in{{101, 2009, 1005, 1055, 1037, 11951, 102}, {}, {}};
   CHECK(max_abs_diff(bert_forward(loaded, std::span(&in, 1)).logits, bert_forward(factored, std::span(&in, 1)).logits) == 0.0f);

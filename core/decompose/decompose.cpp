@@ -132,15 +132,31 @@ DType storage_dtype(const std::string& torch_dtype) {
 
 }  // namespace
 
+std::string hf_auto_class(const std::string& architecture) {
+  auto ends_with = [&](std::string_view suffix) { return architecture.ends_with(suffix); };
+  if (ends_with("ForCausalLM")) return "AutoModelForCausalLM";
+  if (ends_with("ForSequenceClassification")) return "AutoModelForSequenceClassification";
+  if (ends_with("ForMaskedLM")) return "AutoModelForMaskedLM";
+  if (architecture == "BertModel") return "AutoModel";
+  return "";
+}
+
 void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, const std::string& canonical_config,
-                      bool dense) {
+                      const CheckpointOptions& options) {
+  const bool dense = options.dense;
   if (!model.has_weights) fail("{}: shapes-only model has no weights to write", model.dir.string());
+  if (options.hf && dense) fail("{}: --format hf writes factors; --dense writes an ordinary checkpoint already", out_dir.string());
+  const std::string auto_class = options.hf ? hf_auto_class(model.config.architecture) : "";
+  if (options.hf && auto_class.empty()) {
+    fail("{}: --format hf has no transformers class for architecture '{}'", model.dir.string(), model.config.architecture);
+  }
   const bool created = !std::filesystem::exists(out_dir);
   std::filesystem::create_directories(out_dir);
   if (std::filesystem::equivalent(out_dir, model.dir)) fail("{}: refusing to overwrite the source model", out_dir.string());
 
   auto config = read_json_file(model.config.source);
   nlohmann::json rs = {{"format", 1}, {"config", canonical_config}, {"source", model.dir.string()}};
+  for (const auto& [key, value] : options.provenance.items()) rs[key] = value;
   rs["factored"] = nlohmann::json::object();
   if (dense) rs["dense_reconstruction"] = true;
 
@@ -166,6 +182,13 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
   }
   if (dense) rs.erase("factored");
   config["rankscope"] = rs;
+  if (options.hf) {
+    config["auto_map"] = {{auto_class, "modeling_rankscope.Rankscope" + model.config.architecture}};
+  } else if (config.contains("auto_map") && config["auto_map"].is_object()) {
+    // A source written with --format hf: its auto_map would name a modeling file not copied here.
+    config["auto_map"].erase(auto_class.empty() ? hf_auto_class(model.config.architecture) : auto_class);
+    if (config["auto_map"].empty()) config.erase("auto_map");
+  }
 
   const DType dtype = storage_dtype(model.config.torch_dtype);
   std::vector<TensorToWrite> out;
@@ -185,6 +208,7 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
     write_safetensors(weights_tmp, out, {{"format", "pt"}, {"rankscope_config", canonical_config}});
     const std::string config_text = config.dump(2) + "\n";
     write_new_file(stage(out_dir / "config.json"), config_text);
+    if (options.hf) write_new_file(stage(out_dir / "modeling_rankscope.py"), std::string(hf_modeling_source()));
     for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                              "special_tokens_map.json", "generation_config.json"}) {
       const auto src = model.dir / name;

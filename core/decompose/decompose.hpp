@@ -10,6 +10,8 @@
 //            D); two factors U_r diag(s_r) and D^{-T} V_r, so y = (x D^{-T} V_r) (U_r S_r)^T.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -73,7 +75,24 @@ bool needs_calibration(const Config& config);
 // Every file is written to a temporary beside its final name and all are renamed into place only
 // once each is whole: a failed write leaves no partial file (an existing checkpoint in `out_dir`
 // stays as it was) and removes its temporaries.
+struct CheckpointOptions {
+  bool dense = false;
+  // Hugging Face layout: the factored checkpoint plus modeling_rankscope.py and an auto_map in
+  // config.json, so transformers loads it with trust_remote_code=True and runs each factored
+  // matrix as two or three smaller products (docs/formats.md). Not with `dense`.
+  bool hf = false;
+  // Where the checkpoint came from, recorded in config.json's "rankscope" section: for example
+  // {"base_model": {"path", "hash"}, "calibration": {...}, "asvd_alpha": 0.5}.
+  nlohmann::json provenance = nlohmann::json::object();
+};
 void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, const std::string& canonical_config,
-                      bool dense);
+                      const CheckpointOptions& options);
+
+// The Python module written beside an `hf` checkpoint (core/decompose/modeling_rankscope.py).
+std::string_view hf_modeling_source();
+
+// The transformers auto class that loads an architecture ("AutoModelForCausalLM" for
+// LlamaForCausalLM), or "" where the modeling file has no class for it.
+std::string hf_auto_class(const std::string& architecture);
 
 }  // namespace rankscope

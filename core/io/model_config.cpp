@@ -238,6 +238,12 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
   if (j.contains("rankscope") && j["rankscope"].is_object()) {
     const auto& rs = j["rankscope"];
     c.rankscope_config = rs.contains("config") && rs["config"].is_string() ? rs["config"].get<std::string>() : "";
+    if (rs.contains("base_model") && rs["base_model"].is_object()) {
+      const auto& b = rs["base_model"];
+      if (b.contains("path") && b["path"].is_string()) c.rankscope_base_path = b["path"].get<std::string>();
+      if (b.contains("hash") && b["hash"].is_string()) c.rankscope_base_hash = b["hash"].get<std::string>();
+    }
+    c.rankscope_section = rs.dump();
     if (rs.contains("factored") && rs["factored"].is_object()) {
       for (const auto& [module, f] : rs["factored"].items()) {
         if (!f.is_object() || !f.contains("method") || !f["method"].is_string() || !f.contains("rank") ||

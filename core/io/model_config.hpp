@@ -56,6 +56,11 @@ struct ModelConfig {
   // Written by rankscope decompose: the configuration applied and the matrices stored factored.
   std::string rankscope_config;
   std::map<std::string, FactoredMatrix> factored;  // by module name (weight name without ".weight")
+  // Where it came from (written since 0.1.0's --format hf): the base model's path and content
+  // hash, and the whole "rankscope" section as JSON text (calibration, svd backend, ...).
+  std::string rankscope_base_path;
+  std::string rankscope_base_hash;
+  std::string rankscope_section;
 
   std::optional<int64_t> bos_token_id;
   std::optional<int64_t> eos_token_id;
