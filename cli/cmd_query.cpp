@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
+#include "cli/report_html.hpp"
 #include "core/base/error.hpp"
 #include "core/decompose/factor_cache.hpp"
 #include "core/base/suggest.hpp"
@@ -600,9 +601,25 @@ int run_report(const Params& params) {
   const auto db_store = open_existing(params.db);
   const ResultsStore& db = *db_store;
   const StudyInfo study = require_study(db, params.study);
+  // The interactive page first: it needs neither objectives nor evaluations, so a study the plot
+  // below cannot be drawn for still gets one. Names typed are checked before anything is written.
+  ReportHtmlOptions html;
+  html.objectives = parse_objectives(params.objectives);
+  std::vector<std::string> typed;
+  for (const auto& o : html.objectives) typed.push_back(o.metric);
+  check_stored_metrics(db, typed, "--objectives");
+  typed.clear();
+  for (const auto& c : parse_where(params.where)) typed.push_back(c.metric);
+  check_stored_metrics(db, typed, "--where");
+  html.include_pruned = params.include_pruned;
+  html.where = params.where;
+  html.model = params.model;
+  std::filesystem::create_directories(params.out);
+  const auto html_path = std::filesystem::path(params.out) / "index.html";
+  write_file_atomically(html_path, report_html(db, study, html));
+  fmt::print("wrote {}\n", html_path.string());
   const Front f = compute_front(db, study, params);
   if (f.objectives.size() < 2) fail("report: the plot needs two objectives, got {}", f.objectives.size());
-  std::filesystem::create_directories(params.out);
   const auto& ox = f.objectives[1];  // x: the second objective (usually size), y: the first
   const auto& oy = f.objectives[0];
 

@@ -21,6 +21,7 @@ PACKAGES=(
   slurmctld slurmd munge      # a private single-node Slurm for the job-array test
   libbz2-dev                  # llama.cpp's HellaSwag text ships as .bz2
   python3                     # bench/scaleout.sh (and its test) reads the exported studies
+  chromium                    # tests/test_report.cpp opens report's index.html headless and checks its DOM
 )
 
 missing=()
