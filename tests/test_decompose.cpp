@@ -240,3 +240,39 @@ TEST_CASE("randomized factors serve ranks up to their k, with their error report
   CHECK(std::abs(full->relative_error(100) - optimum(100)) <= 1e-4 * optimum(100));
   CHECK(cache.factors(weight, 20)->full());  // the full SVD now serves every rank
 }
+
+TEST_CASE("decompose --format hf writes the modeling file and an auto_map, and rankscope reads it back", "[decompose][checkpoint]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  const auto base = load_model(dir);
+  FactorCache cache(test::scratch_dir("cache_hf"));
+  const auto config = parse_config("L0-2:q,k=4@svd;L3,4:mlp=25%", base.config);
+  const Model factored = decompose_model(base, config, cache);
+  const auto out = test::scratch_dir("hf_export");
+  CheckpointOptions options{.hf = true};
+  options.provenance["base_model"] = {{"path", dir.string()}, {"hash", "0123456789abcdef0123456789abcdef"}};
+  write_checkpoint(factored, out, encode_config(config, base.config), options);
+  std::ifstream py(out / "modeling_rankscope.py");
+  const std::string written((std::istreambuf_iterator<char>(py)), std::istreambuf_iterator<char>());
+  CHECK(written == hf_modeling_source());
+  CHECK(written.find("class FactoredLinear") != std::string::npos);
+  const auto json = nlohmann::json::parse(std::ifstream(out / "config.json"));
+  CHECK(json["auto_map"]["AutoModelForCausalLM"] == "modeling_rankscope.RankscopeLlamaForCausalLM");
+  CHECK(json["architectures"][0] == "LlamaForCausalLM");  // the base architecture, for every other reader
+  const auto loaded = load_model(out);
+  CHECK(loaded.config.rankscope_base_hash == "0123456789abcdef0123456789abcdef");
+  CHECK(loaded.config.factored.size() == resolve_config(config, base.config).size());
+  CHECK(max_abs_diff(llama_forward(loaded, kSequence), llama_forward(factored, kSequence)) == 0.0f);
+
+  // Rewritten without --format hf (decomposed further), the auto_map goes: its file is not there.
+  const auto plain = test::scratch_dir("hf_export_plain");
+  write_checkpoint(loaded, plain, encode_config(config, base.config), {});
+  const auto plain_json = nlohmann::json::parse(std::ifstream(plain / "config.json"));
+  CHECK_FALSE(plain_json.contains("auto_map"));
+  CHECK_FALSE(std::filesystem::exists(plain / "modeling_rankscope.py"));
+  // Factors and a dense reconstruction at once make no sense: refused.
+  CHECK_THROWS_WITH(write_checkpoint(factored, test::scratch_dir("hf_dense"), "", {.dense = true, .hf = true}),
+                    Catch::Contains("--format hf writes factors"));
+  CHECK(hf_auto_class("BertForSequenceClassification") == "AutoModelForSequenceClassification");
+  CHECK(hf_auto_class("GPT2LMHeadModel").empty());
+}
