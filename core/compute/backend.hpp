@@ -67,6 +67,7 @@ struct AttentionShape {
   int64_t n_head_kv = 0;  // grouped-query attention: n_head / n_head_kv query heads share a kv head
   int64_t n_embd_head = 0;
   bool causal = true;
+  int64_t window = 0;     // causal sliding window: a query at position p sees keys p - window < j <= p (0 = all)
 };
 
 // The sequences of a batch, concatenated along the rows of every activation buffer.
@@ -141,6 +142,8 @@ class Backend {
   // y = x W^T + b (+ y when accumulate). Factored weights run as two (svd) or three (tucker)
   // products, never multiplied back.
   virtual void linear(const Linear& w, const Buffer& x, Buffer& y, bool accumulate) = 0;
+  // RMSNorm of each of the n_heads heads of every row of x, in place; weight [head_dim].
+  virtual void head_rms_norm(Buffer& x, int64_t n_heads, const Tensor& weight, double eps) = 0;
   // Rotary position embedding of every head of every row, by the row's position.
   virtual void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) = 0;
   // ctx = softmax(q k^T / sqrt(d) [+ mask]) v per sequence and head. With caches (one per sequence)

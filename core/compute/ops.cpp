@@ -5,6 +5,8 @@
 
 #include <omp.h>
 
+#include "core/base/error.hpp"
+
 namespace rankscope {
 
 void rms_norm(const Mat& x, const Tensor& weight, double eps, Mat& out) {
@@ -15,6 +17,20 @@ void rms_norm(const Mat& x, const Tensor& weight, double eps, Mat& out) {
     const float mean_sq = x.row(r).squaredNorm() / static_cast<float>(x.cols());
     const float scale = 1.0f / std::sqrt(mean_sq + static_cast<float>(eps));
     out.row(r) = (x.row(r) * scale).cwiseProduct(w.transpose());
+  }
+}
+
+void head_rms_norm_inplace(Mat& x, int64_t n_heads, const Tensor& weight, double eps) {
+  const int64_t d = weight.numel();
+  RS_ASSERT(x.cols() == n_heads * d);
+  const auto w = weight.vector();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < x.rows(); ++r) {
+    for (int64_t h = 0; h < n_heads; ++h) {
+      auto head = x.row(r).segment(h * d, d);
+      const float mean_sq = head.squaredNorm() / static_cast<float>(d);
+      head = (head * (1.0f / std::sqrt(mean_sq + static_cast<float>(eps)))).cwiseProduct(w.transpose());
+    }
   }
 }
 

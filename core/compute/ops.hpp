@@ -12,6 +12,9 @@ namespace rankscope {
 
 // out = x / sqrt(mean(x^2) + eps) * weight, per row (Llama RMSNorm).
 void rms_norm(const Mat& x, const Tensor& weight, double eps, Mat& out);
+// The same within each of the n_heads heads of every row, in place (Qwen3's q_norm, k_norm):
+// weight [n_embd_head], x [n x n_heads*n_embd_head].
+void head_rms_norm_inplace(Mat& x, int64_t n_heads, const Tensor& weight, double eps);
 // x = (x - mean) / sqrt(var + eps) * weight + bias, per row, in place (LayerNorm, biased var).
 void layer_norm_inplace(Mat& x, const Tensor& weight, const Tensor& bias, double eps);
 // x = act(x) elementwise, in place.

@@ -91,6 +91,8 @@ void place(ModelWeights& w, const TensorSpec& spec, Tensor t,
     case Role::attn_out_norm: pick(layer.attn_norm, layer.attn_norm_bias); break;
     case Role::ffn_norm:
     case Role::ffn_out_norm: pick(layer.ffn_norm, layer.ffn_norm_bias); break;
+    case Role::q_norm: layer.q_norm = std::move(t); break;
+    case Role::k_norm: layer.k_norm = std::move(t); break;
     case Role::matrix: {
       auto& [weight, bias] = matrices[{spec.layer, *spec.matrix}];
       pick(weight, bias);
@@ -248,6 +250,8 @@ int64_t Model::n_params() const {
     add(layer.attn_norm_bias);
     add(layer.ffn_norm);
     add(layer.ffn_norm_bias);
+    add(layer.q_norm);
+    add(layer.k_norm);
   }
   add(w.output_norm);
   if (w.output.data != w.token_embd.data) add(w.output);
@@ -306,6 +310,8 @@ std::vector<std::pair<std::string, Tensor>> Model::named_tensors() const {
       case Role::attn_out_norm: pick(layer->attn_norm, layer->attn_norm_bias); break;
       case Role::ffn_norm:
       case Role::ffn_out_norm: pick(layer->ffn_norm, layer->ffn_norm_bias); break;
+      case Role::q_norm: pick(layer->q_norm, {}); break;
+      case Role::k_norm: pick(layer->k_norm, {}); break;
       case Role::output_norm: pick(w.output_norm, {}); break;
       case Role::output:
         if (w.output.data != w.token_embd.data) pick(w.output, {});

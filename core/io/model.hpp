@@ -26,6 +26,8 @@ struct LayerWeights {
   Tensor attn_norm, attn_norm_bias;
   // Llama: post_attention_layernorm (RMSNorm before the MLP). BERT: output.LayerNorm.
   Tensor ffn_norm, ffn_norm_bias;
+  // Qwen3: per-head RMSNorm weights of q and k [head_dim].
+  Tensor q_norm, k_norm;
 
   Linear& operator[](MatrixKind kind) { return linear[static_cast<size_t>(kind)]; }
   const Linear& operator[](MatrixKind kind) const { return linear[static_cast<size_t>(kind)]; }

@@ -1,5 +1,6 @@
 #include "core/io/model_config.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <fstream>
@@ -17,7 +18,8 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kSupported =
-    "LlamaForCausalLM, BertModel, BertForSequenceClassification, BertForMaskedLM";
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, BertModel, "
+    "BertForSequenceClassification, BertForMaskedLM";
 
 // Sane maxima of the hyperparameters, far above any real model (Llama 3.1 405B: hidden 16384,
 // intermediate 53248, 126 layers, 128 heads, vocabulary 128256, context 131072) and small enough
@@ -130,6 +132,37 @@ void read_rope(const Reader& r, ModelConfig& c) {
   }
 }
 
+// Which layers attend through a sliding window, and how wide (ModelConfig::layer_window).
+void read_sliding_window(const Reader& r, ModelConfig& c) {
+  const json& j = r.j;
+  const int64_t window = r.optional_int("sliding_window", 0, kMaxPositions);
+  std::vector<bool> sliding(static_cast<size_t>(c.n_layer), false);
+  if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const json& types = j["layer_types"];
+    if (!types.is_array() || types.size() != static_cast<size_t>(c.n_layer)) {
+      fail("{}: 'layer_types' must list one type per layer ({})", r.where, c.n_layer);
+    }
+    for (size_t l = 0; l < types.size(); ++l) {
+      if (types[l] == "sliding_attention") {
+        sliding[l] = true;
+      } else if (types[l] != "full_attention") {
+        fail("{}: layer_types[{}] is {}, not full_attention or sliding_attention", r.where, l, printable(types[l].dump()));
+      }
+    }
+  } else if (c.architecture == "MistralForCausalLM") {
+    sliding.assign(sliding.size(), window > 0);
+  } else if (c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen3ForCausalLM") {
+    if (r.boolean("use_sliding_window", false)) {
+      const int64_t from = r.optional_int("max_window_layers", c.n_layer, kMaxLayers);
+      for (int64_t l = from; l < c.n_layer; ++l) sliding[static_cast<size_t>(l)] = true;
+    }
+  }
+  if (std::find(sliding.begin(), sliding.end(), true) == sliding.end()) return;
+  if (window == 0) fail("{}: layers use sliding_attention but 'sliding_window' is not set", r.where);
+  c.layer_window.assign(static_cast<size_t>(c.n_layer), 0);
+  for (size_t l = 0; l < sliding.size(); ++l) c.layer_window[l] = sliding[l] ? window : 0;
+}
+
 }  // namespace
 
 ModelConfig read_model_config(const std::filesystem::path& path) {
@@ -152,11 +185,16 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     // Older configs name only the model type.
     const auto type = r.string("model_type", "");
     if (type == "llama") c.architecture = "LlamaForCausalLM";
+    else if (type == "mistral") c.architecture = "MistralForCausalLM";
+    else if (type == "qwen2") c.architecture = "Qwen2ForCausalLM";
+    else if (type == "qwen3") c.architecture = "Qwen3ForCausalLM";
     else if (type == "bert") c.architecture = "BertModel";
     else fail("{}: no 'architectures' entry and unknown model_type '{}' (supported: {})", where, printable(type), kSupported);
   }
 
-  if (c.architecture == "LlamaForCausalLM") {
+  // The Llama family: one forward (core/models/llama.cpp), with each member's features as flags.
+  if (c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM" ||
+      c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen3ForCausalLM") {
     c.arch = Arch::llama;
   } else if (c.architecture == "BertModel") {
     c.arch = Arch::bert;
@@ -200,7 +238,11 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     c.tie_embeddings = r.boolean("tie_word_embeddings", false);
     c.attention_bias = r.boolean("attention_bias", false);
     c.mlp_bias = r.boolean("mlp_bias", false);
+    if (c.architecture == "Qwen2ForCausalLM") c.qkv_bias = true;  // built in: q, k, v biased, o not
+    c.qkv_bias = c.qkv_bias || c.attention_bias;
+    c.qk_norm = c.architecture == "Qwen3ForCausalLM";
     read_rope(r, c);
+    read_sliding_window(r, c);
   } else {
     c.norm_eps = r.number(j, "layer_norm_eps", 1e-12);
     c.activation = parse_activation(r.string("hidden_act", "gelu"), where);

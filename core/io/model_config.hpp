@@ -46,8 +46,18 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_embeddings = false;
-  bool attention_bias = false;
+  bool attention_bias = false;   // biases on q, k, v and o
+  bool qkv_bias = false;         // biases on q, k and v only (Qwen2); implied by attention_bias
   bool mlp_bias = false;
+  bool qk_norm = false;          // Qwen3: RMSNorm of each head of q and k (q_norm, k_norm [head_dim]) before RoPE
+  // Sliding-window attention: per layer, the keys a query sees (0 = all). Mistral: every layer
+  // when sliding_window is set; Qwen2/3: the layers config.json's layer_types marks
+  // sliding_attention (or, without layer_types, those from max_window_layers on when
+  // use_sliding_window). A query at position p sees keys p - window < j <= p.
+  std::vector<int64_t> layer_window;
+  int64_t window(int64_t layer) const {
+    return layer_window.empty() ? 0 : layer_window[static_cast<size_t>(layer)];
+  }
 
   // BERT
   int64_t n_type_vocab = 0;

@@ -53,9 +53,9 @@ std::pair<int64_t, int64_t> matrix_shape(const ModelConfig& c, MatrixKind kind) 
 }
 
 bool matrix_has_bias(const ModelConfig& c, MatrixKind kind) {
-  const bool attention = kind == MatrixKind::q || kind == MatrixKind::k || kind == MatrixKind::v ||
-                         kind == MatrixKind::o;
-  return attention ? c.attention_bias : c.mlp_bias;
+  if (kind == MatrixKind::q || kind == MatrixKind::k || kind == MatrixKind::v) return c.qkv_bias || c.attention_bias;
+  if (kind == MatrixKind::o) return c.attention_bias;
+  return c.mlp_bias;
 }
 
 struct SpecList {
@@ -105,6 +105,10 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c, const std::string
         const auto [out, in] = matrix_shape(c, kind);
         s.linear(Role::matrix, l, block + llama_matrix_module(kind), out, in, matrix_has_bias(c, kind),
                  true, kind);
+        if (kind == MatrixKind::k && c.qk_norm) {
+          s.add(Role::q_norm, l, block + "self_attn.q_norm.weight", {c.n_embd_head});
+          s.add(Role::k_norm, l, block + "self_attn.k_norm.weight", {c.n_embd_head});
+        }
       }
     }
     s.add(Role::output_norm, -1, "model.norm.weight", {c.n_embd});

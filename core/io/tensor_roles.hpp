@@ -35,6 +35,8 @@ enum class Role {
   type_embd,      // BERT [n_type_vocab, n_embd]
   embd_norm,      // BERT embeddings.LayerNorm
   attn_norm,      // Llama input_layernorm (pre-attention RMSNorm)
+  q_norm,         // Qwen3 self_attn.q_norm [head_dim] (per-head RMSNorm of q)
+  k_norm,         // Qwen3 self_attn.k_norm [head_dim]
   matrix,         // one of the decomposable MatrixKind linears
   attn_out_norm,  // BERT attention.output.LayerNorm (post-attention)
   ffn_norm,       // Llama post_attention_layernorm (pre-MLP RMSNorm)

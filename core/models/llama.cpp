@@ -99,11 +99,17 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
     be.linear(layer[MatrixKind::q], h, q, false);                      // [n_tokens x n_head*d]
     be.linear(layer[MatrixKind::k], h, k, false);                      // [n_tokens x n_head_kv*d]
     be.linear(layer[MatrixKind::v], h, v, false);
+    if (c.qk_norm) {  // Qwen3: RMSNorm of each head of q and k before RoPE
+      be.head_rms_norm(q, c.n_head, layer.q_norm, c.norm_eps);
+      be.head_rms_norm(k, c.n_head_kv, layer.k_norm, c.norm_eps);
+    }
     be.rope(q, c.n_head, rope, layout);
     be.rope(k, c.n_head_kv, rope, layout);
     // ctx [n_tokens x n_head*d]: causal softmax(q k^T / sqrt(d)) v per sequence and head, over
     // the cached keys too.
-    be.attention(shape, q, k, v, layout, caches, l, {}, ctx);
+    AttentionShape layer_shape = shape;
+    layer_shape.window = c.window(l);
+    be.attention(layer_shape, q, k, v, layout, caches, l, {}, ctx);
     hook(HookSite::attn_ctx, l, ctx);
     be.linear(layer[MatrixKind::o], ctx, x, true);                     // x += ctx Wo^T
     // MLP: h = RMSNorm(x); x += down(silu(gate(h)) * up(h)).

@@ -52,8 +52,11 @@ void attend_causal(const AttentionShape& a, const Mat& q, int64_t t0, int64_t n_
       for (int64_t t = 0; t < nb; ++t) {
         float* row = scores.row(t).data();
         const int64_t n_visible = n_past + b0 + t + 1;
-        Eigen::Map<Eigen::ArrayXf>(row, n_visible) *= scale;
-        softmax_rows_inplace(row, 1, n_visible, n_keys);
+        // A sliding window hides the keys before `first` (HF: p - window < j <= p).
+        const int64_t first = a.window > 0 ? std::max<int64_t>(0, n_visible - a.window) : 0;
+        Eigen::Map<Eigen::ArrayXf>(row + first, n_visible - first) *= scale;
+        softmax_rows_inplace(row + first, 1, n_visible - first, n_keys);
+        std::fill(row, row + first, 0.0f);
         std::fill(row + n_visible, row + n_keys, 0.0f);
       }
       // ctx_h[nb x d] = softmax(scores) v_h
@@ -145,6 +148,10 @@ void CpuBackend::linear(const Linear& w, const Buffer& x, Buffer& y, bool accumu
   Mat product(in.rows(), w.n_out());
   w.forward(in.data(), in.rows(), product.data());
   out.topRows(in.rows()) += product;
+}
+
+void CpuBackend::head_rms_norm(Buffer& x, int64_t n_heads, const Tensor& weight, double eps) {
+  head_rms_norm_inplace(mat(x), n_heads, weight, eps);
 }
 
 void CpuBackend::rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) {

@@ -22,6 +22,7 @@ class CpuBackend final : public Backend {
   void rms_norm(const Buffer& x, const Tensor& weight, double eps, Buffer& out) override;
   void layer_norm(Buffer& x, const Tensor& weight, const Tensor& bias, double eps, Buffer* copy) override;
   void linear(const Linear& w, const Buffer& x, Buffer& y, bool accumulate) override;
+  void head_rms_norm(Buffer& x, int64_t n_heads, const Tensor& weight, double eps) override;
   void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) override;
   void attention(const AttentionShape& shape, const Buffer& q, const Buffer& k, const Buffer& v,
                  const SequenceLayout& layout, std::span<KvCache> caches, int64_t layer,

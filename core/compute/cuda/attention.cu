@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kWarps* kWarp)
       const float* krow = k_tile + lane * (d + 1);
       float score = 0.0f;
       for (int64_t e = 0; e < d; ++e) score += qrow[e] * krow[e];
-      bool visible = j < n_keys && (!causal || j <= s.n_past + t);
+      bool visible = j < n_keys && (!causal || j <= s.n_past + t) && (s.window == 0 || j > s.n_past + t - s.window);
       if (visible && s.mask != nullptr && j >= s.n_past && s.mask[j - s.n_past] == 0) score += masked;
       if (!visible) score = -INFINITY;
       const float tile_max = warp_max(score);
@@ -200,7 +200,9 @@ __global__ void __launch_bounds__(kWarps* kWarp, kTcBlocksPerSm)
   const float scale2 = scale * 1.4426950408889634f;  // scores in base 2
   auto score_at = [&](int c, int64_t j0) {
     const int64_t j = j0 + c;
-    if (t >= t_end || j >= n_keys || (causal && j > s.n_past + t)) return -INFINITY;
+    if (t >= t_end || j >= n_keys || (causal && j > s.n_past + t) || (s.window > 0 && j <= s.n_past + t - s.window)) {
+      return -INFINITY;
+    }
     float x = s_w[row * kSStride + c] * scale2;
     if (s.mask != nullptr && j >= s.n_past && s.mask[j - s.n_past] == 0) x += masked;
     return x;

@@ -302,6 +302,13 @@ class CudaBackend final : public Backend {
     if (!w.bias().empty()) check(cuda::add_bias(y.data(), y.type(), f32(w.bias()), n, w.n_out(), ctx_->stream), "add_bias kernel");
   }
 
+  void head_rms_norm(Buffer& x, int64_t n_heads, const Tensor& weight, double eps) override {
+    const Scope scope(profile_.get(), "head_rms_norm");
+    RS_ASSERT(x.cols() == n_heads * weight.numel());
+    check(cuda::segment_rms_norm(x.data(), x.type(), x.rows() * n_heads, weight.numel(), f32(weight), eps, ctx_->stream),
+          "segment_rms_norm kernel");
+  }
+
   void rope(Buffer& x, int64_t n_heads, const Rope& rope, const SequenceLayout& layout) override {
     const Scope scope(profile_.get(), "rope");
     // The (cos, sin) table of this batch's positions, computed once for every layer and head.
@@ -381,6 +388,8 @@ class CudaBackend final : public Backend {
         }
       }
     }
+    RS_ASSERT(shape.window == 0 || shape.causal);
+    for (auto& d : descs) d.window = shape.window;
     auto d_descs = upload(descs.data(), descs.size() * sizeof(cuda::SequenceDesc), "attention descriptors");
     check(cuda::attention(q.data(), q.cols(), static_cast<const cuda::SequenceDesc*>(d_descs.get()), n_seq, max_tokens,
                     shape.n_head, shape.n_head_kv, shape.n_embd_head, shape.causal, ctx.data(), ctx.cols(), q.type(),

@@ -64,6 +64,18 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float eps, int64
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[r * cols + c] = from_float<To>(row[c] * scale * w[c]);
 }
 
+template <typename T>
+__global__ void segment_rms_norm_kernel(T* x, int64_t d, const float* w, float eps) {
+  T* seg = x + int64_t{blockIdx.x} * d;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    const float v = to_float(seg[c]);
+    ss += v * v;
+  }
+  const float scale = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(d) + eps);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) seg[c] = from_float<T>(to_float(seg[c]) * scale * w[c]);
+}
+
 // Four consecutive values to `out` (16 bytes of fp32, 8 of bf16/fp16; out 4-element aligned).
 template <typename To>
 __device__ __forceinline__ void store4(To* out, float4 v) {
@@ -470,6 +482,17 @@ cudaError_t embed(const void* table, ComputeType table_type, const int32_t* ids,
     using T = decltype(t);
     embed_kernel<<<static_cast<unsigned>(n_rows), kBlock, 0, stream>>>(static_cast<const T*>(table), ids, cols, x,
                                                                        accumulate);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t segment_rms_norm(void* x, ComputeType type, int64_t segments, int64_t d, const float* weight, double eps,
+                             cudaStream_t stream) {
+  if (segments == 0) return cudaSuccess;
+  dispatch(type, [&](auto t) {
+    using T = decltype(t);
+    segment_rms_norm_kernel<<<static_cast<unsigned>(segments), kBlock, 0, stream>>>(static_cast<T*>(x), d, weight,
+                                                                                    static_cast<float>(eps));
   });
   return cudaGetLastError();
 }

@@ -23,6 +23,11 @@ cudaError_t embed(const void* table, ComputeType table_type, const int32_t* ids,
 cudaError_t rms_norm(const float* x, const float* weight, double eps, int64_t rows, int64_t cols, void* out,
               ComputeType out_type, cudaStream_t stream);
 
+// RMSNorm of each d-value segment of x [segments x d] in place, in x's type (fp32 sums); weight
+// fp32 [d] (Qwen3's per-head q_norm, k_norm: the rows of q as n_heads segments each).
+cudaError_t segment_rms_norm(void* x, ComputeType type, int64_t segments, int64_t d, const float* weight, double eps,
+                             cudaStream_t stream);
+
 // x = (x - mean) / sqrt(var + eps) * weight + bias per row in place (fp32); copy (optional)
 // receives the result in copy_type.
 cudaError_t layer_norm(float* x, const float* weight, const float* bias, double eps, int64_t rows, int64_t cols, void* copy,
@@ -57,6 +62,7 @@ struct SequenceDesc {
   const void* v;
   int64_t ld_kv;
   const uint8_t* mask;  // [n_tokens] 0 = padding key; null = none (bidirectional only)
+  int64_t window = 0;  // causal sliding window: query t sees keys j > n_past + t - window (0 = all)
 };
 
 // ctx = softmax(q k^T / sqrt(d) [+ mask]) v for every sequence and head (causal: key j visible
