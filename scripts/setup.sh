@@ -11,6 +11,7 @@ PACKAGES=(
   libxxhash-dev               # content hashes of tensors (factor cache keys)
   libsentencepiece-dev        # Llama 2 tokenizer.model
   libutf8proc-dev             # Unicode normalisation and categories (BERT basic tokenizer)
+  libpcre2-dev                # tokenizer.json regular expressions (byte-level BPE: Llama 3, Qwen, GPT-2)
   nlohmann-json3-dev          # config.json, tokenizer.json, safetensors headers
   libboost-program-options-dev
   libfmt-dev

@@ -1,12 +1,15 @@
 // Tokenizers: text <-> token ids for the three forms real checkpoints ship.
 //  - SentencePiece `tokenizer.model` (Llama 2), through libsentencepiece;
-//  - Hugging Face `tokenizer.json` with a BPE model and byte fallback (what Llama checkpoints
-//    converted by transformers ship), or a WordPiece model (BERT);
+//  - Hugging Face `tokenizer.json` with a BPE model, either with byte fallback (what Llama 2
+//    checkpoints converted by transformers ship) or byte-level (GPT-2, Llama 3, Qwen2.5/3,
+//    Mistral-Nemo: ByteLevel and regex Split pre-tokenizers), or a WordPiece model (BERT);
 //  - BERT WordPiece from `vocab.txt` (basic tokenizer: clean text, CJK split, lower-casing and
 //    accent stripping, punctuation split; then greedy longest-match-first with "##").
 //
-// `encode` never adds special tokens (no BOS, no [CLS]/[SEP]); callers add what their model
-// expects through the ids in `special()`. All strings are UTF-8.
+// `encode(text)` adds no special tokens (no BOS, no [CLS]/[SEP]) and maps special-token text
+// ("<|begin_of_text|>", "[SEP]") to its id; EncodeOptions changes either. All strings are UTF-8;
+// text that is not is read with each invalid byte (or, before a regular expression, each
+// maximal ill-formed sequence) as U+FFFD, except where byte fallback keeps the bytes themselves.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +26,25 @@
 namespace rankscope {
 
 
+// How `encode` treats special tokens; the defaults are `encode(text)`'s.
+struct EncodeOptions {
+  // Special tokens written in the text become their ids (the tokenizers library's default).
+  // false: their text is tokenized like any other (its `encode_special_tokens = True`, for text
+  // that must not inject control tokens). Non-special added tokens are matched either way.
+  // SentencePiece never matches special-token text.
+  bool parse_special = true;
+  // The special tokens the model expects around a sequence, as the tokenizers library's
+  // `add_special_tokens=True`: tokenizer.json's post-processor (Llama 3: BOS; BERT: [CLS] ...
+  // [SEP]; GPT-2, Qwen: none); SentencePiece: BOS; vocab.txt: [CLS] ... [SEP].
+  bool add_special_tokens = false;
+};
+
+struct DecodeOptions {
+  // Leave out special tokens (BOS/EOS/CLS/SEP/PAD/MASK and tokenizer.json's special added
+  // tokens), as `skip_special_tokens=True`; false keeps their text.
+  bool skip_special = true;
+};
+
 struct SpecialTokens {
   std::optional<TokenId> bos;
   std::optional<TokenId> eos;
@@ -37,17 +59,21 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // "sentencepiece", "hf-bpe", "wordpiece": for `info` and error messages.
+  // "sentencepiece", "hf-bpe", "hf-bpe-byte-level", "wordpiece": for `info` and error messages.
   virtual std::string kind() const = 0;
   // The file this tokenizer was read from.
   virtual const std::filesystem::path& source() const = 0;
   virtual int32_t vocab_size() const = 0;
   virtual const SpecialTokens& special() const = 0;
 
-  // Text to ids, without any special token added.
-  virtual std::vector<TokenId> encode(std::string_view text) const = 0;
-  // Ids to text. Special tokens (BOS/EOS/CLS/SEP/PAD) are skipped.
-  virtual std::string decode(std::span<const TokenId> ids) const = 0;
+  // Text to ids. Safe to call from several threads at once.
+  virtual std::vector<TokenId> encode(std::string_view text, const EncodeOptions& options) const = 0;
+  // Text to ids, without any special token added (special-token text maps to its id).
+  std::vector<TokenId> encode(std::string_view text) const { return encode(text, EncodeOptions{}); }
+  // Ids to text. Throws Error for an id outside the vocabulary.
+  virtual std::string decode(std::span<const TokenId> ids, const DecodeOptions& options) const = 0;
+  // Ids to text, special tokens skipped.
+  std::string decode(std::span<const TokenId> ids) const { return decode(ids, DecodeOptions{}); }
   // The vocabulary string of one id (e.g. "▁the", "##ing", "<0x0A>").
   virtual std::string piece(TokenId id) const = 0;
 };

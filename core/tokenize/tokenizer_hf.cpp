@@ -1,23 +1,30 @@
 // Hugging Face `tokenizer.json`: the tokenizers library's pipeline, re-implemented for the forms
-// Llama-style and BERT checkpoints ship.
+// Llama 2/3, Qwen, GPT-2, Mistral and BERT checkpoints ship.
 //
 //   raw text --split on added tokens--> segments --normalizer--> --split on normalized added
-//   tokens--> --pre-tokenizer--> words --model (BPE | WordPiece)--> ids
+//   tokens--> --pre-tokenizer--> words --model (BPE | WordPiece)--> ids [--post-processor-->
+//   special tokens around them]
 //   ids --tokens--> decoder chain --> text
 //
 // Supported: models BPE (vocab + merges, byte_fallback, fuse_unk, unk_token, ignore_merges,
 // subword prefix/suffix) and WordPiece; normalizers Sequence, Prepend, Replace (string pattern),
 // NFC/NFD/NFKC/NFKD, Lowercase, Strip, StripAccents, BertNormalizer; pre-tokenizers none,
-// Metaspace, BertPreTokenizer, WhitespaceSplit, Sequence; decoders Sequence, Replace,
-// ByteFallback, Fuse, Strip, Metaspace, WordPiece. Anything else (notably byte-level BPE) is
-// rejected at load time with a one-line error naming the file.
+// Metaspace, BertPreTokenizer, WhitespaceSplit, Whitespace, Split (regex or string, every
+// behavior, invert), ByteLevel (GPT-2's regex or not, add_prefix_space), Digits, Sequence;
+// post-processors TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence;
+// decoders Sequence, Replace, ByteFallback, ByteLevel, Fuse, Strip, Metaspace, WordPiece.
+// Anything else is rejected at load time with a one-line error naming the file. Regular
+// expressions run on PCRE2 with Oniguruma's reading of them (core/tokenize/regex.hpp).
 #include <algorithm>
 #include <array>
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <mutex>
 #include <optional>
 #include <queue>
+#include <shared_mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -27,6 +34,8 @@
 
 #include "core/base/error.hpp"
 #include "core/base/json_file.hpp"
+#include "core/tokenize/byte_level.hpp"
+#include "core/tokenize/regex.hpp"
 #include "core/tokenize/tokenizer.hpp"
 #include "core/tokenize/tokenizer_common.hpp"
 #include "core/tokenize/unicode.hpp"
@@ -47,7 +56,20 @@ constexpr size_t kDefaultMaxCharsPerWord = 100;
 constexpr std::string_view kDefaultWordPiecePrefix = "##";
 constexpr size_t kByteCount = 256;
 
+// GPT-2's pre-tokenization pattern, built into the ByteLevel pre-tokenizer (use_regex).
+constexpr std::string_view kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+// The Whitespace pre-tokenizer's pattern: its matches are the words.
+constexpr std::string_view kWhitespacePattern = R"(\w+|[^\w\s]+)";
+// Words the BPE model remembers (per tokenizer), and the longest word it remembers: the
+// tokenizers library's cache sizes, in bytes for the key. Llama 2-style files have no
+// pre-tokenizer, so a "word" there is a whole segment of text, never cached.
+constexpr size_t kWordCacheCapacity = 65536;
+constexpr size_t kMaxCachedWordBytes = 256;
+
 using tokenizer_detail::find_id;
+using tokenizer_detail::Regex;
+using tokenizer_detail::RegexPiece;
 using tokenizer_detail::VocabMap;
 
 Json parse_json_file(const std::filesystem::path& path) {
@@ -115,23 +137,6 @@ std::string literal_pattern(const std::filesystem::path& path, const Json& step)
        printable(pattern.dump()));
 }
 
-// True when a ByteLevel step appears anywhere in a (possibly nested) component. Walks with an
-// explicit stack: the depth of a file's nesting must not decide the depth of our recursion.
-bool mentions_byte_level(const Json& component) {
-  std::vector<const Json*> pending = {&component};
-  while (!pending.empty()) {
-    const Json& node = *pending.back();
-    pending.pop_back();
-    if (node.is_object()) {
-      if (node.contains("type") && node["type"] == "ByteLevel") return true;
-      for (const auto& [key, value] : node.items()) pending.push_back(&value);
-    } else if (node.is_array()) {
-      for (const auto& value : node) pending.push_back(&value);
-    }
-  }
-  return false;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Added tokens
 
@@ -169,8 +174,8 @@ unicode::Utf8Char char_before(std::string_view text, size_t end) {
   return {};
 }
 
-// Finds added tokens in text, leftmost-longest first (what the tokenizers library's
-// Aho-Corasick matcher does), with each token's lstrip/rstrip/single_word options.
+// Finds added tokens in text, leftmost-longest first, with each token's lstrip/rstrip/
+// single_word options: the tokenizers library's Aho-Corasick matcher and find_matches.
 class AddedTokenMatcher {
  public:
   void add(const AddedToken& token) {
@@ -183,7 +188,11 @@ class AddedTokenMatcher {
     empty_ = false;
   }
 
-  std::vector<Segment> split(std::string_view text) const {
+  // The added tokens of `text` and the plain text between them. A match the token's options
+  // refuse (single_word inside a word; a special token when `parse_special` is false) is
+  // passed over whole, as the library's matcher does: its text stays plain, and the search
+  // resumes after it.
+  std::vector<Segment> split(std::string_view text, bool parse_special) const {
     std::vector<Segment> segments;
     if (empty_) {
       if (!text.empty()) segments.push_back({text, 0, std::nullopt});
@@ -192,13 +201,17 @@ class AddedTokenMatcher {
     size_t text_start = 0;  // where the pending plain text begins
     size_t pos = 0;
     while (pos < text.size()) {
-      const AddedToken* match = match_at(text, pos);
+      const AddedToken* match = longest_at(text, pos);
       if (match == nullptr) {
         ++pos;
         continue;
       }
       size_t start = pos;
       size_t stop = pos + match->content.size();
+      if ((match->special && !parse_special) || (match->single_word && !is_single_word(text, start, stop))) {
+        pos = stop;
+        continue;
+      }
       if (match->lstrip) {
         while (start > text_start) {
           const unicode::Utf8Char ch = char_before(text, start);
@@ -227,19 +240,17 @@ class AddedTokenMatcher {
   }
 
  private:
-  const AddedToken* match_at(std::string_view text, size_t pos) const {
+  const AddedToken* longest_at(std::string_view text, size_t pos) const {
     for (const AddedToken& token : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
-      if (!starts_with_at(text, pos, token.content)) continue;
-      if (token.single_word) {
-        const size_t stop = pos + token.content.size();
-        const bool word_before = pos > 0 && is_word_char(char_before(text, pos).code_point);
-        const bool word_after =
-            stop < text.size() && is_word_char(unicode::decode_utf8(text, stop).code_point);
-        if (word_before || word_after) continue;
-      }
-      return &token;
+      if (starts_with_at(text, pos, token.content)) return &token;
     }
     return nullptr;
+  }
+
+  static bool is_single_word(std::string_view text, size_t start, size_t stop) {
+    const bool word_before = start > 0 && is_word_char(char_before(text, start).code_point);
+    const bool word_after = stop < text.size() && is_word_char(unicode::decode_utf8(text, stop).code_point);
+    return !word_before && !word_after;
   }
 
   std::array<std::vector<AddedToken>, kByteCount> by_first_byte_;
@@ -370,14 +381,26 @@ std::string apply_normalizer(const NormalizerStep& step, std::string text) {
 // ---------------------------------------------------------------------------------------------
 // Pre-tokenizers
 
-enum class PreTokenizerKind { Metaspace, Bert, WhitespaceSplit };
+enum class PreTokenizerKind { Metaspace, Bert, WhitespaceSplit, Split, ByteLevel, Digits };
 enum class PrependScheme { Always, First, Never };
+// What a Split does with the pattern's matches (the library's SplitDelimiterBehavior): drop
+// them, keep each as its own word, glue each to the word before or after it, or glue runs of
+// matches and runs of gaps into one word each.
+enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
 
 struct PreTokenizerStep {
   PreTokenizerKind kind = PreTokenizerKind::Metaspace;
   std::string replacement{kMetaspace};
   PrependScheme prepend = PrependScheme::Always;
   bool split = true;
+  // Split (and Whitespace, a Split with a built-in pattern); ByteLevel with use_regex.
+  std::optional<Regex> regex;
+  SplitBehavior behavior = SplitBehavior::Isolated;
+  bool invert = false;
+  // ByteLevel: a space before every word that does not start with one.
+  bool add_prefix_space = false;
+  // Digits: each digit a word (else each run of digits).
+  bool individual_digits = false;
 };
 
 // A word on its way to the model. `at_input_start`: it begins at offset 0 of the raw input,
@@ -399,6 +422,27 @@ PrependScheme parse_prepend_scheme(const std::filesystem::path& path, const Json
   return bool_or(node, "add_prefix_space", true) ? PrependScheme::Always : PrependScheme::Never;
 }
 
+SplitBehavior parse_split_behavior(const std::filesystem::path& path, const Json& node) {
+  const std::string name = node.at("behavior").get<std::string>();
+  if (name == "Removed") return SplitBehavior::Removed;
+  if (name == "Isolated") return SplitBehavior::Isolated;
+  if (name == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
+  if (name == "MergedWithNext") return SplitBehavior::MergedWithNext;
+  if (name == "Contiguous") return SplitBehavior::Contiguous;
+  fail("{}: unknown Split behavior \"{}\" (Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous)",
+       path.string(), printable(name));
+}
+
+// A Split pattern: {"Regex": "..."} or {"String": "..."} (a literal).
+Regex parse_split_pattern(const std::filesystem::path& path, const Json& node) {
+  const Json& pattern = node.at("pattern");
+  const std::string where = fmt::format("{}: pre_tokenizer Split pattern", path.string());
+  if (pattern.is_object() && pattern.contains("Regex")) return Regex(pattern["Regex"].get<std::string>(), false, where);
+  if (pattern.is_object() && pattern.contains("String")) return Regex(pattern["String"].get<std::string>(), true, where);
+  fail("{}: Split pattern {} is neither {{\"Regex\": ...}} nor {{\"String\": ...}}", path.string(),
+       printable(pattern.dump()));
+}
+
 void parse_pre_tokenizer(const std::filesystem::path& path, const Json& node,
                          std::vector<PreTokenizerStep>& steps) {
   if (node.is_null()) return;
@@ -417,8 +461,29 @@ void parse_pre_tokenizer(const std::filesystem::path& path, const Json& node,
     step.kind = PreTokenizerKind::Bert;
   } else if (type == "WhitespaceSplit") {
     step.kind = PreTokenizerKind::WhitespaceSplit;
+  } else if (type == "Whitespace") {
+    // Words are the pattern's matches; the whitespace between them goes.
+    step.kind = PreTokenizerKind::Split;
+    step.regex.emplace(kWhitespacePattern, false, path.string() + ": Whitespace pattern");
+    step.behavior = SplitBehavior::Removed;
+    step.invert = true;
+  } else if (type == "Split") {
+    step.kind = PreTokenizerKind::Split;
+    step.regex.emplace(parse_split_pattern(path, node));
+    step.behavior = parse_split_behavior(path, node);
+    step.invert = bool_or(node, "invert", false);
+  } else if (type == "ByteLevel") {
+    step.kind = PreTokenizerKind::ByteLevel;
+    step.add_prefix_space = bool_or(node, "add_prefix_space", true);
+    if (bool_or(node, "use_regex", true)) {
+      step.regex.emplace(kGpt2Pattern, false, path.string() + ": ByteLevel pattern");
+    }
+  } else if (type == "Digits") {
+    step.kind = PreTokenizerKind::Digits;
+    step.individual_digits = bool_or(node, "individual_digits", false);
   } else {
-    fail("{}: unsupported pre-tokenizer type \"{}\"", path.string(), printable(type));
+    fail("{}: unsupported pre-tokenizer type \"{}\" (supported: Sequence, Split, ByteLevel, Metaspace, "
+         "Whitespace, WhitespaceSplit, BertPreTokenizer, Digits)", path.string(), printable(type));
   }
   steps.push_back(std::move(step));
 }
@@ -472,14 +537,129 @@ void whitespace_split(const Word& word, bool isolate_punctuation, std::vector<Wo
   flush(text.size());
 }
 
+// The pieces a Split keeps, from the matches and gaps that cover a word (all marked as kept
+// words on return): the library's NormalizedString::split.
+void apply_split_behavior(SplitBehavior behavior, std::vector<RegexPiece>& pieces) {
+  std::vector<RegexPiece> kept;
+  kept.reserve(pieces.size());
+  bool previous_match = false;
+  switch (behavior) {
+    case SplitBehavior::Removed:
+      for (const RegexPiece& piece : pieces) {
+        if (!piece.is_match) kept.push_back(piece);
+      }
+      break;
+    case SplitBehavior::Isolated:
+      kept = pieces;
+      break;
+    case SplitBehavior::MergedWithPrevious:
+      for (const RegexPiece& piece : pieces) {
+        if (piece.is_match && !previous_match && !kept.empty()) {
+          kept.back().end = piece.end;
+        } else {
+          kept.push_back(piece);
+        }
+        previous_match = piece.is_match;
+      }
+      break;
+    case SplitBehavior::MergedWithNext:
+      for (auto it = pieces.rbegin(); it != pieces.rend(); ++it) {
+        if (it->is_match && !previous_match && !kept.empty()) {
+          kept.back().begin = it->begin;
+        } else {
+          kept.push_back(*it);
+        }
+        previous_match = it->is_match;
+      }
+      std::reverse(kept.begin(), kept.end());
+      break;
+    case SplitBehavior::Contiguous:
+      for (const RegexPiece& piece : pieces) {
+        if (piece.is_match == previous_match && !kept.empty()) {
+          kept.back().end = piece.end;
+        } else {
+          kept.push_back(piece);
+        }
+        previous_match = piece.is_match;
+      }
+      break;
+  }
+  pieces = std::move(kept);
+}
+
+// Each numeric character (Unicode N*) a match, the runs between them gaps.
+void find_digits(std::string_view text, std::vector<RegexPiece>& out) {
+  size_t gap_start = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    const unicode::Utf8Char ch = unicode::decode_utf8(text, pos);
+    if (ch.valid && unicode::is_numeric(ch.code_point)) {
+      if (gap_start < pos) out.push_back({gap_start, pos, false});
+      out.push_back({pos, pos + ch.length, true});
+      gap_start = pos + ch.length;
+    }
+    pos += ch.length;
+  }
+  if (gap_start < text.size()) out.push_back({gap_start, text.size(), false});
+}
+
+// Reused between words: splitting allocates only the words themselves.
+struct PreTokenizerScratch {
+  std::vector<RegexPiece> pieces;
+  std::string text;
+};
+
+// Split, Digits and ByteLevel: the word cut where the pieces say (ByteLevel: after a prefix
+// space and GPT-2's pattern), each non-empty piece a word; ByteLevel also writes each word's
+// bytes in its alphabet.
+void pattern_split(const PreTokenizerStep& step, const Word& word, PreTokenizerScratch& scratch,
+                   std::vector<Word>& out) {
+  std::string_view text = word.text;
+  const bool prefix = step.kind == PreTokenizerKind::ByteLevel && step.add_prefix_space && !text.starts_with(' ');
+  if (prefix || (step.regex && !unicode::is_valid_utf8(text))) {
+    // A regular expression needs valid UTF-8: the library's input is a Rust string, which is.
+    scratch.text.assign(prefix ? " " : "");
+    scratch.text += step.regex ? unicode::replace_invalid_utf8(text) : std::string(text);
+    text = scratch.text;
+  }
+  scratch.pieces.clear();
+  if (step.kind == PreTokenizerKind::Digits) {
+    find_digits(text, scratch.pieces);
+    apply_split_behavior(step.individual_digits ? SplitBehavior::Isolated : SplitBehavior::Contiguous, scratch.pieces);
+  } else if (step.regex) {
+    step.regex->find_all(text, scratch.pieces);
+    if (step.invert) {
+      for (RegexPiece& piece : scratch.pieces) piece.is_match = !piece.is_match;
+    }
+    apply_split_behavior(step.kind == PreTokenizerKind::ByteLevel ? SplitBehavior::Isolated : step.behavior,
+                         scratch.pieces);
+  } else {
+    scratch.pieces.push_back({0, text.size(), false});
+  }
+  for (const RegexPiece& piece : scratch.pieces) {
+    if (piece.end == piece.begin) continue;
+    const std::string_view part = text.substr(piece.begin, piece.end - piece.begin);
+    Word& split = out.emplace_back();
+    split.at_input_start = word.at_input_start && piece.begin == 0;
+    if (step.kind == PreTokenizerKind::ByteLevel) {
+      tokenizer_detail::append_byte_level(split.text, part);
+    } else {
+      split.text.assign(part);
+    }
+  }
+}
+
 std::vector<Word> apply_pre_tokenizer(const PreTokenizerStep& step, std::vector<Word> words) {
   std::vector<Word> out;
   out.reserve(words.size());
+  PreTokenizerScratch scratch;
   for (const Word& word : words) {
     switch (step.kind) {
       case PreTokenizerKind::Metaspace: metaspace_split(step, word, out); break;
       case PreTokenizerKind::Bert: whitespace_split(word, true, out); break;
       case PreTokenizerKind::WhitespaceSplit: whitespace_split(word, false, out); break;
+      case PreTokenizerKind::Split:
+      case PreTokenizerKind::ByteLevel:
+      case PreTokenizerKind::Digits: pattern_split(step, word, scratch, out); break;
     }
   }
   return out;
@@ -488,7 +668,7 @@ std::vector<Word> apply_pre_tokenizer(const PreTokenizerStep& step, std::vector<
 // ---------------------------------------------------------------------------------------------
 // Decoders
 
-enum class DecoderKind { Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece };
+enum class DecoderKind { Replace, ByteFallback, ByteLevel, Fuse, Strip, Metaspace, WordPiece };
 
 struct DecoderStep {
   DecoderKind kind = DecoderKind::Fuse;
@@ -517,6 +697,8 @@ void parse_decoder(const std::filesystem::path& path, const Json& node,
     step.content = node.at("content").get<std::string>();
   } else if (type == "ByteFallback") {
     step.kind = DecoderKind::ByteFallback;
+  } else if (type == "ByteLevel") {
+    step.kind = DecoderKind::ByteLevel;
   } else if (type == "Fuse") {
     step.kind = DecoderKind::Fuse;
   } else if (type == "Strip") {
@@ -562,15 +744,6 @@ std::optional<unsigned char> byte_token_value(std::string_view token) {
   return static_cast<unsigned char>(value);
 }
 
-bool is_valid_utf8(std::string_view text) {
-  for (size_t pos = 0; pos < text.size();) {
-    const unicode::Utf8Char ch = unicode::decode_utf8(text, pos);
-    if (!ch.valid) return false;
-    pos += ch.length;
-  }
-  return true;
-}
-
 // Runs of byte tokens become the text they encode, or one U+FFFD per byte when those bytes
 // are not valid UTF-8 (the library's ByteFallback decoder).
 std::vector<std::string> decode_byte_fallback(std::vector<std::string> tokens) {
@@ -580,7 +753,7 @@ std::vector<std::string> decode_byte_fallback(std::vector<std::string> tokens) {
   size_t n_bytes = 0;
   const auto flush = [&] {
     if (n_bytes == 0) return;
-    if (is_valid_utf8(bytes)) {
+    if (unicode::is_valid_utf8(bytes)) {
       out.push_back(bytes);
     } else {
       std::string replacement;
@@ -620,6 +793,8 @@ std::vector<std::string> apply_decoder(const DecoderStep& step, std::vector<std:
       return tokens;
     case DecoderKind::ByteFallback:
       return decode_byte_fallback(std::move(tokens));
+    case DecoderKind::ByteLevel:
+      return {tokenizer_detail::decode_byte_level(tokens)};
     case DecoderKind::Fuse: {
       std::string fused;
       for (const std::string& token : tokens) fused += token;
@@ -694,11 +869,35 @@ class SubwordModel {
   virtual std::string kind() const = 0;
 };
 
+// The ids of words already encoded, shared by every thread encoding with one model: lookups
+// under a shared lock; an insertion is skipped when another thread holds the lock or the cache
+// is full (the tokenizers library's policy: no eviction, so hits never contend on writes).
+class WordCache {
+ public:
+  bool append(std::string_view word, std::vector<TokenId>& out) const {
+    std::shared_lock lock(mutex_);
+    const auto it = ids_.find(word);
+    if (it == ids_.end()) return false;
+    out.insert(out.end(), it->second.begin(), it->second.end());
+    return true;
+  }
+
+  void insert(std::string_view word, std::span<const TokenId> ids) const {
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock() || ids_.size() >= kWordCacheCapacity) return;
+    ids_.try_emplace(std::string(word), ids.begin(), ids.end());
+  }
+
+ private:
+  mutable std::shared_mutex mutex_;
+  mutable std::unordered_map<std::string, std::vector<TokenId>, tokenizer_detail::StringHash, std::equal_to<>> ids_;
+};
+
 // Byte-pair encoding as the tokenizers library does it: characters (or their byte-fallback
 // tokens, or unk), then repeated merging of the adjacent pair with the lowest merge rank,
 // leftmost on ties. A doubly linked list of symbols and a min-heap of candidate merges keep
 // this O(n log n) in the word length; Llama-style files have no pre-tokenizer, so a "word" can
-// be a whole document.
+// be a whole document. Words up to kMaxCachedWordBytes are remembered (WordCache).
 class BpeModel final : public SubwordModel {
  public:
   BpeModel(const std::filesystem::path& path, const Json& model) : source_(path) {
@@ -725,16 +924,21 @@ class BpeModel final : public SubwordModel {
   void tokenize(std::string_view word, std::vector<TokenId>& out) const override {
     if (word.empty()) return;
     if (ignore_merges_) {
+      // Llama 3: a word that is itself a token is that token, whatever the merges would make.
       if (const auto id = find_id(vocab_, word)) {
         out.push_back(*id);
         return;
       }
     }
+    const bool cacheable = word.size() <= kMaxCachedWordBytes;
+    if (cacheable && cache_.append(word, out)) return;
+    const size_t first = out.size();
     std::vector<Symbol> symbols = initial_symbols(word);
     merge_all(symbols);
     for (const Symbol& symbol : symbols) {
       if (symbol.alive) out.push_back(symbol.id);
     }
+    if (cacheable) cache_.insert(word, std::span<const TokenId>(out).subspan(first));
   }
 
  private:
@@ -906,6 +1110,7 @@ class BpeModel final : public SubwordModel {
   std::string prefix_;
   std::string suffix_;
   std::array<std::optional<TokenId>, kByteCount> byte_ids_;
+  WordCache cache_;
 };
 
 // WordPiece as in the tokenizers library: greedy longest-match-first with a continuation
@@ -1036,6 +1241,58 @@ void read_post_processor(const Json& node, const IdLookup& id_of, SpecialTokens&
   }
 }
 
+// The ids a post-processor puts before and after a single sequence when special tokens are
+// added (EncodeOptions::add_special_tokens).
+struct AddedAround {
+  std::vector<TokenId> before;
+  std::vector<TokenId> after;
+};
+
+// A Sequence applies its processors in turn, each around what the ones before it made.
+void parse_post_processor(const std::filesystem::path& path, const Json& node, const IdLookup& id_of,
+                          AddedAround& around) {
+  if (node.is_null()) return;
+  const std::string type = node.at("type").get<std::string>();
+  if (type == "Sequence") {
+    for (const Json& child : node.at("processors")) parse_post_processor(path, child, id_of, around);
+    return;
+  }
+  // ByteLevel only trims offsets, which rankscope does not report.
+  if (type == "ByteLevel") return;
+  AddedAround added;
+  if (type == "BertProcessing" || type == "RobertaProcessing") {
+    added.before.push_back(node.at("cls").at(1).get<TokenId>());
+    added.after.push_back(node.at("sep").at(1).get<TokenId>());
+  } else if (type == "TemplateProcessing") {
+    bool seen_sequence = false;
+    for (const Json& item : node.at("single")) {
+      if (item.contains("Sequence")) {
+        seen_sequence = true;
+        continue;
+      }
+      if (!item.contains("SpecialToken")) {
+        fail("{}: post_processor template item {} is neither a SpecialToken nor a Sequence", path.string(),
+             printable(item.dump()));
+      }
+      std::vector<TokenId>& side = seen_sequence ? added.after : added.before;
+      const std::string name = item["SpecialToken"].at("id").get<std::string>();
+      if (node.contains("special_tokens") && node["special_tokens"].contains(name)) {
+        for (const Json& id : node["special_tokens"][name].at("ids")) side.push_back(id.get<TokenId>());
+      } else if (const auto id = id_of(name)) {
+        side.push_back(*id);
+      } else {
+        fail("{}: post_processor template uses special token \"{}\", which it does not define and the "
+             "vocabulary lacks", path.string(), printable(name));
+      }
+    }
+  } else {
+    fail("{}: unsupported post_processor type \"{}\" (supported: TemplateProcessing, BertProcessing, "
+         "RobertaProcessing, ByteLevel, Sequence)", path.string(), printable(type));
+  }
+  around.before.insert(around.before.begin(), added.before.begin(), added.before.end());
+  around.after.insert(around.after.end(), added.after.begin(), added.after.end());
+}
+
 // tokenizer_config.json beside tokenizer.json names the roles outright; it wins when present.
 void read_tokenizer_config(const std::filesystem::path& config_path, const IdLookup& id_of,
                            SpecialTokens& special) {
@@ -1068,12 +1325,6 @@ class HfTokenizer final : public Tokenizer {
     if (!root.is_object() || !root.contains("model")) {
       fail("{}: not a Hugging Face tokenizer.json (no \"model\" object)", source_.string());
     }
-    for (const char* component : {"pre_tokenizer", "decoder", "normalizer"}) {
-      if (root.contains(component) && mentions_byte_level(root[component])) {
-        fail("{}: unsupported byte-level BPE tokenizer (ByteLevel {}, as in GPT-2/Llama 3)",
-             source_.string(), component);
-      }
-    }
     model_ = parse_model(source_, root["model"]);
     if (root.contains("normalizer")) parse_normalizer(source_, root["normalizer"], normalizers_);
     if (root.contains("pre_tokenizer")) {
@@ -1086,16 +1337,22 @@ class HfTokenizer final : public Tokenizer {
     read_added_tokens(root.contains("added_tokens") ? root["added_tokens"] : Json::array());
     build_id_table();
     resolve_special_tokens(root);
+    kind_ = model_->kind();
+    const auto is_byte_level = [](const PreTokenizerStep& step) { return step.kind == PreTokenizerKind::ByteLevel; };
+    if (kind_ == "hf-bpe" && std::any_of(pre_tokenizers_.begin(), pre_tokenizers_.end(), is_byte_level)) {
+      kind_ = "hf-bpe-byte-level";
+    }
   }
 
-  std::string kind() const override { return model_->kind(); }
+  std::string kind() const override { return kind_; }
   const std::filesystem::path& source() const override { return source_; }
   int32_t vocab_size() const override { return static_cast<int32_t>(id_to_token_.size()); }
   const SpecialTokens& special() const override { return special_; }
 
-  std::vector<TokenId> encode(std::string_view text) const override {
+  std::vector<TokenId> encode(std::string_view text, const EncodeOptions& options) const override {
     std::vector<TokenId> ids;
-    for (const Segment& raw : raw_matcher_.split(text)) {
+    if (options.add_special_tokens) ids = added_around_.before;
+    for (const Segment& raw : raw_matcher_.split(text, options.parse_special)) {
       if (raw.token) {
         ids.push_back(*raw.token);
         continue;
@@ -1104,7 +1361,7 @@ class HfTokenizer final : public Tokenizer {
       for (const NormalizerStep& step : normalizers_) {
         normalized = apply_normalizer(step, std::move(normalized));
       }
-      for (const Segment& part : normalized_matcher_.split(normalized)) {
+      for (const Segment& part : normalized_matcher_.split(normalized, options.parse_special)) {
         if (part.token) {
           ids.push_back(*part.token);
           continue;
@@ -1116,15 +1373,16 @@ class HfTokenizer final : public Tokenizer {
         for (const Word& word : words) model_->tokenize(word.text, ids);
       }
     }
+    if (options.add_special_tokens) ids.insert(ids.end(), added_around_.after.begin(), added_around_.after.end());
     return ids;
   }
 
-  std::string decode(std::span<const TokenId> ids) const override {
+  std::string decode(std::span<const TokenId> ids, const DecodeOptions& options) const override {
     std::vector<std::string> tokens;
     tokens.reserve(ids.size());
     for (TokenId id : ids) {
       check_id(id);
-      if (skipped_on_decode_[static_cast<size_t>(id)]) continue;
+      if (options.skip_special && skipped_on_decode_[static_cast<size_t>(id)]) continue;
       tokens.push_back(id_to_token_[static_cast<size_t>(id)]);
     }
     if (!has_decoder_) {
@@ -1218,6 +1476,15 @@ class HfTokenizer final : public Tokenizer {
     const auto lookup = [this](const std::string& token) { return id_of(token); };
     if (root.contains("post_processor")) {
       read_post_processor(root["post_processor"], lookup, special_);
+      parse_post_processor(source_, root["post_processor"], lookup, added_around_);
+      for (const auto* side : {&added_around_.before, &added_around_.after}) {
+        for (TokenId id : *side) {
+          if (id < 0 || id >= vocab_size()) {
+            fail("{}: post_processor adds token id {}, out of range (vocabulary size {})", source_.string(), id,
+                 vocab_size());
+          }
+        }
+      }
     }
     read_tokenizer_config(source_.parent_path() / "tokenizer_config.json", lookup, special_);
     // Post-processor ids are written out literally; one past the vocabulary is a broken file.
@@ -1248,6 +1515,7 @@ class HfTokenizer final : public Tokenizer {
   }
 
   std::filesystem::path source_;
+  std::string kind_;
   std::unique_ptr<SubwordModel> model_;
   std::vector<NormalizerStep> normalizers_;
   std::vector<PreTokenizerStep> pre_tokenizers_;
@@ -1259,6 +1527,7 @@ class HfTokenizer final : public Tokenizer {
   std::vector<std::string> id_to_token_;
   std::vector<bool> skipped_on_decode_;
   SpecialTokens special_;
+  AddedAround added_around_;
 };
 
 }  // namespace

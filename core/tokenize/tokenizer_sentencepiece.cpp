@@ -42,23 +42,29 @@ class SentencePieceTokenizer final : public Tokenizer {
   int32_t vocab_size() const override { return processor_->GetPieceSize(); }
   const SpecialTokens& special() const override { return special_; }
 
-  std::vector<TokenId> encode(std::string_view text) const override {
+  // SentencePiece reads control-token text such as "<s>" as ordinary text, so parse_special
+  // changes nothing; add_special_tokens adds BOS (what Llama's tokenizer does by default).
+  std::vector<TokenId> encode(std::string_view text, const EncodeOptions& options) const override {
     std::vector<int> ids;
     const auto status = processor_->Encode(text, &ids);
     if (!status.ok()) {
       fail("{}: SentencePiece encode failed: {}", source_.string(), one_line(status.ToString()));
     }
-    return std::vector<TokenId>(ids.begin(), ids.end());
+    std::vector<TokenId> out;
+    out.reserve(ids.size() + 1);
+    if (options.add_special_tokens && special_.bos) out.push_back(*special_.bos);
+    out.insert(out.end(), ids.begin(), ids.end());
+    return out;
   }
 
-  std::string decode(std::span<const TokenId> ids) const override {
+  std::string decode(std::span<const TokenId> ids, const DecodeOptions& options) const override {
     std::vector<int> kept;
     kept.reserve(ids.size());
     for (TokenId id : ids) {
       check_id(id);
       // Control tokens decode to nothing in SentencePiece anyway; dropping them here also
       // keeps a pad id that is a normal piece in some models out of the text.
-      if (id == special_.bos || id == special_.eos || id == special_.pad) continue;
+      if (options.skip_special && (id == special_.bos || id == special_.eos || id == special_.pad)) continue;
       kept.push_back(id);
     }
     std::string text;

@@ -86,13 +86,14 @@ class WordPieceTokenizer final : public Tokenizer {
   int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
   const SpecialTokens& special() const override { return special_; }
 
-  std::vector<TokenId> encode(std::string_view text) const override {
+  std::vector<TokenId> encode(std::string_view text, const EncodeOptions& options) const override {
     std::vector<TokenId> ids;
+    if (options.add_special_tokens && special_.cls) ids.push_back(*special_.cls);
     // Special-token strings in the raw text map to their ids before any normalization, as
     // BertTokenizer's added-token split does (case-sensitive: "[cls]" is ordinary text).
     size_t segment_start = 0;
     size_t pos = 0;
-    while (pos < text.size()) {
+    while (options.parse_special && pos < text.size()) {
       const std::optional<std::string_view> special = special_at(text, pos);
       if (!special) {
         ++pos;
@@ -104,15 +105,16 @@ class WordPieceTokenizer final : public Tokenizer {
       segment_start = pos;
     }
     encode_plain(text.substr(segment_start), ids);
+    if (options.add_special_tokens && special_.sep) ids.push_back(*special_.sep);
     return ids;
   }
 
-  std::string decode(std::span<const TokenId> ids) const override {
+  std::string decode(std::span<const TokenId> ids, const DecodeOptions& options) const override {
     // BertTokenizer's convert_tokens_to_string: join with spaces, then glue "##" pieces.
     std::string joined;
     for (TokenId id : ids) {
       check_id(id);
-      if (is_skipped_special(id)) continue;
+      if (options.skip_special && is_skipped_special(id)) continue;
       if (!joined.empty()) joined.push_back(' ');
       joined += pieces_[static_cast<size_t>(id)];
     }

@@ -105,6 +105,71 @@ std::string to_utf8(std::u32string_view code_points) {
   return out;
 }
 
+bool is_valid_utf8(std::string_view text) {
+  for (size_t pos = 0; pos < text.size();) {
+    if (static_cast<unsigned char>(text[pos]) < 0x80) {
+      ++pos;
+      continue;
+    }
+    const Utf8Char ch = decode_utf8(text, pos);
+    if (!ch.valid) return false;
+    pos += ch.length;
+  }
+  return true;
+}
+
+namespace {
+
+// The length of the maximal subpart of an ill-formed sequence at `pos` (Unicode's "U+FFFD
+// substitution of maximal subparts"): the lead byte plus the continuation bytes that could
+// still have begun a well-formed character; 1 for a byte that cannot lead one.
+size_t maximal_subpart(std::string_view text, size_t pos) {
+  const auto lead = static_cast<unsigned char>(text[pos]);
+  size_t length = 0;
+  unsigned char first_min = 0x80;
+  unsigned char first_max = 0xBF;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) first_min = 0xA0;
+    if (lead == 0xED) first_max = 0x9F;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) first_min = 0x90;
+    if (lead == 0xF4) first_max = 0x8F;
+  } else {
+    return 1;
+  }
+  size_t taken = 1;
+  while (taken < length && pos + taken < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[pos + taken]);
+    const unsigned char low = taken == 1 ? first_min : 0x80;
+    const unsigned char high = taken == 1 ? first_max : 0xBF;
+    if (byte < low || byte > high) break;
+    ++taken;
+  }
+  return taken;
+}
+
+}  // namespace
+
+std::string replace_invalid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t pos = 0; pos < text.size();) {
+    const Utf8Char ch = decode_utf8(text, pos);
+    if (ch.valid) {
+      out.append(text.substr(pos, ch.length));
+      pos += ch.length;
+    } else {
+      append_utf8(out, kReplacementChar);
+      pos += maximal_subpart(text, pos);
+    }
+  }
+  return out;
+}
+
 std::string sanitize_utf8(std::string_view text) {
   std::string out;
   out.reserve(text.size());
@@ -227,6 +292,11 @@ bool is_alphanumeric(char32_t cp) {
   const utf8proc_category_t category = category_of(cp);
   return (category >= UTF8PROC_CATEGORY_LU && category <= UTF8PROC_CATEGORY_LO) ||
          (category >= UTF8PROC_CATEGORY_ND && category <= UTF8PROC_CATEGORY_NO);
+}
+
+bool is_numeric(char32_t cp) {
+  const utf8proc_category_t category = category_of(cp);
+  return category >= UTF8PROC_CATEGORY_ND && category <= UTF8PROC_CATEGORY_NO;
 }
 
 bool is_whitespace(char32_t cp) {

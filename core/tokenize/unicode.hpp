@@ -33,6 +33,13 @@ std::u32string to_code_points(std::string_view text);
 void append_utf8(std::string& out, char32_t cp);
 std::string to_utf8(std::u32string_view code_points);
 
+bool is_valid_utf8(std::string_view text);
+
+// `text` with each maximal ill-formed subsequence replaced by one U+FFFD (Unicode's recommended
+// practice, and what Rust's String::from_utf8_lossy and Python's errors="replace" do): "\xE2\x82"
+// before an ASCII byte is one U+FFFD, "\xFF\xFE" two.
+std::string replace_invalid_utf8(std::string_view text);
+
 // `text` with every invalid byte replaced by U+FFFD: valid UTF-8 for libraries that require it.
 std::string sanitize_utf8(std::string_view text);
 
@@ -54,6 +61,7 @@ std::u32string to_lower_final_sigma(std::u32string_view code_points);
 // General-category tests.
 bool is_nonspacing_mark(char32_t cp);  // Mn
 bool is_alphanumeric(char32_t cp);     // L* or N*
+bool is_numeric(char32_t cp);          // N* (Rust's char::is_numeric)
 
 // White_Space property (what Rust's char::is_whitespace and most splitters use).
 bool is_whitespace(char32_t cp);
