@@ -115,3 +115,17 @@ TEST_CASE("sliding windows: a window as long as the sequence changes nothing, a 
   CHECK((windowed.topRows(16) - full.topRows(16)).cwiseAbs().maxCoeff() <= 1e-5f);  // fewer than 16 keys: unaffected
   CHECK((windowed.bottomRows(24) - full.bottomRows(24)).cwiseAbs().maxCoeff() > 0.1f);
 }
+
+TEST_CASE("shapes-only configs of Llama 3.1, Mistral, Qwen2.5 and Qwen3 count their published parameters", "[families]") {
+  const auto configs = test::shared_dir() / "configs";
+  RS_REQUIRE_SHARED(configs / "qwen3-8b");
+  // ../shared/configs/README.md: all tensors, untied heads counted, a tied head once.
+  const std::vector<std::pair<const char*, int64_t>> expected = {{"llama-3.1-8b", 8030261248},
+                                                                 {"mistral-7b-v0.3", 7248023552},
+                                                                 {"qwen2.5-7b", 7615616512},
+                                                                 {"qwen3-8b", 8190735360}};
+  for (const auto& [name, count] : expected) {
+    INFO(name);
+    CHECK(config_param_count(read_model_config(configs / name / "config.json")) == count);
+  }
+}
