@@ -129,3 +129,19 @@ TEST_CASE("shapes-only configs of Llama 3.1, Mistral, Qwen2.5 and Qwen3 count th
     CHECK(config_param_count(read_model_config(configs / name / "config.json")) == count);
   }
 }
+
+TEST_CASE("a KV cache continued one token at a time keeps the sliding window and the q/k norms", "[families]") {
+  for (const char* name : {"mistral", "qwen3"}) {
+    INFO(name);
+    const Model model = load_model(kRefs / name);
+    const Reference ref = read_reference(kRefs / name);
+    const auto& seq = ref.inputs[1];
+    std::vector<KvCache> cache(1);
+    float worst = 0.0f;
+    for (size_t t = 0; t < seq.size(); ++t) {
+      const Mat row = llama_forward(model, std::vector<std::vector<TokenId>>{{seq[t]}}, cache);
+      worst = std::max(worst, (row.row(0) - ref.logits[1].row(static_cast<int64_t>(t))).cwiseAbs().maxCoeff());
+    }
+    CHECK(worst <= 1e-4f);
+  }
+}

@@ -130,6 +130,45 @@ TEST_CASE("GPU fp32: stories260K-hf logits of the golden sequences equal the CPU
   CHECK(max_abs_diff(last.row(2), cpu.row(cpu.rows() - 1)) <= kFp32Tolerance);
 }
 
+TEST_CASE("GPU: Llama 3, Mistral (sliding window), Qwen2 (biases) and Qwen3 (q/k norm) equal transformers' logits and the CPU's",
+          "[gpu][llama][families]") {
+  RS_REQUIRE_GPU();
+  const auto refs = std::filesystem::path(RANKSCOPE_SOURCE_DIR) / "tests/data/hf-refs";
+  for (const char* name : {"llama3", "mistral", "qwen2", "qwen3"}) {
+    INFO(name);
+    auto model = load_model(refs / name);
+    const auto inputs = test::read_json(refs / name / "inputs.json")["sequences"];
+    std::vector<std::vector<TokenId>> batch;
+    for (const auto& seq : inputs) batch.push_back(seq.get<std::vector<TokenId>>());
+    const Mat cpu = llama_forward(model, batch);  // both sequences in one batch
+    for (auto type : {ComputeType::f32, ComputeType::bf16}) {
+      model.backend = gpu(type);
+      const Mat cuda = llama_forward(model, batch);
+      // bf16: inputs of every product rounded to 8 bits of mantissa, logits of magnitude ~3.
+      CHECK(max_abs_diff(cuda, cpu) <= (type == ComputeType::f32 ? kFp32Tolerance : 0.1f));
+      if (type != ComputeType::f32) continue;
+      int64_t row0 = 0;
+      for (size_t k = 0; k < batch.size(); ++k) {
+        const auto want = read_npy(refs / name / fmt::format("logits_{}.npy", k));
+        const auto n = static_cast<int64_t>(batch[k].size());
+        CHECK(max_abs_diff(cuda.middleRows(row0, n), ConstMatMap(want.values.data(), want.shape[0], want.shape[1])) <=
+              kFp32Tolerance);
+        row0 += n;
+      }
+      // Continuing a KV cache one token at a time through the window.
+      std::vector<KvCache> cache(1);
+      const auto& seq = batch.back();
+      Mat stepped(static_cast<int64_t>(seq.size()), cpu.cols());
+      for (size_t t = 0; t < seq.size(); ++t) {
+        const Mat row = llama_forward(model, std::vector<std::vector<TokenId>>{{seq[t]}}, cache);
+        stepped.row(static_cast<int64_t>(t)) = row.row(0);
+      }
+      CHECK(max_abs_diff(stepped, cpu.bottomRows(static_cast<int64_t>(seq.size()))) <= kFp32Tolerance);
+    }
+    model.backend = nullptr;
+  }
+}
+
 TEST_CASE("GPU fp32: continuing KV caches on the device equals reading the whole sequences", "[gpu][llama]") {
   RS_REQUIRE_GPU();
   const auto dir = test::shared_data("stories260K-hf");
