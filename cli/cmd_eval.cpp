@@ -1,8 +1,12 @@
 // rankscope eval MODEL [--config STR] --tasks T1,T2 ...: benchmark tasks, perplexity, fidelity,
 // size and latency of a model, optionally decomposed; a table or JSON with every protocol.
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -12,8 +16,14 @@
 #include "core/decompose/decompose.hpp"
 #include "core/base/error.hpp"
 #include "core/compute/gemm.hpp"
+#include "core/decompose/factor_cache.hpp"
 #include "evaluators/calibration.hpp"
 #include "evaluators/evaluator.hpp"
+#include "evaluators/lm_eval_output.hpp"
+
+#ifndef RANKSCOPE_VERSION
+#error "RANKSCOPE_VERSION (CMake's PROJECT_VERSION) must be defined"
+#endif
 
 namespace rankscope::cli {
 
@@ -27,6 +37,61 @@ std::string format_value(const MetricResult& m) {
   const double v = m.value;
   if (std::fabs(v) >= 1e6 && std::fabs(v - std::round(v)) < 1e-9) return fmt::format("{:.0f}", v);
   return fmt::format("{:.6g}", v);
+}
+
+// Makes the directory lm-eval would write into for --output-path (an error naming the path when
+// it cannot be made or written) and returns where the files go.
+LmEvalPaths prepare_output(const Params& params, const std::string& date_id) {
+  const LmEvalPaths paths = lm_eval_paths(params.output_path, params.model, date_id);
+  std::error_code ec;
+  std::filesystem::create_directories(paths.dir, ec);
+  if (ec) fail("--output-path {}: cannot create {} ({})", params.output_path, paths.dir.string(), ec.message());
+  if (!std::filesystem::is_directory(paths.dir, ec)) fail("--output-path {}: {} is not a directory", params.output_path, paths.dir.string());
+  if (::access(paths.dir.c_str(), W_OK) != 0) {
+    fail_errno(errno, "--output-path {}: cannot write into {}", params.output_path, paths.dir.string());
+  }
+  return paths;
+}
+
+// The results JSON and, with --log-samples, one samples file per task (per MMLU subject, as lm-eval
+// writes its subtasks), each written atomically; their paths on stderr.
+void write_lm_eval_output(const LmEvalPaths& paths, const std::string& date_id, const std::vector<TaskReport>& reports,
+                          const Params& params, const std::string& canonical, std::chrono::system_clock::time_point start,
+                          double seconds) {
+  LmEvalRun run{.model = params.model,
+                .configuration = canonical,
+                .device = params.device,
+                .dtype = params.dtype,
+                .batch_size = params.batch_size,
+                .limit = params.limit,
+                .fewshot_seed = params.seed,
+                .version = RANKSCOPE_VERSION,
+                .date = std::chrono::duration<double>(start.time_since_epoch()).count(),
+                .seconds = seconds};
+  for (const auto& r : reports) {  // where the forward passes ran (size alone runs none)
+    if (run.model_hash.empty()) run.model_hash = r.protocol.value("model_hash", "");
+    if (r.protocol.contains("device")) {
+      run.device = r.protocol.value("device", params.device);
+      run.dtype = r.protocol.value("dtype", params.dtype);
+      break;
+    }
+  }
+  write_file_atomically(paths.results, lm_eval_results(reports, run).dump(2) + "\n");
+  fmt::print(stderr, "wrote {}\n", paths.results.string());
+  if (!params.log_samples) return;
+  std::map<std::string, std::string> lines;  // task -> its samples file's content
+  std::vector<std::string> order;
+  for (const auto& r : reports) {
+    for (const auto& sample : r.samples) {
+      if (!lines.contains(sample.task)) order.push_back(sample.task);
+      lines[sample.task] += lm_eval_sample_line(sample) + "\n";
+    }
+  }
+  for (const auto& task : order) {
+    const auto path = lm_eval_samples_path(paths, task, date_id);
+    write_file_atomically(path, lines[task]);
+    fmt::print(stderr, "wrote {}\n", path.string());
+  }
 }
 
 }  // namespace
@@ -72,10 +137,16 @@ int run_eval(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.tasks.empty() && params.text.empty()) throw Error("--tasks is required (or --text FILE)");
   if (params.num_fewshot < 0) throw Error("--num-fewshot must be >= 0");
-  if (params.limit == 0 || params.limit < -1) throw Error("--limit must be a positive number of documents (or -1 for all)");
   if (params.ctx < 0) throw Error("--ctx must be >= 0");
+  const auto start = std::chrono::system_clock::now();
+  // --output-path: where lm-eval would write, made before anything runs so that a path that
+  // cannot be written fails at once, not after the evaluation.
+  const std::string date_id = lm_eval_date_id(start);
+  std::optional<LmEvalPaths> output;
+  if (!params.output_path.empty()) output = prepare_output(params, date_id);
   set_num_threads(params.threads);
-  const EvalRequest request = eval_request(params);
+  EvalRequest request = eval_request(params);
+  request.settings.log_samples = params.log_samples;
 
   const bool size_only = !request.tasks.empty() && params.text.empty() &&
                          std::all_of(request.tasks.begin(), request.tasks.end(), [](const auto& t) { return t == "size"; });
@@ -87,15 +158,8 @@ int run_eval(const Params& params) {
   const Config config = parse_config(params.config, base.config);
   const Evaluator evaluator(base, request);
 
-  std::unique_ptr<Model> decomposed;
   ActivationOptions activation;
-  if (!config.is_base() && !size_only) {
-    FactorCache cache(params.cache_dir, svd_policy(params.svd_backend));
-    activation = activation_options(base, config, calibration_options(params, params.cache_dir), params.asvd_alpha);
-    DecomposeStats stats;
-    decomposed = std::make_unique<Model>(decompose_model(base, config, cache, &stats, activation));
-    for (const auto& note : stats.activation_notes) fmt::print(stderr, "calibration: {}\n", note);
-  }
+  const std::unique_ptr<Model> decomposed = size_only ? nullptr : configured_model(base, config, params, &activation);
   const Model& model = decomposed ? *decomposed : base;
 
   std::map<std::string, std::unique_ptr<Progress>> bars;
@@ -115,6 +179,10 @@ int run_eval(const Params& params) {
   }
 
   const std::string canonical = encode_config(config, base.config);
+  if (output) {
+    const double seconds = std::chrono::duration<double>(std::chrono::system_clock::now() - start).count();
+    write_lm_eval_output(*output, date_id, reports, params, canonical, start, seconds);
+  }
   if (params.json) {
     nlohmann::json results = nlohmann::json::array();
     for (const auto& r : reports) {

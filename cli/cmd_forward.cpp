@@ -1,5 +1,5 @@
-// rankscope forward MODEL --ids ... --out FILE.npy: the model's raw output for one sequence, for
-// comparison with any other framework.
+// rankscope forward MODEL [--config STR] --ids ... --out FILE.npy: the raw output for one sequence
+// of the model as stored or decomposed by --config, for comparison with any other framework.
 #include <charconv>
 
 #include <fmt/format.h>
@@ -45,9 +45,11 @@ int run_forward(const Params& params) {
   if (params.ids.empty()) throw Error("--ids is required");
   if (params.out.empty()) throw Error("--out is required");
   set_num_threads(params.threads);
-  Model model = load_model(params.model, {.weights = true, .tokenizer = false});
-  if (!model.has_weights) fail("{}: no weights (shapes-only config.json); cannot run", params.model);
-  place_model(model, params);
+  Model base = load_model(params.model, {.weights = true, .tokenizer = false});
+  if (!base.has_weights) fail("{}: no weights (shapes-only config.json); cannot run", params.model);
+  place_model(base, params);
+  const auto decomposed = configured_model(base, parse_config(params.config, base.config), params);
+  const Model& model = decomposed ? *decomposed : base;
   const auto& c = model.config;
   const auto ids = parse_id_list(params.ids, "ids");
   const auto n = static_cast<int64_t>(ids.size());

@@ -1,4 +1,5 @@
-// rankscope generate MODEL --prompt TEXT --tokens N: greedy continuation, streamed to stdout.
+// rankscope generate MODEL [--config STR] --prompt TEXT --tokens N: greedy continuation, streamed to
+// stdout, of the model as stored or decomposed by --config.
 #include <chrono>
 #include <iostream>
 
@@ -15,13 +16,15 @@ int run_generate(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.tokens < 0) fail("--tokens must be >= 0, got {}", params.tokens);
   set_num_threads(params.threads);
-  Model model = load_model(params.model);
-  place_model(model, params);
-  if (model.config.arch != Arch::llama) {
-    fail("{}: generate needs a causal LM; {} is not one (try classify)", params.model, model.config.architecture);
+  Model base = load_model(params.model);
+  place_model(base, params);
+  if (base.config.arch != Arch::llama) {
+    fail("{}: generate needs a causal LM; {} is not one (try classify)", params.model, base.config.architecture);
   }
-  if (!model.has_weights) fail("{}: no weights (shapes-only config.json); cannot generate", params.model);
-  const auto& tok = model.require_tokenizer();
+  if (!base.has_weights) fail("{}: no weights (shapes-only config.json); cannot generate", params.model);
+  const auto& tok = base.require_tokenizer();
+  const auto decomposed = configured_model(base, parse_config(params.config, base.config), params);
+  const Model& model = decomposed ? *decomposed : base;
   std::vector<TokenId> prompt;
   if (tok.special().bos) {
     prompt.push_back(*tok.special().bos);

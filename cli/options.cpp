@@ -11,6 +11,22 @@
 #include "core/base/suggest.hpp"
 
 
+namespace rankscope {
+
+// program_options reads a Limit through this (found by argument-dependent lookup): a value that
+// is not one is a usage error naming the option and saying what --limit takes.
+void validate(boost::any& value, const std::vector<std::string>& tokens, Limit* /*type*/, int /*overload*/) {
+  namespace po = boost::program_options;
+  po::validators::check_first_occurrence(value);
+  const std::string& text = po::validators::get_single_string(tokens);
+  std::string why;
+  const auto limit = Limit::parse(text, &why);
+  if (!limit) throw po::error_with_option_name("%canonical_option%: '" + text + "' " + why);
+  value = *limit;
+}
+
+}  // namespace rankscope
+
 namespace rankscope::cli {
 
 namespace po = boost::program_options;
@@ -23,10 +39,21 @@ template <typename T>
 std::string default_text(const T& value) {
   if constexpr (std::is_same_v<T, std::string>) {
     return value;
+  } else if constexpr (std::is_same_v<T, Limit>) {
+    return value.text();
   } else {
     std::array<char, 64> buf{};
     const auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), value);
     return ec == std::errc() ? std::string(buf.data(), end) : boost::lexical_cast<std::string>(value);
+  }
+}
+
+// The other spellings of `self`, each declared as an option of its own that parses a value as
+// `semantic()` makes (unbound: parse_command_line renames it to self.name before storing it).
+template <typename Semantic>
+void declare_aliases(const OptionDef& self, po::options_description& desc, Semantic semantic) {
+  for (const auto& alias : self.aliases) {
+    desc.add_options()(alias.c_str(), semantic(), ("the same as --" + self.name + " (lm-evaluation-harness's spelling)").c_str());
   }
 }
 
@@ -47,6 +74,7 @@ OptionDef opt(std::string name, T Params::*field, std::set<std::string> commands
       value->default_value(initial, default_text(initial));
     }
     desc.add_options()(self.name.c_str(), value, self.help_for(command).c_str());
+    declare_aliases(self, desc, [] { return po::value<T>(); });
   };
   return def;
 }
@@ -55,6 +83,7 @@ OptionDef flag(std::string name, bool Params::*field, std::set<std::string> comm
   OptionDef def{name, std::move(commands), std::move(help)};
   def.declare = [field](const OptionDef& self, po::options_description& desc, Params& params, const std::string& command) {
     desc.add_options()(self.name.c_str(), po::bool_switch(&(params.*field)), self.help_for(command).c_str());
+    declare_aliases(self, desc, [] { return po::bool_switch(); });
   };
   return def;
 }
@@ -65,6 +94,7 @@ OptionDef list_opt(std::string name, std::vector<std::string> Params::*field, st
   def.declare = [field](const OptionDef& self, po::options_description& desc, Params& params, const std::string& command) {
     desc.add_options()(self.name.c_str(), po::value<std::vector<std::string>>(&(params.*field))->composing(),
                        self.help_for(command).c_str());
+    declare_aliases(self, desc, [] { return po::value<std::vector<std::string>>()->composing(); });
   };
   return def;
 }
@@ -72,6 +102,12 @@ OptionDef list_opt(std::string name, std::vector<std::string> Params::*field, st
 // The help of `def` for the commands named in `help`, where the option means something else there.
 OptionDef per_command(OptionDef def, std::map<std::string, std::string> help) {
   def.command_help = std::move(help);
+  return def;
+}
+
+// Other spellings of `def` (lm-eval's), accepted wherever `def` is.
+OptionDef aliased(OptionDef def, std::vector<std::string> aliases) {
+  def.aliases = std::move(aliases);
   return def;
 }
 
@@ -109,10 +145,12 @@ const std::vector<OptionDef>& option_defs() {
                   {{"decompose", "the checkpoint directory to write"},
                    {"report", "the directory to write report.md and pareto.svg into"}}),
       flag("hidden", &Params::hidden, {"forward"}, "BERT: write the last hidden states [T, hidden] instead of the head's logits"),
-      per_command(list_opt("config", &Params::configs, {"info", "decompose", "eval", "sweep"},
+      per_command(list_opt("config", &Params::configs, {"info", "decompose", "eval", "sweep", "generate", "forward"},
                            "configuration string, e.g. \"L2,17,31:all=1\" or \"L0-15:q,k=64;L16-31:mlp=25%@svd\" (docs/config-strings.md)"),
                   {{"info", "configuration string whose size to report (parameters, bytes, reduction %, FLOPs per token), e.g. \"L2,17,31:all=1\""},
                    {"eval", "configuration string: evaluate the model decomposed by it, e.g. \"L*:mlp=50%@svd\" (docs/config-strings.md)"},
+                   {"generate", "configuration string: generate with the model decomposed by it (as eval and decompose do), e.g. \"L*:mlp=50%@svd\""},
+                   {"forward", "configuration string: run the model decomposed by it (as eval and decompose do), e.g. \"L*:mlp=50%@svd\""},
                    {"sweep", "a configuration of the list strategy, e.g. \"L*:mlp=50%@svd\" (repeatable: one per configuration)"}}),
       opt("canonical", &Params::canonical, {"config"}, "configuration string to print in canonical form"),
       one_of(opt("space", &Params::space, {"space", "sweep"},
@@ -131,35 +169,38 @@ const std::vector<OptionDef>& option_defs() {
                    {"sweep", "random seed of the strategy (and of the few-shot draws)"}}),
       opt("index", &Params::index, {"space"}, "print the point at this index (a decimal integer of any size)"),
       flag("dense", &Params::dense, {"decompose"}, "write reconstructed dense weights (an ordinary Hugging Face checkpoint)"),
-      opt("cache-dir", &Params::cache_dir, {"decompose", "eval", "sweep", "sensitivity", "allocate"}, "cache directory: full SVDs (factor cache) and the base model's outputs for fidelity, reused across runs"),
-      one_of(opt("svd-backend", &Params::svd_backend, {"decompose", "eval", "sweep", "sensitivity", "allocate"},
+      opt("cache-dir", &Params::cache_dir, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"}, "cache directory: full SVDs (factor cache) and the base model's outputs for fidelity, reused across runs"),
+      one_of(opt("svd-backend", &Params::svd_backend, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"},
                  "factorization: lapack | eigen | cuda (full SVD; cuda: on the GPU through the fp64 Gram matrix), randomized (rank-K randomized SVD, K the next power of two >= max(rank, 64), when K <= min(m, n)/4)"),
              {"lapack", "eigen", "cuda", "randomized"}),
-      opt("calib", &Params::calib, {"decompose", "eval", "sweep", "sensitivity", "allocate"},
+      opt("calib", &Params::calib, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"},
           "calibration data of the activation-aware methods @asvd and @whiten: a text file, a .tsv file (its sentence "
           "column) or a task name (tinystories, sst2, ...); samples come from its second half (docs/methods.md)"),
-      opt("calib-samples", &Params::calib_samples, {"decompose", "eval", "sweep", "sensitivity", "allocate"},
+      opt("calib-samples", &Params::calib_samples, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"},
           "calibration: sequences drawn (causal LM: windows of --calib-ctx tokens; BERT: sentences)"),
-      opt("calib-ctx", &Params::calib_ctx, {"decompose", "eval", "sweep", "sensitivity", "allocate"},
+      opt("calib-ctx", &Params::calib_ctx, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"},
           "calibration: tokens per window (causal LM, BOS added) / at most per sentence (BERT)"),
-      opt("calib-seed", &Params::calib_seed, {"decompose", "eval", "sweep", "sensitivity", "allocate"}, "calibration: seed of the sample draw"),
-      opt("asvd-alpha", &Params::asvd_alpha, {"decompose", "eval", "sweep", "sensitivity", "allocate"},
+      opt("calib-seed", &Params::calib_seed, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"}, "calibration: seed of the sample draw"),
+      opt("asvd-alpha", &Params::asvd_alpha, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"},
           "@asvd: exponent alpha of the activation scaling diag(mean |x|)^alpha"),
       opt("tasks", &Params::tasks, {"eval", "sweep"},
-          "comma-separated tasks: arc_easy, arc_challenge, hellaswag, winogrande, piqa, boolq, openbookqa, mmlu, truthfulqa_mc1, "
-          "truthfulqa_mc2, lambada_openai, sst2, mrpc, wikitext2, tinystories, size, latency, fidelity, or a path to a .jsonl task "
-          "(docs/tasks.md)"),
+          "comma-separated tasks: arc_easy, arc_challenge, hellaswag, winogrande, piqa, boolq, openbookqa, mmlu, mmlu_SUBJECT, "
+          "truthfulqa_mc1, truthfulqa_mc2, lambada_openai, sst2, mrpc, wikitext2, wikitext (lm-eval's: rolling), tinystories, "
+          "size, latency, fidelity, groups arc (ai2_arc), truthfulqa, or a path to a .jsonl task (docs/tasks.md)"),
       opt("limit", &Params::limit, {"eval", "sweep", "allocate"},
-          "first N documents of each task in file order (MMLU: per subject; rolling perplexity: whole documents); llamacpp/chunks perplexity and fidelity: first N windows (-1 = all)"),
-      opt("num-fewshot", &Params::num_fewshot, {"eval", "sweep", "allocate"}, "few-shot examples per prompt (drawn with --seed; MMLU: the first k of dev)"),
+          "first N documents of each task in file order (MMLU: per subject; rolling perplexity: whole documents); llamacpp/chunks "
+          "perplexity and fidelity: first N windows. A fraction in (0, 1): ceil(fraction x N) of each task's N, as lm-eval (-1 = all)"),
+      aliased(opt("num-fewshot", &Params::num_fewshot, {"eval", "sweep", "allocate"}, "few-shot examples per prompt (drawn with --seed; MMLU: the first k of dev)"),
+              {"num_fewshot"}),
       opt("ctx", &Params::ctx, {"eval", "sweep", "allocate"}, "perplexity/fidelity window: text tokens per window (chunks, fidelity), positions per chunk with BOS (llamacpp), positions per window with the prefix token (rolling); 0 = the protocol's default (docs/evaluation.md)"),
       one_of(opt("ppl-protocol", &Params::ppl_protocol, {"eval", "sweep", "allocate"},
                  "perplexity protocol for every perplexity task: llamacpp | chunks | rolling (default: per task, docs/tasks.md)"),
              {"llamacpp", "chunks", "rolling"}),
       opt("name", &Params::name, {"eval"}, "task name of the --text perplexity (default: the file's stem)"),
       flag("bos", &Params::bos, {"eval", "sweep", "allocate"}, "prepend BOS to every multiple-choice context (lm-eval 0.4.0 adds none)"),
-      opt("data-dir", &Params::data_dir, {"decompose", "eval", "sweep", "sensitivity", "allocate"}, "directory of the benchmark data (the layout of ../shared/data)"),
-      opt("batch-size", &Params::batch_size, {"eval", "sweep", "allocate"}, "examples prefilled together (multiple choice) / sequences per pass (classification)"),
+      opt("data-dir", &Params::data_dir, {"decompose", "eval", "sweep", "sensitivity", "allocate", "generate", "forward"}, "directory of the benchmark data (the layout of ../shared/data)"),
+      aliased(opt("batch-size", &Params::batch_size, {"eval", "sweep", "allocate"}, "examples prefilled together (multiple choice) / sequences per pass (classification)"),
+              {"batch_size"}),
       opt("batch-tokens", &Params::batch_tokens, {"eval", "sweep", "allocate"},
           "on a GPU: tokens per forward pass; contexts are sorted by length and batched up to it (--batch-size is then a minimum)"),
       flag("no-context-reuse", &Params::no_context_reuse, {"eval", "allocate"},
@@ -169,6 +210,14 @@ const std::vector<OptionDef>& option_defs() {
       opt("latency-reps", &Params::latency_reps, {"eval", "sweep", "allocate"}, "latency task: timed passes (median reported, after 2 warm-up passes)"),
       opt("fidelity-text", &Params::fidelity_text, {"eval", "sweep", "allocate"},
           "fidelity task: text file the base and configured models are compared on (default: WikiText-2 raw test)"),
+      aliased(opt("output-path", &Params::output_path, {"eval"},
+                  "also write the results as lm-evaluation-harness does: a directory (DIR/MODEL_SANITIZED/results_DATE.json) "
+                  "or a .json path (STEM_DATE.json beside it)"),
+              {"output_path"}),
+      aliased(flag("log-samples", &Params::log_samples, {"eval"},
+                   "with --output-path: one line per document (requests, log-likelihoods, metrics) in samples_TASK_DATE.jsonl "
+                   "beside the results, as lm-eval's --log_samples"),
+              {"log_samples"}),
       opt("experiment", &Params::experiment, {"sweep"},
           "experiment file (INI, the option names of this command as keys; the command line overrides it); also the first positional argument"),
       per_command(opt("db", &Params::db, {"sweep", "pareto", "studies", "export", "report", "allocate"},
@@ -267,9 +316,34 @@ namespace {
 std::vector<std::string> option_names(const std::string& command) {
   std::vector<std::string> names = {"--help"};
   for (const auto& def : option_defs()) {
-    if (def.commands.contains(command)) names.push_back("--" + def.name);
+    if (!def.commands.contains(command)) continue;
+    names.push_back("--" + def.name);
+    for (const auto& alias : def.aliases) names.push_back("--" + alias);
   }
   return names;
+}
+
+// Renames every other spelling in `parsed` to the option it spells (num_fewshot -> num-fewshot),
+// so that it is stored, checked and written as that option. Returns the error when one source
+// (the command line, or an experiment file) gives two spellings of one option, else "".
+// `dashes`: how the source writes names ("--" on the command line, "" in an experiment file).
+std::string resolve_aliases(const std::string& command, po::parsed_options& parsed, const std::string& dashes) {
+  std::map<std::string, std::string> option_of;  // alias -> option
+  for (const auto& def : option_defs()) {
+    if (!def.commands.contains(command)) continue;
+    for (const auto& alias : def.aliases) option_of[alias] = def.name;
+  }
+  std::map<std::string, std::string> spelling;  // option -> the first spelling given
+  for (auto& o : parsed.options) {
+    const auto alias = option_of.find(o.string_key);
+    const std::string name = alias == option_of.end() ? o.string_key : alias->second;
+    const auto [first, inserted] = spelling.emplace(name, o.string_key);
+    if (!inserted && first->second != o.string_key) {
+      return dashes + first->second + " and " + dashes + o.string_key + " are two spellings of one option: give it once";
+    }
+    o.string_key = name;
+  }
+  return "";
 }
 
 std::string joined(const std::vector<std::string>& items) {
@@ -343,7 +417,9 @@ std::optional<int> parse_command_line(const Command& command, int argc, const ch
   };
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(desc).positional(positional).run(), vm);
+    auto parsed = po::command_line_parser(argc, argv).options(desc).positional(positional).run();
+    if (const auto message = resolve_aliases(command.name, parsed, "--"); !message.empty()) return usage_error(message);
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << "usage: rankscope " << command.name << " " << command.usage << "\n"
                 << command.summary << "\n\n" << desc;
@@ -365,7 +441,9 @@ std::optional<int> parse_command_line(const Command& command, int argc, const ch
           throw po::error("not a regular file");
         std::ifstream in(file);
         if (!in) throw po::error("cannot read the file");
-        po::store(po::parse_config_file(in, desc), vm);
+        auto parsed = po::parse_config_file(in, desc);
+        if (const auto message = resolve_aliases(command.name, parsed, ""); !message.empty()) throw po::error(message);
+        po::store(parsed, vm);
       } catch (const po::unknown_option& e) {
         return bad_file(unknown_option_message(e, command.name));
       } catch (const po::error& e) {

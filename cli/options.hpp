@@ -14,6 +14,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "evaluators/limit.hpp"
+
 namespace rankscope {
 struct CalibrationOptions;  // evaluators/calibration.hpp
 struct Model;               // core/io/model.hpp
@@ -34,7 +36,7 @@ struct Params {
   // classify
   std::string text;
   std::string text_pair;
-  // forward
+  // forward (and --config, with the decomposition options, on generate and forward too)
   std::string ids;
   std::string type_ids;
   std::string out;
@@ -64,7 +66,7 @@ struct Params {
   double asvd_alpha = 0.5;
   // eval
   std::string tasks;
-  int64_t limit = -1;
+  Limit limit;  // a number of documents (windows), or a fraction of them; -1 = all
   int64_t num_fewshot = 0;
   int64_t ctx = 0;
   std::string ppl_protocol;
@@ -78,6 +80,8 @@ struct Params {
   int64_t latency_tokens = 128;
   int64_t latency_reps = 10;
   std::string fidelity_text;
+  std::string output_path;  // eval: lm-eval's results JSON (a directory, or a .json path)
+  bool log_samples = false; // eval: lm-eval's per-document samples_<task>_<date>.jsonl beside it
   // sweep, pareto, studies, export, report
   std::string experiment;               // positional EXPERIMENT.ini of sweep
   std::vector<std::string> configs;     // every --config / config = line (sweep: the list)
@@ -113,6 +117,10 @@ struct OptionDef {
   std::string name;                   // long name, without "--"
   std::set<std::string> commands;     // subcommands that accept it
   std::string help;                   // what it means to every command not in command_help
+  // Other spellings of the same option (lm-evaluation-harness's: num_fewshot for num-fewshot),
+  // on the command line and in experiment files alike; each is renamed to `name` when parsed, so
+  // it writes the same field, and giving two spellings of one option is an error.
+  std::vector<std::string> aliases;
   std::map<std::string, std::string> command_help;     // where its meaning differs by command
   std::map<std::string, std::string> command_default;  // a default other than Params{}'s, as written
   std::vector<std::string> choices;                    // an enumeration's values (empty: any value)

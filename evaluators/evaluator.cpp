@@ -56,6 +56,7 @@ struct Evaluator::TextTask {
   std::vector<TokenId> ids;                       // llamacpp / chunks: the whole text, no BOS
   std::vector<std::vector<TokenId>> doc_ids;      // rolling: per document
   std::vector<int64_t> words, bytes;              // rolling: per document
+  std::vector<std::string> doc_texts;             // rolling, with log_samples: each document's text
   std::vector<std::string> files;
   std::string data_key;
 };
@@ -85,6 +86,7 @@ Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), requ
         t->doc_ids.push_back(tok.encode(d.text));
         t->words.push_back(d.word_count > 0 ? d.word_count : count_words(d.text));
         t->bytes.push_back(d.byte_count > 0 ? d.byte_count : static_cast<int64_t>(d.text.size()));
+        if (request_.settings.log_samples) t->doc_texts.push_back(d.text);
       }
       std::vector<TokenId> all;
       for (const auto& d : t->doc_ids) all.insert(all.end(), d.begin(), d.end());
@@ -96,6 +98,7 @@ Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), requ
     return t;
   };
 
+  request_.tasks = expand_task_groups(request_.tasks);  // arc -> arc_easy, arc_challenge ...
   for (const auto& name : request_.tasks) {
     if (name.empty()) continue;
     if (std::find(order_.begin(), order_.end(), name) != order_.end()) continue;  // listed twice
@@ -105,6 +108,7 @@ Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), requ
     if (task.kind == TaskKind::perplexity) {
       std::string protocol = request_.ppl_protocol;
       if (protocol.empty()) protocol = task.name == "tinystories" ? "chunks" : "llamacpp";
+      if (task.name == "wikitext") protocol = "rolling";  // lm-eval's wikitext task is loglikelihood_rolling
       int64_t ctx = default_ctx(protocol);
       if (request_.ctx == 0 && task.name == "tinystories" && protocol == "chunks") ctx = std::min<int64_t>(256, ctx);
       texts_[name] = make_text(task.name, protocol, ctx, task.text, task.docs, task.files);
@@ -170,7 +174,7 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   if (on_gpu(model) && t.ctx > 0) {
     options.windows_per_batch = std::max(options.windows_per_batch, request_.settings.batch_tokens / t.ctx);
   }
-  options.max_windows = request_.load.limit;
+  options.max_windows = request_.load.limit;  // windows: a count, or a share of the text's
   if (progress) options.progress = [&](int64_t done, int64_t total) { progress(t.name, done, total); };
   size_t next_stage = 0;  // the first stage not yet checked
   if (early && early->stop) {
@@ -198,10 +202,10 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
     std::optional<int64_t> prefix = request_.settings.bos ? c.bos_token_id : c.eos_token_id;
     if (!prefix) fail("{}: the rolling protocol needs an {} token and config.json names none", model.dir.string(),
                       request_.settings.bos ? "BOS" : "EOS");
-    // lm-eval's --limit counts documents: the rolling protocol scores the first N whole documents.
+    // lm-eval's --limit counts documents: the rolling protocol scores the first N whole documents
+    // (or ceil(fraction x documents)).
     options.max_windows = -1;
-    const size_t n_docs = request_.load.limit > 0 ? std::min(t.doc_ids.size(), static_cast<size_t>(request_.load.limit))
-                                                  : t.doc_ids.size();
+    const auto n_docs = static_cast<size_t>(request_.load.limit.of(static_cast<int64_t>(t.doc_ids.size())));
     const std::vector<std::vector<TokenId>> docs(t.doc_ids.begin(), t.doc_ids.begin() + static_cast<long>(n_docs));
     const std::vector<int64_t> words(t.words.begin(), t.words.begin() + static_cast<long>(n_docs));
     const std::vector<int64_t> bytes(t.bytes.begin(), t.bytes.begin() + static_cast<long>(n_docs));
@@ -209,6 +213,15 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   }
   TaskReport report{.task = t.name};
   if (r.stopped) report.fidelity = static_cast<double>(r.n_windows) / static_cast<double>(r.n_windows_total);
+  if (t.protocol == "rolling") {  // lm-eval's loglikelihood_rolling: counted in documents
+    report.output_type = "loglikelihood_rolling";
+    report.n_original = static_cast<int64_t>(t.doc_ids.size());
+    report.n_effective = r.n_docs;
+  } else {
+    report.n_original = r.n_windows_all;
+    report.n_effective = r.n_windows;
+  }
+  if (request_.settings.log_samples && t.protocol == "rolling") add_rolling_samples(t, r, report);
   const std::string status = r.finite ? "ok" : "nan";
   auto add = [&](const char* metric, double value, double err, int64_t n) {
     report.metrics.push_back({.task = t.name, .metric = metric, .value = r.finite ? value : kNaN, .stderr_ = r.finite ? err : kNaN,
@@ -233,6 +246,9 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   if (r.stopped) {  // stopped early: the windows it would have scored, and the rule that stopped it
     report.protocol["windows_total"] = r.n_windows_total;
   }
+  if (request_.load.limit.is_fraction()) {  // what the fraction was taken of
+    report.protocol[t.protocol == "rolling" ? "documents_in_text" : "windows_in_text"] = report.n_original;
+  }
   if (options.shuffle_seed != 0 && t.protocol != "rolling") {  // the order scored (complete evaluations too; rolling keeps text order)
     report.protocol["early_stop"] = {{"stages", early->stages}, {"z", early->z}, {"min_windows", early->min_windows},
                                      {"window_order_seed", early->shuffle_seed}};
@@ -241,10 +257,27 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   return report;
 }
 
+void Evaluator::add_rolling_samples(const TextTask& t, const PerplexityResult& r, TaskReport& report) const {
+  for (size_t d = 0; d < r.doc_nll_sums.size(); ++d) {
+    const double ll = -r.doc_nll_sums[d];
+    DocSample sample{.task = t.name, .doc_id = static_cast<int64_t>(d), .target = t.doc_texts[d]};
+    sample.doc = {{"text", t.doc_texts[d]}, {"word_count", t.words[d]}, {"byte_count", t.bytes[d]}};
+    sample.requests.push_back({.arguments = {t.doc_texts[d]}, .response = ll});
+    // lm-eval's wikitext process_results: (loglikelihood, words) and (loglikelihood, bytes) pairs.
+    sample.metrics = {{"word_perplexity", {ll, t.words[d]}},
+                      {"byte_perplexity", {ll, t.bytes[d]}},
+                      {"bits_per_byte", {ll, t.bytes[d]}}};
+    report.samples.push_back(std::move(sample));
+  }
+}
+
 TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& progress) const {
   FidelityOptions options;
   options.ctx = fidelity_->ctx;
-  options.max_windows = request_.load.limit > 0 ? request_.load.limit : 8;
+  // Default 8 windows; --limit N windows, or a share of the text's windows (the chunk protocol's).
+  const auto& limit = request_.load.limit;
+  const auto text_windows = (static_cast<int64_t>(fidelity_->ids.size()) + fidelity_->ctx - 1) / std::max<int64_t>(1, fidelity_->ctx);
+  options.max_windows = limit.all() ? 8 : limit.is_fraction() ? limit.of(text_windows) : limit.count;
   options.windows_per_batch = std::max<int64_t>(1, request_.settings.groups_per_batch);
   options.cache_dir = request_.cache_dir;
   options.data_key = fidelity_->data_key;
@@ -320,12 +353,14 @@ std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& con
     } else {
       const Task& task = tasks_.at(name);
       EvalSettings settings = request_.settings;
-      settings.limit = request_.load.limit;
+      settings.limit = request_.load.limit;  // recorded (the loader applied it)
       if (progress) settings.progress = [&](int64_t done, int64_t total) { progress(task.name, done, total); };
       report = evaluate_task(candidate, task, settings);
     }
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     report.protocol["model_hash"] = base_hash_;
+    // A checkpoint rankscope decomposed records the model it came from.
+    if (!base_.config.rankscope_base_hash.empty()) report.protocol["base_model_hash"] = base_.config.rankscope_base_hash;
     report.protocol["config"] = canonical;
     // Where it ran and in which number type: fp32 on the CPU, the backend's type on a GPU.
     if (name != "size") {

@@ -19,13 +19,16 @@
 
 namespace rankscope {
 
+struct PerplexityResult;  // perplexity.hpp
+
 struct EvalRequest {
-  // Task names: the built-in tasks (tasks.hpp), "size", "latency", "fidelity", or .jsonl paths.
+  // Task names: the built-in tasks (tasks.hpp) and groups (arc, truthfulqa: expanded here),
+  // "size", "latency", "fidelity", or .jsonl paths.
   std::vector<std::string> tasks;
   std::filesystem::path text_file;  // --text: perplexity of any text file
   std::string text_name;            // its task name (default: the file's stem)
   TaskLoadOptions load;             // data directory and --limit
-  EvalSettings settings;            // few-shot, seed, BOS, batching
+  EvalSettings settings;            // few-shot, seed, BOS, batching, log_samples
   int64_t ctx = 0;                  // perplexity/fidelity window (0: per protocol default)
   std::string ppl_protocol;         // "" (per-task default), llamacpp, chunks, rolling
   LatencyOptions latency;
@@ -86,6 +89,7 @@ class Evaluator {
   TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress,
                             const EarlyStop* early) const;
   TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress) const;
+  void add_rolling_samples(const TextTask& t, const PerplexityResult& r, TaskReport& report) const;
 
   const Model& base_;
   EvalRequest request_;

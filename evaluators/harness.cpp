@@ -27,6 +27,10 @@ int64_t code_points(const std::string& s) {
 
 bool is_partial(const Doc& doc) { return doc.contexts.size() > 1; }
 
+bool wants_metric(const Task& task, const std::string& metric) {
+  return std::find(task.metrics.begin(), task.metrics.end(), metric) != task.metrics.end();
+}
+
 // The text a document contributes as a few-shot example: its context and its gold target.
 std::string example_text(const Task& task, const Doc& doc) {
   const auto gold = static_cast<size_t>(doc.gold.empty() ? std::max(doc.label, 0) : doc.gold[0]);
@@ -73,6 +77,7 @@ std::vector<const Doc*> fewshot_examples(const Task& task, const Doc& doc, const
 struct Encoded {
   std::vector<ChoiceGroup> groups;
   std::vector<size_t> first_group;  // per doc: index of its first group
+  std::vector<std::string> prompts; // per group: its rendered context (only with log_samples)
 };
 
 // lm-eval's requests for each document: (context, target_delimiter + choice) pairs, one shared
@@ -95,13 +100,15 @@ Encoded encode_docs(const Model& model, const Task& task, const EvalSettings& se
     enc.first_group.push_back(enc.groups.size());
     if (is_partial(doc)) {
       for (size_t i = 0; i < doc.contexts.size(); ++i) {
-        auto pair = encode_pair(tok, render_context(task, doc, i, settings), task.target_delimiter + doc.continuations[0],
-                                prefix, eot);
+        std::string context = render_context(task, doc, i, settings);
+        auto pair = encode_pair(tok, context, task.target_delimiter + doc.continuations[0], prefix, eot);
         enc.groups.push_back({std::move(pair.context), {std::move(pair.continuation)}});
+        if (settings.log_samples) enc.prompts.push_back(std::move(context));
       }
       continue;
     }
     const std::string context = render_context(task, doc, 0, settings);
+    if (settings.log_samples) enc.prompts.push_back(context);
     ChoiceGroup group;
     for (const auto& choice : doc.continuations) {
       auto pair = encode_pair(tok, context, task.target_delimiter + choice, prefix, eot);
@@ -137,12 +144,62 @@ nlohmann::json base_protocol(const Model& model, const Task& task, const EvalSet
   std::vector<std::string> files;
   for (const auto& f : task.files) files.push_back(f.string());
   p["files"] = files;
-  p["n_docs"] = task.docs.size();
-  p["limit"] = settings.limit;
+  p["n_docs"] = task.docs.size();  // evaluated, after --limit
+  p["limit"] = settings.limit;     // as asked: a count, or a fraction (then n_docs_total is what it was taken of)
+  if (settings.limit.is_fraction()) p["n_docs_total"] = std::max<int64_t>(task.n_docs_total, static_cast<int64_t>(task.docs.size()));
   p["num_fewshot"] = settings.num_fewshot;
   p["seed"] = settings.seed;
   p["prompt"] = task.prompt_summary;
   return p;
+}
+
+// A document's fields for its sample record, under the generic JSONL task format's key names.
+nlohmann::json doc_fields(const Task& task, const Doc& doc) {
+  nlohmann::json j = nlohmann::json::object();
+  if (is_partial(doc)) {
+    j["context_options"] = doc.contexts;
+    j["continuation"] = doc.continuations[0];
+  } else if (!doc.contexts.empty()) {
+    j["context"] = doc.contexts[0];
+    if (task.kind == TaskKind::loglikelihood) {
+      j["continuation"] = doc.continuations[0];
+    } else {
+      j["choices"] = doc.continuations;
+    }
+  }
+  if (task.mc2) {
+    j["gold"] = doc.gold;
+  } else if (!doc.gold.empty()) {
+    j["gold"] = doc.gold[0];
+  }
+  if (!doc.text_a.empty()) j["text_a"] = doc.text_a;
+  if (!doc.text_b.empty()) j["text_b"] = doc.text_b;
+  if (doc.label >= 0) j["label"] = doc.label;
+  if (!doc.subject.empty()) j["subject"] = doc.subject;
+  j["index"] = doc.index;
+  j["line"] = doc.line;
+  return j;
+}
+
+// lm-eval's doc_to_target as text: the continuation for loglikelihood and partial scoring, else
+// the gold index.
+std::string doc_target(const Task& task, const Doc& doc) {
+  if (task.kind == TaskKind::loglikelihood || is_partial(doc)) return task.target_delimiter + doc.continuations[0];
+  return std::to_string(doc.gold.empty() ? doc.label : doc.gold[0]);
+}
+
+// Where each document's sample belongs: TASK, or TASK_<subject> when the task spans several
+// subjects (mmlu), each numbered from 0 as lm-eval numbers its subtasks' documents.
+std::vector<std::pair<std::string, int64_t>> sample_ids(const Task& task) {
+  std::set<std::string> subjects;
+  for (const auto& d : task.docs) subjects.insert(d.subject);
+  std::vector<std::pair<std::string, int64_t>> ids;
+  std::map<std::string, int64_t> next;
+  for (const auto& d : task.docs) {
+    const std::string name = subjects.size() > 1 ? task.name + "_" + d.subject : task.name;
+    ids.emplace_back(name, next[name]++);
+  }
+  return ids;
 }
 
 TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSettings& settings) {
@@ -155,6 +212,7 @@ TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSetti
   const auto lls = loglikelihoods(model, enc.groups, ll_options);
 
   TaskReport report{.task = task.name, .protocol = base_protocol(model, task, settings)};
+  const auto ids = settings.log_samples ? sample_ids(task) : std::vector<std::pair<std::string, int64_t>>{};
   int64_t n_truncated = 0, n_nan = 0;
   std::vector<double> acc, acc_norm, logprob, greedy;
   std::map<std::string, std::vector<double>> subject_acc;
@@ -166,11 +224,23 @@ TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSetti
     bool truncated = false;
     const size_t g0 = enc.first_group[d];
     const size_t n_groups = (d + 1 < task.docs.size() ? enc.first_group[d + 1] : enc.groups.size()) - g0;
+    DocSample* sample = nullptr;
+    if (settings.log_samples) {
+      report.samples.push_back({.task = ids[d].first, .doc_id = ids[d].second, .doc = doc_fields(task, doc),
+                                .target = doc_target(task, doc)});
+      sample = &report.samples.back();
+    }
     for (size_t g = g0; g < g0 + n_groups; ++g) {
-      for (const auto& r : lls[g]) {
+      for (size_t c = 0; c < lls[g].size(); ++c) {
+        const auto& r = lls[g][c];
         ll.push_back(r.logprob);
         is_greedy.push_back(r.greedy);
         truncated = truncated || r.truncated;
+        if (sample) {
+          const std::string& choice = is_partial(doc) ? doc.continuations[0] : doc.continuations[c];
+          sample->requests.push_back({.arguments = {enc.prompts[g], task.target_delimiter + choice},
+                                      .response = {r.logprob, r.greedy}});
+        }
       }
     }
     n_truncated += truncated;
@@ -180,6 +250,7 @@ TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSetti
     if (task.kind == TaskKind::loglikelihood) {
       logprob.push_back(ll[0]);
       greedy.push_back(is_greedy[0] ? 1.0 : 0.0);
+      if (sample) sample->metrics = {{"perplexity", ll[0]}, {"acc", greedy.back()}};
       continue;
     }
     const std::vector<int> gold = doc.gold.empty() ? std::vector<int>{doc.label} : doc.gold;
@@ -194,10 +265,12 @@ TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSetti
         if (gold_set.count(static_cast<int>(i))) truth += p;
       }
       acc.push_back(finite ? truth / total : kNaN);
+      if (sample) sample->metrics = {{"acc", acc.back()}};
       continue;
     }
     const double hit = static_cast<int>(argmax(ll)) == gold[0] ? 1.0 : 0.0;
     acc.push_back(hit);
+    if (sample) sample->metrics["acc"] = hit;
     if (!doc.subject.empty()) subject_acc[doc.subject].push_back(hit);
     if (!is_partial(doc)) {
       std::vector<double> normed(ll.size());
@@ -205,12 +278,11 @@ TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSetti
         normed[i] = ll[i] / static_cast<double>(std::max<int64_t>(1, code_points(doc.continuations[i])));
       }
       acc_norm.push_back(static_cast<int>(argmax(normed)) == gold[0] ? 1.0 : 0.0);
+      if (sample && wants_metric(task, "acc_norm")) sample->metrics["acc_norm"] = acc_norm.back();
     }
   }
 
-  auto wants = [&](const std::string& metric) {
-    return std::find(task.metrics.begin(), task.metrics.end(), metric) != task.metrics.end();
-  };
+  auto wants = [&](const std::string& metric) { return wants_metric(task, metric); };
   if (task.kind == TaskKind::loglikelihood) {
     MetricResult ppl{.task = task.name, .metric = "ppl", .n = static_cast<int64_t>(logprob.size())};
     if (n_nan > 0) {
@@ -233,6 +305,7 @@ TaskReport evaluate_causal(const Model& model, const Task& task, const EvalSetti
       }
     }
   }
+  report.output_type = task.kind == TaskKind::loglikelihood ? "loglikelihood" : "multiple_choice";
   report.protocol["model_kind"] = "causal-lm";
   report.protocol["scoring"] = task.mc2 ? "mc2: normalised probability mass of the true choices"
                                : task.kind == TaskKind::loglikelihood
@@ -258,6 +331,9 @@ TaskReport evaluate_classifier(const Model& model, const Task& task, const EvalS
   // On a GPU: as many sentences as fit the token budget at the model's window.
   const int64_t batch = on_gpu(model) ? std::max<int64_t>(settings.batch_size, settings.batch_tokens / model.config.n_ctx_train)
                                       : std::max<int64_t>(1, settings.batch_size);
+  const bool f1_wanted = wants_metric(task, "f1");
+  std::vector<DocSample> samples;
+  const auto ids = settings.log_samples ? sample_ids(task) : std::vector<std::pair<std::string, int64_t>>{};
   for (int64_t b0 = 0; b0 < n; b0 += batch) {
     const int64_t b1 = std::min(n, b0 + batch);
     std::vector<BertInput> inputs;
@@ -274,24 +350,43 @@ TaskReport evaluate_classifier(const Model& model, const Task& task, const EvalS
     const auto out = bert_forward(model, inputs);
     for (int64_t i = b0; i < b1; ++i) {
       const auto row = out.logits.row(i - b0);
+      const Doc& doc = task.docs[static_cast<size_t>(i)];
+      DocSample* sample = nullptr;
+      if (settings.log_samples) {
+        const auto& id = ids[static_cast<size_t>(i)];
+        std::vector<std::string> arguments = {doc.text_a};
+        if (!doc.text_b.empty()) arguments.push_back(doc.text_b);
+        std::vector<double> logits;
+        for (Eigen::Index c = 0; c < row.size(); ++c) logits.push_back(row[c]);
+        samples.push_back({.task = id.first, .doc_id = id.second, .doc = doc_fields(task, doc),
+                           .target = doc_target(task, doc), .requests = {{.arguments = arguments, .response = logits}}});
+        sample = &samples.back();
+      }
       if (!row.allFinite()) {
         ++n_nan;
         correct.push_back(kNaN);
+        if (sample) sample->metrics["acc"] = kNaN;
         continue;
       }
       Eigen::Index pred = 0;
       row.maxCoeff(&pred);
-      const int label = task.docs[static_cast<size_t>(i)].label;
+      const int label = doc.label;
       correct.push_back(pred == label ? 1.0 : 0.0);
       tp += pred == 1 && label == 1;
       fp += pred == 1 && label != 1;
       fn += pred != 1 && label == 1;
+      if (sample) {
+        sample->metrics["acc"] = correct.back();
+        if (f1_wanted) sample->metrics["f1"] = {label, static_cast<int64_t>(pred)};  // lm-eval's (gold, pred)
+      }
     }
     if (settings.progress) settings.progress(b1, n);
   }
   TaskReport report{.task = task.name, .protocol = base_protocol(model, task, settings)};
+  report.samples = std::move(samples);
+  report.output_type = "multiple_choice";  // lm-eval's GLUE tasks; the model's head answers here
   report.metrics.push_back(mean_metric(task.name, "acc", correct, n_nan));
-  if (std::find(task.metrics.begin(), task.metrics.end(), "f1") != task.metrics.end()) {
+  if (f1_wanted) {
     MetricResult f1{.task = task.name, .metric = "f1", .n = n};
     if (n_nan > 0) {
       f1.status = "nan";
@@ -354,6 +449,8 @@ TaskReport evaluate_task(const Model& model, const Task& task, const EvalSetting
       break;
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.n_effective = static_cast<int64_t>(task.docs.size());
+  report.n_original = std::max(task.n_docs_total, report.n_effective);
   return report;
 }
 

@@ -29,12 +29,37 @@ struct MetricResult {
   std::string name() const { return task + "." + metric; }
 };
 
+// One document as lm-eval's --log_samples records it: its requests, the model's answers and its
+// own metric values, named as lm-eval names them. Collected only when EvalSettings::log_samples.
+struct DocSample {
+  std::string task;      // the task it belongs to: TASK, or mmlu_<subject> for a document of mmlu
+  int64_t doc_id = 0;    // position among the documents of `task` evaluated (lm-eval's doc_id)
+  nlohmann::json doc;    // the document's fields: context, choices, gold, subject, ...
+  std::string target;    // lm-eval's doc_to_target as text: the gold index, or the continuation
+  struct Request {
+    std::vector<std::string> arguments;  // (context, target_delimiter + choice); rolling: (text); BERT: (a, b)
+    nlohmann::json response;             // [loglikelihood, is_greedy]; rolling: loglikelihood; BERT: logits
+  };
+  std::vector<Request> requests;
+  // Per-document values whose aggregation over the documents is the task's metric: acc, acc_norm
+  // (means); lambada's perplexity (the loglikelihood; exp(-mean)); wikitext's word_perplexity
+  // [loglikelihood, words] ...; f1 [gold, prediction].
+  nlohmann::json metrics = nlohmann::json::object();
+};
+
 struct TaskReport {
   std::string task;
   std::vector<MetricResult> metrics;  // the task's own metrics first, then per-subject ones
   nlohmann::json protocol;            // everything needed to reproduce the numbers
   double seconds = 0.0;
   double fidelity = 1.0;              // share of the task's windows scored (< 1: stopped early)
+  // lm-eval's view of the task (rankscope eval --output_path): its output_type
+  // (multiple_choice, loglikelihood, loglikelihood_rolling; "" where lm-eval has no such task:
+  // size, latency, fidelity, chunk perplexities) and its documents (perplexity by windows: windows)
+  // before and after --limit.
+  std::string output_type;
+  int64_t n_original = 0, n_effective = 0;
+  std::vector<DocSample> samples;     // one per document, only when EvalSettings::log_samples
 };
 
 // Whether a model runs on a GPU (batches sized by EvalSettings::batch_tokens).
@@ -44,7 +69,8 @@ struct EvalSettings {
   int64_t num_fewshot = 0;
   uint64_t seed = 1234;           // few-shot draws (lm-eval's default seed)
   bool bos = false;               // prepend BOS to every context (lm-eval 0.4.0 adds none)
-  int64_t limit = -1;             // recorded; the task loader applies it
+  Limit limit;                    // recorded; the task loader applies it
+  bool log_samples = false;       // fill TaskReport::samples (one record per document)
   int64_t groups_per_batch = 8;   // contexts prefilled together
   bool reuse_context = true;      // one context pass per example, its KV cache reused per choice
   int64_t batch_size = 32;        // classification sequences per forward pass

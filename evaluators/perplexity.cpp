@@ -30,7 +30,10 @@ void check_causal_lm(const Model& model) {
 
 void check_options(const PerplexityOptions& o) {
   if (o.windows_per_batch < 1) fail("windows per batch must be at least 1, not {}", o.windows_per_batch);
-  if (o.max_windows < -1 || o.max_windows == 0) fail("--limit must be a positive number of windows, not {}", o.max_windows);
+  const auto& m = o.max_windows;
+  if (m.is_fraction() ? !(m.fraction < 1.0) : (m.count < -1 || m.count == 0)) {
+    fail("--limit must be a positive number of windows or a fraction in (0, 1), not {}", m.text());
+  }
 }
 
 // Runs the windows in batches and sums their NLLs; `r.n_windows`, sums, counts and the population
@@ -149,8 +152,8 @@ PerplexityResult perplexity_chunks(const Model& model, const std::vector<TokenId
   if (ids.empty()) fail("no tokens to score");
   const auto bos = static_cast<TokenId>(*c.bos_token_id);
   const auto n = static_cast<int64_t>(ids.size());
-  int64_t n_windows = (n + ctx - 1) / ctx;
-  if (options.max_windows > 0) n_windows = std::min(n_windows, options.max_windows);
+  const int64_t n_windows_all = (n + ctx - 1) / ctx;
+  const int64_t n_windows = options.max_windows.of(n_windows_all);
 
   std::vector<Window> windows(static_cast<size_t>(n_windows));
   for (int64_t w = 0; w < n_windows; ++w) {
@@ -164,6 +167,7 @@ PerplexityResult perplexity_chunks(const Model& model, const std::vector<TokenId
   order_windows(windows, options.shuffle_seed);
   auto s = score_windows(model, windows, options);
   finish(s, false);
+  s.r.n_windows_all = n_windows_all;
   return s.r;
 }
 
@@ -185,11 +189,11 @@ PerplexityResult perplexity_llamacpp(const Model& model, const std::vector<Token
   if (bos) tokens.push_back(*bos);
   tokens.insert(tokens.end(), ids.begin(), ids.end());
 
-  int64_t n_chunks = static_cast<int64_t>(tokens.size()) / n_ctx;  // the incomplete tail is dropped
-  if (n_chunks == 0) {
+  const int64_t n_chunks_all = static_cast<int64_t>(tokens.size()) / n_ctx;  // the incomplete tail is dropped
+  if (n_chunks_all == 0) {
     fail("{} tokens{} are fewer than one chunk of {}", tokens.size(), bos ? " (with BOS)" : "", n_ctx);
   }
-  if (options.max_windows > 0) n_chunks = std::min(n_chunks, options.max_windows);  // llama.cpp --chunks
+  const int64_t n_chunks = options.max_windows.of(n_chunks_all);  // llama.cpp --chunks
   const int64_t first = n_ctx / 2;
 
   std::vector<Window> windows(static_cast<size_t>(n_chunks));
@@ -206,6 +210,7 @@ PerplexityResult perplexity_llamacpp(const Model& model, const std::vector<Token
   order_windows(windows, options.shuffle_seed);
   auto s = score_windows(model, windows, options);
   finish(s, true);
+  s.r.n_windows_all = n_chunks_all;
   return s.r;
 }
 
@@ -256,19 +261,25 @@ PerplexityResult perplexity_rolling(const Model& model, const std::vector<std::v
     }
   };
 
+  std::vector<std::vector<Window>> per_doc(docs.size());
+  int64_t n_windows_all = 0;
+  for (size_t d = 0; d < docs.size(); ++d) {
+    doc_windows(docs[d], per_doc[d]);
+    n_windows_all += static_cast<int64_t>(per_doc[d].size());
+  }
+  const int64_t budget = options.max_windows.of(n_windows_all);
   std::vector<Window> windows;
+  std::vector<size_t> doc_window_counts;
   int64_t n_docs = 0, n_words = 0, n_bytes = 0;
   for (size_t d = 0; d < docs.size(); ++d) {
-    std::vector<Window> these;
-    doc_windows(docs[d], these);
-    if (options.max_windows > 0 &&
-        static_cast<int64_t>(windows.size() + these.size()) > options.max_windows) {
+    auto& these = per_doc[d];
+    if (static_cast<int64_t>(windows.size() + these.size()) > budget) {
       if (n_docs == 0) {
-        fail("--limit of {} windows is less than the {} windows of the first document", options.max_windows,
-             these.size());
+        fail("--limit of {} windows is less than the {} windows of the first document", budget, these.size());
       }
       break;
     }
+    doc_window_counts.push_back(these.size());
     for (auto& w : these) windows.push_back(std::move(w));
     ++n_docs;
     if (have_counts) {
@@ -281,6 +292,14 @@ PerplexityResult perplexity_rolling(const Model& model, const std::vector<std::v
   auto s = score_windows(model, windows, options, /*may_stop=*/false);  // word and byte counts are per document
   finish(s, false);
   auto& r = s.r;
+  r.n_windows_all = n_windows_all;
+  // Windows run in document order (rolling never reorders them): each document's are consecutive.
+  size_t w = 0;
+  for (const size_t count : doc_window_counts) {
+    double sum = 0.0;
+    for (size_t i = 0; i < count; ++i, ++w) sum += r.window_nll_sums[w];
+    r.doc_nll_sums.push_back(sum);
+  }
   r.n_docs = n_docs;
   r.n_words = n_words;
   r.n_bytes = n_bytes;

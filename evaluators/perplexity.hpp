@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/io/model.hpp"
+#include "evaluators/limit.hpp"
 
 namespace rankscope {
 
@@ -32,9 +33,10 @@ struct PerplexityOptions {
   // (lm-eval's max_length).
   int64_t ctx = 512;
   int64_t windows_per_batch = 8;  // windows run together in one forward pass
-  // --limit: at most this many windows (chunks) are scored; -1 = all. Rolling takes whole
-  // documents while their windows fit (Error if the first document alone does not).
-  int64_t max_windows = -1;
+  // --limit: at most this many windows (chunks) are scored, or ceil(fraction x the text's windows);
+  // -1 = all. Rolling takes whole documents while their windows fit (Error if the first document
+  // alone does not).
+  Limit max_windows;
   std::function<void(int64_t done, int64_t total)> progress;  // windows done / to do
   // chunks and llamacpp: 0 scores the windows in text order; otherwise in a permutation drawn from
   // this seed (the same on every machine), so that any prefix of them is a random sample of the
@@ -60,6 +62,7 @@ struct PerplexityResult {
   std::vector<double> window_nll_sums;  // one per window, in the order scored
   bool stopped = false;         // keep_going stopped it: n_windows of n_windows_total were scored
   int64_t n_windows_total = 0;  // windows the text (and --limit) gave
+  int64_t n_windows_all = 0;    // windows the whole text gives, before --limit
 
   // rolling only (0 otherwise; NaN when the counts were not given or are 0).
   int64_t n_docs = 0;             // documents scored (an empty document counts, scoring nothing)
@@ -67,6 +70,7 @@ struct PerplexityResult {
   double word_perplexity = 0.0;   // exp(sum NLL / words)
   double byte_perplexity = 0.0;   // exp(sum NLL / bytes)
   double bits_per_byte = 0.0;     // sum NLL / bytes / ln 2
+  std::vector<double> doc_nll_sums;  // per document scored: the sum of its windows' NLL sums
 };
 
 // `ids` without BOS. Throws Error for a model that is not a causal LM or has no BOS, a window that

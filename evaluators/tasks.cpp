@@ -17,6 +17,7 @@
 
 #include "core/base/error.hpp"
 #include "core/base/json_file.hpp"
+#include "core/base/suggest.hpp"
 
 namespace rankscope {
 
@@ -297,11 +298,13 @@ int gold_index(const ojson& v, size_t n_choices, const fs::path& path, int64_t l
 // Limits and few-shot pools
 
 // Applies --limit to a task whose few-shot examples come from its own documents.
-void limit_eval_set(Task& task, int64_t limit) {
+void limit_eval_set(Task& task, const Limit& limit) {
   task.fewshot_pool_is_eval_set = true;
-  if (limit >= 0 && limit < static_cast<int64_t>(task.docs.size())) {
+  task.n_docs_total = static_cast<int64_t>(task.docs.size());
+  const int64_t keep = limit.of(task.n_docs_total);
+  if (keep < task.n_docs_total) {
     task.fewshot_pool = task.docs;
-    task.docs.resize(static_cast<size_t>(limit));
+    task.docs.resize(static_cast<size_t>(keep));
   }
 }
 
@@ -608,9 +611,8 @@ Doc mmlu_doc(const CsvRecord& rec, const std::string& subject, const fs::path& p
   return doc;
 }
 
-Task load_mmlu(const TaskLoadOptions& options) {
-  const fs::path test_dir = data_file(options, "mmlu/test");
-  const fs::path dev_dir = data_file(options, "mmlu/dev");
+// The MMLU subjects: the <subject>_test.csv files of `test_dir`, in alphabetical order.
+std::vector<std::string> mmlu_subjects(const fs::path& test_dir) {
   std::vector<std::string> subjects;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(test_dir, ec)) {
@@ -621,22 +623,38 @@ Task load_mmlu(const TaskLoadOptions& options) {
   if (ec) fail("{}: cannot list ({})", test_dir.string(), ec.message());
   if (subjects.empty()) fail("{}: no <subject>_test.csv files", test_dir.string());
   std::sort(subjects.begin(), subjects.end());
+  return subjects;
+}
 
-  Task task = mc_task("mmlu", {"acc"});
+// mmlu (every subject), or mmlu_<only>: one subject, its documents numbered from 0 (few-shot
+// examples come from the dev rows, so the numbering changes no prompt).
+Task load_mmlu(const TaskLoadOptions& options, const std::string& only = "") {
+  const fs::path test_dir = data_file(options, "mmlu/test");
+  const fs::path dev_dir = data_file(options, "mmlu/dev");
+  const std::vector<std::string> subjects = mmlu_subjects(test_dir);
+  if (!only.empty() && std::find(subjects.begin(), subjects.end(), only) == subjects.end()) {
+    fail("{}: no MMLU subject '{}' (no {}_test.csv){}", test_dir.string(), printable(only), printable(only),
+         did_you_mean(only, subjects));
+  }
+
+  Task task = mc_task(only.empty() ? "mmlu" : "mmlu_" + only, {"acc"});
   task.fewshot_first_k = true;
   const std::vector<std::string> header = {"question", "choice0", "choice1", "choice2", "choice3", "answer"};
   int64_t index = 0;
   for (const auto& subject : subjects) {
     const fs::path test = test_dir / (subject + "_test.csv");
     const fs::path dev = dev_dir / (subject + "_dev.csv");
+    if (!only.empty() && subject != only) continue;
     task.files.push_back(test);
     task.files.push_back(dev);
     const auto rows = read_csv(test);
     check_header(rows, header, test);
+    const int64_t keep = options.limit.of(static_cast<int64_t>(rows.size()) - 1);  // per subject, as lm-eval's subtasks
+    task.n_docs_total += static_cast<int64_t>(rows.size()) - 1;
     for (size_t r = 1; r < rows.size(); ++r, ++index) {
       Doc doc = mmlu_doc(rows[r], subject, test);
       doc.index = index;
-      if (options.limit < 0 || static_cast<int64_t>(r - 1) < options.limit) task.docs.push_back(std::move(doc));
+      if (static_cast<int64_t>(r - 1) < keep) task.docs.push_back(std::move(doc));
     }
     const auto dev_rows = read_csv(dev);
     check_header(dev_rows, header, dev);
@@ -820,11 +838,13 @@ bool restore_blank_lines(std::vector<std::string>& lines, const fs::path& tokens
   return true;
 }
 
-Task load_wikitext2(const TaskLoadOptions& options) {
+// wikitext2, or lm-eval's `wikitext` (the same data under its name; the evaluator scores it by the
+// rolling protocol alone).
+Task load_wikitext2(const TaskLoadOptions& options, const std::string& name = "wikitext2") {
   const auto path = data_file(options, "wikitext-2-raw/wiki.test.raw");
   const auto tokens_path = data_file(options, "wikitext-2/test.txt");
   Task task;
-  task.name = "wikitext2";
+  task.name = name;
   task.kind = TaskKind::perplexity;
   task.metrics = {"ppl", "word_perplexity", "byte_perplexity", "bits_per_byte"};
   task.files = {path};
@@ -857,6 +877,7 @@ Task load_wikitext2(const TaskLoadOptions& options) {
   }
   flush(true);
   number_docs(task.docs);
+  task.n_docs_total = static_cast<int64_t>(task.docs.size());
   task.prompt_summary = fmt::format(
       "whole file (llamacpp/chunks); rolling: {} pages cut as lm-eval's wikitext_document_level, "
       "wikitext_detokenizer applied{}",
@@ -873,6 +894,7 @@ Task load_tinystories(const TaskLoadOptions& options) {
   task.files = {path};
   task.text = read_text_file(path);
   task.docs.push_back(text_doc(task.text, task.text, 1));
+  task.n_docs_total = 1;
   task.prompt_summary = "whole file as one text";
   return task;
 }
@@ -1067,9 +1089,8 @@ Task load_jsonl_task(const fs::path& path, const TaskLoadOptions& options) {
     task.files.push_back(fewshot_file);
     task.fewshot_pool = std::move(shots.docs);
     for (auto& d : task.fewshot_pool) d.description = description;
-    if (options.limit >= 0 && options.limit < static_cast<int64_t>(task.docs.size())) {
-      task.docs.resize(static_cast<size_t>(options.limit));
-    }
+    task.n_docs_total = static_cast<int64_t>(task.docs.size());
+    task.docs.resize(static_cast<size_t>(options.limit.of(task.n_docs_total)));
   } else {
     limit_eval_set(task, options.limit);
   }
@@ -1088,13 +1109,14 @@ const std::map<std::string, Loader>& loaders() {
       {"piqa", load_piqa},
       {"boolq", load_boolq},
       {"openbookqa", load_openbookqa},
-      {"mmlu", load_mmlu},
+      {"mmlu", [](const TaskLoadOptions& o) { return load_mmlu(o); }},
       {"truthfulqa_mc1", [](const TaskLoadOptions& o) { return load_truthfulqa(false, o); }},
       {"truthfulqa_mc2", [](const TaskLoadOptions& o) { return load_truthfulqa(true, o); }},
       {"lambada_openai", load_lambada},
       {"sst2", load_sst2},
       {"mrpc", load_mrpc},
-      {"wikitext2", load_wikitext2},
+      {"wikitext2", [](const TaskLoadOptions& o) { return load_wikitext2(o); }},
+      {"wikitext", [](const TaskLoadOptions& o) { return load_wikitext2(o, "wikitext"); }},
       {"tinystories", load_tinystories},
   };
   return table;
@@ -1203,14 +1225,53 @@ int64_t python_word_count(const std::string& text) {
 
 const std::vector<std::string>& builtin_task_names() {
   static const std::vector<std::string> names = {
-      "arc_easy", "arc_challenge", "hellaswag",      "winogrande",     "piqa", "boolq",     "openbookqa",  "mmlu",
-      "truthfulqa_mc1", "truthfulqa_mc2", "lambada_openai", "sst2", "mrpc", "wikitext2", "tinystories"};
+      "arc_easy",       "arc_challenge",  "hellaswag",      "winogrande", "piqa", "boolq",     "openbookqa", "mmlu",
+      "truthfulqa_mc1", "truthfulqa_mc2", "lambada_openai", "sst2",       "mrpc", "wikitext2", "wikitext",   "tinystories"};
+  return names;
+}
+
+const std::vector<std::pair<std::string, std::vector<std::string>>>& task_groups() {
+  static const std::vector<std::pair<std::string, std::vector<std::string>>> groups = {
+      {"arc", {"arc_easy", "arc_challenge"}},
+      {"ai2_arc", {"arc_easy", "arc_challenge"}},
+      {"truthfulqa", {"truthfulqa_mc1", "truthfulqa_mc2"}},
+  };
+  return groups;
+}
+
+std::vector<std::string> expand_task_groups(const std::vector<std::string>& names) {
+  std::vector<std::string> out;
+  auto add = [&](const std::string& name) {
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  };
+  for (const auto& name : names) {
+    const auto& groups = task_groups();
+    const auto group = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == name; });
+    if (group == groups.end()) {
+      add(name);
+    } else {
+      for (const auto& task : group->second) add(task);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> task_names(const fs::path& data_dir) {
+  std::vector<std::string> names = builtin_task_names();
+  for (const auto& [group, members] : task_groups()) names.push_back(group);
+  try {
+    for (const auto& subject : mmlu_subjects(data_dir / "mmlu" / "test")) names.push_back("mmlu_" + subject);
+  } catch (const Error&) {  // no MMLU data: its subjects are not known by name
+  }
   return names;
 }
 
 Task load_task(const std::string& name_or_path, const TaskLoadOptions& options) {
   const auto& table = loaders();
   if (const auto it = table.find(name_or_path); it != table.end()) return it->second(options);
+  if (name_or_path.starts_with("mmlu_") && name_or_path.size() > 5 && name_or_path.find('/') == std::string::npos) {
+    return load_mmlu(options, name_or_path.substr(5));
+  }
   const fs::path path(name_or_path);
   if (path.extension() == ".jsonl") return load_jsonl_task(path, options);
   fail("unknown task '{}' (built-in tasks: {}; or a path to a .jsonl task file)", name_or_path,

@@ -8,15 +8,20 @@
 // choice, joined by `fewshot_delimiter`, then the document's own context.
 //
 // Built-in tasks (see docs/tasks.md for each prompt): arc_easy, arc_challenge, hellaswag,
-// winogrande, piqa, boolq, openbookqa, mmlu, truthfulqa_mc1, truthfulqa_mc2, lambada_openai, sst2,
-// mrpc, wikitext2, tinystories. Any other name that is a path to a `.jsonl` file is read in the
-// generic JSONL task format (docs/tasks.md), so a user adds a task without code.
+// winogrande, piqa, boolq, openbookqa, mmlu, mmlu_<subject> (one subject of mmlu), truthfulqa_mc1,
+// truthfulqa_mc2, lambada_openai, sst2, mrpc, wikitext2, wikitext (lm-eval's wikitext task: the
+// same data, always scored by the rolling protocol), tinystories. Groups as lm-eval names them
+// expand to their tasks (expand_task_groups). Any other name that is a path to a `.jsonl` file is
+// read in the generic JSONL task format (docs/tasks.md), so a user adds a task without code.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "evaluators/limit.hpp"
 
 namespace rankscope {
 
@@ -60,6 +65,7 @@ struct Task {
   bool mc2 = false;  // truthfulqa_mc2 metric: normalised probability mass of the true choices
   std::vector<std::string> metrics;  // metric names this task reports ("acc", "acc_norm", "ppl", ...)
   std::vector<Doc> docs;             // documents to evaluate, in file order, after --limit
+  int64_t n_docs_total = 0;          // documents before --limit (lm-eval's n-samples "original")
   // Few-shot examples. Empty: drawn from the full document set, excluding the document itself.
   std::vector<Doc> fewshot_pool;
   bool fewshot_first_k = false;      // MMLU: the first k of the pool (same subject) in order
@@ -76,11 +82,23 @@ struct Task {
 
 struct TaskLoadOptions {
   std::filesystem::path data_dir = "../shared/data";
-  int64_t limit = -1;  // first N documents in file order (MMLU: per subject); -1 = all
+  Limit limit;  // first N documents in file order, or ceil(fraction x documents) (MMLU: per subject); -1 = all
 };
 
-// Names of the built-in tasks, in the order above.
+// Names of the built-in tasks, in the order above (mmlu_<subject> not listed: see task_names).
 const std::vector<std::string>& builtin_task_names();
+
+// lm-eval's group and tag names rankscope has the tasks of: "arc" and "ai2_arc" (arc_easy,
+// arc_challenge), "truthfulqa" (truthfulqa_mc1, truthfulqa_mc2; lm-eval's group also holds the
+// generative truthfulqa_gen, which rankscope does not have).
+const std::vector<std::pair<std::string, std::vector<std::string>>>& task_groups();
+
+// `names` with every group replaced by its tasks, in order, each task once (first place kept).
+std::vector<std::string> expand_task_groups(const std::vector<std::string>& names);
+
+// Every task name --tasks accepts without a path: the built-in tasks, the groups, and mmlu_<subject>
+// for each subject file under `data_dir` (none when it cannot be listed). For suggestions.
+std::vector<std::string> task_names(const std::filesystem::path& data_dir);
 
 // Loads a built-in task by name, or a JSONL task file by path. Throws Error naming the file (and
 // line) for a missing file, a malformed line, an empty choice list, or a gold index out of range.

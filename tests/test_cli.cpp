@@ -52,6 +52,13 @@ TEST_CASE("every option is declared once", "[cli]") {
     CHECK_FALSE(def.help.empty());
     CHECK_FALSE(def.commands.empty());
   }
+  // Another spelling never shadows an option or another spelling.
+  for (const auto& def : cli::option_defs()) {
+    for (const auto& alias : def.aliases) {
+      INFO(def.name << " alias " << alias);
+      CHECK(names.insert(alias).second);
+    }
+  }
   cli::Params params;
   for (const char* command : {"info", "generate", "classify", "forward", "config", "space", "decompose"}) {
     CHECK_NOTHROW(cli::options_for(command, params));
@@ -306,6 +313,133 @@ TEST_CASE("unknown names suggest the closest valid one", "[cli]") {
   const auto backend = run("decompose m --out d --svd-backend lapak");
   CHECK(backend.exit_code == 2);
   CHECK_THAT(backend.err, Contains("did you mean 'lapack'?"));
+}
+
+namespace {
+
+// parse_command_line for `command` on `args` (after the command name), into `params`.
+int parse(const std::string& command, std::vector<std::string> args, cli::Params& params) {
+  args.insert(args.begin(), "rankscope-" + command);
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  const cli::Command cmd{command, "test", "ARGS", [](const cli::Params&) { return 0; }};
+  return cli::parse_command_line(cmd, static_cast<int>(argv.size()), argv.data(), params).value_or(0);
+}
+
+}  // namespace
+
+TEST_CASE("lm-eval's spellings are the same options, on the command line and in experiment files", "[cli]") {
+  cli::Params p;
+  REQUIRE(parse("eval", {"m", "--tasks", "arc_easy", "--num_fewshot", "5", "--output_path", "out/", "--log_samples",
+                         "--limit", "0.1", "--batch_size", "3"},
+                p) == 0);
+  CHECK(p.num_fewshot == 5);
+  CHECK(p.output_path == "out/");
+  CHECK(p.log_samples);
+  CHECK(p.limit.is_fraction());
+  CHECK(p.limit.fraction == 0.1);
+  CHECK(p.batch_size == 3);
+  cli::Params q;
+  REQUIRE(parse("eval", {"m", "--tasks", "arc_easy", "--num-fewshot", "5", "--output-path", "out/", "--log-samples", "--limit", "7"}, q) == 0);
+  CHECK(q.num_fewshot == 5);
+  CHECK(q.output_path == "out/");
+  CHECK(q.log_samples);
+  CHECK(q.limit == Limit(7));
+  cli::Params both;
+  CHECK(parse("eval", {"m", "--tasks", "size", "--num_fewshot", "1", "--num-fewshot", "2"}, both) == 2);
+  cli::Params both_flags;
+  CHECK(parse("eval", {"m", "--tasks", "size", "--log-samples", "--log_samples", "--output-path", "o"}, both_flags) == 2);
+  const auto r = run("eval m --tasks size --output-path a --output_path b");
+  CHECK(r.exit_code == 2);
+  CHECK(line_count(r.err) == 1);
+  CHECK_THAT(r.err, Contains("--output-path and --output_path are two spellings of one option"));
+  // A misspelt lm-eval option suggests the lm-eval spelling.
+  CHECK_THAT(run("eval m --tasks size --num_fewshots 2").err, Contains("did you mean '--num_fewshot'?"));
+
+  // Experiment files take them too; the command line still wins over the file.
+  const auto dir = test::scratch_dir("cli_aliases");
+  test::write_text(dir / "x.ini", "model = m\nnum_fewshot = 4\nbatch_size = 2\nlimit = 0.25\n");
+  cli::Params from_file;
+  REQUIRE(parse("sweep", {(dir / "x.ini").string()}, from_file) == 0);
+  CHECK(from_file.num_fewshot == 4);
+  CHECK(from_file.batch_size == 2);
+  CHECK(from_file.limit == Limit::share(0.25));
+  cli::Params overridden;
+  REQUIRE(parse("sweep", {(dir / "x.ini").string(), "--num-fewshot", "1"}, overridden) == 0);
+  CHECK(overridden.num_fewshot == 1);
+  test::write_text(dir / "y.ini", "model = m\nnum_fewshot = 4\nnum-fewshot = 3\n");
+  const auto twice = run("sweep " + (dir / "y.ini").string());
+  CHECK(twice.exit_code == 1);
+  CHECK(line_count(twice.err) == 1);
+  CHECK_THAT(twice.err, Contains((dir / "y.ini").string()) && Contains("num_fewshot and num-fewshot are two spellings"));
+}
+
+TEST_CASE("--limit takes a count, -1, or a fraction in (0, 1); anything else is a usage error", "[cli]") {
+  CHECK(Limit::parse("200") == Limit(200));
+  CHECK(Limit::parse("-1") == Limit());
+  CHECK(Limit::parse("0.1") == Limit::share(0.1));
+  CHECK(Limit::parse("5.0") == Limit(5));  // lm-eval: int(5.0)
+  CHECK(Limit::parse("1e2") == Limit(100));
+  for (const char* bad : {"1.5", "0", "0.0", "-2", "-0.5", "abc", "", "nan", "inf", "1e400"}) {
+    INFO(bad);
+    CHECK_FALSE(Limit::parse(bad).has_value());
+  }
+  CHECK(Limit::share(0.25).text() == "0.25");
+  CHECK(Limit(12).text() == "12");
+  // Results and study settings record a count as the integer they always did.
+  CHECK(nlohmann::json(Limit(12)).dump() == "12");
+  CHECK(nlohmann::json(Limit()).dump() == "-1");
+  CHECK(nlohmann::json(Limit::share(0.1)).dump() == "0.1");
+  for (const char* bad : {"1.5", "0", "x"}) {
+    INFO(bad);
+    const auto r = run(std::string("eval m --tasks size --limit ") + bad);
+    CHECK(r.exit_code == 2);
+    CHECK(line_count(r.err) == 1);
+    CHECK_THAT(r.err, Contains("--limit") && Contains(std::string("'") + bad + "'"));
+  }
+}
+
+TEST_CASE("--log-samples needs --output-path; an output path that cannot be written is bad input", "[cli][errors]") {
+  const auto alone = run("eval m --tasks size --log_samples");
+  CHECK(alone.exit_code == 2);
+  CHECK(line_count(alone.err) == 1);
+  CHECK_THAT(alone.err, Contains("--log-samples") && Contains("needs --output-path"));
+
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  const auto dir = test::scratch_dir("cli_output_path");
+  test::write_text(dir / "file", "not a directory");
+  const auto blocked = (dir / "file" / "out").string();
+  const auto r = run("eval ../shared/data/stories260K-hf --tasks size --output_path " + blocked);
+  CHECK(r.exit_code == 1);
+  CHECK(line_count(r.err) == 1);
+  CHECK_THAT(r.err, Contains("--output-path " + blocked) && Contains("cannot create"));
+}
+
+TEST_CASE("forward and generate --config run the model decompose --config writes", "[cli]") {
+  RS_REQUIRE_SHARED(test::shared_data("stories260K-hf"));
+  const auto dir = test::scratch_dir("cli_forward_config");
+  const std::string cache = " --cache-dir " + (dir / "cache").string();
+  const std::string config = " --config 'L*:attn=50%@svd;L0-2:mlp=12.5%'";
+  REQUIRE(run("decompose ../shared/data/stories260K-hf" + config + cache + " --out " + (dir / "ckpt").string()).exit_code == 0);
+  const std::string ids = " --ids 1,403,407,261,378,300,42";
+  REQUIRE(run("forward ../shared/data/stories260K-hf" + config + cache + ids + " --out " + (dir / "a.npy").string()).exit_code == 0);
+  REQUIRE(run("forward " + (dir / "ckpt").string() + ids + " --out " + (dir / "b.npy").string()).exit_code == 0);
+  REQUIRE(run("forward ../shared/data/stories260K-hf" + ids + " --out " + (dir / "dense.npy").string()).exit_code == 0);
+  const auto a = read_npy(dir / "a.npy"), b = read_npy(dir / "b.npy"), dense = read_npy(dir / "dense.npy");
+  REQUIRE(a.shape == b.shape);
+  // The same factors (the checkpoint stores them as the float32 the decomposer made) through the
+  // same factored products in the same order: the same bits.
+  CHECK(a.values == b.values);
+  CHECK(a.values != dense.values);  // the configuration changed the model
+
+  const auto gen_config = run("generate ../shared/data/stories260K-hf --tokens 12" + config + cache);
+  const auto gen_ckpt = run("generate " + (dir / "ckpt").string() + " --tokens 12");
+  REQUIRE(gen_config.exit_code == 0);
+  REQUIRE(gen_ckpt.exit_code == 0);
+  CHECK(gen_config.out == gen_ckpt.out);
+  const auto bad = run("forward ../shared/data/stories260K-hf --config 'L0:q=65'" + cache + ids + " --out " + (dir / "c.npy").string());
+  CHECK(bad.exit_code == 1);
+  CHECK_THAT(bad.err, Contains("65"));
 }
 
 TEST_CASE("an unknown key in an experiment file is bad input naming the file", "[cli][errors]") {

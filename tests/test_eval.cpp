@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <map>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -346,4 +348,209 @@ TEST_CASE("Evaluator::metric_names lists exactly the metrics a run reports, befo
   CHECK(produced == promised);
   CHECK(std::count(promised.begin(), promised.end(), "arc_easy.acc_norm") == 1);
   CHECK(std::count(promised.begin(), promised.end(), "size.params") == 1);
+}
+
+namespace {
+
+// `rankscope eval MODEL --data-dir ../shared/data ARGS --json` (stdout and stderr apart): every
+// result by name.
+std::map<std::string, nlohmann::json> eval_results(const std::string& args) {
+  const auto r = test::run_cli("eval " + stories().string() + " --data-dir " + test::shared_data("").string() + " " + args + " --json");
+  INFO(args << "\n" << r.err);
+  REQUIRE(r.exit_code == 0);
+  std::map<std::string, nlohmann::json> by_name;
+  const auto j = nlohmann::json::parse(r.out);
+  for (const auto& m : j["results"]) by_name[m["name"].get<std::string>()] = m;
+  return by_name;
+}
+
+// The results of `task` in `a` and `b` agree exactly: the same metrics, values, errors and counts.
+void check_same_task(const std::map<std::string, nlohmann::json>& a, const std::map<std::string, nlohmann::json>& b,
+                     const std::string& task) {
+  int compared = 0;
+  for (const auto& [name, m] : a) {
+    if (m["task"] != task) continue;
+    INFO(name);
+    REQUIRE(b.count(name) == 1);
+    CHECK(m["value"] == b.at(name)["value"]);
+    CHECK(m["stderr"] == b.at(name)["stderr"]);
+    CHECK(m["n"] == b.at(name)["n"]);
+    ++compared;
+  }
+  CHECK(compared > 0);
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+// The one file in `dir` whose name starts with `prefix`.
+std::filesystem::path only_file(const std::filesystem::path& dir, const std::string& prefix) {
+  std::vector<std::filesystem::path> found;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().filename().string().starts_with(prefix)) found.push_back(e.path());
+  }
+  INFO(dir.string() << " " << prefix);
+  REQUIRE(found.size() == 1);
+  return found[0];
+}
+
+}  // namespace
+
+TEST_CASE("eval --limit 0.02 scores ceil(0.02 x N) documents, with the numbers of --limit that count") {
+  RS_REQUIRE_SHARED(stories());
+  RS_REQUIRE_SHARED(test::shared_data("mmlu/test/anatomy_test.csv"));
+  RS_REQUIRE_SHARED(test::shared_data("wikitext-2-raw/wiki.test.raw"));
+  const auto share = eval_results("--tasks arc_easy,mmlu_anatomy,wikitext --limit 0.02");
+  // arc_easy: ceil(0.02 x 2376) = ceil(47.52) = 48; mmlu_anatomy: ceil(2.7) = 3; wikitext: ceil(1.24) = 2 pages.
+  check_same_task(share, eval_results("--tasks arc_easy --limit 48"), "arc_easy");
+  check_same_task(share, eval_results("--tasks mmlu_anatomy --limit 3"), "mmlu_anatomy");
+  check_same_task(share, eval_results("--tasks wikitext --limit 2"), "wikitext");
+  const auto& arc = share.at("arc_easy.acc");
+  CHECK(arc["n"] == 48);
+  CHECK(arc["protocol"]["limit"] == 0.02);
+  CHECK(arc["protocol"]["n_docs"] == 48);
+  CHECK(arc["protocol"]["n_docs_total"] == 2376);
+  CHECK(share.at("mmlu_anatomy.acc")["n"] == 3);
+  const auto& wiki = share.at("wikitext.word_perplexity");
+  CHECK(wiki["protocol"]["protocol"] == "rolling");
+  CHECK(wiki["protocol"]["documents"] == 2);
+  CHECK(wiki["protocol"]["documents_in_text"] == 62);
+}
+
+TEST_CASE("eval --tasks arc is arc_easy and arc_challenge, truthfulqa both mc tasks") {
+  RS_REQUIRE_SHARED(stories());
+  RS_REQUIRE_SHARED(test::shared_data("arc/arc_challenge.jsonl"));
+  const auto group = eval_results("--tasks arc --limit 4");
+  const auto tasks = eval_results("--tasks arc_easy,arc_challenge --limit 4");
+  CHECK(group.size() == 4);
+  check_same_task(group, tasks, "arc_easy");
+  check_same_task(group, tasks, "arc_challenge");
+  std::vector<std::string> names;
+  for (const auto& [name, m] : eval_results("--tasks truthfulqa --limit 2")) names.push_back(name);
+  CHECK(names == std::vector<std::string>{"truthfulqa_mc1.acc", "truthfulqa_mc2.acc"});
+}
+
+TEST_CASE("eval --tasks mmlu_SUBJECT equals that subject's row of mmlu") {
+  RS_REQUIRE_SHARED(stories());
+  RS_REQUIRE_SHARED(test::shared_data("mmlu/test/anatomy_test.csv"));
+  const auto mmlu = eval_results("--tasks mmlu --limit 2 --num-fewshot 1");
+  const auto anatomy = eval_results("--tasks mmlu_anatomy --limit 2 --num_fewshot 1");
+  REQUIRE(mmlu.count("mmlu_anatomy.acc") == 1);
+  REQUIRE(anatomy.count("mmlu_anatomy.acc") == 1);
+  CHECK(anatomy.size() == 1);
+  CHECK(anatomy.at("mmlu_anatomy.acc")["value"] == mmlu.at("mmlu_anatomy.acc")["value"]);
+  CHECK(anatomy.at("mmlu_anatomy.acc")["n"] == 2);
+  CHECK(mmlu.at("mmlu_anatomy.acc")["n"] == 2);
+  CHECK(anatomy.at("mmlu_anatomy.acc")["protocol"]["num_fewshot"] == 1);
+}
+
+TEST_CASE("eval --output_path writes lm-eval's results JSON with the numbers of --json, --log_samples one line per document") {
+  RS_REQUIRE_SHARED(stories());
+  RS_REQUIRE_SHARED(test::shared_data("mmlu/test/anatomy_test.csv"));
+  RS_REQUIRE_SHARED(test::shared_data("wikitext-2-raw/wiki.test.raw"));
+  const auto dir = test::scratch_dir("eval-output-path");
+  const std::string model = stories().string();
+  const auto r = test::run_cli("eval " + model + " --data-dir " + test::shared_data("").string() +
+                               " --tasks arc_easy,lambada_openai,truthfulqa_mc2,mmlu_anatomy,wikitext --limit 3 --json"
+                               " --output_path " + dir.string() + " --log_samples");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto printed = nlohmann::json::parse(r.out)["results"];
+
+  // DIR/<model, runs of "/" as "__">/results_<date>.json, the samples beside it.
+  std::string sanitized;
+  for (size_t i = 0; i < model.size(); ++i) {
+    if (model[i] != '/') sanitized += model[i];
+    else if (i == 0 || model[i - 1] != '/') sanitized += "__";
+  }
+  const auto run_dir = dir / sanitized;
+  REQUIRE(std::filesystem::is_directory(run_dir));
+  const auto results_path = only_file(run_dir, "results_");
+  const std::string date_id = results_path.stem().string().substr(std::string("results_").size());
+  const auto j = nlohmann::json::parse(test::slurp(results_path));
+  for (const char* key : {"results", "versions", "n-shot", "higher_is_better", "configs", "n-samples", "config",
+                          "model_hash", "date", "rankscope_version", "group_subtasks"}) {
+    INFO(key);
+    CHECK(j.contains(key));
+  }
+  CHECK(j["config"]["model_path"] == model);
+  CHECK(j["config"]["limit"] == 3);
+  CHECK(j["model_hash"] == printed[0]["model_hash"]);
+  CHECK(j["configs"]["arc_easy"]["output_type"] == "multiple_choice");
+  CHECK(j["configs"]["wikitext"]["output_type"] == "loglikelihood_rolling");
+  CHECK(j["configs"]["lambada_openai"]["output_type"] == "loglikelihood");
+  CHECK(j["versions"]["truthfulqa_mc2"] == 2.0);
+  CHECK(j["n-shot"]["arc_easy"] == 0);
+  CHECK(j["higher_is_better"]["arc_easy"]["acc"] == true);
+  CHECK(j["higher_is_better"]["wikitext"]["word_perplexity"] == false);
+  CHECK(j["n-samples"]["arc_easy"] == nlohmann::json{{"original", 2376}, {"effective", 3}});
+  CHECK(j["n-samples"]["wikitext"] == nlohmann::json{{"original", 62}, {"effective", 3}});
+
+  // Every printed number is in the file, exactly (lm-eval's names: lambada's ppl is perplexity).
+  for (const auto& m : printed) {
+    const std::string task = m["task"], metric = m["metric"] == "ppl" && task == "lambada_openai" ? "perplexity" : m["metric"];
+    INFO(task << "." << metric);
+    REQUIRE(j["results"][task].contains(metric + ",none"));
+    CHECK(j["results"][task][metric + ",none"] == m["value"]);
+    CHECK(j["results"][task][metric + "_stderr,none"] == (m["stderr"].is_null() ? nlohmann::json("N/A") : m["stderr"]));
+    CHECK(j["results"][task]["alias"] == task);
+  }
+
+  // Samples: one line per document; the per-document values aggregate to the task's numbers.
+  std::map<std::string, nlohmann::json> by_name;
+  for (const auto& m : printed) by_name[m["task"].get<std::string>() + "." + m["metric"].get<std::string>()] = m;
+  for (const char* task : {"arc_easy", "truthfulqa_mc2", "mmlu_anatomy"}) {
+    INFO(task);
+    const auto lines = read_jsonl(run_dir / ("samples_" + std::string(task) + "_" + date_id + ".jsonl"));
+    const auto& acc = by_name.at(std::string(task) + ".acc");
+    REQUIRE(static_cast<int64_t>(lines.size()) == acc["n"].get<int64_t>());
+    double sum = 0.0;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const auto& s = lines[i];
+      CHECK(s["doc_id"] == i);
+      CHECK(s["filter"] == "none");
+      CHECK(s["arguments"].size() == s["doc"]["choices"].size());
+      CHECK(s["resps"].size() == s["arguments"].size());
+      // Log-likelihoods as lm-eval's strings; the first choice's request is its context and " " + choice.
+      CHECK(s["arguments"]["gen_args_0"]["arg_1"] == " " + s["doc"]["choices"][0].get<std::string>());
+      CHECK(s["resps"][0][0] == s["filtered_resps"][0]);
+      CHECK(std::isfinite(std::stod(s["filtered_resps"][0][0].get<std::string>())));
+      sum += s["acc"].get<double>();
+    }
+    CHECK(sum / static_cast<double>(lines.size()) == acc["value"].get<double>());
+  }
+  const auto lambada = read_jsonl(run_dir / ("samples_lambada_openai_" + date_id + ".jsonl"));
+  REQUIRE(lambada.size() == 3);
+  double ll = 0.0, greedy = 0.0;
+  for (const auto& s : lambada) {
+    ll += s["perplexity"].get<double>();
+    greedy += s["acc"].get<double>();
+    CHECK(s["target"] == s["arguments"]["gen_args_0"]["arg_1"]);
+  }
+  CHECK(std::exp(-(ll / 3.0)) == by_name.at("lambada_openai.ppl")["value"].get<double>());
+  CHECK(greedy / 3.0 == by_name.at("lambada_openai.acc")["value"].get<double>());
+  const auto wiki = read_jsonl(run_dir / ("samples_wikitext_" + date_id + ".jsonl"));
+  REQUIRE(wiki.size() == 3);
+  double nll = 0.0, words = 0.0;
+  for (const auto& s : wiki) {
+    nll -= s["word_perplexity"][0].get<double>();
+    words += s["word_perplexity"][1].get<double>();
+  }
+  // Per-document sums of the window sums, added in another grouping than the task's total: equal
+  // to float64 rounding (about 1e-16 relative per addition over a few hundred windows).
+  CHECK(std::exp(nll / words) == Approx(by_name.at("wikitext.word_perplexity")["value"].get<double>()).epsilon(1e-12));
+
+  // A PATH ending in .json: STEM_<date>.json beside it, the samples in its directory.
+  const auto file_dir = test::scratch_dir("eval-output-file");
+  const auto f = test::run_cli("eval " + model + " --data-dir " + test::shared_data("").string() +
+                               " --tasks arc_easy --limit 2 --output-path " + (file_dir / "run.json").string() + " --log-samples");
+  REQUIRE(f.exit_code == 0);
+  const auto written = only_file(file_dir, "run_");
+  CHECK(written.extension() == ".json");
+  CHECK(nlohmann::json::parse(test::slurp(written))["results"]["arc_easy"]["acc,none"].is_number());
+  CHECK(read_jsonl(only_file(file_dir, "samples_arc_easy_")).size() == 2);
 }

@@ -2,6 +2,8 @@
 // lm-eval prompts, --limit) and the generic JSONL task format with its error messages.
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -48,6 +50,16 @@ std::string load_error(const std::string& path) {
   return "(no error)";
 }
 
+// The error of loading built-in task `name` from ../shared/data.
+std::string load_error_in(const std::string& name) {
+  try {
+    load_task(name, data_options());
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 const char* const kTruthfulQaPrompt =
     "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is 78 years.\n\n"
     "Q: Who was president of the United States in 1955?\nA: Dwight D. Eisenhower was president of the United States in "
@@ -64,7 +76,7 @@ TEST_CASE("every built-in task loads with its document count", "[tasks]") {
       {"arc_easy", 2376},      {"arc_challenge", 1172},  {"piqa", 1838},           {"openbookqa", 500},
       {"boolq", 3270},         {"winogrande", 1267},     {"lambada_openai", 5153}, {"hellaswag", 10042},
       {"mmlu", 14042},         {"truthfulqa_mc1", 817},  {"truthfulqa_mc2", 817},  {"sst2", 872},
-      {"mrpc", 1725},          {"wikitext2", 62},        {"tinystories", 1}};
+      {"mrpc", 1725},          {"wikitext2", 62},        {"wikitext", 62},         {"tinystories", 1}};
   REQUIRE(builtin_task_names().size() == counts.size());
   for (const auto& name : builtin_task_names()) {
     INFO(name);
@@ -387,6 +399,86 @@ TEST_CASE("a limit keeps the first N documents and the full few-shot pool", "[ta
   // Perplexity tasks apply --limit as a window count in the protocol, not here.
   CHECK(load_task("wikitext2", data_options(3)).docs.size() == 62);
   CHECK(load_task("mrpc", data_options(7)).docs.size() == 7);
+}
+
+TEST_CASE("a fractional limit keeps ceil(fraction x documents) of each task, MMLU per subject", "[tasks]") {
+  // lm-eval's get_sample_size: int(math.ceil(len(docs) * limit)), the product in double precision.
+  CHECK(Limit::share(0.1).of(2376) == 238);
+  CHECK(Limit::share(0.07).of(100) == 8);  // 100 * 0.07 = 7.000000000000001 in doubles: Python's math.ceil gives 8 too
+  CHECK(Limit::share(0.7).of(10) == 7);    // 10 * 0.7 = 7.0 exactly
+  CHECK(Limit::share(0.5).of(1) == 1);
+  CHECK(Limit::share(0.999).of(3) == 3);
+  CHECK(Limit(5).of(3) == 3);
+  CHECK(Limit().of(3) == 3);
+  RS_REQUIRE_SHARED(shared_data("arc/arc_easy.jsonl"));
+  TaskLoadOptions tenth = data_options();
+  tenth.limit = Limit::share(0.1);
+  const Task arc = load_task("arc_easy", tenth);
+  CHECK(arc.docs.size() == 238);
+  CHECK(arc.n_docs_total == 2376);
+  CHECK(arc.fewshot_pool.size() == 2376);
+  CHECK(arc.docs.back().contexts == load_task("arc_easy", data_options(238)).docs.back().contexts);
+
+  RS_REQUIRE_SHARED(shared_data("mmlu/test/anatomy_test.csv"));
+  const Task& full = cached("mmlu");
+  std::map<std::string, int64_t> per_subject;
+  for (const auto& d : full.docs) ++per_subject[d.subject];
+  int64_t expected = 0;
+  for (const auto& [subject, n] : per_subject) expected += static_cast<int64_t>(std::ceil(static_cast<double>(n) * 0.1));
+  const Task mmlu = load_task("mmlu", tenth);
+  CHECK(static_cast<int64_t>(mmlu.docs.size()) == expected);
+  CHECK(mmlu.n_docs_total == 14042);
+  // Perplexity texts are cut by the protocols (windows, or documents for rolling), not here.
+  CHECK(load_task("wikitext", tenth).docs.size() == 62);
+}
+
+TEST_CASE("mmlu_SUBJECT is that subject's documents of mmlu, numbered from 0", "[tasks]") {
+  RS_REQUIRE_SHARED(shared_data("mmlu/test/anatomy_test.csv"));
+  const Task anatomy = load_task("mmlu_anatomy", data_options());
+  CHECK(anatomy.name == "mmlu_anatomy");
+  CHECK(anatomy.metrics == std::vector<std::string>{"acc"});
+  CHECK(anatomy.fewshot_first_k);
+  CHECK(anatomy.fewshot_pool.size() == 5);
+  std::vector<const Doc*> rows;
+  for (const auto& d : cached("mmlu").docs) {
+    if (d.subject == "anatomy") rows.push_back(&d);
+  }
+  REQUIRE(anatomy.docs.size() == rows.size());
+  REQUIRE(rows.size() == 135);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    CHECK(anatomy.docs[i].contexts == rows[i]->contexts);
+    CHECK(anatomy.docs[i].continuations == rows[i]->continuations);
+    CHECK(anatomy.docs[i].gold == rows[i]->gold);
+    CHECK(anatomy.docs[i].description == rows[i]->description);
+    CHECK(anatomy.docs[i].index == static_cast<int64_t>(i));
+  }
+  CHECK(load_task("mmlu_anatomy", data_options(4)).docs.size() == 4);
+  const auto error = load_error_in("mmlu_anatomyy");
+  CHECK_THAT(error, Contains("no MMLU subject 'anatomyy'") && Contains("did you mean 'anatomy'?"));
+  CHECK(std::count(error.begin(), error.end(), '\n') == 0);
+}
+
+TEST_CASE("lm-eval's groups expand to their tasks, and wikitext is wikitext2's pages", "[tasks]") {
+  CHECK(expand_task_groups({"arc"}) == std::vector<std::string>{"arc_easy", "arc_challenge"});
+  CHECK(expand_task_groups({"ai2_arc", "size"}) == std::vector<std::string>{"arc_easy", "arc_challenge", "size"});
+  CHECK(expand_task_groups({"arc_challenge", "truthfulqa", "arc"}) ==
+        std::vector<std::string>{"arc_challenge", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy"});
+  RS_REQUIRE_SHARED(shared_data("mmlu/test/anatomy_test.csv"));
+  const auto names = task_names(shared_data(""));
+  CHECK(std::count(names.begin(), names.end(), "mmlu_anatomy") == 1);
+  CHECK(std::count(names.begin(), names.end(), "truthfulqa") == 1);
+  CHECK(std::count_if(names.begin(), names.end(), [](const auto& n) { return n.starts_with("mmlu_"); }) == 57);
+  CHECK(task_names("/no/such/dir").size() == builtin_task_names().size() + task_groups().size());
+
+  RS_REQUIRE_SHARED(shared_data("wikitext-2-raw/wiki.test.raw"));
+  const Task& wikitext = cached("wikitext");
+  const Task& wikitext2 = cached("wikitext2");
+  CHECK(wikitext.name == "wikitext");
+  REQUIRE(wikitext.docs.size() == wikitext2.docs.size());
+  for (size_t i = 0; i < wikitext.docs.size(); ++i) {
+    CHECK(wikitext.docs[i].text == wikitext2.docs[i].text);
+    CHECK(wikitext.docs[i].word_count == wikitext2.docs[i].word_count);
+  }
 }
 
 TEST_CASE("the llm-foundry files are valid generic JSONL tasks", "[tasks]") {
