@@ -5,7 +5,8 @@
 //   objectives  [{metric, minimize}]              the page's default pair (y first, x second)
 //   metrics     [{name, minimize, objective}]     every metric stored in the study, by name
 //   protocols   {shared: [per metric: the protocol keys every evaluation of it agrees on, or null],
-//                own: [the rest of one evaluation's protocol, deduplicated]}
+//                own: [the rest of one evaluation's protocol, deduplicated; "config": true stands for
+//                the evaluation's own configuration string]}
 //   evals       [{id, config, label, status, error, wall_s, v, se, n, p}]   v/se/n/p per metric:
 //               value, standard error, examples (null: the evaluation lacks the metric) and the
 //               index into protocols.own (-1: no protocol)
@@ -33,8 +34,17 @@ namespace rankscope::cli {
 
 namespace {
 
-// A label longer than this is replaced by the summary form.
+// A label longer than this is replaced by the summary form; the summary's counts form (every
+// choice with its number of cells) may take a few more characters rather than drop choices.
 constexpr size_t kShortLabelChars = 40;
+constexpr size_t kCountsLabelChars = 48;
+// The protocol key holding the configuration evaluated.
+constexpr std::string_view kConfigKey = "config";
+
+// Characters, not bytes, of UTF-8 text.
+size_t display_width(std::string_view text) {
+  return static_cast<size_t>(std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
 
 nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
@@ -154,11 +164,13 @@ struct Grid {
 
 // Ridge regression on standardised features, prepared once for a set of rows and solved for any
 // number of targets over those rows (the metrics of one study mostly share their rows: one
-// factorisation serves them all).
+// decomposition serves them all). With Z = U' and Z^T Z = V diag(d) V^T (U = Z V), the fit at
+// penalty L is b = V diag(1 / (d + L)) U^T y and row i's leverage h_i = 1/n + sum_k U_ik^2 / (d_k + L)
+// (1/n: the intercept), so every penalty of a grid costs O(n q) once the eigenvectors are known.
 class RidgeFit {
  public:
   // `rows`: the rows of `features` to fit on; those with a non-finite feature are dropped.
-  RidgeFit(const std::vector<std::vector<double>>& features, const std::vector<size_t>& rows, double ridge)
+  RidgeFit(const std::vector<std::vector<double>>& features, const std::vector<size_t>& rows)
       : p_(features.empty() ? 0 : features.front().size()), varied_(p_, false), requested_(rows) {
     for (size_t i : rows) {
       RS_ASSERT(i < features.size() && features[i].size() == p_);
@@ -184,41 +196,66 @@ class RidgeFit {
     }
     if (columns_.empty()) return;
     const auto q = static_cast<Eigen::Index>(columns_.size());
-    z_.resize(n, q);
+    Eigen::MatrixXd z(n, q);
     for (Eigen::Index r = 0; r < n; ++r) {
       const auto& row = features[rows_[static_cast<size_t>(r)]];
       for (Eigen::Index c = 0; c < q; ++c) {
         const auto k = static_cast<size_t>(c);
-        z_(r, c) = (row[columns_[k]] - mean[k]) / sd[k];
+        z(r, c) = (row[columns_[k]] - mean[k]) / sd[k];
       }
     }
     Eigen::MatrixXd gram = Eigen::MatrixXd::Zero(q, q);
-    gram.selfadjointView<Eigen::Lower>().rankUpdate(z_.transpose());
-    gram.diagonal().array() += ridge * static_cast<double>(n);
-    ldlt_.compute(gram.selfadjointView<Eigen::Lower>());
+    gram.selfadjointView<Eigen::Lower>().rankUpdate(z.transpose());
+    const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(Eigen::MatrixXd(gram.selfadjointView<Eigen::Lower>()));
+    d_ = eigen.eigenvalues().array().max(0.0);
+    v_ = eigen.eigenvectors();
+    u_ = z * v_;
+    u2_ = u_.array().square().matrix();
   }
 
   const std::vector<size_t>& requested_rows() const { return requested_; }
 
-  // `target` is indexed like the features; its values on rows() must be finite.
-  RidgeImportance solve(const std::vector<double>& target) const {
+  // `target` is indexed like the features; its values on the rows fitted must be finite. The
+  // penalty is `ridge` times n, or, without one, the one of kRidgeGrid with the smallest
+  // leave-one-out error.
+  RidgeImportance solve(const std::vector<double>& target, std::optional<double> ridge) const {
     RidgeImportance out;
     out.importance.assign(p_, 0.0);
     out.effect.assign(p_, 0.0);
     out.varied = varied_;
     out.n = rows_.size();
     if (out.n < RidgeImportance::kMinRows || columns_.empty()) return out;
+    const double n = static_cast<double>(rows_.size());
     Eigen::VectorXd y(static_cast<Eigen::Index>(rows_.size()));
     for (size_t r = 0; r < rows_.size(); ++r) y(static_cast<Eigen::Index>(r)) = target[rows_[r]];
     y.array() -= y.mean();
-    const Eigen::VectorXd b = ldlt_.solve(z_.transpose() * y);
     const double total = y.squaredNorm();
-    out.r2 = total > 0 ? 1.0 - (y - z_ * b).squaredNorm() / total : 0.0;
+    const Eigen::ArrayXd c = (u_.transpose() * y).array();
+    const auto fit = [&](double penalty, Eigen::VectorXd* coefficients) {
+      const Eigen::ArrayXd w = 1.0 / (d_ + penalty * n);
+      const Eigen::VectorXd residual = y - u_ * (w * c).matrix();
+      const Eigen::ArrayXd leverage = (u2_ * w.matrix()).array() + 1.0 / n;
+      if (coefficients) *coefficients = v_ * (w * c).matrix();
+      const double press = (residual.array() / (1.0 - leverage).max(kMinSd)).square().sum();
+      return std::pair{residual.squaredNorm(), press};
+    };
+    out.ridge = ridge.value_or(RidgeImportance::kRidgeGrid.front());
+    if (!ridge) {
+      double best = INFINITY;
+      for (double penalty : RidgeImportance::kRidgeGrid) {
+        const double press = fit(penalty, nullptr).second;
+        if (press < best) best = press, out.ridge = penalty;
+      }
+    }
+    Eigen::VectorXd b;
+    const auto [rss, press] = fit(out.ridge, &b);
+    out.r2 = total > 0 ? 1.0 - rss / total : 0.0;
+    out.r2_loo = total > 0 ? 1.0 - press / total : 0.0;
     const double sum = b.cwiseAbs().sum();
-    for (size_t c = 0; c < columns_.size(); ++c) {
-      const double coefficient = b(static_cast<Eigen::Index>(c));
-      out.effect[columns_[c]] = coefficient;
-      out.importance[columns_[c]] = sum > 0 ? std::abs(coefficient) / sum : 0.0;
+    for (size_t k = 0; k < columns_.size(); ++k) {
+      const double coefficient = b(static_cast<Eigen::Index>(k));
+      out.effect[columns_[k]] = coefficient;
+      out.importance[columns_[k]] = sum > 0 ? std::abs(coefficient) / sum : 0.0;
     }
     return out;
   }
@@ -228,8 +265,8 @@ class RidgeFit {
   size_t p_;
   std::vector<bool> varied_;
   std::vector<size_t> requested_, rows_, columns_;
-  Eigen::MatrixXd z_;
-  Eigen::LDLT<Eigen::MatrixXd> ldlt_;
+  Eigen::ArrayXd d_;                 // eigenvalues of Z^T Z
+  Eigen::MatrixXd v_, u_, u2_;       // its eigenvectors V, Z V and (Z V) squared elementwise
 };
 
 // A `single` study: per metric, the change from the base model's value when one cell alone is
@@ -325,8 +362,8 @@ nlohmann::json importance_heatmap(const Grid& grid, const ModelConfig& model, co
     for (size_t r = 0; r < rows.size(); ++r) {
       if (std::isfinite(y[r])) usable.push_back(r);
     }
-    if (!prepared || prepared->requested_rows() != usable) prepared = std::make_unique<RidgeFit>(features, usable, RidgeImportance::kDefaultRidge);
-    const RidgeImportance fit = prepared->solve(y);
+    if (!prepared || prepared->requested_rows() != usable) prepared = std::make_unique<RidgeFit>(features, usable);
+    const RidgeImportance fit = prepared->solve(y, std::nullopt);
     if (fit.n < RidgeImportance::kMinRows) continue;
     nlohmann::json importance = nlohmann::json::array(), effect = nlohmann::json::array(), varied = nlohmann::json::array();
     for (size_t k = 0; k < grid.cells(); ++k) {
@@ -334,10 +371,10 @@ nlohmann::json importance_heatmap(const Grid& grid, const ModelConfig& model, co
       effect.push_back(fit.effect[k]);
       varied.push_back(fit.varied[k]);
     }
-    by_metric[name] = {{"n", fit.n}, {"r2", number(fit.r2)}, {"log", positive}, {"importance", importance},
+    by_metric[name] = {{"n", fit.n}, {"r2", number(fit.r2)}, {"r2_loo", number(fit.r2_loo)}, {"ridge", fit.ridge}, {"log", positive}, {"importance", importance},
                        {"effect", effect}, {"varied", varied}};
   }
-  return {{"mode", "importance"}, {"ridge", RidgeImportance::kDefaultRidge}, {"by_metric", by_metric}};
+  return {{"mode", "importance"}, {"ridge_grid", RidgeImportance::kRidgeGrid}, {"by_metric", by_metric}};
 }
 
 }  // namespace
@@ -365,21 +402,44 @@ std::string short_label(const Config& config, const ModelConfig& model) {
   const std::string compact = encode_config(bare, model);
   if (compact.size() <= kShortLabelChars) return compact + suffix;
 
-  // Summary: per choice the kinds decomposed at it, over all layers.
-  std::map<Choice, uint32_t, decltype(&lighter_first)> kinds(&lighter_first);
-  for (const auto& [cell, choice] : bare.cells) kinds[choice] |= 1u << static_cast<uint32_t>(cell.second);
-  const size_t n = config.cells.size();
-  std::string label = fmt::format("{} cell{}:", n, n == 1 ? "" : "s");
-  size_t shown = 0;
-  for (const auto& [choice, mask] : kinds) {
-    const std::string part = fmt::format("{} {} {}", shown == 0 ? "" : ";", kinds_text(mask, model.arch), choice_text(choice));
-    const size_t rest = kinds.size() - shown - 1;
-    const size_t more = rest > 0 ? fmt::format("; +{} more", rest).size() : 0;
-    if (shown > 0 && label.size() + part.size() + more + suffix.size() > kShortLabelChars) break;
-    label += part;
-    ++shown;
+  // Summary, per choice from the highest rank down: the kinds decomposed at it over all layers
+  // ("q,k 50%"), or how many cells when that is every kind ("12×50%") or the kinds do not fit.
+  struct AtChoice {
+    uint32_t kinds = 0;
+    size_t cells = 0;
+  };
+  std::map<Choice, AtChoice, decltype(&lighter_first)> by_choice(&lighter_first);
+  for (const auto& [cell, choice] : bare.cells) {
+    by_choice[choice].kinds |= 1u << static_cast<uint32_t>(cell.second);
+    by_choice[choice].cells += 1;
   }
-  if (shown < kinds.size()) label += fmt::format("; +{} more", kinds.size() - shown);
+  const auto parts = [&](bool counts) {
+    std::vector<std::string> out;
+    for (const auto& [choice, at] : by_choice) {
+      const std::string kinds = kinds_text(at.kinds, model.arch);
+      out.push_back(counts || kinds == "all" ? fmt::format("{}×{}", at.cells, choice_text(choice))
+                                             : kinds + " " + choice_text(choice));
+    }
+    return out;
+  };
+  const size_t n = config.cells.size();
+  const std::string head = fmt::format("{} cell{}: ", n, n == 1 ? "" : "s");
+  for (bool counts : {false, true}) {
+    std::string label = head;
+    for (const auto& part : parts(counts)) label += (label.size() == head.size() ? "" : "; ") + part;
+    if (display_width(label + suffix) <= (counts ? kCountsLabelChars : kShortLabelChars)) return label + suffix;
+  }
+  // Still too long: as many counts as fit, the rest counted.
+  const auto counted = parts(true);
+  std::string label = head + counted.front();
+  size_t shown = 1;
+  for (; shown < counted.size(); ++shown) {
+    const std::string more = fmt::format("; +{} more", counted.size() - shown - 1);
+    const std::string next = label + "; " + counted[shown];
+    if (display_width(next + (shown + 1 < counted.size() ? more : "") + suffix) > kCountsLabelChars) break;
+    label = next;
+  }
+  if (shown < counted.size()) label += fmt::format("; +{} more", counted.size() - shown);
   return label + suffix;
 }
 
@@ -390,13 +450,13 @@ double removed_rank_fraction(const ResolvedCell& cell) {
 }
 
 RidgeImportance ridge_importance(const std::vector<std::vector<double>>& features, const std::vector<double>& target,
-                                 double ridge) {
+                                 std::optional<double> ridge) {
   RS_ASSERT(features.size() == target.size());
   std::vector<size_t> rows;
   for (size_t i = 0; i < features.size(); ++i) {
     if (std::isfinite(target[i])) rows.push_back(i);
   }
-  return RidgeFit(features, rows, ridge).solve(target);
+  return RidgeFit(features, rows).solve(target, ridge);
 }
 
 std::string json_for_script(const nlohmann::json& json) {
@@ -484,7 +544,9 @@ nlohmann::json report_data(const ResultsStore& db, const StudyInfo& study, const
       if (!metric.protocol.is_object()) continue;
       nlohmann::json rest = nlohmann::json::object();
       for (const auto& [key, value] : metric.protocol.items()) {
-        if (!shared[j].contains(key)) rest[key] = value;
+        if (shared[j].contains(key)) continue;
+        // The evaluation's own configuration, as most protocols record it: not a second copy.
+        rest[key] = key == kConfigKey && value == r.config ? nlohmann::json(true) : value;
       }
       const auto [it, added] = own_index.emplace(rest.dump(), own.size());
       if (added) own.push_back(std::move(rest));
@@ -574,7 +636,9 @@ input[type=text] { min-width: 240px; }
 .axis { stroke: #98a2b3; }
 .ticklabel { fill: #475467; font-size: 12px; }
 .axislabel { fill: var(--ink); font-size: 13px; }
-.legend { font-size: 12.5px; fill: var(--muted); }
+.key { margin-right: 14px; white-space: nowrap; color: var(--ink); }
+.dot { display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: var(--pt); margin-right: 5px; vertical-align: middle; }
+.dot.front { background: var(--front); width: 10px; height: 10px; }
 #tooltip { position: fixed; pointer-events: none; background: rgba(29, 35, 48, .94); color: #fff; padding: 6px 9px;
            border-radius: 6px; font-size: 12.5px; max-width: 420px; display: none; z-index: 10; }
 #tooltip .mono { color: #c8d2e0; }
@@ -701,6 +765,11 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
     if (a >= 1e5 && Number.isInteger(v)) return v.toLocaleString('en-US');
     if (a !== 0 && (a < 1e-4 || a >= 1e12)) return v.toExponential(4);
     return String(Number(v.toPrecision(6)));
+  }
+  function fmtCell(v) {  // three significant digits: a heat-map cell is narrow
+    const a = Math.abs(v);
+    if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(1);
+    return a >= 1e4 ? fmtTick(v) : String(Number(v.toPrecision(3)));
   }
   function fmtSigned(v) { return isNum(v) && v > 0 ? '+' + fmt(v) : fmt(v); }
   function short(v) { return String(Number(v.toPrecision(6))); }
@@ -893,19 +962,20 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
       out.push('<path class="stair" d="' + d + '"/>');
     }
     for (const i of byX) out.push(point(i, i === state.selected ? 'pt front sel' : 'pt front', 4.6));
-    out.push('<g class="legend"><circle cx="' + (P.w - P.r - 190) + '" cy="' + (P.t + 8) + '" r="4" fill="#c0392b"/><text x="' + (P.w - P.r - 180) + '" y="' + (P.t + 12) + '">Pareto front (' + front.length + ')</text>' +
-      '<circle cx="' + (P.w - P.r - 80) + '" cy="' + (P.t + 8) + '" r="3.2" fill="#8f99a8"/><text x="' + (P.w - P.r - 71) + '" y="' + (P.t + 12) + '">other (' + (idx.length - front.length) + ')</text></g>');
     out.push('</svg>');
     host.innerHTML = out.join('');
-    $('plot-note').textContent = idx.length + ' evaluations have both metrics' + (state.pruned ? ' (done or pruned)' : ' (done)') +
-      '; ' + front.length + ' on the Pareto front of ' + my + ' (' + (state.yMin ? 'min' : 'max') + ') and ' + mx +
-      ' (' + (state.xMin ? 'min' : 'max') + ').';
+    $('plot-note').innerHTML = '<span class="key"><i class="dot front"></i>Pareto front (' + front.length + ')</span>' +
+      '<span class="key"><i class="dot"></i>other (' + (idx.length - front.length) + ')</span>' +
+      esc(idx.length + ' evaluations have both metrics' + (state.pruned ? ' (done or pruned)' : ' (done)') + '; ' + front.length +
+      ' on the Pareto front of ' + my + ' (' + (state.yMin ? 'min' : 'max') + ') and ' + mx + ' (' + (state.xMin ? 'min' : 'max') + ').');
   }
 
   // ---------------------------------------------------------------- inspector and tooltip
   function protocolOf(e, j) {
     if (e.p[j] < 0) return null;
-    return Object.assign({}, D.protocols.shared[j] || {}, D.protocols.own[e.p[j]]);
+    const p = Object.assign({}, D.protocols.shared[j] || {}, D.protocols.own[e.p[j]]);
+    if (p.config === true) p.config = e.config;
+    return p;
   }
   function inspect(i) {
     const body = $('inspector-body');
@@ -913,7 +983,7 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
     const e = evals[i];
     const html = ['<div class="label" id="inspector-label">' + esc(e.label) + '</div>',
       '<div class="sub" style="margin:2px 0 0">#' + e.id + ' &middot; <span class="badge st-' + esc(e.status) + '">' + esc(e.status) + '</span>' +
-      (isNum(e.wall_s) ? ' &middot; ' + fmt(e.wall_s) + ' s' : '') + (state.front.has(i) ? ' &middot; <span style="color:var(--front)">on the front</span>' : '') + '</div>',
+      (isNum(e.wall_s) ? ' &middot; ' + fmtCell(e.wall_s) + ' s' : '') + (state.front.has(i) ? ' &middot; <span style="color:var(--front)">on the front</span>' : '') + '</div>',
       '<div class="config mono" id="inspector-config">' + (e.config === '' ? '(base model: nothing decomposed)' : esc(e.config)) + '</div>'];
     if (e.error) html.push('<div class="err">' + esc(e.error) + '</div>');
     for (let j = 0; j < metrics.length; j++) {
@@ -1003,10 +1073,11 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
         evalOf.push(ids[k]);
       }
       const measured = value.filter((v) => v !== null).length;
-      note = 'Measured sensitivity: ' + state.hmMetric + ' of the configuration that decomposes only that matrix, at ' +
-        (H.choices[state.hmChoice] || '?') + ', minus the base model\u2019s (' + fmt(m.base) + ', evaluation #' + H.base_id + '). ' +
-        'Red: worse (' + state.hmMetric + ' is better when ' + (minimize ? 'smaller' : 'larger') + '), blue: better; colour ~ square root of |change| relative to the largest at this choice (' +
-        fmt(worst) + '). ' + measured + ' of ' + (L * K) + ' matrices measured at this choice; hatched: not measured. The last row is the mean over layers. Click a cell for its evaluation.';
+      note = '<b>Measured sensitivity.</b> The change of ' + esc(state.hmMetric) + ' when only that matrix is decomposed, at ' +
+        esc(H.choices[state.hmChoice] || '?') + ', from the base model\u2019s ' + fmt(m.base) + ' (evaluation #' + H.base_id + '). ' +
+        'Red: worse (' + esc(state.hmMetric) + ' is better when ' + (minimize ? 'smaller' : 'larger') + '), blue: better; colour \u221d \u221a|change|, ' +
+        'relative to the largest at this choice (' + fmt(worst) + '). ' + measured + ' of ' + (L * K) + ' matrices measured at this choice; ' +
+        'hatched: not measured; last row: mean over layers. Click a cell to inspect its evaluation.';
     } else {
       let top = 0;
       for (let k = 0; k < L * K; k++) top = Math.max(top, m.importance[k]);
@@ -1020,17 +1091,19 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
         evalOf.push(null);
       }
       const target = (m.log ? 'log ' : '') + state.hmMetric;
-      note = 'Importance of each matrix for ' + state.hmMetric + ', estimated from the ' + m.n + ' done evaluations of this study: ridge regression ' +
-        '(penalty ' + H.ridge + ' \u00d7 n on standardised coefficients) of ' + target + ' on one feature per (layer, matrix), the fraction of its rank removed ' +
-        '(1 \u2212 rank / min(out, in), 0 when dense), each standardised. A cell\u2019s importance is |coefficient| \u2014 the change of ' + target +
-        ' per standard deviation of that feature \u2014 normalised to sum to 1, as Optuna\u2019s parameter importances in spirit. Fit R\u00b2 = ' +
-        (isNum(m.r2) ? m.r2.toFixed(3) : '?') + '. Matrices always decomposed together share their importance; hatched: the rank never varied. ' +
-        'Colour ~ square root of importance relative to the largest. The last row sums over layers.';
+      const loo = isNum(m.r2_loo) ? m.r2_loo.toFixed(2) : '?';
+      note = '<b>Estimated importance.</b> Ridge regression of ' + esc(target) + ' over the ' + m.n + ' done evaluations on one feature per ' +
+        '(layer, matrix): the fraction of its rank removed (1 \u2212 rank / min(out, in); 0 when dense), standardised. Penalty ' +
+        m.ridge + ' \u00d7 n, chosen among ' + H.ridge_grid.join(', ') + ' by leave-one-out error. A matrix\u2019s importance is its |coefficient| ' +
+        '(the change of ' + esc(target) + ' per standard deviation of its feature), normalised to sum to 1, as Optuna\u2019s parameter importances in spirit. ' +
+        'Fit: R\u00b2 ' + (isNum(m.r2) ? m.r2.toFixed(2) : '?') + ' on the evaluations, ' + loo + ' leave-one-out' +
+        (isNum(m.r2_loo) && m.r2_loo < 0.5 ? ' (low: read the map as a rough ranking, or evaluate more configurations)' : '') + '. ' +
+        'Matrices always decomposed together share their importance; hatched: rank never varied; colour \u221d \u221aimportance; last row: sum over layers.';
     }
     if (H.unparsed) note += ' ' + H.unparsed + ' configuration(s) could not be read against the model and are left out.';
     if (H.ignored) note += ' ' + H.ignored + ' evaluation(s) decompose more than one matrix and are left out.';
-    method.textContent = note;
-    const cellText = (v) => (v === null ? '\u2014' : H.mode === 'single' ? fmtSigned(v) : (100 * v).toFixed(1) + '%');
+    method.innerHTML = note;
+    const cellText = (v) => (v === null ? '\u2014' : H.mode === 'single' ? (v > 0 ? '+' : '') + fmtCell(v) : (100 * v).toFixed(1) + '%');
     const rows = ['<table class="hm" id="heatmap-table" data-mode="' + H.mode + '"><thead><tr><th class="layer">layer</th>' +
       H.matrices.map((k) => '<th>' + esc(k) + '</th>').join('') + '</tr></thead><tbody>'];
     for (let l = 0; l < L; l++) {
@@ -1148,7 +1221,7 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
     });
     $('colbox').addEventListener('change', (ev) => {
       const j = Number(ev.target.dataset.j);
-      state.columns = ev.target.checked ? state.columns.concat([j]).sort((a, b) => a - b) : state.columns.filter((c) => c !== j);
+      state.columns = ev.target.checked ? state.columns.concat([j]) : state.columns.filter((c) => c !== j);
       renderColumnChooser();
       renderTable();
     });
@@ -1223,7 +1296,7 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
       state.xMin = metrics[state.x].minimize;
     }
     const rest = metrics.map((_, j) => j).filter((j) => !preferred.includes(j) && !metrics[j].name.startsWith('predicted.'));
-    state.columns = preferred.concat(rest).slice(0, DEFAULT_COLUMNS).sort((a, b) => a - b);
+    state.columns = preferred.concat(rest).slice(0, DEFAULT_COLUMNS);
     $('include-pruned').checked = state.pruned;
     $('filter-where').value = state.where;
     const w = parseWhere(state.where);
@@ -1240,6 +1313,12 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
     bindControls();
     refresh(false);
     renderHeatmap();
+    // #eval=ID in the address selects that evaluation (a link to one point).
+    const wanted = /^#eval=(\d+)$/.exec(window.location.hash);
+    if (wanted) {
+      const i = evals.findIndex((e) => String(e.id) === wanted[1]);
+      if (i >= 0) select(i);
+    }
   }
   try {
     init();

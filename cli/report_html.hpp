@@ -14,8 +14,10 @@
 // is here in C++; the page only draws it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,30 +60,38 @@ std::string json_for_script(const nlohmann::json& json);
 // (perplexity, loss, KL, parameters, bytes, FLOPs, latency).
 bool default_minimize(std::string_view metric);
 
-// A short readable name of a configuration (typically <= 40 characters; the canonical string is
+// A short readable name of a configuration (at most 40 characters, 48 in the counts form; the canonical string is
 // the full name): "base model"; the canonical string when it is short, a method shared by every
 // cell written once at the end ("L1,3:all=8", "L*:mlp=50% @svd"); otherwise the number of cells
 // and, per choice from the highest rank down, the matrix kinds at that choice over all layers
-// ("9 cells: v 75%; q,k 50%; q,mlp 25% @svd"), choices that do not fit counted ("; +2 more").
+// ("9 cells: v 75%; q,k 50%; q,mlp 25% @svd"), or the number of cells at it when that is every kind
+// or the kinds do not fit ("22 cells: 12×50%; 10×25% @svd"), choices that still do not fit counted
+// ("; +2 more").
 std::string short_label(const Config& config, const ModelConfig& model);
 
 // Per-cell importance by ridge regression. `features` is n rows of p columns (one per cell),
 // `target` n values. Rows with a non-finite target or feature are left out. Each column that
 // varies is standardised (mean 0, sd 1), the target centred; the coefficients solve
-// (Z^T Z + ridge * n * I) b = Z^T y. importance[j] = |b_j| / sum |b| (0 for columns that do not
-// vary; all 0 when nothing does or fewer than kMinRows rows remain); effect[j] = b_j, the change
-// of the target per standard deviation of the feature.
+// (Z^T Z + ridge * n * I) b = Z^T y, `ridge` given or, by default, the value of kRidgeGrid whose
+// fit predicts each row left out best (exact leave-one-out for ridge regression).
+// importance[j] = |b_j| / sum |b| (0 for columns that do not vary; all 0 when nothing does or
+// fewer than kMinRows rows remain); effect[j] = b_j, the change of the target per standard
+// deviation of the feature.
 struct RidgeImportance {
   static constexpr size_t kMinRows = 3;
-  static constexpr double kDefaultRidge = 0.1;
+  static constexpr std::array<double, 7> kRidgeGrid = {1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0};
   std::vector<double> importance;
   std::vector<double> effect;
   std::vector<bool> varied;
-  size_t n = 0;    // rows used
-  double r2 = 0;   // of the fit on those rows (1 - residual / total sum of squares); 0 when not fitted
+  size_t n = 0;       // rows used
+  double ridge = 0;   // the penalty used (times n)
+  double r2 = 0;      // of the fit on those rows (1 - residual / total sum of squares); 0 when not fitted
+  // The same for predictions of each row by the fit without it (leave-one-out): what the estimate
+  // is worth when there are about as many cells as evaluations.
+  double r2_loo = 0;
 };
 RidgeImportance ridge_importance(const std::vector<std::vector<double>>& features, const std::vector<double>& target,
-                                 double ridge = RidgeImportance::kDefaultRidge);
+                                 std::optional<double> ridge = std::nullopt);
 
 // The feature of one cell of a configuration: the fraction of the matrix's rank removed,
 // 1 - rank / min(out, in) (0 when the cell is dense). Monotone in the damage, unlike the
