@@ -11,6 +11,7 @@
 #include "core/io/npy.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/io/tensor_roles.hpp"
+#include "core/tokenize/byte_level.hpp"
 #include "core/tokenize/tokenizer.hpp"
 #include "tests/fuzz/fuzz.hpp"
 
@@ -155,18 +156,88 @@ const char* kBertProcessingTokenizer = R"({"added_tokens":[{"id":1,"content":"[U
 "decoder":null,
 "model":{"continuing_subword_prefix":"##","unk_token":"[UNK]","vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"hi":4,"##!":5}}})";
 
+// Byte-level BPE (Llama 3 / Qwen / GPT-2 form): the 256 byte characters, a few merges, added
+// tokens with every flag, and `pre_tokenizer` given by the caller.
+std::string byte_level_tokenizer(const json& pre_tokenizer, bool ignore_merges) {
+  json vocab = json::object();
+  for (int byte = 0; byte < 256; ++byte) {
+    std::string piece;
+    const char b = static_cast<char>(byte);
+    tokenizer_detail::append_byte_level(piece, std::string_view(&b, 1));
+    vocab[piece] = byte;
+  }
+  // Byte-level pieces: U+0120 is a space, U+010A a newline, U+00C3 U+00A9 the bytes of "é".
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"\u0120", "a"}, {"a", "b"}, {"\u0120a", "b"}, {"1", "2"}, {"'", "s"}, {"\u010a", "\u010a"}, {"\u00c3", "\u00a9"}};
+  json merge_list = json::array();
+  int next = 256;
+  for (const auto& [left, right] : merges) {
+    merge_list.push_back({left, right});
+    if (!vocab.contains(left + right)) vocab[left + right] = next++;
+  }
+  const json added = json::array({
+      {{"id", next}, {"content", "<|begin_of_text|>"}, {"special", true}, {"normalized", false}},
+      {{"id", next + 1}, {"content", "<|end_of_text|>"}, {"special", true}, {"normalized", false}, {"rstrip", true}},
+      {{"id", next + 2}, {"content", "<tool_call>"}, {"special", false}, {"normalized", true}, {"lstrip", true}},
+      {{"id", next + 3}, {"content", "ab"}, {"special", false}, {"single_word", true}, {"normalized", false}}});
+  const json root = {
+      {"version", "1.0"}, {"added_tokens", added}, {"normalizer", {{"type", "NFC"}}}, {"pre_tokenizer", pre_tokenizer},
+      {"post_processor",
+       {{"type", "Sequence"},
+        {"processors",
+         {{{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}},
+          {{"type", "TemplateProcessing"},
+           {"single", {{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+                       {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+                       {{"SpecialToken", {{"id", "<|end_of_text|>"}, {"type_id", 0}}}}}},
+           {"special_tokens", {{"<|begin_of_text|>", {{"id", "<|begin_of_text|>"}, {"ids", {next}}, {"tokens", {"<|begin_of_text|>"}}}}}}}}}}},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                 {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
+                 {"ignore_merges", ignore_merges}, {"vocab", vocab}, {"merges", merge_list}}}};
+  return root.dump();
+}
+
+json split_step(const std::string& pattern, const std::string& behavior, bool invert, bool literal = false) {
+  return {{"type", "Split"}, {"pattern", {{literal ? "String" : "Regex", pattern}}}, {"behavior", behavior}, {"invert", invert}};
+}
+
+// Llama 3's pre-tokenizer (Split with its pattern, then ByteLevel without GPT-2's).
+json llama3_pre_tokenizer() {
+  return {{"type", "Sequence"},
+          {"pretokenizers",
+           {split_step(R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+                       "Isolated", false),
+            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+}
+
+// Every Split behavior, invert, a literal pattern, Digits and Whitespace, and the regular
+// expression constructs the mutator's dictionary should hold (lookarounds, classes, \Q..\E,
+// POSIX classes, empty matches, Unicode properties).
+json split_zoo_pre_tokenizer() {
+  return {{"type", "Sequence"},
+          {"pretokenizers",
+           {split_step(R"(\s*[\r\n]+|(?<=a)b|[[:punct:]]+|\Q.*\E|x*)", "MergedWithPrevious", false),
+            split_step("-", "MergedWithNext", true, true), split_step(R"(\p{Han}|\p{Lu}\w*)", "Contiguous", true),
+            split_step(R"([^\W\d]+?)", "Removed", false), {{"type", "Digits"}, {"individual_digits", true}},
+            {{"type", "Whitespace"}}, {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"use_regex", true}}}}};
+}
+
 const char* kVocabTxt = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n##s\n!\na\n\xe4\xb8\xad\n";
 const char* kTokenizerConfig =
     R"({"do_lower_case": true, "bos_token": "<s>", "eos_token": {"content": "</s>", "lstrip": false}, "unk_token": "<unk>", "pad_token": null, "cls_token": "[CLS]"})";
 
-// Exercises a loaded tokenizer the way the evaluators do: encode, decode, pieces.
+// Exercises a loaded tokenizer the way the evaluators do: encode (special tokens matched or
+// not, added or not), decode (special tokens kept or not), pieces.
 void exercise(const Tokenizer& tok) {
   static const std::vector<std::string> kTexts = {
       "Once upon a time, Lily saw a cat.", "h\xc3\xa9llo w\xc3\xb6rld \xe4\xbd\xa0\xe5\xa5\xbd [CLS] <s> </s> [MASK] \xff\xfe",
-      "", std::string(300, 'a') + " ab\n\tab", "\xe2\x96\x81\xe2\x96\x81 x y"};
+      "", std::string(300, 'a') + " ab\n\tab", "\xe2\x96\x81\xe2\x96\x81 x y",
+      "<|begin_of_text|>IT'S ab 12345\r\n\n  \xc2\x85 e\xcc\x81<tool_call>  <|end_of_text|> x-y \xe2\x82"};
   for (const auto& text : kTexts) {
     const auto ids = tok.encode(text);
     tok.decode(ids);
+    tok.decode(tok.encode(text, {.parse_special = false, .add_special_tokens = true}), {.skip_special = false});
   }
   std::vector<TokenId> all;
   for (int32_t id = 0; id < std::min<int32_t>(tok.vocab_size(), 64); ++id) {
@@ -334,7 +405,7 @@ Target model_target() {
 Target tokenizer_target() {
   Target t;
   t.name = "tokenizer";
-  t.description = "tokenizer.json, vocab.txt, tokenizer.model, tokenizer_config.json (core/tokenizer*.cpp, unicode.*)";
+  t.description = "tokenizer.json (byte-level BPE included), vocab.txt, tokenizer.model, tokenizer_config.json (core/tokenize/*)";
   t.seeds = [](const fs::path& shared) {
     std::vector<Seed> seeds;
     seeds.push_back({"generated BPE tokenizer.json", {json_file("tokenizer.json", kBpeTokenizer),
@@ -343,6 +414,18 @@ Target tokenizer_target() {
     seeds.push_back({"generated WordPiece tokenizer.json", {json_file("tokenizer.json", kWordPieceTokenizer)}, 3});
     seeds.push_back({"generated BertProcessing tokenizer.json", {json_file("tokenizer.json", kBertProcessingTokenizer)}, 2});
     seeds.push_back({"generated vocab.txt", {binary_file("vocab.txt", kVocabTxt), json_file("tokenizer_config.json", kTokenizerConfig)}, 3});
+    seeds.push_back({"generated byte-level (Llama 3 pre-tokenizer) tokenizer.json",
+                     {json_file("tokenizer.json", byte_level_tokenizer(llama3_pre_tokenizer(), true))}, 4});
+    seeds.push_back({"generated byte-level (Split zoo) tokenizer.json",
+                     {json_file("tokenizer.json", byte_level_tokenizer(split_zoo_pre_tokenizer(), false))}, 3});
+    // A pattern that backtracks catastrophically on a run of a's: PCRE2's match limit must stop it.
+    seeds.push_back({"generated byte-level (catastrophic Split) tokenizer.json",
+                     {json_file("tokenizer.json", byte_level_tokenizer(split_step("(a+)+$", "Isolated", false), false))}, 1});
+    // The byte-level references made by the tokenizers library (GPT-2, Llama 3, Qwen forms).
+    for (const char* name : {"gpt2", "llama3", "qwen"}) {
+      const fs::path ref = fs::path(RANKSCOPE_SOURCE_DIR) / "tests/data/hf-refs" / fmt::format("tokenizer_{}/tokenizer.json", name);
+      if (fs::exists(ref)) seeds.push_back({fmt::format("hf-refs tokenizer_{} tokenizer.json", name), {json_file("tokenizer.json", read_file(ref))}, 2});
+    }
     const fs::path data = shared / "data";
     auto add = [&](const char* label, const char* rel, const char* as, bool is_json, unsigned weight) {
       if (!fs::exists(data / rel)) return;
