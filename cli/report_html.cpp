@@ -833,9 +833,9 @@ aside#inspector { position: sticky; top: 16px; align-self: start; max-height: ca
       });
       if (ok) state.filtered.push(i);
     }
+    const plural = (n) => n + (n === 1 ? ' evaluation' : ' evaluations');
     $('filter-status').textContent = state.filtered.length === evals.length
-      ? evals.length + ' evaluations'
-      : 'showing ' + state.filtered.length + ' of ' + evals.length + ' evaluations';
+      ? plural(evals.length) : 'showing ' + state.filtered.length + ' of ' + plural(evals.length);
   }
 
   // ---------------------------------------------------------------- Pareto front (as rankscope pareto: done

@@ -85,13 +85,14 @@ bool have_chromium() { return std::system("command -v chromium >/dev/null 2>&1")
 
 // The DOM of `page` after its scripts ran, from headless Chromium (a profile of its own: ctest runs
 // cases in parallel processes); with `screenshot`, also a PNG of it at 1400 x 2000.
-std::string chromium_dom(const fs::path& page, const fs::path& work, const fs::path& screenshot = {}) {
+// `flags` go to the DOM dump (e.g. a virtual time budget for the page's timers).
+std::string chromium_dom(const fs::path& page, const fs::path& work, const fs::path& screenshot = {}, const std::string& flags = "") {
   const auto profile = work / "chromium-profile";
   const auto dom = work / "dom.html";
   const std::string common = "timeout 180 chromium --headless=new --no-sandbox --disable-gpu --no-first-run "
                              "--user-data-dir='" + profile.string() + "' ";
   const std::string url = "'file://" + fs::absolute(page).string() + "'";
-  REQUIRE(std::system((common + "--dump-dom " + url + " >'" + dom.string() + "' 2>/dev/null").c_str()) == 0);
+  REQUIRE(std::system((common + flags + "--dump-dom " + url + " >'" + dom.string() + "' 2>/dev/null").c_str()) == 0);
   if (!screenshot.empty()) {
     fs::remove(screenshot);
     REQUIRE(std::system((common + "--hide-scrollbars --window-size=1400,2000 --screenshot='" + screenshot.string() + "' " + url +
@@ -409,6 +410,51 @@ TEST_CASE("report: index.html of a real sweep, opened in headless Chromium, show
   CHECK(attribute(dom, "heatmap-table", "data-mode") == "importance");
   CHECK(count(dom, "data-layer=") == 5 * 7);
   CHECK_THAT(dom, Catch::Matchers::Contains("Ridge regression"));
+
+  // The page reacts as pareto computes: a script appended to a copy drives the controls (perplexity
+  // maximised, a --where filter, a sort) and writes what the page shows into the DOM.
+  const std::string driver = R"(<script>
+setTimeout(() => {
+  const $ = (id) => document.getElementById(id), out = {};
+  $('y-dir').value = 'max';
+  $('y-dir').dispatchEvent(new Event('change'));
+  out.front_ymax = $('plot').dataset.front;
+  $('y-dir').value = 'min';
+  $('y-dir').dispatchEvent(new Event('change'));
+  const ppl = () => [...document.querySelectorAll('#eval-table th')].find((t) => t.textContent.startsWith('tinystories.ppl'));
+  ppl().click();
+  ppl().click();
+  out.sorted_first = document.querySelector('#eval-table tbody tr.eval-row').dataset.id;
+  $('filter-where').value = 'size.params<250000';
+  $('filter-where').dispatchEvent(new Event('input'));
+  setTimeout(() => {
+    out.where_rows = $('eval-table').dataset.rows;
+    out.where_front = $('plot').dataset.front;
+    const pre = document.createElement('pre');
+    pre.id = 'driven';
+    pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }, 500);
+}, 100);
+</script>)";
+  std::string driven = html;
+  driven.insert(driven.rfind("</body>"), driver);
+  std::ofstream(dir / "driven.html") << driven;
+  const std::string after = chromium_dom(dir / "driven.html", dir, {}, "--virtual-time-budget=5000 ");
+  const size_t at = after.find("<pre id=\"driven\">");
+  REQUIRE(at != std::string::npos);
+  const auto shown = nlohmann::json::parse(after.substr(at + 17, after.find("</pre>", at) - at - 17));
+  const auto front_of = [&](const std::string& args) {
+    return nlohmann::json::parse(test::run_cli("pareto --db '" + db + "' --study rnd --format json " + args).out);
+  };
+  CHECK(shown["front_ymax"] == std::to_string(front_of("--objectives tinystories.ppl:max,size.params:min")["front"].size()));
+  const auto where = front_of("--objectives tinystories.ppl:min,size.params:min --where 'size.params<250000'");
+  CHECK(shown["where_front"] == std::to_string(where["front"].size()));
+  CHECK(shown["where_rows"] == std::to_string(where["evaluations"].get<size_t>()));
+  // Sorted by perplexity, largest first (the second click): the worst evaluation heads the table.
+  const auto rows = rdb.metric_rows(study.id, {"tinystories.ppl"});
+  const size_t worst = static_cast<size_t>(std::max_element(rows.rows.begin(), rows.rows.end()) - rows.rows.begin());
+  CHECK(shown["sorted_first"] == std::to_string(rows.evaluation_ids[worst]));
 }
 
 TEST_CASE("report: a single-space sweep's heat map shows each matrix's measured change") {
