@@ -19,6 +19,9 @@ case "${1:-}" in
   prepare)
     mkdir -p .gpu-run
     [ -d .gpu-run/debs ] || bash ../shared/gpu-machine/fetch-debs.sh .gpu-run/debs
+    # PCRE2 (byte-level BPE pre-tokenizers), which the shared recipe predates.
+    (cd .gpu-run/debs && apt-get download -q libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 2>&1 \
+      | grep -v unsandboxed | tail -1)
     cp ../shared/gpu-machine/build-on-gpu.sh .gpu-run/
     (cd ../shared && tar czf "$OLDPWD/$RUN_DIR/shared.tgz" data/stories260K-hf data/bert-tiny-sst2 data/arc data/tinystories \
       data/glue-sst2 data/hellaswag data/mmlu data/truthfulqa data/winogrande data/llama2-tokenizer data/wikitext-2 data/wikitext-2-raw configs/llama-2-7b)
@@ -28,7 +31,8 @@ case "${1:-}" in
     set -e
     mkdir -p .gpu-scale
     [ -d .gpu-scale/debs ] || bash ../shared/gpu-machine/fetch-debs.sh .gpu-scale/debs
-    (cd .gpu-scale/debs && apt-get download -q libpq-dev libpq5 2>&1 | grep -v unsandboxed || true)
+    (cd .gpu-scale/debs && apt-get download -q libpq-dev libpq5 libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 \
+      libpcre2-posix3 2>&1 | grep -v unsandboxed || true)
     if [ ! -f .gpu-scale/pg.tar.xz ]; then
       # The server and its client tools with the libraries Ubuntu 24.04 lacks under these sonames
       # (ICU 72, OpenLDAP 2.5, libunistring 2, ...): unpacked into their own prefix there and put
