@@ -374,7 +374,7 @@ TEST_CASE("lm-eval's spellings are the same options, on the command line and in 
   CHECK_THAT(twice.err, Contains((dir / "y.ini").string()) && Contains("num_fewshot and num-fewshot are two spellings"));
 }
 
-TEST_CASE("--limit takes a count, -1, or a fraction in (0, 1); anything else is a usage error", "[cli]") {
+TEST_CASE("eval --limit takes a count, -1, or a fraction in (0, 1), anything else is a usage error", "[cli]") {
   CHECK(Limit::parse("200") == Limit(200));
   CHECK(Limit::parse("-1") == Limit());
   CHECK(Limit::parse("0.1") == Limit::share(0.1));
@@ -399,7 +399,7 @@ TEST_CASE("--limit takes a count, -1, or a fraction in (0, 1); anything else is 
   }
 }
 
-TEST_CASE("--log-samples needs --output-path; an output path that cannot be written is bad input", "[cli][errors]") {
+TEST_CASE("eval --log-samples needs --output-path, an output path that cannot be written is bad input", "[cli][errors]") {
   const auto alone = run("eval m --tasks size --log_samples");
   CHECK(alone.exit_code == 2);
   CHECK(line_count(alone.err) == 1);
