@@ -400,22 +400,24 @@ std::filesystem::path only_file(const std::filesystem::path& dir, const std::str
 
 }  // namespace
 
-TEST_CASE("eval --limit 0.02 scores ceil(0.02 x N) documents, with the numbers of --limit that count") {
+TEST_CASE("eval --limit 0.1 scores ceil(0.1 x N) documents, with the numbers of --limit that count") {
   RS_REQUIRE_SHARED(stories());
   RS_REQUIRE_SHARED(test::shared_data("mmlu/test/anatomy_test.csv"));
   RS_REQUIRE_SHARED(test::shared_data("wikitext-2-raw/wiki.test.raw"));
-  const auto share = eval_results("--tasks arc_easy,mmlu_anatomy,wikitext --limit 0.02");
-  // arc_easy: ceil(0.02 x 2376) = ceil(47.52) = 48; mmlu_anatomy: ceil(2.7) = 3; wikitext: ceil(1.24) = 2 pages.
-  check_same_task(share, eval_results("--tasks arc_easy --limit 48"), "arc_easy");
-  check_same_task(share, eval_results("--tasks mmlu_anatomy --limit 3"), "mmlu_anatomy");
-  check_same_task(share, eval_results("--tasks wikitext --limit 2"), "wikitext");
-  const auto& arc = share.at("arc_easy.acc");
-  CHECK(arc["n"] == 48);
-  CHECK(arc["protocol"]["limit"] == 0.02);
-  CHECK(arc["protocol"]["n_docs"] == 48);
-  CHECK(arc["protocol"]["n_docs_total"] == 2376);
-  CHECK(share.at("mmlu_anatomy.acc")["n"] == 3);
-  const auto& wiki = share.at("wikitext.word_perplexity");
+  const auto tenth = eval_results("--tasks arc_challenge,mmlu_anatomy --limit 0.1");
+  // arc_challenge: ceil(0.1 x 1172) = ceil(117.2) = 118; mmlu_anatomy: ceil(13.5) = 14.
+  check_same_task(tenth, eval_results("--tasks arc_challenge --limit 118"), "arc_challenge");
+  check_same_task(tenth, eval_results("--tasks mmlu_anatomy --limit 14"), "mmlu_anatomy");
+  const auto& arc = tenth.at("arc_challenge.acc");
+  CHECK(arc["n"] == 118);
+  CHECK(arc["protocol"]["limit"] == 0.1);
+  CHECK(arc["protocol"]["n_docs"] == 118);
+  CHECK(arc["protocol"]["n_docs_total"] == 1172);
+  CHECK(tenth.at("mmlu_anatomy.acc")["n"] == 14);
+  // Rolling perplexity counts pages: ceil(0.02 x 62) = ceil(1.24) = 2.
+  const auto pages = eval_results("--tasks wikitext --limit 0.02");
+  check_same_task(pages, eval_results("--tasks wikitext --limit 2"), "wikitext");
+  const auto& wiki = pages.at("wikitext.word_perplexity");
   CHECK(wiki["protocol"]["protocol"] == "rolling");
   CHECK(wiki["protocol"]["documents"] == 2);
   CHECK(wiki["protocol"]["documents_in_text"] == 62);
