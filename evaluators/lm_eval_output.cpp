@@ -130,7 +130,8 @@ LmEvalPaths lm_eval_paths(const std::filesystem::path& output_path, const std::s
 }
 
 std::filesystem::path lm_eval_samples_path(const LmEvalPaths& paths, const std::string& task, const std::string& date_id) {
-  return paths.dir / ("samples_" + task + "_" + date_id + ".jsonl");
+  // A JSONL task's name is the user's: path separators in it must not leave the directory.
+  return paths.dir / ("samples_" + lm_eval_sanitize_model_name(task) + "_" + date_id + ".jsonl");
 }
 
 ojson lm_eval_results(const std::vector<TaskReport>& reports, const LmEvalRun& run) {

@@ -53,6 +53,8 @@ struct LmEvalPaths {
   std::filesystem::path results;  // the results file
 };
 LmEvalPaths lm_eval_paths(const std::filesystem::path& output_path, const std::string& model, const std::string& date_id);
+// samples_<task>_<date_id>.jsonl in paths.dir (characters sanitize_model_name replaces replaced in
+// the task's name too).
 std::filesystem::path lm_eval_samples_path(const LmEvalPaths& paths, const std::string& task, const std::string& date_id);
 
 // lm-eval's date_id: datetime.now().isoformat().replace(":", "-") in local time, e.g.

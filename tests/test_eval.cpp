@@ -14,6 +14,7 @@
 #include "core/io/model.hpp"
 #include "evaluators/evaluator.hpp"
 #include "evaluators/harness.hpp"
+#include "evaluators/lm_eval_output.hpp"
 #include "evaluators/loglikelihood.hpp"
 #include "evaluators/tasks.hpp"
 #include "fixtures.hpp"
@@ -555,4 +556,33 @@ TEST_CASE("eval --output_path writes lm-eval's results JSON with the numbers of 
   CHECK(written.extension() == ".json");
   CHECK(nlohmann::json::parse(test::slurp(written))["results"]["arc_easy"]["acc,none"].is_number());
   CHECK(read_jsonl(only_file(file_dir, "samples_arc_easy_")).size() == 2);
+}
+
+TEST_CASE("lm-eval's formats: Python's str of a float, sanitized model names, date ids") {
+  // Expected strings as Python 3 prints str(x).
+  const std::pair<double, const char*> floats[] = {
+      {1.0, "1.0"},        {-5.300000000000001, "-5.300000000000001"}, {0.1, "0.1"},      {1e-05, "1e-05"},
+      {0.0001, "0.0001"},  {1.5e16, "1.5e+16"},                        {1e16, "1e+16"},   {9999999999999998.0, "9999999999999998.0"},
+      {100.0, "100.0"},    {-0.0, "-0.0"},                             {1234.5, "1234.5"}, {-2.5e-07, "-2.5e-07"},
+      {123456789012345678.0, "1.2345678901234568e+17"}};
+  for (const auto& [value, text] : floats) {
+    INFO(text);
+    CHECK(python_float_str(value) == text);
+  }
+  CHECK(python_float_str(std::nan("")) == "nan");
+  CHECK(python_float_str(-INFINITY) == "-inf");
+  CHECK(lm_eval_sanitize_model_name("../shared/data/stories260K-hf") == "..__shared__data__stories260K-hf");
+  CHECK(lm_eval_sanitize_model_name("meta-llama/Llama-2-7b-hf") == "meta-llama__Llama-2-7b-hf");
+  CHECK(lm_eval_sanitize_model_name("a//b:c") == "a__b__c");
+  const auto id = lm_eval_date_id(std::chrono::system_clock::now());
+  INFO(id);
+  CHECK(id.size() >= 19);
+  CHECK(id[4] == '-');
+  CHECK(id[10] == 'T');
+  CHECK(id[13] == '-');
+  CHECK(id.find(':') == std::string::npos);
+  const auto paths = lm_eval_paths("out/run.json", "m", "D");
+  CHECK(paths.results == std::filesystem::path("out/run_D.json"));
+  CHECK(lm_eval_samples_path(paths, "arc_easy", "D") == std::filesystem::path("out/samples_arc_easy_D.jsonl"));
+  CHECK(lm_eval_paths("out", "a/b", "D").results == std::filesystem::path("out/a__b/results_D.json"));
 }
