@@ -17,6 +17,7 @@
 // expressions run on PCRE2 with Oniguruma's reading of them (core/tokenize/regex.hpp).
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -869,6 +870,70 @@ class SubwordModel {
   virtual std::string kind() const = 0;
 };
 
+// The merge rules of a BPE model: (left id, right id) -> (rank, merged id). Open addressing with
+// linear probing in a power-of-two table kept at most half full, so that a lookup (one per
+// adjacent pair while merging) touches one cache line, and loading 280,000 merges allocates once.
+class MergeTable {
+ public:
+  struct Rule {
+    int32_t rank;
+    TokenId merged;
+  };
+
+  // Room for `n` pairs; call once, before any insert.
+  void reserve(size_t n) {
+    size_t capacity = kMinCapacity;
+    while (capacity < 2 * n) capacity *= 2;
+    slots_.assign(capacity, Slot{kEmpty, {}});
+    shift_ = static_cast<unsigned>(64 - std::countr_zero(capacity));
+    limit_ = n;
+  }
+
+  // Adds the rule of a pair not seen before; a pair already present keeps its first rule (the
+  // library keeps a duplicate merge's first rank).
+  void insert(TokenId left, TokenId right, Rule rule) {
+    RS_ASSERT(size_ < limit_);
+    const uint64_t key = key_of(left, right);
+    for (size_t i = home(key);; i = (i + 1) & (slots_.size() - 1)) {
+      if (slots_[i].key == key) return;
+      if (slots_[i].key == kEmpty) {
+        slots_[i] = {key, rule};
+        ++size_;
+        return;
+      }
+    }
+  }
+
+  const Rule* find(TokenId left, TokenId right) const {
+    const uint64_t key = key_of(left, right);
+    for (size_t i = home(key);; i = (i + 1) & (slots_.size() - 1)) {
+      if (slots_[i].key == key) return &slots_[i].rule;
+      if (slots_[i].key == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  struct Slot {
+    uint64_t key;
+    Rule rule;
+  };
+  // Ids are non-negative, so no pair has all 64 bits set.
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  static constexpr size_t kMinCapacity = 16;
+  // Fibonacci hashing: the high bits of key * 2^64/phi.
+  static constexpr uint64_t kGoldenRatio = 0x9E3779B97F4A7C15ull;
+
+  static uint64_t key_of(TokenId left, TokenId right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+  }
+  size_t home(uint64_t key) const { return static_cast<size_t>((key * kGoldenRatio) >> shift_); }
+
+  std::vector<Slot> slots_ = std::vector<Slot>(kMinCapacity, Slot{kEmpty, {}});
+  unsigned shift_ = 64 - 4;  // 64 - log2(kMinCapacity)
+  size_t size_ = 0;
+  size_t limit_ = 0;
+};
+
 // The ids of words already encoded, shared by every thread encoding with one model: lookups
 // under a shared lock; an insertion is skipped when another thread holds the lock or the cache
 // is full (the tokenizers library's policy: no eviction, so hits never contend on writes).
@@ -914,7 +979,9 @@ class BpeModel final : public SubwordModel {
     for (size_t byte = 0; byte < kByteCount; ++byte) {
       byte_ids_[byte] = find_id(vocab_, fmt::format("<0x{:02X}>", byte));
     }
-    parse_merges(path, model.contains("merges") ? model["merges"] : Json::array());
+    // A reference, not `contains ? model["merges"] : Json::array()`: that expression is a copy.
+    static const Json kNoMerges = Json::array();
+    parse_merges(path, model.contains("merges") ? model["merges"] : kNoMerges);
   }
 
   const VocabMap& vocab() const override { return vocab_; }
@@ -948,10 +1015,7 @@ class BpeModel final : public SubwordModel {
     int32_t next;
     bool alive;
   };
-  struct MergeRule {
-    int32_t rank;
-    TokenId merged;
-  };
+  using MergeRule = MergeTable::Rule;
   struct Candidate {
     int32_t rank;
     int32_t pos;
@@ -964,35 +1028,33 @@ class BpeModel final : public SubwordModel {
     }
   };
 
-  static uint64_t pair_key(TokenId left, TokenId right) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
-           static_cast<uint32_t>(right);
-  }
-
+  // Reads the merges in place (views into the JSON, one reused buffer for the merged token):
+  // a Llama 3 file has 280,000 of them.
   void parse_merges(const std::filesystem::path& path, const Json& merges) {
     if (!merges.is_array()) fail("{}: model.merges is not an array", path.string());
     merges_.reserve(merges.size());
+    std::string merged;
     for (size_t rank = 0; rank < merges.size(); ++rank) {
       const Json& merge = merges[rank];
-      std::string left;
-      std::string right;
+      std::string_view left;
+      std::string_view right;
       if (merge.is_string()) {
-        const std::string text = merge.get<std::string>();
+        const std::string_view text = merge.get_ref<const std::string&>();
         const size_t space = text.find(' ');
-        if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
+        if (space == std::string_view::npos || text.find(' ', space + 1) != std::string_view::npos) {
           fail("{}: merge {} \"{}\" is not two tokens separated by one space", path.string(), rank,
                printable(text));
         }
         left = text.substr(0, space);
         right = text.substr(space + 1);
-      } else if (merge.is_array() && merge.size() == 2) {
-        left = merge[0].get<std::string>();
-        right = merge[1].get<std::string>();
+      } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+        left = merge[0].get_ref<const std::string&>();
+        right = merge[1].get_ref<const std::string&>();
       } else {
         fail("{}: merge {} is neither \"a b\" nor [\"a\", \"b\"]", path.string(), rank);
       }
-      const std::string merged =
-          left + (right.starts_with(prefix_) ? right.substr(prefix_.size()) : right);
+      merged.assign(left);
+      merged.append(right.starts_with(prefix_) ? right.substr(prefix_.size()) : right);
       const auto left_id = find_id(vocab_, left);
       const auto right_id = find_id(vocab_, right);
       const auto merged_id = find_id(vocab_, merged);
@@ -1001,8 +1063,7 @@ class BpeModel final : public SubwordModel {
              path.string(), rank, printable(left), printable(right));
       }
       // The first occurrence of a pair keeps its rank, as in the library.
-      merges_.try_emplace(pair_key(*left_id, *right_id),
-                          MergeRule{static_cast<int32_t>(rank), *merged_id});
+      merges_.insert(*left_id, *right_id, MergeRule{static_cast<int32_t>(rank), *merged_id});
     }
   }
 
@@ -1063,11 +1124,7 @@ class BpeModel final : public SubwordModel {
     });
   }
 
-  std::optional<MergeRule> rule_for(TokenId left, TokenId right) const {
-    const auto it = merges_.find(pair_key(left, right));
-    if (it == merges_.end()) return std::nullopt;
-    return it->second;
-  }
+  const MergeRule* rule_for(TokenId left, TokenId right) const { return merges_.find(left, right); }
 
   void merge_all(std::vector<Symbol>& symbols) const {
     std::priority_queue<Candidate> queue;
@@ -1101,7 +1158,7 @@ class BpeModel final : public SubwordModel {
 
   std::filesystem::path source_;
   VocabMap vocab_;
-  std::unordered_map<uint64_t, MergeRule> merges_;
+  MergeTable merges_;
   std::optional<std::string> unk_token_;
   std::optional<TokenId> unk_id_;
   bool byte_fallback_ = false;
@@ -1334,7 +1391,8 @@ class HfTokenizer final : public Tokenizer {
       has_decoder_ = true;
       parse_decoder(source_, root["decoder"], decoders_);
     }
-    read_added_tokens(root.contains("added_tokens") ? root["added_tokens"] : Json::array());
+    static const Json kNoAddedTokens = Json::array();
+    read_added_tokens(root.contains("added_tokens") ? root["added_tokens"] : kNoAddedTokens);
     build_id_table();
     resolve_special_tokens(root);
     kind_ = model_->kind();
