@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <iterator>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -400,6 +402,27 @@ TEST_CASE("byte-level tokenizer.json reproduces the tokenizers library on every 
       require_none("add_special_tokens", added);
     }
   }
+}
+
+TEST_CASE("byte-level encoding from several threads at once gives the same ids", "[tokenizer][byte-level]") {
+  // The BPE word cache and PCRE2's match blocks are shared by, or kept per, thread.
+  const auto dir = kHfRefs / "tokenizer_llama3";
+  const auto tok = rankscope::load_hf_tokenizer_json(dir / "tokenizer.json");
+  const auto cases = read_jsonl(dir / "cases.jsonl");
+  constexpr int kThreads = 4;
+  std::atomic<size_t> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      // Each thread walks the cases from its own starting point, so that they race on new words.
+      for (size_t i = 0; i < cases.size(); ++i) {
+        const auto& c = cases[(i + static_cast<size_t>(t) * cases.size() / kThreads) % cases.size()];
+        if (tok->encode(c.at("text").get<std::string>(), {.parse_special = false}) != ids_of(c.at("ids"))) ++failed;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(failed == 0);
 }
 
 TEST_CASE("ignore_merges: a word in the vocabulary is one token, merges or not", "[tokenizer][byte-level]") {

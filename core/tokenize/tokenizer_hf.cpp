@@ -62,9 +62,10 @@ constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 // The Whitespace pre-tokenizer's pattern: its matches are the words.
 constexpr std::string_view kWhitespacePattern = R"(\w+|[^\w\s]+)";
-// Words the BPE model remembers (per tokenizer), and the longest word it remembers: the
-// tokenizers library's cache sizes, in bytes for the key. Llama 2-style files have no
-// pre-tokenizer, so a "word" there is a whole segment of text, never cached.
+// Words the BPE model remembers (per tokenizer; the tokenizers library keeps 10,000, too few for
+// the distinct words of a long text), and the longest word it remembers (the library's limit).
+// Llama 2-style files have no pre-tokenizer, so a "word" there is a whole segment of text,
+// never cached.
 constexpr size_t kWordCacheCapacity = 65536;
 constexpr size_t kMaxCachedWordBytes = 256;
 
@@ -541,6 +542,7 @@ void whitespace_split(const Word& word, bool isolate_punctuation, std::vector<Wo
 // The pieces a Split keeps, from the matches and gaps that cover a word (all marked as kept
 // words on return): the library's NormalizedString::split.
 void apply_split_behavior(SplitBehavior behavior, std::vector<RegexPiece>& pieces) {
+  if (behavior == SplitBehavior::Isolated) return;
   std::vector<RegexPiece> kept;
   kept.reserve(pieces.size());
   bool previous_match = false;
@@ -551,8 +553,7 @@ void apply_split_behavior(SplitBehavior behavior, std::vector<RegexPiece>& piece
       }
       break;
     case SplitBehavior::Isolated:
-      kept = pieces;
-      break;
+      return;
     case SplitBehavior::MergedWithPrevious:
       for (const RegexPiece& piece : pieces) {
         if (piece.is_match && !previous_match && !kept.empty()) {
