@@ -145,3 +145,42 @@ TEST_CASE("a KV cache continued one token at a time keeps the sliding window and
     CHECK(worst <= 1e-4f);
   }
 }
+
+// The tiny checkpoints carry no tokenizer; stories260K-hf's (512 tokens) fits every vocabulary
+// here, so the copies get it beside their weights: nonsense text, real pipelines.
+TEST_CASE("a sweep and the lm-eval tasks run on each tiny family model", "[families][cli]") {
+  const auto stories = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(stories);
+  RS_REQUIRE_SHARED(test::shared_data("arc/arc_easy.jsonl"));
+  for (const char* name : {"llama3", "mistral", "qwen2", "qwen3"}) {
+    INFO(name);
+    const auto dir = test::scratch_dir(std::string("family_cli_") + name);
+    const auto model = dir / "model";
+    std::filesystem::create_directories(model);
+    for (const char* file : {"config.json", "model.safetensors"}) {
+      std::filesystem::copy_file(kRefs / name / file, model / file, std::filesystem::copy_options::overwrite_existing);
+    }
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::filesystem::copy_file(stories / file, model / file, std::filesystem::copy_options::overwrite_existing);
+    }
+    const std::string common = " --data-dir ../shared/data --threads 1 --cache-dir '" + (dir / "cache").string() + "'";
+    const auto eval = test::run_cli("eval '" + model.string() + "' --tasks arc_easy,hellaswag,tinystories --limit 8 --json" + common);
+    INFO(eval.err);
+    REQUIRE(eval.exit_code == 0);
+    const auto results = nlohmann::json::parse(eval.out)["results"];
+    int finite = 0;
+    for (const auto& r : results) finite += r["value"].is_number() ? 1 : 0;
+    CHECK(finite >= 4);  // arc_easy acc, acc_norm; hellaswag acc, acc_norm; tinystories ppl ...
+
+    const auto db = (dir / "study.db").string();
+    std::filesystem::remove(db);
+    const auto sweep = test::run_cli("sweep --model '" + model.string() + "' --db '" + db +
+                                     "' --study tiny --space per-matrix --choices dense,50%,25% --strategy random --budget 3"
+                                     " --seed 1 --tasks tinystories,size --limit 4 --objectives tinystories.ppl:min,size.params:min" + common);
+    INFO(sweep.err);
+    REQUIRE(sweep.exit_code == 0);
+    const auto pareto = test::run_cli("pareto --db '" + db + "' --study tiny --objectives tinystories.ppl:min,size.params:min --format json");
+    REQUIRE(pareto.exit_code == 0);
+    CHECK(nlohmann::json::parse(pareto.out)["evaluations"] == 3);
+  }
+}
