@@ -80,7 +80,7 @@ const std::vector<Command>& commands() {
        {"db"}},
       {"export", "every evaluation of a study with all its metrics", "--db FILE --study NAME [--format csv|json] [--where EXPR]",
        run_export, {"db", "study"}},
-      {"report", "a Pareto-front plot (SVG) and a markdown table of a study", "--db FILE --study NAME --out DIR [--objectives ...]",
+      {"report", "a study as an interactive page (index.html), a Pareto-front plot (SVG) and a markdown table", "--db FILE --study NAME --out DIR [--objectives ...] [--model DIR]",
        run_report, {"db", "study", "out"}},
       {"db", "copy studies between results stores (SQLite files, PostgreSQL servers), merging without duplicates",
        "copy --from A --to B [--study NAME]", run_db, {"action", "from", "to"}},

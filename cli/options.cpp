@@ -117,7 +117,7 @@ OptionDef one_of(OptionDef def, std::vector<std::string> choices) {
   return def;
 }
 
-const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward", "config", "space", "decompose", "eval", "sweep", "sensitivity", "allocate"};
+const std::set<std::string> kModelCommands = {"info", "generate", "classify", "forward", "config", "space", "decompose", "eval", "sweep", "sensitivity", "allocate", "report"};
 
 }  // namespace
 
@@ -125,7 +125,9 @@ const std::vector<OptionDef>& option_defs() {
   static const std::vector<OptionDef> defs = {
       per_command(opt("model", &Params::model, kModelCommands,
                       "model directory (config.json + safetensors) or a config.json for shapes only; also the first positional argument"),
-                  {{"sweep", "model directory (config.json + safetensors) or a config.json for shapes only; or `model =` in the experiment file"}}),
+                  {{"sweep", "model directory (config.json + safetensors) or a config.json for shapes only; or `model =` in the experiment file"},
+                   {"report", "the study's model (a directory or its config.json; shapes suffice) for index.html's layer x matrix "
+                              "heat map (default: the path the store records for the study's model)"}}),
       opt("threads", &Params::threads, {"generate", "classify", "forward", "decompose", "eval", "sweep", "sensitivity", "allocate"}, "threads for BLAS and OpenMP (0 = all cores)"),
       opt("device", &Params::device, {"generate", "classify", "forward", "decompose", "eval", "sweep", "allocate"},
           "where forward passes run: cpu | cuda | cuda:N | auto (a GPU when one is visible and the build has CUDA)"),
@@ -143,7 +145,7 @@ const std::vector<OptionDef>& option_defs() {
       opt("type-ids", &Params::type_ids, {"forward"}, "comma-separated token type ids (BERT; default all 0)"),
       per_command(opt("out", &Params::out, {"forward", "decompose", "report", "sensitivity", "allocate"}, "the .npy file to write"),
                   {{"decompose", "the checkpoint directory to write"},
-                   {"report", "the directory to write report.md and pareto.svg into"}}),
+                   {"report", "the directory to write index.html, report.md and pareto.svg into"}}),
       flag("hidden", &Params::hidden, {"forward"}, "BERT: write the last hidden states [T, hidden] instead of the head's logits"),
       per_command(list_opt("config", &Params::configs, {"info", "decompose", "eval", "sweep", "generate", "forward"},
                            "configuration string, e.g. \"L2,17,31:all=1\" or \"L0-15:q,k=64;L16-31:mlp=25%@svd\" (docs/config-strings.md)"),

@@ -499,3 +499,28 @@ TEST_CASE("report: a single-space sweep's heat map shows each matrix's measured 
   CHECK(count(dom, "data-eval=") == 7);  // the measured cells link to their evaluations
   CHECK_THAT(dom, Catch::Matchers::Contains("Measured sensitivity"));
 }
+
+TEST_CASE("report --model: the heat map finds the model where the recorded relative path does not resolve") {
+  RS_REQUIRE_SHARED(stories());
+  const auto dir = test::scratch_dir("report-model");
+  const std::string db = (dir / "r.db").string();
+  // The sweep runs from the repository root and records the model as typed there: ../shared/...
+  const auto swept = test::run_cli("sweep --model ../shared/data/stories260K-hf --db '" + db + "' --study m --strategy random "
+                                   "--budget 3 --space per-matrix --choices dense,50% --method svd --tasks size "
+                                   "--objectives size.params:min,size.flops_per_token:min --seed 2");
+  INFO(swept.out << swept.err);
+  REQUIRE(swept.exit_code == 0);
+  // report from another directory: the relative path no longer resolves.
+  const std::string exe = RANKSCOPE_EXE;
+  auto report = [&](const std::string& extra, const fs::path& out) {
+    const std::string cmd = "cd '" + dir.string() + "' && '" + exe + "' report --db '" + db + "' --study m --out '" +
+                            out.string() + "'" + extra + " > /dev/null 2>&1";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    return test::slurp(out / "index.html");
+  };
+  const std::string without = report("", dir / "without");
+  CHECK(without.find("\"mode\":\"none\"") != std::string::npos);
+  CHECK(without.find("could not be read") != std::string::npos);
+  const std::string with = report(" --model '" + stories().string() + "'", dir / "with");
+  CHECK(with.find("\"mode\":\"importance\"") != std::string::npos);
+}
