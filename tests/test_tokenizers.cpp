@@ -286,6 +286,18 @@ TEST_CASE("tokenizer.json BPE variants: string merges, Metaspace, unk handling",
     CHECK(tok->encode("a  b") == reference->encode("a  b"));
   }
 
+  SECTION("Replace normalizer and decoder with a regular expression") {
+    // Runs of spaces become one "▁"; the decoder turns "▁" back into a space.
+    const auto tok = edited_stories_tokenizer("hf_replace_regex", [](nlohmann::json& root) {
+      root["normalizer"]["normalizers"][1] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}},
+                                              {"content", "\xE2\x96\x81"}};
+      root["decoder"]["decoders"][0] = {{"type", "Replace"}, {"pattern", {{"Regex", "\xE2\x96\x81"}}},
+                                        {"content", " "}};
+    });
+    CHECK(tok->encode("double   space  and triple") == reference->encode("double space and triple"));
+    CHECK(tok->decode(tok->encode("Once upon a time")) == "Once upon a time");
+  }
+
   SECTION("without byte fallback, unknown characters become unk, fused or not") {
     const auto fused = edited_stories_tokenizer("hf_fuse_unk", [](nlohmann::json& root) {
       root["model"]["byte_fallback"] = false;

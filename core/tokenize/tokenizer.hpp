@@ -7,9 +7,10 @@
 //    accent stripping, punctuation split; then greedy longest-match-first with "##").
 //
 // `encode(text)` adds no special tokens (no BOS, no [CLS]/[SEP]) and maps special-token text
-// ("<|begin_of_text|>", "[SEP]") to its id; EncodeOptions changes either. All strings are UTF-8;
-// text that is not is read with each invalid byte (or, before a regular expression, each
-// maximal ill-formed sequence) as U+FFFD, except where byte fallback keeps the bytes themselves.
+// ("<|begin_of_text|>", "[SEP]") to its id; EncodeOptions changes either. All strings are UTF-8.
+// Text that is not is read with each invalid byte as U+FFFD (before a regular expression: each
+// maximal ill-formed sequence), except where the bytes themselves can be kept: byte fallback, and
+// byte-level BPE without a regular expression.
 #pragma once
 
 #include <cstdint>

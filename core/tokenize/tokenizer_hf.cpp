@@ -7,12 +7,13 @@
 //   ids --tokens--> decoder chain --> text
 //
 // Supported: models BPE (vocab + merges, byte_fallback, fuse_unk, unk_token, ignore_merges,
-// subword prefix/suffix) and WordPiece; normalizers Sequence, Prepend, Replace (string pattern),
+// subword prefix/suffix) and WordPiece; normalizers Sequence, Prepend, Replace (string or regex),
 // NFC/NFD/NFKC/NFKD, Lowercase, Strip, StripAccents, BertNormalizer; pre-tokenizers none,
 // Metaspace, BertPreTokenizer, WhitespaceSplit, Whitespace, Split (regex or string, every
 // behavior, invert), ByteLevel (GPT-2's regex or not, add_prefix_space), Digits, Sequence;
 // post-processors TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, Sequence;
-// decoders Sequence, Replace, ByteFallback, ByteLevel, Fuse, Strip, Metaspace, WordPiece.
+// decoders Sequence, Replace (string or regex), ByteFallback, ByteLevel, Fuse, Strip, Metaspace,
+// WordPiece.
 // Anything else is rejected at load time with a one-line error naming the file. Regular
 // expressions run on PCRE2 with Oniguruma's reading of them (core/tokenize/regex.hpp).
 #include <algorithm>
@@ -130,13 +131,40 @@ bool bool_or(const Json& object, const char* key, bool fallback) {
   return object[key].get<bool>();
 }
 
-// A Replace normalizer or decoder pattern: {"String": "..."}; regular expressions are not
-// supported.
-std::string literal_pattern(const std::filesystem::path& path, const Json& step) {
+// What a Replace normalizer or decoder looks for: {"String": "..."} or {"Regex": "..."}.
+struct ReplacePattern {
+  std::string literal;
+  std::optional<tokenizer_detail::Regex> regex;
+};
+
+ReplacePattern parse_replace_pattern(const std::filesystem::path& path, const Json& step, const char* component) {
   const Json& pattern = step.at("pattern");
-  if (pattern.contains("String")) return pattern["String"].get<std::string>();
-  fail("{}: unsupported Replace pattern {} (only literal String patterns)", path.string(),
+  if (pattern.is_object() && pattern.contains("String")) return {pattern["String"].get<std::string>(), std::nullopt};
+  if (pattern.is_object() && pattern.contains("Regex")) {
+    return {"", tokenizer_detail::Regex(pattern["Regex"].get<std::string>(), false,
+                                        fmt::format("{}: {} Replace pattern", path.string(), component))};
+  }
+  fail("{}: {} Replace pattern {} is neither {{\"String\": ...}} nor {{\"Regex\": ...}}", path.string(), component,
        printable(pattern.dump()));
+}
+
+// Every occurrence (regular expression: every match, as Oniguruma finds them) replaced by
+// `content`.
+std::string apply_replace(const ReplacePattern& pattern, std::string_view text, std::string_view content) {
+  if (!pattern.regex) return replace_all(text, pattern.literal, content);
+  const std::string valid = unicode::is_valid_utf8(text) ? std::string(text) : unicode::replace_invalid_utf8(text);
+  std::vector<tokenizer_detail::RegexPiece> pieces;
+  pattern.regex->find_all(valid, pieces);
+  std::string out;
+  out.reserve(valid.size());
+  for (const auto& piece : pieces) {
+    if (piece.is_match) {
+      out.append(content);
+    } else {
+      out.append(valid, piece.begin, piece.end - piece.begin);
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,8 +294,9 @@ enum class NormalizerKind { Prepend, Replace, Unicode, Lowercase, Strip, StripAc
 
 struct NormalizerStep {
   NormalizerKind kind = NormalizerKind::Prepend;
-  std::string pattern;  // Prepend: the prefix; Replace: the literal to find
-  std::string content;  // Replace: its replacement
+  std::string pattern;  // Prepend: the prefix
+  ReplacePattern replace;
+  std::string content;  // Replace: the replacement
   unicode::NormalForm form = unicode::NormalForm::Nfc;
   bool strip_left = false;
   bool strip_right = false;
@@ -292,7 +321,7 @@ void parse_normalizer(const std::filesystem::path& path, const Json& node,
     step.pattern = node.at("prepend").get<std::string>();
   } else if (type == "Replace") {
     step.kind = NormalizerKind::Replace;
-    step.pattern = literal_pattern(path, node);
+    step.replace = parse_replace_pattern(path, node, "normalizer");
     step.content = node.at("content").get<std::string>();
   } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
     step.kind = NormalizerKind::Unicode;
@@ -350,7 +379,7 @@ std::string apply_normalizer(const NormalizerStep& step, std::string text) {
       if (text.empty()) return text;
       return step.pattern + text;
     case NormalizerKind::Replace:
-      return replace_all(text, step.pattern, step.content);
+      return apply_replace(step.replace, text, step.content);
     case NormalizerKind::Unicode:
       return unicode::normalize(text, step.form);
     case NormalizerKind::Lowercase:
@@ -674,7 +703,7 @@ enum class DecoderKind { Replace, ByteFallback, ByteLevel, Fuse, Strip, Metaspac
 
 struct DecoderStep {
   DecoderKind kind = DecoderKind::Fuse;
-  std::string pattern;  // Replace
+  ReplacePattern replace;
   std::string content;  // Replace: the replacement
   char32_t strip_char = U' ';
   size_t strip_start = 0;
@@ -695,7 +724,7 @@ void parse_decoder(const std::filesystem::path& path, const Json& node,
   }
   if (type == "Replace") {
     step.kind = DecoderKind::Replace;
-    step.pattern = literal_pattern(path, node);
+    step.replace = parse_replace_pattern(path, node, "decoder");
     step.content = node.at("content").get<std::string>();
   } else if (type == "ByteFallback") {
     step.kind = DecoderKind::ByteFallback;
@@ -791,7 +820,7 @@ std::string wordpiece_cleanup(std::string text) {
 std::vector<std::string> apply_decoder(const DecoderStep& step, std::vector<std::string> tokens) {
   switch (step.kind) {
     case DecoderKind::Replace:
-      for (std::string& token : tokens) token = replace_all(token, step.pattern, step.content);
+      for (std::string& token : tokens) token = apply_replace(step.replace, token, step.content);
       return tokens;
     case DecoderKind::ByteFallback:
       return decode_byte_fallback(std::move(tokens));
