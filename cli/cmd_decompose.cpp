@@ -39,6 +39,7 @@ SvdPolicy svd_policy(const std::string& backend) {
 int run_decompose(const Params& params) {
   if (params.model.empty()) throw Error("no MODEL given");
   if (params.out.empty()) throw Error("--out DIR is required");
+  if (params.dense && params.format == "hf") throw Error("--dense and --format hf: hf writes factors, --dense an ordinary checkpoint");
   const SvdPolicy policy = svd_policy(params.svd_backend);
   set_num_threads(params.threads);
   Model base = load_model(params.model);

@@ -133,10 +133,14 @@ int run_info(const Params& params) {
       if (!c.rankscope_section.empty()) {
         const auto rs = nlohmann::json::parse(c.rankscope_section);
         if (rs.contains("calibration") && rs["calibration"].is_object()) {
+          // Shown as recorded (a hand-edited file may hold any JSON there).
           const auto& cal = rs["calibration"];
-          fmt::print("calibration    {} ({}): {} samples, {} tokens, seed {}\n", cal.value("data", std::string("?")),
-                     cal.value("part", std::string("")), cal.value("samples", int64_t{0}), cal.value("tokens", int64_t{0}),
-                     cal.value("seed", uint64_t{0}));
+          auto field = [&](const char* key) {
+            if (!cal.contains(key)) return std::string("?");
+            return cal[key].is_string() ? cal[key].get<std::string>() : cal[key].dump();
+          };
+          fmt::print("calibration    {} ({}): {} samples, {} tokens, seed {}\n", field("data"), field("part"), field("samples"),
+                     field("tokens"), field("seed"));
         }
       }
     }

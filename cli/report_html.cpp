@@ -112,10 +112,14 @@ struct ModelShapesFound {
 ModelShapesFound find_model(const ResultsStore& db, const StudyInfo& study, const std::vector<EvaluationRecord>& records,
                             const std::filesystem::path& given) {
   ModelShapesFound found;
-  if (!given.empty()) {
+  if (!given.empty()) {  // asked for by name: a path that does not read is the user's error
     found.path = given.string();
+    found.config = read_model_config(given);
+    return found;
   } else {
-    std::string hash = study.settings.is_object() ? study.settings.value("model_hash", std::string()) : std::string();
+    const bool recorded = study.settings.is_object() && study.settings.contains("model_hash") &&
+                          study.settings["model_hash"].is_string();
+    std::string hash = recorded ? study.settings["model_hash"].get<std::string>() : std::string();
     if (hash.empty() && !records.empty()) hash = records.front().model_hash;
     for (const auto& m : db.models()) {
       if (m.hash == hash) found.path = m.path;
@@ -488,9 +492,10 @@ nlohmann::json report_data(const ResultsStore& db, const StudyInfo& study, const
   // The default pair: the objectives given, else the study's (a study with unreadable objectives
   // still gets its page), the metrics stored only.
   std::vector<Objective> objectives = options.objectives;
-  if (objectives.empty() && study.settings.is_object()) {
+  if (objectives.empty() && study.settings.is_object() && study.settings.contains("objectives") &&
+      study.settings["objectives"].is_string()) {
     try {
-      objectives = parse_objectives(study.settings.value("objectives", std::string()));
+      objectives = parse_objectives(study.settings["objectives"].get<std::string>());
     } catch (const Error&) {
       objectives.clear();
     }
@@ -564,7 +569,7 @@ nlohmann::json report_data(const ResultsStore& db, const StudyInfo& study, const
   } else {
     Grid grid{model.config->n_layer, matrix_kinds(model.config->arch)};
     const bool single = study.settings.is_object() && study.settings.contains("space") && study.settings["space"].is_object() &&
-                        study.settings["space"].value("kind", std::string()) == "single";
+                        study.settings["space"].contains("kind") && study.settings["space"]["kind"] == "single";
     heatmap = single ? single_heatmap(grid, metrics, records, configs)
                      : importance_heatmap(grid, *model.config, metrics, records, configs);
     heatmap["model"] = model.path;

@@ -1269,7 +1269,8 @@ std::vector<std::string> task_names(const fs::path& data_dir) {
 Task load_task(const std::string& name_or_path, const TaskLoadOptions& options) {
   const auto& table = loaders();
   if (const auto it = table.find(name_or_path); it != table.end()) return it->second(options);
-  if (name_or_path.starts_with("mmlu_") && name_or_path.size() > 5 && name_or_path.find('/') == std::string::npos) {
+  if (name_or_path.starts_with("mmlu_") && name_or_path.size() > 5 && name_or_path.find('/') == std::string::npos &&
+      fs::path(name_or_path).extension() != ".jsonl") {
     return load_mmlu(options, name_or_path.substr(5));
   }
   const fs::path path(name_or_path);

@@ -152,6 +152,8 @@ TEST_CASE("a sweep and the lm-eval tasks run on each tiny family model", "[famil
   const auto stories = test::shared_data("stories260K-hf");
   RS_REQUIRE_SHARED(stories);
   RS_REQUIRE_SHARED(test::shared_data("arc/arc_easy.jsonl"));
+  RS_REQUIRE_SHARED(test::shared_data("hellaswag"));
+  RS_REQUIRE_SHARED(test::shared_data("tinystories"));
   for (const char* name : {"llama3", "mistral", "qwen2", "qwen3"}) {
     INFO(name);
     const auto dir = test::scratch_dir(std::string("family_cli_") + name);
@@ -163,7 +165,7 @@ TEST_CASE("a sweep and the lm-eval tasks run on each tiny family model", "[famil
     for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
       std::filesystem::copy_file(stories / file, model / file, std::filesystem::copy_options::overwrite_existing);
     }
-    const std::string common = " --data-dir ../shared/data --threads 1 --cache-dir '" + (dir / "cache").string() + "'";
+    const std::string common = " --data-dir '" + test::shared_data("").string() + "' --threads 1 --cache-dir '" + (dir / "cache").string() + "'";
     const auto eval = test::run_cli("eval '" + model.string() + "' --tasks arc_easy,hellaswag,tinystories --limit 8 --json" + common);
     INFO(eval.err);
     REQUIRE(eval.exit_code == 0);

@@ -89,8 +89,11 @@ bool have_chromium() { return std::system("command -v chromium >/dev/null 2>&1")
 std::string chromium_dom(const fs::path& page, const fs::path& work, const fs::path& screenshot = {}, const std::string& flags = "") {
   const auto profile = work / "chromium-profile";
   const auto dom = work / "dom.html";
-  const std::string common = "timeout 180 chromium --headless=new --no-sandbox --disable-gpu --no-first-run "
-                             "--user-data-dir='" + profile.string() + "' ";
+  // HOME and XDG directories of its own too: Chromium writes caches there despite --user-data-dir.
+  const std::string home = "HOME='" + work.string() + "' XDG_CACHE_HOME='" + (work / "cache").string() + "' XDG_CONFIG_HOME='" +
+                           (work / "config").string() + "' ";
+  const std::string common = home + "timeout 180 chromium --headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage "
+                             "--no-first-run --user-data-dir='" + profile.string() + "' ";
   const std::string url = "'file://" + fs::absolute(page).string() + "'";
   REQUIRE(std::system((common + flags + "--dump-dom " + url + " >'" + dom.string() + "' 2>/dev/null").c_str()) == 0);
   if (!screenshot.empty()) {
@@ -523,4 +526,9 @@ TEST_CASE("report --model: the heat map finds the model where the recorded relat
   CHECK(without.find("could not be read") != std::string::npos);
   const std::string with = report(" --model '" + stories().string() + "'", dir / "with");
   CHECK(with.find("\"mode\":\"importance\"") != std::string::npos);
+  // A --model that does not read is the user's error, not a page without a heat map.
+  const auto typo = test::run_cli("report --db '" + db + "' --study m --out '" + (dir / "typo").string() + "' --model /no/such/model");
+  CHECK(typo.exit_code == 1);
+  CHECK_THAT(typo.err, Catch::Matchers::Contains("/no/such/model"));
+  CHECK_FALSE(fs::exists(dir / "typo" / "index.html"));
 }

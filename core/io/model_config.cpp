@@ -153,7 +153,7 @@ void read_sliding_window(const Reader& r, ModelConfig& c) {
     sliding.assign(sliding.size(), window > 0);
   } else if (c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen3ForCausalLM") {
     if (r.boolean("use_sliding_window", false)) {
-      const int64_t from = r.optional_int("max_window_layers", c.n_layer, kMaxLayers);
+      const int64_t from = r.optional_int("max_window_layers", 28, kMaxLayers);  // transformers' default
       for (int64_t l = from; l < c.n_layer; ++l) sliding[static_cast<size_t>(l)] = true;
     }
   }

@@ -137,6 +137,12 @@ def main():
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--work", required=True)
     args = parser.parse_args()
+    if args.step == "both":  # nothing to prepare where nothing can verify
+        try:
+            import numpy, torch, transformers  # noqa: F401
+        except ImportError as e:
+            print(f"SKIPPED: transformers check needs torch, transformers and numpy ({e})")
+            return 0
     if args.step in ("prepare", "both"):
         if not os.path.isdir(args.model):
             print(f"SKIPPED: {args.model} not found")
