@@ -34,7 +34,7 @@ CONFIGS = {
         "svd": ("L*:all=50%@svd", False),
         "tucker": ("L*:all=25%@tucker", False),
         "whiten": ("L*:all=37.5%@whiten", True),
-        "mixed": ("L0-2:q,k=4@svd;L3,4:mlp=25%@tucker;L1:o,down=50%@whiten", True),
+        "mixed": ("L0:q,k=4@svd;L1:mlp=25%@tucker;L0:o,down=50%@whiten", True),
     },
     "bert": {
         "svd": ("L*:all=50%@svd", False),
