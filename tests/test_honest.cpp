@@ -411,7 +411,9 @@ TEST_CASE("report escapes names in SVG and markdown and writes whole files or no
   // escaped (they would start emphasis); configurations in code spans.
   CHECK_THAT(md, Contains("# Study ``S<b>&\"q|`t``\n"));
   CHECK_THAT(md, Contains("| id | \\_odd\\_name\\_.acc | size.params | configuration |"));
-  CHECK(names_in(out) == std::vector<std::string>{"pareto.svg", "report.md"});
+  CHECK(names_in(out) == std::vector<std::string>{"index.html", "pareto.svg", "report.md"});
+  // index.html embeds the name in its data as JSON with '<' escaped: never as markup.
+  CHECK_THAT(slurp(out / "index.html"), !Contains("S<b>"));
 
   // report.md cannot be replaced (a directory stands there): an error naming it, no temporary left.
   const auto blocked = dir / "blocked";
@@ -419,6 +421,6 @@ TEST_CASE("report escapes names in SVG and markdown and writes whole files or no
   const auto failed = run("report" + study + " --out " + blocked.string());
   CHECK(failed.exit_code == 1);
   CHECK_THAT(failed.err, Contains("report.md"));
-  CHECK(names_in(blocked) == std::vector<std::string>{"pareto.svg", "report.md"});
+  CHECK(names_in(blocked) == std::vector<std::string>{"index.html", "pareto.svg", "report.md"});
   CHECK(slurp(blocked / "pareto.svg") == svg);
 }
