@@ -88,7 +88,7 @@ Linear random_linear(int64_t out, int64_t in, uint64_t seed) {
 void factor_layers(Model& m, const std::vector<int64_t>& layers, int64_t r, const std::string& method, uint64_t seed) {
   for (auto l : layers) {
     auto& layer = m.weights.layers[static_cast<size_t>(l)];
-    for (auto kind : kAllMatrixKinds) {
+    for (auto kind : matrix_kinds(Arch::llama)) {
       const int64_t out = layer[kind].n_out(), in = layer[kind].n_in();
       const int64_t rr = std::min({r, out, in});
       Tensor u = random_tensor({out, rr}, std::sqrt(3.0f / static_cast<float>(rr)), seed++);

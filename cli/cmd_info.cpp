@@ -104,8 +104,9 @@ int run_info(const Params& params) {
   fmt::print("  n_vocab {}  n_embd {}  n_ff {}  n_layer {}  n_head {}  n_head_kv {}  n_embd_head {}  n_ctx_train {}\n",
              c.n_vocab, c.n_embd, c.n_ff, c.n_layer, c.n_head, c.n_head_kv, c.n_embd_head, c.n_ctx_train);
   if (c.arch == Arch::llama) {
-    fmt::print("  rms_norm_eps {:g}  rope_theta {:g}  tie_embeddings {}  activation silu\n", c.norm_eps,
-               c.rope_theta, c.tie_embeddings);
+    fmt::print("  rms_norm_eps {:g}  rope_theta {:g}  tie_embeddings {}  activation silu{}\n", c.norm_eps,
+               c.rope_theta, c.tie_embeddings,
+               c.n_rot > 0 ? fmt::format("  rotary dims {} of {}", c.n_rot, c.n_embd_head) : "");
   } else {
     fmt::print("  layer_norm_eps {:g}  type_vocab {}  labels {}\n", c.norm_eps, c.n_type_vocab,
                c.labels.empty() ? "-" : fmt::format("{}", fmt::join(c.labels, ",")));
@@ -119,8 +120,20 @@ int run_info(const Params& params) {
   fmt::print("decomposable matrices ({})\n", matrices.size());
   fmt::print("  {:>5}  {:<6} {:>14} {:>12}  {}\n", "layer", "matrix", "shape (out x in)", "params", "tensor");
   for (const auto& m : matrices) {
+    // A part of a fused tensor (Phi-3) is named by the tensor and its rows.
+    std::string tensor = m.name;
+    if (const auto group = fused_group(c, m.kind)) {
+      const int64_t row = fused_row_offset(c, m.kind);
+      const auto suffix = fmt::format(".{}.weight", matrix_kind_name(m.kind));  // as stored split
+      tensor = fmt::format("{}.weight rows {}-{}", m.name.substr(0, m.name.size() - suffix.size()), row, row + m.n_out - 1);
+    }
     fmt::print("  {:>5}  {:<6} {:>16} {:>12}  {}\n", m.layer, matrix_kind_name(m.kind),
-               fmt::format("{} x {}", m.n_out, m.n_in), thousands(m.n_params()), m.name);
+               fmt::format("{} x {}", m.n_out, m.n_in), thousands(m.n_params()), tensor);
+  }
+  if (c.fused) {
+    fmt::print("fused cells    qkv [{} x {}] (q, k, v stacked) and gate_up [{} x {}] (gate, up) per layer: decomposed\n"
+               "               as one cell each with L*:qkv=... or space --fused; a layer decomposes a cell or its parts\n",
+               matrix_shape(c, MatrixKind::qkv).first, c.n_embd, matrix_shape(c, MatrixKind::gate_up).first, c.n_embd);
   }
   if (show_size) {
     const auto canonical = encode_config(config, c);

@@ -25,6 +25,7 @@ SpaceSpec space_spec(const Params& params) {
   spec.kind = params.space;
   spec.method = parse_method(params.method);
   spec.group_size = params.group_size;
+  spec.fused = params.fused;
   if (spec.kind == "paper") {
     for (const auto& c : parse_space_choices(params.ranks, spec.method)) {
       if (c.dense) fail("--ranks: 'dense' is not a rank of the paper space");

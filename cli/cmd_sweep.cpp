@@ -214,6 +214,7 @@ nlohmann::json study_settings(const Params& p, const std::string& model_hash, co
   } else {
     s["space"] = {{"kind", p.space}, {"ranks", p.ranks}, {"choices", p.choices}, {"group_size", p.group_size},
                   {"method", p.method}};
+    if (p.fused) s["space"]["fused"] = true;  // only then: earlier studies keep their settings
   }
   if (p.strategy == "evolutionary") {
     s["evolutionary"] = {{"population", p.population}, {"generations", p.generations},

@@ -161,6 +161,8 @@ const std::vector<OptionDef>& option_defs() {
       opt("ranks", &Params::ranks, {"space", "sweep"}, "paper space: comma-separated ranks (integers or percentages)"),
       opt("choices", &Params::choices, {"space", "sweep", "sensitivity", "allocate"}, "per-matrix/grouped spaces: comma-separated choices, dense allowed"),
       opt("group-size", &Params::group_size, {"space", "sweep"}, "grouped space: consecutive layers tied together"),
+      flag("fused", &Params::fused, {"space", "sweep"},
+           "models storing fused tensors (Phi-3): knobs on the fused cells qkv and gate_up (with o, down) instead of q, k, v, gate, up"),
       one_of(opt("method", &Params::method, {"space", "sweep", "sensitivity", "allocate"},
                  "decomposition method of the space's points: tucker | svd | asvd | whiten (asvd, whiten: with --calib; docs/methods.md)"),
              {"tucker", "svd", "asvd", "whiten"}),

@@ -49,6 +49,7 @@ struct Params {
   std::string ranks = "1";
   std::string choices = "dense,50%,25%,12.5%,1";
   int64_t group_size = 4;
+  bool fused = false;  // space/sweep: a fused model's fused cells as knobs (SpaceSpec::fused)
   std::string method = "tucker";
   int64_t list = 0;
   int64_t sample = 0;

@@ -54,10 +54,17 @@ std::string_view last_part(std::string_view metric) {
 }
 
 // "attn", "mlp", "all" or kinds in mask order, for the kinds in `mask` (bit i: kAllMatrixKinds[i]).
-std::string kinds_text(uint32_t mask, Arch arch) {
+// The kinds a configuration of `model` may hold: its parts, then its fused cells (Phi-3).
+std::vector<MatrixKind> cell_kinds(const ModelConfig& model) {
+  auto kinds = matrix_kinds(model.arch);
+  for (const auto k : fused_kinds(model)) kinds.push_back(k);
+  return kinds;
+}
+
+std::string kinds_text(uint32_t mask, const ModelConfig& model) {
   const auto bit = [](MatrixKind k) { return 1u << static_cast<uint32_t>(k); };
   uint32_t all = 0, attn = 0, mlp = 0;
-  for (MatrixKind k : matrix_kinds(arch)) {
+  for (MatrixKind k : matrix_kinds(model.arch)) {
     all |= bit(k);
     const bool is_attn = k == MatrixKind::q || k == MatrixKind::k || k == MatrixKind::v || k == MatrixKind::o;
     (is_attn ? attn : mlp) |= bit(k);
@@ -66,7 +73,7 @@ std::string kinds_text(uint32_t mask, Arch arch) {
   std::string out;
   const auto add = [&](std::string_view word) { out += (out.empty() ? "" : ",") + std::string(word); };
   bool attn_done = false, mlp_done = false;
-  for (MatrixKind k : matrix_kinds(arch)) {
+  for (MatrixKind k : cell_kinds(model)) {
     if (!(mask & bit(k))) continue;
     if ((attn & bit(k)) && (mask & attn) == attn) {
       if (!attn_done) add("attn");
@@ -420,7 +427,7 @@ std::string short_label(const Config& config, const ModelConfig& model) {
   const auto parts = [&](bool counts) {
     std::vector<std::string> out;
     for (const auto& [choice, at] : by_choice) {
-      const std::string kinds = kinds_text(at.kinds, model.arch);
+      const std::string kinds = kinds_text(at.kinds, model);
       out.push_back(counts || kinds == "all" ? fmt::format("{}×{}", at.cells, choice_text(choice))
                                              : kinds + " " + choice_text(choice));
     }
@@ -567,7 +574,7 @@ nlohmann::json report_data(const ResultsStore& db, const StudyInfo& study, const
   if (!model.config) {
     heatmap["reason"] = model.reason;
   } else {
-    Grid grid{model.config->n_layer, matrix_kinds(model.config->arch)};
+    Grid grid{model.config->n_layer, cell_kinds(*model.config)};
     const bool single = study.settings.is_object() && study.settings.contains("space") && study.settings["space"].is_object() &&
                         study.settings["space"].contains("kind") && study.settings["space"]["kind"] == "single";
     heatmap = single ? single_heatmap(grid, metrics, records, configs)

@@ -4,6 +4,7 @@
 // reports them skipped); scripts/test-gpu.sh builds with CUDA and runs them on one.
 #include <cmath>
 #include <random>
+#include <tuple>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -130,11 +131,12 @@ TEST_CASE("GPU fp32: stories260K-hf logits of the golden sequences equal the CPU
   CHECK(max_abs_diff(last.row(2), cpu.row(cpu.rows() - 1)) <= kFp32Tolerance);
 }
 
-TEST_CASE("GPU: Llama 3, Mistral (sliding window), Qwen2 (biases) and Qwen3 (q/k norm) equal transformers' logits and the CPU's",
+TEST_CASE("GPU: Llama 3, Mistral (sliding window), Qwen2 (biases), Qwen3 (q/k norm) and Phi-3 (fused, partial rotary) equal "
+          "transformers' logits and the CPU's",
           "[gpu][llama][families]") {
   RS_REQUIRE_GPU();
   const auto refs = std::filesystem::path(RANKSCOPE_SOURCE_DIR) / "tests/data/hf-refs";
-  for (const char* name : {"llama3", "mistral", "qwen2", "qwen3"}) {
+  for (const char* name : {"llama3", "mistral", "qwen2", "qwen3", "phi3"}) {
     INFO(name);
     auto model = load_model(refs / name);
     const auto inputs = test::read_json(refs / name / "inputs.json")["sequences"];
@@ -167,6 +169,27 @@ TEST_CASE("GPU: Llama 3, Mistral (sliding window), Qwen2 (biases) and Qwen3 (q/k
     }
     model.backend = nullptr;
   }
+}
+
+TEST_CASE("GPU: Phi-3's fused cells decomposed as a whole (one product split by columns) equal the CPU's", "[gpu][llama][families]") {
+  RS_REQUIRE_GPU();
+  const auto refs = std::filesystem::path(RANKSCOPE_SOURCE_DIR) / "tests/data/hf-refs";
+  const auto base = load_model(refs / "phi3");
+  FactorCache cache(test::scratch_dir("gpu_phi3_cache"));
+  auto model = decompose_model(base, parse_config("L0:qkv=16@svd;L1:q,k=8;L*:gate_up=40%", base.config), cache);
+  const auto inputs = test::read_json(refs / "phi3" / "inputs.json")["sequences"];
+  std::vector<std::vector<TokenId>> batch;
+  for (const auto& seq : inputs) batch.push_back(seq.get<std::vector<TokenId>>());
+  const Mat cpu = llama_forward(model, batch);
+  for (auto type : {ComputeType::f32, ComputeType::bf16}) {
+    INFO(compute_type_name(type));
+    model.backend = gpu(type);
+    CHECK(max_abs_diff(llama_forward(model, batch), cpu) <= (type == ComputeType::f32 ? kFp32Tolerance : 0.1f));
+  }
+  // The dense base on the same device after it: the parts' views are not confused with anything.
+  auto dense = base;
+  dense.backend = model.backend;
+  CHECK(max_abs_diff(llama_forward(dense, batch), llama_forward(base, batch)) <= 0.1f);
 }
 
 TEST_CASE("GPU fp32: continuing KV caches on the device equals reading the whole sequences", "[gpu][llama]") {
@@ -395,9 +418,11 @@ TEST_CASE("GPU RMSNorm, RoPE and gated SiLU equal the CPU's at Llama shapes, vec
     for (int64_t s = 0; s < 3; ++s) {
       for (int64_t t = 0; t < layout.length(s); ++t) layout.positions.push_back(100 * s + t);
     }
-    for (const auto& [heads, d] : {std::pair<int64_t, int64_t>{32, 128}, {8, 128}, {4, 64}, {3, 12}}) {
-      INFO("rope heads " << heads << " d " << d << " " << compute_type_name(type));
-      const Rope rope(d, 10000.0, RopeScaling{});
+    // Partial rotary (Phi-3): 32 of 96 (vector kernel), 8 of 16, 6 of 12 (general kernel).
+    for (const auto& [heads, d, rot] : {std::tuple<int64_t, int64_t, int64_t>{32, 128, 0}, {8, 128, 0}, {4, 64, 0},
+                                        {3, 12, 0}, {4, 96, 32}, {2, 16, 8}, {3, 12, 6}}) {
+      INFO("rope heads " << heads << " d " << d << " rot " << rot << " " << compute_type_name(type));
+      const Rope rope(d, 10000.0, RopeScaling{}, rot);
       const Mat x = rounded(random(77, heads * d));
       Buffer got = be->upload(x, Precision::compute);
       be->rope(got, heads, rope, layout);

@@ -241,7 +241,7 @@ TEST_CASE("report: a synthetic study where only L3 gate matters gives it the lar
     std::string config;
     double gate_removed = 0;
     for (int64_t layer = 0; layer < 5; ++layer) {
-      for (MatrixKind kind : kAllMatrixKinds) {
+      for (MatrixKind kind : matrix_kinds(Arch::llama)) {
         const int c = pick(rng);
         if (c == 0) continue;
         config += fmt::format("{}L{}:{}={}@svd", config.empty() ? "" : ";", layer, matrix_kind_name(kind), choices[c]);

@@ -160,6 +160,8 @@ class Backend {
   virtual void add(Buffer& x, const Buffer& y) = 0;
   // out[i] = x[rows[i]].
   virtual void gather_rows(const Buffer& x, std::span<const int64_t> rows, Buffer& out) = 0;
+  // out = the columns col0 .. col0 + out.cols() - 1 of x (same type): the parts of a fused product.
+  virtual void copy_columns(const Buffer& x, int64_t col0, Buffer& out) = 0;
   // x = tanh(x).
   virtual void tanh(Buffer& x) = 0;
   // Scores row rows[i] of logits against targets[i]; only the scores leave the device.

@@ -101,11 +101,13 @@ void softmax_rows_inplace(float* s, int64_t n_rows, int64_t n_cols, int64_t ld) 
   }
 }
 
-Rope::Rope(int64_t n_embd_head, double theta, const RopeScaling& s) : n_embd_head_(n_embd_head) {
-  const int64_t half = n_embd_head_ / 2;
+Rope::Rope(int64_t n_embd_head, double theta, const RopeScaling& s, int64_t n_rot)
+    : n_embd_head_(n_embd_head), n_rot_(n_rot > 0 ? n_rot : n_embd_head) {
+  RS_ASSERT(n_rot_ % 2 == 0 && n_rot_ <= n_embd_head_);
+  const int64_t half = n_rot_ / 2;
   inv_freq_.resize(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
-    inv_freq_[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(n_embd_head_));
+    inv_freq_[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(n_rot_));
   }
   if (s.kind == RopeScaling::Kind::linear) {
     for (auto& f : inv_freq_) f /= s.factor;
@@ -127,7 +129,7 @@ Rope::Rope(int64_t n_embd_head, double theta, const RopeScaling& s) : n_embd_hea
 }
 
 void Rope::apply(Mat& x, int64_t n_heads, const std::vector<int64_t>& positions) const {
-  const int64_t half = n_embd_head_ / 2;
+  const int64_t half = n_rot_ / 2;
 #pragma omp parallel
   {
     std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));

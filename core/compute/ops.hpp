@@ -28,15 +28,20 @@ void softmax_rows_inplace(float* s, int64_t n_rows, int64_t n_cols, int64_t ld);
 // `n_embd_head` values, element i pairs with i + n_embd_head/2.
 class Rope {
  public:
-  Rope(int64_t n_embd_head, double theta, const RopeScaling& scaling);
+  // `n_rot` (even, at most n_embd_head; 0 = n_embd_head) rotary dimensions per head: the first
+  // n_rot of each head rotate in pairs (i, i + n_rot/2) at frequencies theta^(-2i/n_rot), the rest
+  // pass unchanged (partial rotary embedding, transformers' Phi-3).
+  Rope(int64_t n_embd_head, double theta, const RopeScaling& scaling, int64_t n_rot = 0);
   // Rotates the heads of every row of x [n x n_heads*n_embd_head] by its row's position.
   void apply(Mat& x, int64_t n_heads, const std::vector<int64_t>& positions) const;
   int64_t n_embd_head() const { return n_embd_head_; }
+  int64_t n_rot() const { return n_rot_; }
   const std::vector<double>& inv_freq() const { return inv_freq_; }
 
  private:
   int64_t n_embd_head_;
-  std::vector<double> inv_freq_;  // [n_embd_head / 2]
+  int64_t n_rot_;
+  std::vector<double> inv_freq_;  // [n_rot / 2]
 };
 
 }  // namespace rankscope

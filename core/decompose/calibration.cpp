@@ -61,10 +61,12 @@ HookSite input_site(MatrixKind kind) {
   switch (kind) {
     case MatrixKind::q:
     case MatrixKind::k:
-    case MatrixKind::v: return HookSite::attn_in;
+    case MatrixKind::v:
+    case MatrixKind::qkv: return HookSite::attn_in;
     case MatrixKind::o: return HookSite::attn_ctx;
     case MatrixKind::gate:
-    case MatrixKind::up: return HookSite::ffn_in;
+    case MatrixKind::up:
+    case MatrixKind::gate_up: return HookSite::ffn_in;
     case MatrixKind::down: return HookSite::ffn_act;
   }
   return HookSite::attn_in;

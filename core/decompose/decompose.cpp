@@ -73,16 +73,38 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
   std::vector<std::string> notes;
   for (const auto& cell : cells) {
     std::erase_if(transforms, [&](const auto& t) { return std::get<1>(t.first) != cell.layer; });
-    auto& lin = model.weights.layers[static_cast<size_t>(cell.layer)][cell.kind];
-    if (lin.form() != Linear::Form::dense) {
+    auto& layer = model.weights.layers[static_cast<size_t>(cell.layer)];
+    auto already_factored = [&] {
       fail("{}: layer {} {} is already factored; decompose the dense model", base.dir.string(), cell.layer,
            matrix_kind_name(cell.kind));
+    };
+    // The dense matrix the cell factors: a matrix of the model, or a fused cell's parts stacked
+    // (Phi-3's qkv, gate_up), which are then replaced by the one factored linear.
+    Tensor weight, bias;
+    if (is_fused_kind(cell.kind)) {
+      if (!layer[cell.kind].empty()) already_factored();
+      for (const auto part : fused_parts(cell.kind)) {
+        if (layer[part].form() != Linear::Form::dense) already_factored();
+      }
+      weight = fused_dense_weight(layer, cell.kind);
+      bias = fused_dense_bias(layer, cell.kind);
+    } else {
+      const auto group = fused_group(base.config, cell.kind);
+      if (layer[cell.kind].form() != Linear::Form::dense || (group && !layer[*group].empty())) already_factored();
+      weight = layer[cell.kind].weight();
+      bias = layer[cell.kind].bias();
     }
-    if (!is_activation_aware(cell.method)) {
-      const auto svd = cache.factors(lin.weight(), cell.rank);
-      max_error = std::max(max_error, svd->relative_error(cell.rank));
-      lin = factored_linear(*svd, cell.rank, cell.method, lin.bias());
+    auto place = [&](Linear factored) {
+      if (is_fused_kind(cell.kind)) {
+        for (const auto part : fused_parts(cell.kind)) layer[part] = Linear();
+      }
+      layer[cell.kind] = std::move(factored);
       ++n;
+    };
+    if (!is_activation_aware(cell.method)) {
+      const auto svd = cache.factors(weight, cell.rank);
+      max_error = std::max(max_error, svd->relative_error(cell.rank));
+      place(factored_linear(*svd, cell.rank, cell.method, bias));
       continue;
     }
     const HookSite site = input_site(cell.kind);
@@ -91,10 +113,10 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
     if (it == transforms.end()) {
       const auto stats = activation.calibration->at(cell.layer, site);
       const SiteStats& s = *stats;
-      if (s.width != lin.n_in()) {
+      if (s.width != weight.cols()) {
         fail("calibration {}: {} has width {}, matrix L{}:{} takes {} inputs (recorded on another model?)",
              activation.calibration->key, hook_name(site, cell.layer), s.width, cell.layer, matrix_kind_name(cell.kind),
-             lin.n_in());
+             weight.cols());
       }
       try {
         it = transforms.emplace(where, cell.method == Method::asvd ? asvd_transform(s, activation.asvd_alpha)
@@ -106,10 +128,9 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
         notes.push_back(fmt::format("{} ({}): {}", hook_name(site, cell.layer), method_name(cell.method), it->second.note));
       }
     }
-    const auto svd = activation_factors(cache, lin.weight(), it->second, cell.rank);
+    const auto svd = activation_factors(cache, weight, it->second, cell.rank);
     max_error = std::max(max_error, svd->relative_error(cell.rank));
-    lin = activation_factored_linear(*svd, cell.rank, it->second, lin.bias());
-    ++n;
+    place(activation_factored_linear(*svd, cell.rank, it->second, bias));
   }
   if (stats != nullptr) {
     stats->matrices = n;
@@ -123,6 +144,43 @@ Model decompose_model(const Model& base, const Config& config, FactorCache& cach
 }
 
 namespace {
+
+// The dense weight a factored linear stands for (U V^T or U G V^T).
+Mat multiplied_back(const Linear& lin) {
+  return lin.form() == Linear::Form::svd ? Mat(lin.u().matrix() * lin.v().matrix().transpose())
+                                         : Mat(lin.u().matrix() * lin.core().matrix() * lin.v().matrix().transpose());
+}
+
+// A copy of `model` with every factored linear multiplied back into a dense one; a fused cell
+// factored as a whole (Phi-3) comes back as its parts, rows of the one reconstructed tensor.
+Model densified(const Model& model) {
+  Model out = model;
+  for (auto& layer : out.weights.layers) {
+    for (const auto kind : kAllMatrixKinds) {
+      Linear& lin = layer[kind];
+      if (lin.empty() || lin.form() == Linear::Form::dense) continue;
+      const Tensor whole = Tensor::from_matrix(multiplied_back(lin));
+      const Tensor bias = lin.bias();
+      if (!is_fused_kind(kind)) {
+        lin = Linear::dense(whole, bias);
+        continue;
+      }
+      int64_t row = 0;
+      for (const auto part : fused_parts(kind)) {
+        const int64_t rows = matrix_shape(model.config, part).first;
+        Tensor view = whole;
+        view.shape = {rows, whole.cols()};
+        view.data = whole.data + row * whole.cols();
+        Tensor part_bias;
+        if (!bias.empty()) part_bias = Tensor::owned({rows}, std::vector<float>(bias.data + row, bias.data + row + rows));
+        layer[part] = Linear::dense(std::move(view), std::move(part_bias));
+        row += rows;
+      }
+      lin = Linear();
+    }
+  }
+  return out;
+}
 
 DType storage_dtype(const std::string& torch_dtype) {
   if (torch_dtype == "float16") return DType::f16;
@@ -160,10 +218,12 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
   rs["factored"] = nlohmann::json::object();
   if (dense) rs["dense_reconstruction"] = true;
 
-  // Tensors in load order; factored matrices either as factors or multiplied back.
-  auto tensors = model.named_tensors();
+  // Tensors in load order; factored matrices either as factors or multiplied back. A fused model
+  // (Phi-3) multiplied back is written from a dense copy, so that its fused tensors come out whole.
+  const bool densify_fused = dense && model.config.fused;
+  auto tensors = densify_fused ? densified(model).named_tensors() : model.named_tensors();
   for (const auto& spec : expected_tensors(model.config, model.bert_prefix)) {
-    if (spec.role != Role::matrix || spec.is_bias) continue;
+    if (spec.role != Role::matrix || spec.is_bias || densify_fused) continue;
     const auto& lin = model.weights.layers[static_cast<size_t>(spec.layer)][*spec.matrix];
     if (lin.form() != Linear::Form::svd && lin.form() != Linear::Form::tucker) continue;
     const auto module = spec.name.substr(0, spec.name.size() - std::string_view(".weight").size());
@@ -172,9 +232,7 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
       continue;
     }
     // Replace the factor entries by the reconstructed weight at the same place.
-    const Mat w = lin.form() == Linear::Form::svd
-                      ? Mat(lin.u().matrix() * lin.v().matrix().transpose())
-                      : Mat(lin.u().matrix() * lin.core().matrix() * lin.v().matrix().transpose());
+    const Mat w = multiplied_back(lin);
     auto first = std::find_if(tensors.begin(), tensors.end(), [&](const auto& p) { return p.first == module + ".U"; });
     RS_ASSERT(first != tensors.end());
     *first = {module + ".weight", Tensor::from_matrix(w)};

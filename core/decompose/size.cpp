@@ -46,7 +46,9 @@ double SizeReport::reduction_pct() const {
 std::vector<ResolvedCell> stored_factored_cells(const ModelConfig& model) {
   std::vector<ResolvedCell> out;
   if (model.factored.empty()) return out;
-  for (const auto& m : decomposable_matrices(model)) {
+  auto matrices = decomposable_matrices(model);
+  for (auto& m : fused_matrices(model)) matrices.push_back(std::move(m));
+  for (const auto& m : matrices) {
     std::string module = m.name.substr(0, m.name.size() - std::string_view(".weight").size());
     auto it = model.factored.find(module);
     if (it == model.factored.end() && module.starts_with(kBertPrefix)) it = model.factored.find(module.substr(kBertPrefix.size()));
@@ -87,7 +89,11 @@ SizeReport size_report(const ModelConfig& model, int64_t dense_total, const Conf
   };
   for (const auto& cell : stored_factored_cells(model)) add(cell, true);
   for (const auto& cell : resolve_config(config, model)) {
-    if (factored.contains({cell.layer, cell.kind})) {
+    // Also a part of a fused cell stored factored, and a fused cell with a part stored factored.
+    bool overlaps = factored.contains({cell.layer, cell.kind});
+    if (const auto group = fused_group(model, cell.kind)) overlaps = overlaps || factored.contains({cell.layer, *group});
+    for (const auto part : fused_parts(cell.kind)) overlaps = overlaps || factored.contains({cell.layer, part});
+    if (overlaps) {
       fail("{}: layer {} {} is already factored; decompose the dense model", model.source.parent_path().string(),
            cell.layer, matrix_kind_name(cell.kind));
     }

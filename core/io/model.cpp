@@ -1,10 +1,12 @@
 #include "core/io/model.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/base/error.hpp"
@@ -170,7 +172,8 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
     }
     const auto it = ckpt.tensors.find(spec.name);
     if (it == ckpt.tensors.end()) {
-      if (!spec.required) continue;
+      // A fused tensor may be stored as its parts instead: checked once the layer is read.
+      if (!spec.required || (spec.role == Role::matrix && is_fused_kind(*spec.matrix))) continue;
       fail("{}: missing tensor '{}' (required by {} as config.json describes it)", origin.string(),
            spec.name, c.architecture);
     }
@@ -189,6 +192,36 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
     slot = Linear::dense(std::move(tensors.first), std::move(tensors.second));
   }
   for (auto& [key, lin] : factored) w.layers[static_cast<size_t>(key.first)][key.second] = std::move(lin);
+  // Fused tensors (Phi-3): a dense one becomes its parts, views of its rows, so that every part is
+  // a matrix of its own (decomposed alone, or together as the fused cell); a factored one stays.
+  for (const auto fused : fused_kinds(c)) {
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      auto& layer = w.layers[static_cast<size_t>(l)];
+      const auto parts = fused_parts(fused);
+      const bool any_part = std::any_of(parts.begin(), parts.end(), [&](MatrixKind p) { return !layer[p].empty(); });
+      const auto fused_name = fmt::format("model.layers.{}.{}.weight", l, fused == MatrixKind::qkv ? "self_attn.qkv_proj" : "mlp.gate_up_proj");
+      if (!layer[fused].empty()) {
+        if (any_part) fail("{}: layer {} holds both '{}' and its parts", origin.string(), l, fused_name);
+        if (layer[fused].form() != Linear::Form::dense) continue;
+        const Tensor whole = layer[fused].weight();
+        for (const auto part : parts) {
+          const int64_t rows = matrix_shape(c, part).first;
+          Tensor view = whole;
+          view.shape = {rows, whole.cols()};
+          view.data = whole.data + fused_row_offset(c, part) * whole.cols();
+          layer[part] = Linear::dense(std::move(view));
+        }
+        layer[fused] = Linear();
+        continue;
+      }
+      for (const auto part : parts) {
+        if (layer[part].empty()) {
+          fail("{}: missing tensor '{}' (required by {} as config.json describes it)", origin.string(), fused_name,
+               c.architecture);
+        }
+      }
+    }
+  }
   auto head = [&](Role role) {
     const auto it = head_linears.find(role);
     if (it == head_linears.end()) return Linear();
@@ -209,6 +242,57 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
 }
 
 }  // namespace
+
+Tensor fused_dense_weight(const LayerWeights& layer, MatrixKind fused) {
+  const auto parts = fused_parts(fused);
+  int64_t rows = 0;
+  bool adjacent = true;
+  const float* next = nullptr;
+  for (const auto part : parts) {
+    const Linear& lin = layer[part];
+    RS_ASSERT(lin.form() == Linear::Form::dense);
+    if (next != nullptr && lin.weight().data != next) adjacent = false;
+    next = lin.weight().data + lin.weight().numel();
+    rows += lin.n_out();
+  }
+  const Tensor& first = layer[parts.front()].weight();
+  if (adjacent) {
+    Tensor view = first;
+    view.shape = {rows, first.cols()};
+    return view;
+  }
+  std::vector<float> values;
+  values.reserve(static_cast<size_t>(rows * first.cols()));
+  for (const auto part : parts) {
+    const Tensor& t = layer[part].weight();
+    values.insert(values.end(), t.data, t.data + t.numel());
+  }
+  return Tensor::owned({rows, first.cols()}, std::move(values));
+}
+
+Tensor fused_dense_bias(const LayerWeights& layer, MatrixKind fused) {
+  const auto parts = fused_parts(fused);
+  if (std::all_of(parts.begin(), parts.end(), [&](MatrixKind p) { return layer[p].bias().empty(); })) return {};
+  std::vector<float> values;
+  for (const auto part : parts) {
+    const Linear& lin = layer[part];
+    if (lin.bias().empty()) {
+      values.insert(values.end(), static_cast<size_t>(lin.n_out()), 0.0f);
+    } else {
+      values.insert(values.end(), lin.bias().data, lin.bias().data + lin.bias().numel());
+    }
+  }
+  const auto n = static_cast<int64_t>(values.size());
+  return Tensor::owned({n}, std::move(values));
+}
+
+bool stored_split(const LayerWeights& layer, MatrixKind fused) {
+  if (!layer[fused].empty()) return false;
+  const auto parts = fused_parts(fused);
+  return std::any_of(parts.begin(), parts.end(), [&](MatrixKind p) {
+    return !layer[p].empty() && layer[p].form() != Linear::Form::dense;
+  });
+}
 
 std::string hook_name(HookSite site, int64_t layer) {
   static constexpr std::array<const char*, 5> kNames = {"attn_in", "attn_ctx", "ffn_in", "ffn_act", "block_out"};
@@ -298,7 +382,23 @@ std::vector<std::pair<std::string, Tensor>> Model::named_tensors() const {
       if (!t.empty()) out.emplace_back(spec.name, t);
     };
     switch (spec.role) {
-      case Role::matrix: linear((*layer)[*spec.matrix], module, spec.is_bias); break;
+      case Role::matrix: {
+        const MatrixKind kind = *spec.matrix;
+        if (is_fused_kind(kind)) {
+          // The fused tensor: factored as a whole, or its dense parts stacked back, or (a part
+          // factored) absent, its parts written under MODULE.q, MODULE.k, ...
+          if (!(*layer)[kind].empty()) {
+            linear((*layer)[kind], module, spec.is_bias);
+          } else if (!stored_split(*layer, kind)) {
+            const Tensor t = spec.is_bias ? fused_dense_bias(*layer, kind) : fused_dense_weight(*layer, kind);
+            if (!t.empty()) out.emplace_back(spec.name, t);
+          }
+          break;
+        }
+        if (const auto group = fused_group(config, kind); group && !stored_split(*layer, *group)) break;
+        linear((*layer)[kind], module, spec.is_bias);
+        break;
+      }
       case Role::pooler: linear(w.pooler, module, spec.is_bias); break;
       case Role::classifier: linear(w.classifier, module, spec.is_bias); break;
       case Role::mlm_transform: linear(w.mlm_transform, module, spec.is_bias); break;

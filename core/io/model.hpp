@@ -20,7 +20,9 @@
 namespace rankscope {
 
 struct LayerWeights {
-  // Indexed by MatrixKind; BERT leaves `gate` empty.
+  // Indexed by MatrixKind; BERT leaves `gate` empty. A fused model (Phi-3) holds q, k, v (gate,
+  // up) as dense views of the fused tensor's rows, or factored each, and `qkv` (`gate_up`) empty;
+  // or, when the fused cell is decomposed as a whole, `qkv` factored and its parts empty.
   std::array<Linear, kNumMatrixKinds> linear;
   // Llama: input_layernorm (RMSNorm before attention). BERT: attention.output.LayerNorm.
   Tensor attn_norm, attn_norm_bias;
@@ -32,6 +34,15 @@ struct LayerWeights {
   Linear& operator[](MatrixKind kind) { return linear[static_cast<size_t>(kind)]; }
   const Linear& operator[](MatrixKind kind) const { return linear[static_cast<size_t>(kind)]; }
 };
+
+// The dense weight of a fused cell (Phi-3's qkv or gate_up) from its parts, which must all be
+// dense: a view of the checkpoint's fused tensor when the parts are its adjacent rows (as loaded),
+// else their rows stacked into a new tensor. Its bias likewise (empty when the parts have none).
+Tensor fused_dense_weight(const LayerWeights& layer, MatrixKind fused);
+Tensor fused_dense_bias(const LayerWeights& layer, MatrixKind fused);
+// True when a layer holds the parts of `fused` separately and one of them is factored: such a
+// layer is written as its parts (MODULE.q, ...), not as the fused tensor.
+bool stored_split(const LayerWeights& layer, MatrixKind fused);
 
 struct ModelWeights {
   Tensor token_embd;                    // [n_vocab, n_embd]

@@ -18,7 +18,7 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kSupported =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, BertModel, "
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, BertModel, "
     "BertForSequenceClassification, BertForMaskedLM";
 
 // Sane maxima of the hyperparameters, far above any real model (Llama 3.1 405B: hidden 16384,
@@ -106,6 +106,17 @@ void read_rope(const Reader& r, ModelConfig& c) {
   const json* params = j.contains("rope_parameters") && j["rope_parameters"].is_object()
                            ? &j["rope_parameters"] : nullptr;
   c.rope_theta = r.positive_number(j, "rope_theta", params ? r.positive_number(*params, "rope_theta", 10000.0) : 10000.0);
+  // Partial rotary embedding (Phi-3, transformers 5 in rope_parameters, 4.x at top level): the
+  // first int(head_dim x factor) dimensions of each head rotate, as transformers computes them.
+  const double partial = r.positive_number(j, "partial_rotary_factor",
+                                           params ? r.positive_number(*params, "partial_rotary_factor", 1.0) : 1.0);
+  if (partial > 1.0) fail("{}: partial_rotary_factor {} is above 1", r.where, partial);
+  const auto n_rot = static_cast<int64_t>(static_cast<double>(c.n_embd_head) * partial);
+  if (n_rot < 2 || n_rot % 2 != 0) {
+    fail("{}: partial_rotary_factor {} of head_dim {} gives {} rotary dimensions (must be even and at least 2)", r.where,
+         partial, c.n_embd_head, n_rot);
+  }
+  c.n_rot = n_rot == c.n_embd_head ? 0 : n_rot;
   const json* scaling = j.contains("rope_scaling") && j["rope_scaling"].is_object()
                             ? &j["rope_scaling"] : params;
   if (scaling == nullptr) return;
@@ -149,7 +160,7 @@ void read_sliding_window(const Reader& r, ModelConfig& c) {
         fail("{}: layer_types[{}] is {}, not full_attention or sliding_attention", r.where, l, printable(types[l].dump()));
       }
     }
-  } else if (c.architecture == "MistralForCausalLM") {
+  } else if (c.architecture == "MistralForCausalLM" || c.architecture == "Phi3ForCausalLM") {
     sliding.assign(sliding.size(), window > 0);
   } else if (c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen3ForCausalLM") {
     if (r.boolean("use_sliding_window", false)) {
@@ -188,13 +199,15 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     else if (type == "mistral") c.architecture = "MistralForCausalLM";
     else if (type == "qwen2") c.architecture = "Qwen2ForCausalLM";
     else if (type == "qwen3") c.architecture = "Qwen3ForCausalLM";
+    else if (type == "phi3") c.architecture = "Phi3ForCausalLM";
     else if (type == "bert") c.architecture = "BertModel";
     else fail("{}: no 'architectures' entry and unknown model_type '{}' (supported: {})", where, printable(type), kSupported);
   }
 
   // The Llama family: one forward (core/models/llama.cpp), with each member's features as flags.
   if (c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM" ||
-      c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen3ForCausalLM") {
+      c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen3ForCausalLM" ||
+      c.architecture == "Phi3ForCausalLM") {
     c.arch = Arch::llama;
   } else if (c.architecture == "BertModel") {
     c.arch = Arch::bert;
@@ -241,6 +254,11 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
     if (c.architecture == "Qwen2ForCausalLM") c.qkv_bias = true;  // built in: q, k, v biased, o not
     c.qkv_bias = c.qkv_bias || c.attention_bias;
     c.qk_norm = c.architecture == "Qwen3ForCausalLM";
+    if (c.architecture == "Phi3ForCausalLM") {
+      // Phi3Attention and Phi3MLP build qkv_proj, o_proj, gate_up_proj and down_proj without biases.
+      c.fused = true;
+      c.attention_bias = c.qkv_bias = c.mlp_bias = false;
+    }
     read_rope(r, c);
     read_sliding_window(r, c);
   } else {

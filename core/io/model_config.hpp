@@ -55,6 +55,12 @@ struct ModelConfig {
   // sliding_attention (or, without layer_types, those from max_window_layers on when
   // use_sliding_window). A query at position p sees keys p - window < j <= p.
   std::vector<int64_t> layer_window;
+  // Phi-3: q, k, v stored as one tensor (self_attn.qkv_proj) and gate, up as one (mlp.gate_up_proj).
+  bool fused = false;
+  // Rotary dimensions of each head (partial_rotary_factor x head_dim; Phi-3 and others may rotate
+  // part of a head): the first n_rot of each head are rotated, the rest pass. 0 = the whole head.
+  int64_t n_rot = 0;
+  int64_t rotary_dims() const { return n_rot > 0 ? n_rot : n_embd_head; }
   int64_t window(int64_t layer) const {
     return layer_window.empty() ? 0 : layer_window[static_cast<size_t>(layer)];
   }

@@ -9,7 +9,7 @@ namespace rankscope {
 namespace {
 
 constexpr std::array<std::string_view, kNumMatrixKinds> kMatrixNames = {
-    "q", "k", "v", "o", "gate", "up", "down"};
+    "q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up"};
 
 // Module path of each matrix inside one block, per architecture ("{}" is the layer index).
 std::string llama_matrix_module(MatrixKind kind) {
@@ -21,8 +21,19 @@ std::string llama_matrix_module(MatrixKind kind) {
     case MatrixKind::gate: return "mlp.gate_proj";
     case MatrixKind::up: return "mlp.up_proj";
     case MatrixKind::down: return "mlp.down_proj";
+    case MatrixKind::qkv: return "self_attn.qkv_proj";
+    case MatrixKind::gate_up: return "mlp.gate_up_proj";
   }
   return "";
+}
+
+// Module of a block matrix in a fused model: a fused cell is the fused tensor, a part of one is
+// stored (when split) under the fused module: "self_attn.qkv_proj.q".
+std::string fused_model_module(const ModelConfig& c, MatrixKind kind) {
+  if (const auto group = fused_group(c, kind)) {
+    return llama_matrix_module(*group) + "." + std::string(matrix_kind_name(kind));
+  }
+  return llama_matrix_module(kind);
 }
 
 std::string bert_matrix_module(MatrixKind kind) {
@@ -33,23 +44,11 @@ std::string bert_matrix_module(MatrixKind kind) {
     case MatrixKind::o: return "attention.output.dense";
     case MatrixKind::up: return "intermediate.dense";
     case MatrixKind::down: return "output.dense";
-    case MatrixKind::gate: break;
+    case MatrixKind::gate:
+    case MatrixKind::qkv:
+    case MatrixKind::gate_up: break;
   }
   return "";
-}
-
-// Shape [out, in] of a block matrix.
-std::pair<int64_t, int64_t> matrix_shape(const ModelConfig& c, MatrixKind kind) {
-  switch (kind) {
-    case MatrixKind::q: return {c.n_embd_q(), c.n_embd};
-    case MatrixKind::k:
-    case MatrixKind::v: return {c.n_embd_kv(), c.n_embd};
-    case MatrixKind::o: return {c.n_embd, c.n_embd_q()};
-    case MatrixKind::gate:
-    case MatrixKind::up: return {c.n_ff, c.n_embd};
-    case MatrixKind::down: return {c.n_embd, c.n_ff};
-  }
-  return {0, 0};
 }
 
 bool matrix_has_bias(const ModelConfig& c, MatrixKind kind) {
@@ -79,6 +78,50 @@ struct SpecList {
 
 }  // namespace
 
+std::pair<int64_t, int64_t> matrix_shape(const ModelConfig& c, MatrixKind kind) {
+  switch (kind) {
+    case MatrixKind::q: return {c.n_embd_q(), c.n_embd};
+    case MatrixKind::k:
+    case MatrixKind::v: return {c.n_embd_kv(), c.n_embd};
+    case MatrixKind::o: return {c.n_embd, c.n_embd_q()};
+    case MatrixKind::gate:
+    case MatrixKind::up: return {c.n_ff, c.n_embd};
+    case MatrixKind::down: return {c.n_embd, c.n_ff};
+    case MatrixKind::qkv: return {c.n_embd_q() + 2 * c.n_embd_kv(), c.n_embd};
+    case MatrixKind::gate_up: return {2 * c.n_ff, c.n_embd};
+  }
+  return {0, 0};
+}
+
+bool is_fused_kind(MatrixKind kind) { return kind == MatrixKind::qkv || kind == MatrixKind::gate_up; }
+
+std::vector<MatrixKind> fused_kinds(const ModelConfig& c) {
+  if (!c.fused) return {};
+  return {MatrixKind::qkv, MatrixKind::gate_up};
+}
+
+std::vector<MatrixKind> fused_parts(MatrixKind kind) {
+  if (kind == MatrixKind::qkv) return {MatrixKind::q, MatrixKind::k, MatrixKind::v};
+  if (kind == MatrixKind::gate_up) return {MatrixKind::gate, MatrixKind::up};
+  return {kind};
+}
+
+std::optional<MatrixKind> fused_group(const ModelConfig& c, MatrixKind part) {
+  if (!c.fused) return std::nullopt;
+  if (part == MatrixKind::q || part == MatrixKind::k || part == MatrixKind::v) return MatrixKind::qkv;
+  if (part == MatrixKind::gate || part == MatrixKind::up) return MatrixKind::gate_up;
+  return std::nullopt;
+}
+
+int64_t fused_row_offset(const ModelConfig& c, MatrixKind part) {
+  switch (part) {
+    case MatrixKind::k: return c.n_embd_q();
+    case MatrixKind::v: return c.n_embd_q() + c.n_embd_kv();
+    case MatrixKind::up: return c.n_ff;
+    default: return 0;
+  }
+}
+
 std::string_view matrix_kind_name(MatrixKind kind) { return kMatrixNames[static_cast<size_t>(kind)]; }
 
 std::optional<MatrixKind> matrix_kind_from_name(std::string_view name) {
@@ -89,7 +132,9 @@ std::optional<MatrixKind> matrix_kind_from_name(std::string_view name) {
 }
 
 std::vector<MatrixKind> matrix_kinds(Arch arch) {
-  if (arch == Arch::llama) return {kAllMatrixKinds.begin(), kAllMatrixKinds.end()};
+  if (arch == Arch::llama) {
+    return {MatrixKind::q, MatrixKind::k, MatrixKind::v, MatrixKind::o, MatrixKind::gate, MatrixKind::up, MatrixKind::down};
+  }
   return {MatrixKind::q, MatrixKind::k, MatrixKind::v, MatrixKind::o, MatrixKind::up, MatrixKind::down};
 }
 
@@ -102,6 +147,16 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c, const std::string
       s.add(Role::attn_norm, l, block + "input_layernorm.weight", {c.n_embd});
       for (auto kind : matrix_kinds(c.arch)) {
         if (kind == MatrixKind::gate) s.add(Role::ffn_norm, l, block + "post_attention_layernorm.weight", {c.n_embd});
+        if (const auto group = fused_group(c, kind)) {
+          // Phi-3: the fused tensor (no biases), then its parts as rankscope writes them split.
+          if (fused_parts(*group).front() == kind) {
+            const auto [fout, fin] = matrix_shape(c, *group);
+            s.linear(Role::matrix, l, block + llama_matrix_module(*group), fout, fin, false, true, *group);
+          }
+          const auto [out, in] = matrix_shape(c, kind);
+          s.linear(Role::matrix, l, block + fused_model_module(c, kind), out, in, false, false, kind);
+          continue;
+        }
         const auto [out, in] = matrix_shape(c, kind);
         s.linear(Role::matrix, l, block + llama_matrix_module(kind), out, in, matrix_has_bias(c, kind),
                  true, kind);
@@ -151,7 +206,17 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c, const std::string
 std::vector<MatrixInfo> decomposable_matrices(const ModelConfig& c) {
   std::vector<MatrixInfo> out;
   for (const auto& spec : expected_tensors(c)) {
-    if (spec.role != Role::matrix || spec.is_bias) continue;
+    if (spec.role != Role::matrix || spec.is_bias || is_fused_kind(*spec.matrix)) continue;
+    out.push_back({spec.layer, *spec.matrix, spec.shape[0], spec.shape[1], spec.name});
+  }
+  return out;
+}
+
+std::vector<MatrixInfo> fused_matrices(const ModelConfig& c) {
+  std::vector<MatrixInfo> out;
+  if (!c.fused) return out;
+  for (const auto& spec : expected_tensors(c)) {
+    if (spec.role != Role::matrix || spec.is_bias || !is_fused_kind(*spec.matrix)) continue;
     out.push_back({spec.layer, *spec.matrix, spec.shape[0], spec.shape[1], spec.name});
   }
   return out;

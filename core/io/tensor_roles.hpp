@@ -18,16 +18,31 @@ namespace rankscope {
 // (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj). BERT has no gate:
 // q/k/v = attention.self.{query,key,value}, o = attention.output.dense,
 // up = intermediate.dense, down = output.dense.
-enum class MatrixKind { q, k, v, o, gate, up, down };
-constexpr size_t kNumMatrixKinds = 7;
+// Phi-3 stores q, k, v as one tensor (qkv_proj, rows q then k then v) and gate, up as one
+// (gate_up_proj, rows gate then up). Those models have two more kinds, the fused cells `qkv` and
+// `gate_up`: one matrix decomposed as a whole (one right factor shared by its parts). A layer holds
+// a fused cell or its parts, never both. Every other model has the seven (BERT six) parts only.
+enum class MatrixKind { q, k, v, o, gate, up, down, qkv, gate_up };
+constexpr size_t kNumMatrixKinds = 9;
 constexpr std::array<MatrixKind, kNumMatrixKinds> kAllMatrixKinds = {
     MatrixKind::q, MatrixKind::k, MatrixKind::v, MatrixKind::o,
-    MatrixKind::gate, MatrixKind::up, MatrixKind::down};
+    MatrixKind::gate, MatrixKind::up, MatrixKind::down, MatrixKind::qkv, MatrixKind::gate_up};
 
-std::string_view matrix_kind_name(MatrixKind kind);  // "q", "k", ..., "down"
+std::string_view matrix_kind_name(MatrixKind kind);  // "q", "k", ..., "down", "qkv", "gate_up"
 std::optional<MatrixKind> matrix_kind_from_name(std::string_view name);
-// The matrix kinds an architecture has, in mask order.
+// The matrix kinds (parts) an architecture has, in mask order: Llama q..down, BERT without gate.
 std::vector<MatrixKind> matrix_kinds(Arch arch);
+// The fused cells of a model: {qkv, gate_up} where config.json stores them fused (Phi-3), else none.
+std::vector<MatrixKind> fused_kinds(const ModelConfig& config);
+bool is_fused_kind(MatrixKind kind);
+// The parts of a fused kind in row order (qkv: q, k, v; gate_up: gate, up); {kind} for a part.
+std::vector<MatrixKind> fused_parts(MatrixKind kind);
+// The fused cell holding `part` in a fused model (q, k, v: qkv; gate, up: gate_up), or nullopt.
+std::optional<MatrixKind> fused_group(const ModelConfig& config, MatrixKind part);
+// Shape [out, in] of a block matrix of any kind (a fused cell: its parts stacked).
+std::pair<int64_t, int64_t> matrix_shape(const ModelConfig& config, MatrixKind kind);
+// First row of `part` inside its fused cell's tensor.
+int64_t fused_row_offset(const ModelConfig& config, MatrixKind part);
 
 enum class Role {
   token_embd,     // [n_vocab, n_embd]
@@ -63,6 +78,9 @@ struct TensorSpec {
 
 // Every tensor a checkpoint of `config` holds or may hold, in load order. `bert_prefix` is
 // "bert." for BERT models with a head and "" for bare BertModel checkpoints saved without it.
+// A fused model lists each fused tensor (required) followed by its parts (optional): rankscope
+// writes a fused tensor as its parts (MODULE.q, MODULE.k, ...) when a part is factored, and the
+// loader accepts either form.
 std::vector<TensorSpec> expected_tensors(const ModelConfig& config, const std::string& bert_prefix = "bert.");
 
 // One decomposable weight matrix of a model.
@@ -74,7 +92,12 @@ struct MatrixInfo {
   std::string name;  // checkpoint name of the weight
   int64_t n_params() const { return n_out * n_in; }
 };
+// The parts (matrix_kinds), layer-major in mask order. A part of a fused tensor is named as rankscope
+// stores it split ("model.layers.0.self_attn.qkv_proj.q.weight").
 std::vector<MatrixInfo> decomposable_matrices(const ModelConfig& config);
+// The fused cells (fused_kinds), layer-major; named by the checkpoint's fused tensor. Empty for
+// models without fused tensors.
+std::vector<MatrixInfo> fused_matrices(const ModelConfig& config);
 
 // Parameter count of a model as its config describes it (required tensors, plus optional ones
 // `expected_tensors` marks as counted). Used for shapes-only models.

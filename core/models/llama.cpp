@@ -71,7 +71,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
     if (!caches.empty()) reserve(be, caches[s], c, n_past + layout.length(static_cast<int64_t>(s)));
   }
   be.rows_forwarded += n_tokens;
-  const Rope rope(c.n_embd_head, c.rope_theta, c.rope_scaling);
+  const Rope rope(c.n_embd_head, c.rope_theta, c.rope_scaling, c.n_rot);
   const AttentionShape shape{.n_head = c.n_head, .n_head_kv = c.n_head_kv, .n_embd_head = c.n_embd_head, .causal = true};
   Mat host;  // hooks' copy of a device buffer
   auto hook = [&](HookSite site, int64_t layer, const Buffer& b) {
@@ -91,14 +91,31 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
   Buffer ctx = be.buffer(n_tokens, c.n_embd_q(), Precision::compute);
   Buffer gate = be.buffer(n_tokens, c.n_ff, Precision::compute);
   Buffer up = be.buffer(n_tokens, c.n_ff, Precision::compute);
+  // A fused cell decomposed as a whole (Phi-3's qkv or gate_up) runs as one product whose output
+  // columns are then its parts; the buffer is made when a layer needs it.
+  Buffer fused;
+  auto fused_linear = [&](const Linear& lin, const Buffer& in, std::initializer_list<Buffer*> parts) {
+    if (fused.empty() || fused.cols() != lin.n_out()) fused = be.buffer(n_tokens, lin.n_out(), Precision::compute);
+    be.linear(lin, in, fused, false);
+    int64_t col = 0;
+    for (Buffer* part : parts) {
+      be.copy_columns(fused, col, *part);
+      col += part->cols();
+    }
+    RS_ASSERT(col == lin.n_out());
+  };
   for (int64_t l = 0; l < n_blocks; ++l) {
     const auto& layer = w.layers[static_cast<size_t>(l)];
     // Attention: h = RMSNorm(x); q, k, v = h Wq^T, h Wk^T, h Wv^T; RoPE on q and k.
     be.rms_norm(x, layer.attn_norm, c.norm_eps, h);                   // [n_tokens x n_embd]
     hook(HookSite::attn_in, l, h);
-    be.linear(layer[MatrixKind::q], h, q, false);                      // [n_tokens x n_head*d]
-    be.linear(layer[MatrixKind::k], h, k, false);                      // [n_tokens x n_head_kv*d]
-    be.linear(layer[MatrixKind::v], h, v, false);
+    if (!layer[MatrixKind::qkv].empty()) {
+      fused_linear(layer[MatrixKind::qkv], h, {&q, &k, &v});
+    } else {
+      be.linear(layer[MatrixKind::q], h, q, false);                    // [n_tokens x n_head*d]
+      be.linear(layer[MatrixKind::k], h, k, false);                    // [n_tokens x n_head_kv*d]
+      be.linear(layer[MatrixKind::v], h, v, false);
+    }
     if (c.qk_norm) {  // Qwen3: RMSNorm of each head of q and k before RoPE
       be.head_rms_norm(q, c.n_head, layer.q_norm, c.norm_eps);
       be.head_rms_norm(k, c.n_head_kv, layer.k_norm, c.norm_eps);
@@ -115,8 +132,12 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
     // MLP: h = RMSNorm(x); x += down(silu(gate(h)) * up(h)).
     be.rms_norm(x, layer.ffn_norm, c.norm_eps, h);
     hook(HookSite::ffn_in, l, h);
-    be.linear(layer[MatrixKind::gate], h, gate, false);                // [n_tokens x n_ff]
-    be.linear(layer[MatrixKind::up], h, up, false);
+    if (!layer[MatrixKind::gate_up].empty()) {
+      fused_linear(layer[MatrixKind::gate_up], h, {&gate, &up});
+    } else {
+      be.linear(layer[MatrixKind::gate], h, gate, false);              // [n_tokens x n_ff]
+      be.linear(layer[MatrixKind::up], h, up, false);
+    }
     be.gated_activation(gate, up, c.activation);
     hook(HookSite::ffn_act, l, gate);
     be.linear(layer[MatrixKind::down], gate, x, true);                 // x += act Wdown^T

@@ -116,17 +116,19 @@ std::optional<RankSpec> try_parse_rank(std::string_view token, std::string& why)
 struct ModelShapes {
   Arch arch = Arch::llama;
   int64_t n_layer = 0;
-  std::vector<MatrixKind> kinds;  // mask order
+  std::vector<MatrixKind> parts;  // the architecture's matrices, mask order ("all")
+  std::vector<MatrixKind> kinds;  // parts, then the fused cells of a fused model (Phi-3: qkv, gate_up)
   std::array<std::pair<int64_t, int64_t>, kNumMatrixKinds> shape{};  // [out, in] per kind
+  const ModelConfig* config = nullptr;
 
   explicit ModelShapes(const ModelConfig& model)
-      : arch(model.arch), n_layer(model.n_layer), kinds(matrix_kinds(model.arch)) {
-    // Every block has the same shapes, so one block tells them (and listing all 80 blocks of a
-    // 70B model on every parse would cost more than the parse).
-    auto one_block = model;
-    one_block.n_layer = 1;
-    for (const auto& m : decomposable_matrices(one_block)) shape[static_cast<size_t>(m.kind)] = {m.n_out, m.n_in};
+      : arch(model.arch), n_layer(model.n_layer), parts(matrix_kinds(model.arch)), kinds(parts), config(&model) {
+    for (auto kind : fused_kinds(model)) kinds.push_back(kind);
+    // Every block has the same shapes.
+    for (auto kind : kinds) shape[static_cast<size_t>(kind)] = matrix_shape(model, kind);
   }
+  // The fused cell a part belongs to in this model, if any.
+  std::optional<MatrixKind> group_of(MatrixKind kind) const { return fused_group(*config, kind); }
   bool has(MatrixKind kind) const { return std::find(kinds.begin(), kinds.end(), kind) != kinds.end(); }
   int64_t full_rank(MatrixKind kind) const {
     const auto& s = shape[static_cast<size_t>(kind)];
@@ -151,6 +153,7 @@ struct ModelShapes {
     for (auto kind : kinds) out += fmt::format("{}, ", matrix_kind_name(kind));
     return out + "attn, mlp, all";
   }
+  std::string label() const { return config->fused ? config->architecture : (arch == Arch::llama ? "llama" : "bert"); }
 };
 
 constexpr const char* kMethodList = "tucker, svd, asvd or whiten";
@@ -162,15 +165,13 @@ std::optional<Method> method_from_name(std::string_view name) {
   return std::nullopt;
 }
 
-std::string arch_label(Arch arch) { return arch == Arch::llama ? "llama" : "bert"; }
-
 // Checks a cell a Config was built with; `where` prefixes the message.
 void check_cell(int64_t layer, MatrixKind kind, const Choice& choice, const ModelShapes& shapes,
                 const std::string& where) {
   if (layer < 0 || layer >= shapes.n_layer) {
     fail("{}: layer {} out of range 0-{}", where, layer, shapes.n_layer - 1);
   }
-  if (!shapes.has(kind)) fail("{}: {} has no matrix '{}'", where, arch_label(shapes.arch), matrix_kind_name(kind));
+  if (!shapes.has(kind)) fail("{}: {} has no matrix '{}'", where, shapes.label(), matrix_kind_name(kind));
   const auto& rank = choice.rank;
   if (rank.percent) {
     if (!(rank.value > 0 && rank.value <= kMaxPercent)) {
@@ -188,7 +189,14 @@ void check_cell(int64_t layer, MatrixKind kind, const Choice& choice, const Mode
 }
 
 void check_config(const Config& config, const ModelShapes& shapes, const std::string& where) {
-  for (const auto& [cell, choice] : config.cells) check_cell(cell.first, cell.second, choice, shapes, where);
+  for (const auto& [cell, choice] : config.cells) {
+    check_cell(cell.first, cell.second, choice, shapes, where);
+    // A fused cell and one of its parts cannot both be decomposed.
+    if (const auto group = shapes.group_of(cell.second); group && config.cells.contains({cell.first, *group})) {
+      fail("{}: L{}:{} is a part of the fused cell L{}:{}, which is decomposed too", where, cell.first,
+           matrix_kind_name(cell.second), cell.first, matrix_kind_name(*group));
+    }
+  }
 }
 
 // "L..." of one rule: sorted, distinct layer indices.
@@ -230,7 +238,7 @@ std::vector<MatrixKind> parse_matrices(std::string_view text, const ModelShapes&
     const auto name = trim(raw);
     if (name.empty()) fail("bad config rule '{}': empty matrix name in '{}'", rule, one_line(text));
     if (name == "all") {
-      mask |= shapes.mask_of(shapes.kinds);
+      mask |= shapes.mask_of(shapes.parts);
     } else if (name == "attn") {
       mask |= shapes.mask_of(shapes.attn());
     } else if (name == "mlp") {
@@ -238,7 +246,7 @@ std::vector<MatrixKind> parse_matrices(std::string_view text, const ModelShapes&
     } else if (const auto kind = matrix_kind_from_name(name); kind && shapes.has(*kind)) {
       mask |= 1u << shapes.index(*kind);
     } else {
-      fail("bad config rule '{}': unknown matrix '{}' ({} has {})", rule, one_line(name), arch_label(shapes.arch),
+      fail("bad config rule '{}': unknown matrix '{}' ({} has {})", rule, one_line(name), shapes.label(),
            shapes.names());
     }
   }
@@ -288,8 +296,24 @@ void parse_rule(std::string_view text, const ModelShapes& shapes, Config& config
       }
     }
   }
+  for (auto kind : kinds) {
+    const auto group = shapes.group_of(kind);
+    if (group && std::find(kinds.begin(), kinds.end(), *group) != kinds.end()) {
+      fail("bad config rule '{}': names both the fused cell {} and its part {} (one cell or its parts)", rule,
+           matrix_kind_name(*group), matrix_kind_name(kind));
+    }
+  }
   for (auto layer : layers) {
     for (auto kind : kinds) {
+      // A fused cell covers its parts: setting it (or making it dense) replaces whatever its parts
+      // held. A part cannot be changed alone while its fused cell is decomposed.
+      if (is_fused_kind(kind)) {
+        for (auto part : fused_parts(kind)) config.cells.erase({layer, part});
+      } else if (const auto group = shapes.group_of(kind); group && config.cells.contains({layer, *group})) {
+        fail("bad config rule '{}': L{}:{} is a part of the fused cell L{}:{} set by an earlier rule (make that "
+             "dense first: L{}:{}=dense)", rule, layer, matrix_kind_name(kind), layer, matrix_kind_name(*group), layer,
+             matrix_kind_name(*group));
+      }
       if (dense) {
         config.cells.erase({layer, kind});
       } else {
@@ -314,7 +338,7 @@ std::string layers_string(const std::vector<int64_t>& layers, int64_t n_layer) {
 }
 
 std::string matrices_string(uint32_t mask, const ModelShapes& shapes) {
-  if (mask == shapes.mask_of(shapes.kinds)) return "all";
+  if (mask == shapes.mask_of(shapes.parts)) return "all";
   if (mask == shapes.mask_of(shapes.attn())) return "attn";
   if (mask == shapes.mask_of(shapes.mlp())) return "mlp";
   std::string out;
@@ -440,13 +464,14 @@ std::vector<ResolvedCell> resolve_config(const Config& config, const ModelConfig
   const ModelShapes shapes(model);
   check_config(config, shapes, "cannot resolve configuration");
   std::vector<ResolvedCell> out;
-  for (const auto& m : decomposable_matrices(model)) {
-    const auto it = config.cells.find({m.layer, m.kind});
-    if (it == config.cells.end()) continue;
-    const auto& choice = it->second;
-    out.push_back({m.layer, m.kind, m.n_out, m.n_in, choice.rank.resolve(std::min(m.n_out, m.n_in)),
-                   choice.method});
+  for (const auto& [where, choice] : config.cells) {
+    const auto [n_out, n_in] = matrix_shape(model, where.second);
+    out.push_back({where.first, where.second, n_out, n_in, choice.rank.resolve(std::min(n_out, n_in)), choice.method});
   }
+  // Layer-major, kinds in mask order (the fused cells after the parts).
+  std::sort(out.begin(), out.end(), [](const ResolvedCell& a, const ResolvedCell& b) {
+    return std::pair(a.layer, static_cast<int>(a.kind)) < std::pair(b.layer, static_cast<int>(b.kind));
+  });
   return out;
 }
 

@@ -4,10 +4,16 @@
 //   rule    := layers ":" matrices "=" rank ["@" method]
 //   layers  := "L*" | "L" item ("," item)*      item := N | N "-" M   (inclusive range)
 //   matrices:= name ("," name)*                 name := q k v o gate up down | attn | mlp | all
+//                                               | qkv gate_up (fused models: Phi-3)
 //   rank    := N | P "%" | "dense"              P% of the full rank min(out, in); dense undoes
 //   method  := tucker (default) | svd | asvd | whiten
 // Later rules override earlier ones cell by cell. BERT has no gate (all = q,k,v,o,up,down;
 // mlp = up,down); Llama attn = q,k,v,o, mlp = gate,up,down.
+// A model storing q, k, v (gate, up) fused (Phi-3) may decompose the fused tensor as one cell,
+// `qkv` (`gate_up`): one SVD of the stacked matrix, one right factor shared by the parts. Groups
+// and `all` name the parts. A rule setting a fused cell replaces its parts' cells in those layers;
+// a rule on a part of a decomposed fused cell is an error (make the fused cell dense first), as is
+// a rule naming a fused cell and one of its parts.
 #pragma once
 
 #include <compare>

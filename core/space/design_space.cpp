@@ -83,8 +83,8 @@ std::string choice_string(const SpaceChoice& c) {
 // rank index (most significant).
 class PaperSpace : public DesignSpace {
  public:
-  PaperSpace(const ModelConfig& model, std::vector<RankSpec> ranks, Method method)
-      : n_layer_(model.n_layer), kinds_(matrix_kinds(model.arch)), ranks_(std::move(ranks)), method_(method) {
+  PaperSpace(const ModelConfig& model, std::vector<MatrixKind> kinds, std::vector<RankSpec> ranks, Method method)
+      : n_layer_(model.n_layer), kinds_(std::move(kinds)), ranks_(std::move(ranks)), method_(method) {
     if (ranks_.empty()) fail("paper space: empty rank list");
     for (const auto& rank : ranks_) check_rank(rank, model, "paper");
   }
@@ -153,8 +153,9 @@ class PaperSpace : public DesignSpace {
 // group_size 1 is the per-matrix space (the order of decomposable_matrices).
 class ChoiceSpace : public DesignSpace {
  public:
-  ChoiceSpace(const ModelConfig& model, std::vector<SpaceChoice> choices, int64_t group_size, std::string name)
-      : n_layer_(model.n_layer), kinds_(matrix_kinds(model.arch)), choices_(std::move(choices)),
+  ChoiceSpace(const ModelConfig& model, std::vector<MatrixKind> kinds, std::vector<SpaceChoice> choices,
+              int64_t group_size, std::string name)
+      : n_layer_(model.n_layer), kinds_(std::move(kinds)), choices_(std::move(choices)),
         group_size_(group_size), name_(std::move(name)) {
     if (choices_.empty()) fail("{} space: empty choice list", name_);
     if (group_size_ < 1 || group_size_ > n_layer_) {
@@ -242,8 +243,8 @@ class ChoiceSpace : public DesignSpace {
 // is one evaluation per (matrix, choice): measured single-matrix sensitivities.
 class SingleSpace : public DesignSpace {
  public:
-  SingleSpace(const ModelConfig& model, const std::vector<SpaceChoice>& choices)
-      : n_layer_(model.n_layer), kinds_(matrix_kinds(model.arch)) {
+  SingleSpace(const ModelConfig& model, std::vector<MatrixKind> kinds, const std::vector<SpaceChoice>& choices)
+      : n_layer_(model.n_layer), kinds_(std::move(kinds)) {
     for (const auto& c : choices) {
       if (c.dense) continue;
       check_rank(c.choice.rank, model, "single");
@@ -343,11 +344,23 @@ std::vector<int64_t> DesignSpace::sample(std::mt19937_64& rng) const {
   return digits;
 }
 
+std::vector<MatrixKind> space_kinds(const ModelConfig& model, bool fused) {
+  if (!fused) return matrix_kinds(model.arch);
+  if (!model.fused) {
+    fail("{}: --fused: {} stores no fused tensors (only Phi-3's qkv_proj and gate_up_proj are)",
+         model.source.string(), model.architecture);
+  }
+  return {MatrixKind::qkv, MatrixKind::o, MatrixKind::gate_up, MatrixKind::down};
+}
+
 std::unique_ptr<DesignSpace> make_design_space(const ModelConfig& model, const SpaceSpec& spec) {
-  if (spec.kind == "paper") return std::make_unique<PaperSpace>(model, spec.ranks, spec.method);
-  if (spec.kind == "per-matrix") return std::make_unique<ChoiceSpace>(model, spec.choices, 1, "per-matrix");
-  if (spec.kind == "grouped") return std::make_unique<ChoiceSpace>(model, spec.choices, spec.group_size, "grouped");
-  if (spec.kind == "single") return std::make_unique<SingleSpace>(model, spec.choices);
+  auto kinds = [&] { return space_kinds(model, spec.fused); };
+  if (spec.kind == "paper") return std::make_unique<PaperSpace>(model, kinds(), spec.ranks, spec.method);
+  if (spec.kind == "per-matrix") return std::make_unique<ChoiceSpace>(model, kinds(), spec.choices, 1, "per-matrix");
+  if (spec.kind == "grouped") {
+    return std::make_unique<ChoiceSpace>(model, kinds(), spec.choices, spec.group_size, "grouped");
+  }
+  if (spec.kind == "single") return std::make_unique<SingleSpace>(model, kinds(), spec.choices);
   fail("unknown design space '{}' (paper, per-matrix, grouped or single)", spec.kind);
 }
 

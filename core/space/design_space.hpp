@@ -6,6 +6,8 @@
 //  - grouped:    per-matrix choices tied across blocks of `group_size` consecutive layers.
 //  - single:     the base model and every (layer, matrix) decomposed alone at each non-dense choice
 //                (one knob): measured single-matrix sensitivities, e.g. for `rankscope allocate`.
+// On a model storing fused tensors (Phi-3) the matrices are the seven parts, or with `fused` the
+// cells qkv, o, gate_up, down.
 // Counts are exact big integers; every point has an index in [0, count) (mixed radix), maps to a
 // Config and, through it, to its canonical string.
 #pragma once
@@ -40,7 +42,13 @@ struct SpaceSpec {
   std::vector<SpaceChoice> choices;      // per-matrix / grouped
   int64_t group_size = 1;                // grouped
   Method method = Method::tucker;
+  // Models storing fused tensors (Phi-3): knobs on the fused cells qkv and gate_up (with o and
+  // down) instead of the seven parts. An Error for any other model.
+  bool fused = false;
 };
+
+// The matrix kinds a space's knobs range over, in mask order (SpaceSpec::fused).
+std::vector<MatrixKind> space_kinds(const ModelConfig& model, bool fused);
 
 class DesignSpace {
  public:

@@ -199,6 +199,13 @@ void CpuBackend::gather_rows(const Buffer& x, std::span<const int64_t> rows, Buf
   for (size_t i = 0; i < rows.size(); ++i) o.row(static_cast<int64_t>(i)) = in.row(rows[i]);
 }
 
+void CpuBackend::copy_columns(const Buffer& x, int64_t col0, Buffer& out) {
+  const Mat& in = mat(x);
+  Mat& o = mat(out);
+  RS_ASSERT(in.rows() == o.rows() && col0 >= 0 && col0 + o.cols() <= in.cols());
+  o = in.middleCols(col0, o.cols());
+}
+
 void CpuBackend::tanh(Buffer& x) { mat(x) = mat(x).array().tanh(); }
 
 std::vector<TokenScore> CpuBackend::score(const Buffer& logits, std::span<const int64_t> rows,

@@ -31,6 +31,7 @@ class CpuBackend final : public Backend {
   void gated_activation(Buffer& gate, const Buffer& up, Activation act) override;
   void add(Buffer& x, const Buffer& y) override;
   void gather_rows(const Buffer& x, std::span<const int64_t> rows, Buffer& out) override;
+  void copy_columns(const Buffer& x, int64_t col0, Buffer& out) override;
   void tanh(Buffer& x) override;
   std::vector<TokenScore> score(const Buffer& logits, std::span<const int64_t> rows,
                                 std::span<const TokenId> targets) override;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 
 #include <cublas_v2.h>
@@ -326,8 +327,8 @@ class CudaBackend final : public Backend {
                              ctx_->stream),
             "rope_table kernel");
     }
-    check(cuda::rope(x.data(), x.type(), x.rows(), n_heads, rope.n_embd_head(), static_cast<const float*>(rope_table_.get()),
-                     ctx_->stream),
+    check(cuda::rope(x.data(), x.type(), x.rows(), n_heads, rope.n_embd_head(), rope.n_rot(),
+                     static_cast<const float*>(rope_table_.get()), ctx_->stream),
           "rope kernel");
   }
 
@@ -419,6 +420,18 @@ class CudaBackend final : public Backend {
     auto d_rows = upload(rows.data(), rows.size_bytes(), "row indices");
     check(cuda::gather_rows(x.data(), static_cast<const int64_t*>(d_rows.get()), static_cast<int64_t>(rows.size()), x.cols(),
                       out.data(), x.type(), ctx_->stream), "gather_rows kernel");
+  }
+
+  void copy_columns(const Buffer& x, int64_t col0, Buffer& out) override {
+    const Scope scope(profile_.get(), "copy_columns");
+    RS_ASSERT(x.type() == out.type() && x.rows() == out.rows() && col0 >= 0 && col0 + out.cols() <= x.cols());
+    if (out.rows() == 0 || out.cols() == 0) return;
+    const size_t elem = element_size(x.type());
+    const auto* src = static_cast<const std::byte*>(x.data()) + static_cast<size_t>(col0) * elem;
+    check(cudaMemcpy2DAsync(out.data(), static_cast<size_t>(out.cols()) * elem, src, static_cast<size_t>(x.cols()) * elem,
+                            static_cast<size_t>(out.cols()) * elem, static_cast<size_t>(out.rows()), cudaMemcpyDeviceToDevice,
+                            ctx_->stream),
+          "cudaMemcpy2DAsync (copy_columns)");
   }
 
   void tanh(Buffer& x) override { check(cuda::tanh_inplace(x.data(), x.type(), x.rows() * x.cols(), ctx_->stream), "tanh_inplace kernel"); }
@@ -658,7 +671,7 @@ class CudaBackend final : public Backend {
   // tensor's storage lives.
   const void* resident(const Tensor& t, ComputeType type) {
     RS_ASSERT(!t.empty());
-    const auto key = std::make_pair(t.data, type);
+    const auto key = ResidentKey(t.data, t.numel(), type);
     if (auto it = resident_.find(key); it != resident_.end()) {
       if (!it->second.owner.expired()) return it->second.mem.get();
       resident_.erase(it);
@@ -713,9 +726,13 @@ class CudaBackend final : public Backend {
           "GEMM x B");
   }
 
+  // A weight is its data, its size and the type it is held in: views of one tensor's rows (the
+  // parts of Phi-3's fused qkv_proj) may start at the same address with different sizes.
+  using ResidentKey = std::tuple<const float*, int64_t, ComputeType>;
   struct KeyHash {
-    size_t operator()(const std::pair<const float*, ComputeType>& k) const {
-      return std::hash<const void*>()(k.first) ^ (static_cast<size_t>(k.second) << 1);
+    size_t operator()(const ResidentKey& k) const {
+      return std::hash<const void*>()(std::get<0>(k)) ^ (std::hash<int64_t>()(std::get<1>(k)) << 3) ^
+             (static_cast<size_t>(std::get<2>(k)) << 1);
     }
   };
   static constexpr size_t kMaxTransient = 64;
@@ -724,7 +741,7 @@ class CudaBackend final : public Backend {
   std::string name_;
   std::shared_ptr<Context> ctx_;
   std::unique_ptr<Profile> profile_;
-  std::unordered_map<std::pair<const float*, ComputeType>, Resident, KeyHash> resident_;
+  std::unordered_map<ResidentKey, Resident, KeyHash> resident_;
   std::vector<std::shared_ptr<void>> transient_;
   std::vector<int64_t> positions_host_;
   std::vector<float> inv_freq_host_;

@@ -148,10 +148,11 @@ __global__ void rope_table_kernel(const int64_t* positions, const float* inv_fre
   }
 }
 
+// Head stride d; the first `rot` values of each head rotate (partial rotary when rot < d).
 template <typename T>
-__global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, const float* table) {
+__global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, int64_t rot, const float* table) {
   const int64_t r = blockIdx.x;
-  const int64_t half = d / 2;
+  const int64_t half = rot / 2;
   const float* cs = table + r * half * 2;
   T* row = x + r * n_heads * d;
   for (int64_t i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
@@ -169,10 +170,10 @@ __global__ void rope_kernel(T* x, int64_t n_heads, int64_t d, const float* table
 // multiple of V, rows 16-byte aligned). 32-bit index arithmetic: 64-bit division is a long
 // software sequence on the GPU.
 template <typename T>
-__global__ void rope_vec_kernel(T* x, int n_heads, int d, const float* table) {
+__global__ void rope_vec_kernel(T* x, int n_heads, int d, int rot, const float* table) {
   constexpr int V = 16 / sizeof(T);
   const int64_t r = blockIdx.x;
-  const int half = d / 2, groups = half / V;
+  const int half = rot / 2, groups = half / V;
   const float* cs_row = table + r * half * 2;
   T* row = x + r * n_heads * d;
   for (int i = threadIdx.x; i < n_heads * groups; i += blockDim.x) {
@@ -544,20 +545,22 @@ cudaError_t rope_table(const int64_t* positions, const float* inv_freq, int64_t 
   return cudaGetLastError();
 }
 
-cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const float* table,
-                 cudaStream_t stream) {
+cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, int64_t n_rot,
+                 const float* table, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   dispatch(type, [&](auto t) {
     using T = decltype(t);
     constexpr int V = 16 / sizeof(T);
-    const int64_t half = n_embd_head / 2;
-    if (half % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(table) % 16 == 0 &&
-        n_heads * n_embd_head < (int64_t{1} << 30)) {
+    const int64_t half = n_rot / 2;
+    // 16-byte loads need every head (stride n_embd_head) and its second half aligned too.
+    if (half % V == 0 && n_embd_head % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(table) % 16 == 0 && n_heads * n_embd_head < (int64_t{1} << 30)) {
       const auto threads = static_cast<unsigned>(std::min<int64_t>(kBlock, n_heads * (half / V)));
-      rope_vec_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(static_cast<T*>(x), static_cast<int>(n_heads),
-                                                                           static_cast<int>(n_embd_head), table);
+      rope_vec_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(
+          static_cast<T*>(x), static_cast<int>(n_heads), static_cast<int>(n_embd_head), static_cast<int>(n_rot), table);
     } else {
-      rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head, table);
+      rope_kernel<<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<T*>(x), n_heads, n_embd_head, n_rot,
+                                                                      table);
     }
   });
   return cudaGetLastError();

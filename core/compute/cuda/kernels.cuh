@@ -39,8 +39,10 @@ cudaError_t add_bias(void* y, ComputeType type, const float* bias, int64_t rows,
 // table[r, j] = (cos, sin)(positions[r] * inv_freq[j]) for j < half (fp32 angles, as transformers).
 cudaError_t rope_table(const int64_t* positions, const float* inv_freq, int64_t rows, int64_t half, float* table,
                        cudaStream_t stream);
-// Rotary embedding in place with a table of rope_table.
-cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, const float* table,
+// Rotary embedding in place with a table of rope_table: the first n_rot values of each head of
+// n_embd_head rotate (n_rot == n_embd_head: the whole head).
+cudaError_t rope(void* x, ComputeType type, int64_t rows, int64_t n_heads, int64_t n_embd_head, int64_t n_rot,
+                 const float* table,
                  cudaStream_t stream);
 
 // x = act(x); gate = act(gate) * up; x = tanh(x); x (fp32) += y.
