@@ -192,6 +192,37 @@ TEST_CASE("a sweep and the lm-eval tasks run on each tiny family model", "[famil
     const auto pareto = test::run_cli("pareto --db '" + db + "' --study tiny --objectives tinystories.ppl:min,size.params:min --format json");
     REQUIRE(pareto.exit_code == 0);
     CHECK(nlohmann::json::parse(pareto.out)["evaluations"] == 3);
+    if (std::string(name) != "phi3") continue;
+
+    // Phi-3 with the fused cells as knobs: the stored configurations name qkv / gate_up, and each
+    // one's size is the size the fused decomposition has.
+    const auto fused_db = (dir / "fused.db").string();
+    std::filesystem::remove(fused_db);
+    const auto fused = test::run_cli("sweep --model '" + model.string() + "' --db '" + fused_db +
+                                     "' --study fused --space per-matrix --fused --choices dense,50%@svd,25%@svd --strategy random"
+                                     " --budget 4 --seed 3 --tasks tinystories,size --limit 4 --objectives tinystories.ppl:min,size.params:min" +
+                                     common);
+    INFO(fused.err);
+    REQUIRE(fused.exit_code == 0);
+    const auto exported = test::run_cli("export --db '" + fused_db + "' --study fused --format json");
+    REQUIRE(exported.exit_code == 0);
+    const Model loaded = load_model(model);
+    int with_fused_cells = 0;
+    const auto evaluations = nlohmann::json::parse(exported.out)["evaluations"];
+    CHECK(evaluations.size() == 4);
+    for (const auto& e : evaluations) {
+      const std::string config = e["config"];
+      const Config parsed = parse_config(config, loaded.config);
+      for (const auto& [cell, choice] : parsed.cells) {
+        CHECK((cell.second == MatrixKind::qkv || cell.second == MatrixKind::o || cell.second == MatrixKind::gate_up ||
+               cell.second == MatrixKind::down));
+      }
+      with_fused_cells += config.find("qkv") != std::string::npos || config.find("gate_up") != std::string::npos ? 1 : 0;
+      FactorCache cache(dir / "cache");
+      CHECK(e["metrics"]["size.params"]["value"].get<double>() ==
+            static_cast<double>(decompose_model(loaded, parsed, cache).n_params()));
+    }
+    CHECK(with_fused_cells >= 1);
   }
 }
 

@@ -63,7 +63,9 @@ struct SyntheticStudy {
 };
 
 // The cell index of the page's grid: layer * 7 + position in q k v o gate up down.
-size_t cell(int64_t layer, MatrixKind kind) { return static_cast<size_t>(layer) * kNumMatrixKinds + static_cast<size_t>(kind); }
+size_t cell(int64_t layer, MatrixKind kind) {
+  return static_cast<size_t>(layer) * matrix_kinds(Arch::llama).size() + static_cast<size_t>(kind);
+}
 
 // The JSON embedded in a page.
 nlohmann::json embedded(const std::string& html) {

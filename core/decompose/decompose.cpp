@@ -238,7 +238,23 @@ void write_checkpoint(const Model& model, const std::filesystem::path& out_dir, 
     *first = {module + ".weight", Tensor::from_matrix(w)};
     std::erase_if(tensors, [&](const auto& p) { return p.first == module + ".core" || p.first == module + ".V"; });
   }
-  if (dense) rs.erase("factored");
+  if (dense) {
+    rs.erase("factored");
+  } else {
+    // Fused tensors written as their parts (a part factored): the modules and their parts' rows,
+    // for modeling_rankscope.py (rankscope itself reads either form).
+    for (int64_t l = 0; l < model.config.n_layer; ++l) {
+      for (const auto fused : fused_kinds(model.config)) {
+        if (!stored_split(model.weights.layers[static_cast<size_t>(l)], fused)) continue;
+        nlohmann::json parts = nlohmann::json::array(), rows = nlohmann::json::array();
+        for (const auto part : fused_parts(fused)) {
+          parts.push_back(matrix_kind_name(part));
+          rows.push_back(matrix_shape(model.config, part).first);
+        }
+        rs["split"][llama_module(model.config, l, fused)] = {{"parts", parts}, {"rows", rows}};
+      }
+    }
+  }
   config["rankscope"] = rs;
   if (options.hf) {
     config["auto_map"] = {{auto_class, "modeling_rankscope.Rankscope" + model.config.architecture}};

@@ -8,7 +8,10 @@
 # disk and in memory and runs each such matrix as two (svd) or three (tucker) smaller products:
 #     svd:    W = U V^T          y = (x V) U^T + b
 #     tucker: W = U core V^T     y = ((x V) core^T) U^T + b
-# U is [out x r], core [r x r], V [in x r], as rankscope stores them (docs/formats.md). The rest of
+# U is [out x r], core [r x r], V [in x r], as rankscope stores them (docs/formats.md). A fused tensor
+# (Phi-3's qkv_proj, gate_up_proj) decomposed as one cell is one FactoredLinear; one whose parts were
+# decomposed separately is listed in "rankscope"."split" and becomes a SplitLinear whose children
+# (q, k, v / gate, up: Linear or FactoredLinear) give the fused output's columns in order. The rest of
 # config.json is the base model's, plus where the checkpoint came from ("rankscope": the
 # configuration string, the base model's content hash, the calibration of asvd/whiten).
 import torch
@@ -48,6 +51,28 @@ class FactoredLinear(nn.Module):
                 f"method={method}, bias={self.bias is not None}")
 
 
+class SplitLinear(nn.Module):
+    """A fused linear layer held as its parts (rows of the fused weight), outputs concatenated."""
+
+    def __init__(self, in_features, parts, rows, bias, dtype=None, device=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = sum(rows)
+        self.parts = list(parts)
+        for name, n in zip(parts, rows):
+            self.add_module(name, nn.Linear(in_features, n, bias=bias, dtype=dtype, device=device))
+
+    def forward(self, x):
+        return torch.cat([getattr(self, name)(x) for name in self.parts], dim=-1)
+
+
+def _split_entries(config):
+    section = getattr(config, "rankscope", None)
+    if not isinstance(section, dict):
+        return {}
+    return section.get("split", {}) or {}
+
+
 def _factored_entries(config):
     section = getattr(config, "rankscope", None)
     if not isinstance(section, dict):
@@ -57,6 +82,16 @@ def _factored_entries(config):
 
 def factor_model(model, config):
     """Replaces each matrix named in config.rankscope.factored by a FactoredLinear of its rank."""
+    for name, entry in _split_entries(config).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        parts, rows = entry.get("parts"), entry.get("rows")
+        if (not isinstance(old, nn.Linear) or not isinstance(parts, list) or not isinstance(rows, list)
+                or len(parts) != len(rows) or sum(rows) != old.out_features):
+            raise ValueError(f"rankscope.split {name!r}: bad entry {entry!r} for a {type(old).__name__}")
+        setattr(parent, child, SplitLinear(old.in_features, parts, rows, old.bias is not None,
+                                           dtype=old.weight.dtype, device=old.weight.device))
     for name, entry in _factored_entries(config).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -199,7 +199,7 @@ void load_weights(Model& model, Checkpoint& ckpt, const std::filesystem::path& o
       auto& layer = w.layers[static_cast<size_t>(l)];
       const auto parts = fused_parts(fused);
       const bool any_part = std::any_of(parts.begin(), parts.end(), [&](MatrixKind p) { return !layer[p].empty(); });
-      const auto fused_name = fmt::format("model.layers.{}.{}.weight", l, fused == MatrixKind::qkv ? "self_attn.qkv_proj" : "mlp.gate_up_proj");
+      const auto fused_name = llama_module(c, l, fused) + ".weight";
       if (!layer[fused].empty()) {
         if (any_part) fail("{}: layer {} holds both '{}' and its parts", origin.string(), l, fused_name);
         if (layer[fused].form() != Linear::Form::dense) continue;

@@ -93,6 +93,10 @@ std::pair<int64_t, int64_t> matrix_shape(const ModelConfig& c, MatrixKind kind) 
   return {0, 0};
 }
 
+std::string llama_module(const ModelConfig& c, int64_t layer, MatrixKind kind) {
+  return fmt::format("model.layers.{}.{}", layer, fused_model_module(c, kind));
+}
+
 bool is_fused_kind(MatrixKind kind) { return kind == MatrixKind::qkv || kind == MatrixKind::gate_up; }
 
 std::vector<MatrixKind> fused_kinds(const ModelConfig& c) {

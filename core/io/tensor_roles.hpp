@@ -41,6 +41,9 @@ std::vector<MatrixKind> fused_parts(MatrixKind kind);
 std::optional<MatrixKind> fused_group(const ModelConfig& config, MatrixKind part);
 // Shape [out, in] of a block matrix of any kind (a fused cell: its parts stacked).
 std::pair<int64_t, int64_t> matrix_shape(const ModelConfig& config, MatrixKind kind);
+// Module path of a block matrix of a Llama-family model ("model.layers.3.self_attn.qkv_proj" for a
+// fused cell; a part of a fused tensor as rankscope stores it split: "...qkv_proj.q").
+std::string llama_module(const ModelConfig& config, int64_t layer, MatrixKind kind);
 // First row of `part` inside its fused cell's tensor.
 int64_t fused_row_offset(const ModelConfig& config, MatrixKind part);
 

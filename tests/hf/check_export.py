@@ -16,6 +16,7 @@ runs both; `--step prepare` or `--step verify` one. Without torch/transformers, 
 """
 import argparse
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -42,6 +43,13 @@ CONFIGS = {
     },
 }
 
+# Architectures storing fused tensors (Phi-3): the fused cells decomposed as a whole, and mixed
+# with parts decomposed alone (written split: a SplitLinear of Linear / FactoredLinear children).
+FUSED_CONFIGS = {
+    "fused": ("L*:qkv,gate_up=50%@svd;L1:o=25%", False),
+    "fusedmix": ("L0:qkv=37.5%@whiten;L1:gate_up=25%@whiten;L1:q,v=8@svd;L0:up=30%", True),
+}
+
 TOLERANCE = 1e-4
 
 
@@ -57,7 +65,10 @@ def prepare(args):
     family = "bert" if config["architectures"][0].startswith("Bert") else "causal"
     os.makedirs(args.work, exist_ok=True)
     manifest = {"model": args.model, "architecture": config["architectures"][0], "family": family, "cases": {}}
-    for name, (text, calibrated) in CONFIGS[family].items():
+    cases = dict(CONFIGS[family])
+    if config["architectures"][0] == "Phi3ForCausalLM":
+        cases.update(FUSED_CONFIGS)
+    for name, (text, calibrated) in cases.items():
         out = os.path.join(args.work, name)
         ckpt = os.path.join(out, "checkpoint")
         os.makedirs(out, exist_ok=True)
@@ -106,6 +117,10 @@ def verify(args):
                 problems.append(f"{module_name} is a {type(module).__name__}")
             elif module.rank != entry["rank"] or (module.core is not None) != (entry["method"] == "tucker"):
                 problems.append(f"{module_name}: rank {module.rank}, core {module.core is not None}, recorded {entry}")
+        split = json.load(open(os.path.join(ckpt, "config.json")))["rankscope"].get("split", {})
+        for module_name in split:
+            if type(model.get_submodule(module_name)).__name__ != "SplitLinear":
+                problems.append(f"{module_name} is a {type(model.get_submodule(module_name)).__name__}, not a SplitLinear")
         n_params = sum(p.numel() for p in model.parameters())
         if n_params != case["params_total"]:
             problems.append(f"{n_params} parameters, rankscope info says {case['params_total']}")
@@ -136,6 +151,9 @@ def main():
     parser.add_argument("--model", default="../shared/data/stories260K-hf")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--work", required=True)
+    parser.add_argument("--tokenizer-from", default="",
+                        help="a model whose tokenizer files are copied beside a copy of --model (the tiny "
+                             "reference checkpoints carry none; whiten calibration needs text)")
     args = parser.parse_args()
     if args.step == "both":  # nothing to prepare where nothing can verify
         try:
@@ -147,6 +165,18 @@ def main():
         if not os.path.isdir(args.model):
             print(f"SKIPPED: {args.model} not found")
             return 0
+        if args.tokenizer_from:
+            if not os.path.isdir(args.tokenizer_from):
+                print(f"SKIPPED: {args.tokenizer_from} not found")
+                return 0
+            copy = os.path.join(args.work, "model")
+            os.makedirs(copy, exist_ok=True)
+            for name in ("config.json", "model.safetensors"):
+                shutil.copyfile(os.path.join(args.model, name), os.path.join(copy, name))
+            for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+                if os.path.exists(os.path.join(args.tokenizer_from, name)):
+                    shutil.copyfile(os.path.join(args.tokenizer_from, name), os.path.join(copy, name))
+            args.model = copy
         prepare(args)
     if args.step in ("verify", "both"):
         return verify(args)
