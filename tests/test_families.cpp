@@ -136,6 +136,17 @@ TEST_CASE("shapes-only configs of Llama 3.1, Mistral, Qwen2.5, Qwen3 and Phi-3 c
     INFO(name);
     CHECK(config_param_count(read_model_config(configs / name / "config.json")) == count);
   }
+  // Phi-3-mini's design space: 32 layers x 7 parts, or x 4 cells with the fused ones.
+  const auto phi3 = read_model_config(configs / "phi-3-mini-4k" / "config.json");
+  SpaceSpec spec;
+  spec.kind = "per-matrix";
+  spec.choices = parse_space_choices("dense,50%,25%", Method::svd);
+  CHECK(make_design_space(phi3, spec)->count() == boost::multiprecision::pow(BigInt(3), 224));
+  spec.fused = true;
+  CHECK(make_design_space(phi3, spec)->count() == boost::multiprecision::pow(BigInt(3), 128));
+  // The fused cell qkv of Phi-3-mini is [9216 x 3072]; at 25% (rank 768) it keeps 768 x (9216 + 3072).
+  const auto size = size_report(phi3, config_param_count(phi3), parse_config("L*:qkv=25%@svd", phi3));
+  CHECK(size.params_after == 3821079552 - 32 * (9216 * 3072 - 768 * (9216 + 3072)));
 }
 
 TEST_CASE("a KV cache continued one token at a time keeps the sliding window, the q/k norms and partial rotary", "[families]") {
