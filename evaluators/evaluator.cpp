@@ -127,7 +127,35 @@ Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), requ
     texts_[name] = make_text(name, protocol, default_ctx(protocol), text, {doc}, {request_.text_file});
     order_.push_back(name);
   }
-  if (std::find(order_.begin(), order_.end(), "fidelity") != order_.end()) {
+  if (std::find(order_.begin(), order_.end(), "fidelity") != order_.end() && classifier_fidelity_wanted()) {
+    // A sequence classifier: the label distributions on SST-2's dev sentences (or the lines of
+    // --fidelity-text), the base's computed once here.
+    const auto& tok = base_.require_tokenizer();
+    std::vector<std::pair<std::string, std::string>> texts;
+    if (request_.fidelity_text.empty()) {
+      TaskLoadOptions all = request_.load;
+      all.limit = Limit();
+      const Task sst2 = load_task("sst2", all);
+      for (const auto& doc : sst2.docs) texts.emplace_back(doc.text_a, doc.text_b);
+      classifier_source_ = sst2.files.empty() ? std::string("sst2") : sst2.files.front().string();
+    } else {
+      std::istringstream lines(read_text_file(request_.fidelity_text));
+      for (std::string line; std::getline(lines, line);) {
+        if (line.find_first_not_of(" \t\r") != std::string::npos) texts.emplace_back(line, "");
+      }
+      classifier_source_ = request_.fidelity_text.string();
+      if (texts.empty()) fail("{}: no non-empty line to classify (fidelity inputs)", classifier_source_);
+    }
+    const auto& limit = request_.load.limit;
+    const auto total = static_cast<int64_t>(texts.size());
+    const int64_t n = limit.all() ? total : std::min(total, limit.is_fraction() ? limit.of(total) : limit.count);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto& [a, b] = texts[static_cast<size_t>(i)];
+      classifier_inputs_.push_back(bert_encode(tok, a, b, base_.config.n_ctx_train));
+    }
+    classifier_base_ = classifier_log_probs(base_, classifier_inputs_, std::max<int64_t>(1, request_.settings.batch_size));
+    if (!classifier_base_.allFinite()) fail("{}: the base model's own label logits are not finite", base_.dir.string());
+  } else if (std::find(order_.begin(), order_.end(), "fidelity") != order_.end()) {
     auto path = request_.fidelity_text.empty() ? request_.load.data_dir / "wikitext-2-raw" / "wiki.test.raw"
                                                 : request_.fidelity_text;
     const std::string text = read_text_file(path);
@@ -271,7 +299,29 @@ void Evaluator::add_rolling_samples(const TextTask& t, const PerplexityResult& r
   }
 }
 
+bool Evaluator::classifier_fidelity_wanted() const {
+  return base_.config.arch == Arch::bert && base_.config.bert_head == BertHead::sequence_classification;
+}
+
+TaskReport Evaluator::run_classifier_fidelity(const Model& candidate) const {
+  const auto r = classifier_fidelity(classifier_base_, classifier_log_probs(candidate, classifier_inputs_,
+                                                                            std::max<int64_t>(1, request_.settings.batch_size)));
+  TaskReport report{.task = "fidelity"};
+  const std::string status = r.finite ? "ok" : "nan";
+  report.metrics.push_back({.task = "fidelity", .metric = "kl", .value = r.kl, .stderr_ = r.kl_stderr, .n = r.n, .status = status});
+  report.metrics.push_back({.task = "fidelity", .metric = "top1", .value = r.top1, .stderr_ = kNaN, .n = r.n, .status = status});
+  report.protocol = {{"task", "fidelity"},
+                     {"protocol", "classifier"},
+                     {"inputs", r.n},
+                     {"files", {classifier_source_}},
+                     {"ctx", base_.config.n_ctx_train},
+                     {"definition", "mean over inputs of KL(p_base || p_config) of the softmax over labels (float64); "
+                                    "top1 = share of inputs whose argmax label agrees"}};
+  return report;
+}
+
 TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& progress) const {
+  if (classifier_fidelity_wanted()) return run_classifier_fidelity(candidate);
   FidelityOptions options;
   options.ctx = fidelity_->ctx;
   // Default 8 windows; --limit N windows, or a share of the text's windows (the chunk protocol's).
@@ -318,7 +368,11 @@ std::vector<std::string> Evaluator::metric_names() const {
     } else if (name == "latency") {
       add("latency", {"ms_per_batch", "ms_per_token", "tokens_per_s"});
     } else if (name == "fidelity") {
-      add("fidelity", {"kl", "top1", "ppl_ratio"});
+      if (classifier_fidelity_wanted()) {
+        add("fidelity", {"kl", "top1"});
+      } else {
+        add("fidelity", {"kl", "top1", "ppl_ratio"});
+      }
     } else if (auto it = texts_.find(name); it != texts_.end()) {
       add(it->second->name, {"ppl"});
       if (it->second->protocol == "rolling") add(it->second->name, {"word_perplexity", "byte_perplexity", "bits_per_byte"});

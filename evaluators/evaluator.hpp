@@ -12,7 +12,10 @@
 #include <vector>
 
 #include "core/space/config_string.hpp"
+#include <Eigen/Core>
+
 #include "core/io/model.hpp"
+#include "core/models/bert.hpp"
 #include "evaluators/efficiency.hpp"
 #include "evaluators/harness.hpp"
 #include "evaluators/tasks.hpp"
@@ -89,6 +92,8 @@ class Evaluator {
   TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress,
                             const EarlyStop* early) const;
   TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress) const;
+  TaskReport run_classifier_fidelity(const Model& candidate) const;
+  bool classifier_fidelity_wanted() const;
   void add_rolling_samples(const TextTask& t, const PerplexityResult& r, TaskReport& report) const;
 
   const Model& base_;
@@ -97,6 +102,10 @@ class Evaluator {
   std::map<std::string, Task> tasks_;
   std::map<std::string, std::unique_ptr<TextTask>> texts_;  // perplexity tasks, tokenised once
   std::unique_ptr<TextTask> fidelity_;
+  // A sequence classifier's fidelity: its inputs and the base's label log-probabilities, once.
+  std::vector<BertInput> classifier_inputs_;
+  Eigen::MatrixXd classifier_base_;
+  std::string classifier_source_;
   std::string base_hash_;
 };
 

@@ -321,4 +321,57 @@ FidelityResult fidelity(const Model& base, const Model& candidate, const std::ve
   return r;
 }
 
+Eigen::MatrixXd classifier_log_probs(const Model& model, std::span<const BertInput> inputs, int64_t batch) {
+  if (model.config.arch != Arch::bert || model.config.bert_head != BertHead::sequence_classification) {
+    fail("{}: classifier fidelity needs a sequence classifier (BertForSequenceClassification), not {}", model.dir.string(),
+         model.config.architecture);
+  }
+  const auto n = static_cast<int64_t>(inputs.size());
+  const auto n_labels = static_cast<int64_t>(model.config.labels.size());
+  Eigen::MatrixXd out(n, n_labels);
+  for (int64_t b0 = 0; b0 < n; b0 += std::max<int64_t>(1, batch)) {
+    const int64_t b1 = std::min(n, b0 + std::max<int64_t>(1, batch));
+    const auto logits = bert_forward(model, inputs.subspan(static_cast<size_t>(b0), static_cast<size_t>(b1 - b0))).logits;
+    RS_ASSERT(logits.rows() == b1 - b0 && logits.cols() == n_labels);
+    for (int64_t i = b0; i < b1; ++i) {
+      const Eigen::RowVectorXd row = logits.row(i - b0).cast<double>();
+      const double m = row.maxCoeff();
+      const double lse = m + std::log((row.array() - m).exp().sum());
+      out.row(i) = row.array() - lse;
+    }
+  }
+  return out;
+}
+
+ClassifierFidelityResult classifier_fidelity(const Eigen::MatrixXd& base, const Eigen::MatrixXd& cand) {
+  if (base.rows() != cand.rows() || base.cols() != cand.cols()) {
+    fail("classifier fidelity: base scores {} x {} but the candidate {} x {}", base.rows(), base.cols(), cand.rows(), cand.cols());
+  }
+  ClassifierFidelityResult r;
+  r.n = base.rows();
+  if (r.n == 0) fail("classifier fidelity: no inputs to score");
+  if (!cand.allFinite()) {
+    r.finite = false;
+    r.kl = r.kl_stderr = r.top1 = std::numeric_limits<double>::quiet_NaN();
+    return r;
+  }
+  double sum = 0, sum_sq = 0, agree = 0;
+  for (int64_t i = 0; i < r.n; ++i) {
+    double kl = 0;
+    for (int64_t c = 0; c < base.cols(); ++c) kl += std::exp(base(i, c)) * (base(i, c) - cand(i, c));
+    kl = std::max(0.0, kl);  // rounding can leave a tiny negative sum for equal distributions
+    sum += kl;
+    sum_sq += kl * kl;
+    Eigen::Index a = 0, b = 0;
+    base.row(i).maxCoeff(&a);
+    cand.row(i).maxCoeff(&b);
+    agree += a == b ? 1.0 : 0.0;
+  }
+  const auto n = static_cast<double>(r.n);
+  r.kl = sum / n;
+  r.kl_stderr = r.n > 1 ? std::sqrt(std::max(0.0, sum_sq / n - r.kl * r.kl) / (n - 1)) : 0.0;
+  r.top1 = agree / n;
+  return r;
+}
+
 }  // namespace rankscope

@@ -19,10 +19,14 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
+#include <Eigen/Core>
+
 #include "core/io/model.hpp"
+#include "core/models/bert.hpp"
 
 namespace rankscope {
 
@@ -54,5 +58,22 @@ struct FidelityResult {
 // cannot be written.
 FidelityResult fidelity(const Model& base, const Model& candidate, const std::vector<TokenId>& ids,
                         const FidelityOptions& options);
+
+// Fidelity of a sequence classifier (BERT with a classification head) to its base, per input:
+// P = softmax of the label logits (float64 log-softmax of the fp32 logits);
+//   KL(P_base || P_cand) = sum_c p_base(c) (log p_base(c) - log p_cand(c)), and
+//   top1: the base's argmax label equals the candidate's (first index on ties).
+// kl = mean over inputs, kl_stderr as for tokens above, top1 = share agreeing.
+struct ClassifierFidelityResult {
+  double kl = 0, kl_stderr = 0;
+  double top1 = 0;
+  int64_t n = 0;       // inputs scored
+  bool finite = true;  // false: the candidate gave a NaN/Inf logit (kl, kl_stderr, top1 NaN)
+};
+// Label log-probabilities [inputs x labels] of a classifier, `batch` inputs per forward pass.
+// Throws Error for a model without a sequence-classification head.
+Eigen::MatrixXd classifier_log_probs(const Model& model, std::span<const BertInput> inputs, int64_t batch);
+// Compares two such matrices (the base's must be finite). Throws Error when their shapes differ.
+ClassifierFidelityResult classifier_fidelity(const Eigen::MatrixXd& base_log_probs, const Eigen::MatrixXd& candidate_log_probs);
 
 }  // namespace rankscope

@@ -5,9 +5,13 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <map>
 
 #include "core/base/error.hpp"
 #include "core/models/llama.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/models/bert.hpp"
+#include "evaluators/evaluator.hpp"
 #include "evaluators/fidelity.hpp"
 #include "evaluators/perplexity.hpp"
 #include "tests/fixtures.hpp"
@@ -283,4 +287,71 @@ TEST_CASE("fidelity: bad arguments are Errors", "[evaluators][fidelity]") {
   CHECK_THROWS_AS(fidelity(model, model, {}, options), Error);
   options.max_windows = 0;
   CHECK_THROWS_AS(fidelity(model, model, ids, options), Error);
+}
+
+// A sequence classifier's fidelity: KL of the label distributions and argmax agreement over
+// SST-2's dev sentences, against the same computed here from bert_forward's logits one sentence
+// at a time (float64). Batching pads sentences, so the logits agree to float rounding only.
+TEST_CASE("classifier fidelity: bert-tiny-sst2 decomposed against its base, as computed by hand", "[evaluators][fidelity]") {
+  const auto dir = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(dir);
+  RS_REQUIRE_SHARED(test::shared_data("glue-sst2/dev.tsv"));
+  const Model base = load_model(dir);
+  FactorCache cache(test::scratch_dir("classifier_fidelity_cache"));
+  const Model cand = decompose_model(base, parse_config("L*:all=25%@svd", base.config), cache);
+
+  EvalRequest request;
+  request.tasks = {"fidelity", "sst2"};
+  request.load.data_dir = test::shared_data("");
+  request.load.limit = 120;
+  request.settings.batch_size = 16;
+  const Evaluator evaluator(base, request);
+  CHECK(evaluator.metric_names() == std::vector<std::string>{"fidelity.kl", "fidelity.top1", "sst2.acc"});
+  std::map<std::string, MetricResult> got;
+  for (const auto& report : evaluator.run(cand, Config{})) {
+    for (const auto& m : report.metrics) got[m.name()] = m;
+    if (report.task == "fidelity") CHECK(report.protocol["protocol"] == "classifier");
+  }
+  REQUIRE(got.contains("fidelity.kl"));
+
+  // By hand: each of the first 120 sentences alone through both models.
+  TaskLoadOptions load;
+  load.data_dir = test::shared_data("");
+  load.limit = 120;
+  const Task sst2 = load_task("sst2", load);
+  REQUIRE(sst2.docs.size() == 120);
+  double kl = 0, kl_sq = 0;
+  int64_t agree = 0;
+  for (const auto& doc : sst2.docs) {
+    const std::vector<BertInput> one = {bert_encode(base.require_tokenizer(), doc.text_a, doc.text_b, base.config.n_ctx_train)};
+    const Eigen::VectorXd p = log_softmax(bert_forward(base, one).logits, 0);
+    const Eigen::VectorXd q = log_softmax(bert_forward(cand, one).logits, 0);
+    const double d = (p.array().exp() * (p - q).array()).sum();
+    kl += d;
+    kl_sq += d * d;
+    Eigen::Index a = 0, b = 0;
+    p.maxCoeff(&a);
+    q.maxCoeff(&b);
+    agree += a == b;
+  }
+  const double mean = kl / 120.0;
+  CHECK(got["fidelity.kl"].n == 120);
+  // Logits of magnitude ~3 rounded at 2^-24 each in two orders of summation: KL moves by far less
+  // than 1e-5 of a mean KL of ~2e-3.
+  CHECK(got["fidelity.kl"].value == Approx(mean).epsilon(1e-4));
+  CHECK(got["fidelity.kl"].stderr_ == Approx(std::sqrt((kl_sq / 120.0 - mean * mean) / 119.0)).epsilon(1e-3));
+  CHECK(got["fidelity.top1"].value == Approx(static_cast<double>(agree) / 120.0));
+  CHECK(mean > 1e-5);  // the decomposition did change the classifier (the test can fail)
+
+  // The base against itself: exactly zero and full agreement.
+  std::map<std::string, double> self;
+  for (const auto& report : evaluator.run(base, Config{})) {
+    for (const auto& m : report.metrics) self[m.name()] = m.value;
+  }
+  CHECK(self["fidelity.kl"] == 0.0);
+  CHECK(self["fidelity.top1"] == 1.0);
+
+  // A model without a classification head has no label distribution to compare.
+  CHECK_THROWS_WITH(classifier_log_probs(load_model(test::shared_data("stories260K-hf")), {}, 1),
+                    Catch::Contains("needs a sequence classifier"));
 }
