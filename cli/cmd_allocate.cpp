@@ -145,11 +145,20 @@ int64_t parameters_to_remove(const std::string& target, int64_t total) {
 
 using CellChoice = std::tuple<int64_t, MatrixKind, Choice>;
 
-// The measured cost of each matrix decomposed alone in a study (space = single): log(value / base)
-// of the first objective that is not a size (log(base / value) when maximised), at least 0; empty
-// without --db.
-std::map<CellChoice, double> measured_costs(const Params& params, const Model& base) {
-  std::map<CellChoice, double> out;
+// What a study measured: log(value / base) of the first objective that is not a size
+// (log(base / value) when maximised) for every complete evaluation, by its cells.
+struct StudyCosts {
+  std::map<CellChoice, double> single;  // each matrix decomposed alone, at least 0
+  std::vector<std::pair<std::vector<CellChoice>, double>> multi;  // configurations of several cells
+  // Without the base model's value in the study: every configuration is in `multi` with y =
+  // log(value) (or -log(value) when maximised), fitted with an intercept.
+  bool relative = true;
+};
+
+// The measured costs of a study: its single-matrix evaluations (space = single) and, for the
+// refit, every configuration of several matrices. Empty without --db.
+StudyCosts measured_costs(const Params& params, const Model& base) {
+  StudyCosts out;
   if (params.db.empty() && params.study.empty()) return out;
   if (params.db.empty() || params.study.empty()) fail("allocate: give both --db and --study (a study of space = single)");
   std::optional<Objective> quality;
@@ -168,19 +177,28 @@ std::map<CellChoice, double> measured_costs(const Params& params, const Model& b
   for (size_t i = 0; i < rows.configs.size(); ++i) {
     if (rows.configs[i].empty() && rows.statuses[i] == EvalStatus::done) base_value = rows.rows[i][0];
   }
-  if (!base_value || !(*base_value > 0)) {
-    fail("{}: study '{}' has no positive {} of the base model (run it with space = single)", store->display(), params.study,
-         quality->metric);
+  if (base_value && !(*base_value > 0)) {
+    fail("{}: study '{}': the base model's {} is {}, not positive", store->display(), params.study, quality->metric,
+         *base_value);
   }
+  out.relative = base_value.has_value();
   for (size_t i = 0; i < rows.configs.size(); ++i) {
     if (rows.statuses[i] != EvalStatus::done || rows.configs[i].empty() || !(rows.rows[i][0] > 0)) continue;
     const Config c = parse_config(rows.configs[i], base.config);
-    if (c.cells.size() != 1) continue;
-    const auto& [cell, choice] = *c.cells.begin();
-    const double ratio = quality->minimize ? rows.rows[i][0] / *base_value : *base_value / rows.rows[i][0];
-    out[{cell.first, cell.second, choice}] = std::max(0.0, std::log(ratio));
+    const double ratio = quality->minimize ? rows.rows[i][0] / base_value.value_or(1.0)
+                                           : base_value.value_or(1.0) / rows.rows[i][0];
+    std::vector<CellChoice> cells;
+    for (const auto& [cell, choice] : c.cells) cells.emplace_back(cell.first, cell.second, choice);
+    if (cells.size() == 1 && out.relative) {
+      out.single[cells.front()] = std::max(0.0, std::log(ratio));
+    } else {
+      out.multi.emplace_back(std::move(cells), std::log(ratio));
+    }
   }
-  if (out.empty()) fail("{}: study '{}' holds no single-matrix evaluations of {}", store->display(), params.study, quality->metric);
+  if (out.single.empty() && out.multi.empty()) {
+    fail("{}: study '{}' holds no complete evaluation of a decomposed configuration with {}", store->display(), params.study,
+         quality->metric);
+  }
   return out;
 }
 
@@ -194,26 +212,51 @@ int run_allocate(const Params& params) {
   const int64_t total = dense_param_count(base);
   const int64_t need = parameters_to_remove(params.target, total);
   ProxyCalculator proxies(base, *s.cache, s.activation);
-  const auto measured = measured_costs(params, base);
-  // Unmeasured cells: their proxy at the median ratio of measured cost to proxy.
+  const auto studied = measured_costs(params, base);
+  const auto& measured = studied.single;
+  auto proxy_cost = [&](const CellChoice& key) {
+    const Proxy& p = proxies.proxy(std::get<0>(key), std::get<1>(key), std::get<2>(key));
+    return p.relative * p.relative;
+  };
+  // Unmeasured cells: their proxy at the median ratio of measured cost to proxy; without
+  // single-matrix measurements, the least-squares scale of the configurations' proxy sums.
   double scale = 1.0;
   if (!measured.empty()) {
     std::vector<double> ratios;
     for (const auto& [key, c] : measured) {
-      const Proxy& p = proxies.proxy(std::get<0>(key), std::get<1>(key), std::get<2>(key));
-      if (p.relative > 0) ratios.push_back(c / (p.relative * p.relative));
+      if (proxy_cost(key) > 0) ratios.push_back(c / proxy_cost(key));
     }
     if (!ratios.empty()) {
       std::nth_element(ratios.begin(), ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2), ratios.end());
       scale = ratios[ratios.size() / 2];
     }
+  } else if (!studied.multi.empty()) {
+    // y ~ s x (through the origin) with a base, y ~ b + s x without; x a configuration's proxy sum.
+    double sx = 0, sy = 0, n = 0;
+    if (!studied.relative) {
+      for (const auto& [cells, y] : studied.multi) {
+        for (const auto& key : cells) sx += proxy_cost(key);
+        sy += y;
+        n += 1;
+      }
+    }
+    const double mx = n > 0 ? sx / n : 0.0, my = n > 0 ? sy / n : 0.0;
+    double xy = 0, xx = 0;
+    for (const auto& [cells, y] : studied.multi) {
+      double x = 0;
+      for (const auto& key : cells) x += proxy_cost(key);
+      xy += (x - mx) * (y - my);
+      xx += (x - mx) * (x - mx);
+    }
+    if (xx > 0 && xy > 0) scale = xy / xx;
   }
   int64_t n_measured = 0;
-  // Knob per (layer, matrix): digit 0 dense, then each choice; cost = the proxy (relative^2), saved
-  // = the parameters it removes.
+  // Knob per (layer, matrix): digit 0 dense, then each choice; cost = the measured one, else the
+  // proxy (relative^2) at the scale, saved = the parameters it removes.
   std::vector<std::pair<int64_t, MatrixKind>> cells;
   std::vector<std::vector<double>> cost;
   std::vector<std::vector<int64_t>> saved;
+  std::map<CellChoice, std::pair<size_t, size_t>> where;  // (knob, digit) of each (cell, choice)
   for (int64_t l = 0; l < base.config.n_layer; ++l) {
     for (const auto kind : matrix_kinds(base.config.arch)) {
       cells.push_back({l, kind});
@@ -223,11 +266,52 @@ int run_allocate(const Params& params) {
         const Proxy& p = proxies.proxy(l, kind, choice);
         const auto m = measured.find({l, kind, choice});
         if (m != measured.end()) ++n_measured;
+        where[{l, kind, choice}] = {cells.size() - 1, c.size()};
         c.push_back(m != measured.end() ? m->second : scale * p.relative * p.relative);
         v.push_back(p.params_saved);
       }
       cost.push_back(std::move(c));
       saved.push_back(std::move(v));
+    }
+  }
+  // Configurations of several matrices: every cost refitted from them, the above as the prior
+  // (ridge regression, search/allocate.hpp). Configurations with a cell outside the choices
+  // (another rank or method) are left out.
+  std::optional<CostFit> refit;
+  int64_t n_multi = 0, n_left_out = 0;
+  if (!studied.multi.empty()) {
+    std::vector<std::pair<size_t, size_t>> items;  // item -> (knob, digit)
+    std::map<std::pair<size_t, size_t>, int64_t> item_of;
+    std::vector<double> prior;
+    std::vector<std::vector<int64_t>> rows;
+    std::vector<double> y;
+    for (const auto& [evaluation, value] : studied.multi) {
+      std::vector<int64_t> row;
+      bool usable = true;
+      for (const auto& key : evaluation) {
+        const auto it = where.find(key);
+        if (it == where.end()) {
+          usable = false;
+          break;
+        }
+        auto [slot, fresh] = item_of.emplace(it->second, static_cast<int64_t>(items.size()));
+        if (fresh) {
+          items.push_back(it->second);
+          prior.push_back(cost[it->second.first][it->second.second]);
+        }
+        row.push_back(slot->second);
+      }
+      if (!usable) {
+        ++n_left_out;
+        continue;
+      }
+      rows.push_back(std::move(row));
+      y.push_back(value);
+    }
+    n_multi = static_cast<int64_t>(rows.size());
+    if (!rows.empty()) {
+      refit = refit_costs(prior, rows, y, !studied.relative);
+      for (size_t i = 0; i < items.size(); ++i) cost[items[i].first][items[i].second] = refit->cost[i];
     }
   }
   const auto digits = allocate_min_cost(cost, saved, need);
@@ -265,8 +349,15 @@ int run_allocate(const Params& params) {
   const double uniform_predicted = proxies.config_score(uniform);
   fmt::print("target        {} ({} parameters of {} to remove)\n", params.target, need, total);
   if (!params.db.empty()) {
-    fmt::print("costs         measured for {} of {} (matrix, choice) pairs in study {} ({}); the rest: proxy x {:.6g}\n",
+    fmt::print("costs         measured alone for {} of {} (matrix, choice) pairs in study {} ({}); the rest: proxy x {:.6g}\n",
                n_measured, cells.size() * choices.size(), params.study, params.db, scale);
+    if (refit) {
+      fmt::print("              refitted from {} configurations{} ({} pairs; ridge lambda {:g}; "
+                 "leave-one-out R^2 {:.3f}, the prior's R^2 {:.3f}){}\n",
+                 n_multi, studied.relative ? " of several matrices" : " (no base model evaluation: with an intercept)",
+                 refit->n_items_fitted, refit->lambda, refit->loo_r2, refit->prior_r2,
+                 n_left_out > 0 ? fmt::format("; {} with other choices left out", n_left_out) : "");
+    }
   } else {
     fmt::print("costs         the proxies (sum of relative output errors squared; measured ones: --db/--study)\n");
   }

@@ -629,7 +629,7 @@ TEST_CASE("allocate from measured single-matrix sensitivities beats the uniform 
                            " --evaluate tinystories,size --limit 16" + common);
     INFO(r.out << r.err);
     REQUIRE(r.exit_code == 0);
-    CHECK_THAT(r.out, Contains("measured for 175 of 175"));
+    CHECK_THAT(r.out, Contains("measured alone for 175 of 175"));
     auto value_pair = [&](const std::string& metric) {
       const auto at = r.out.find("\n" + metric + " ");
       REQUIRE(at != std::string::npos);
@@ -646,6 +646,20 @@ TEST_CASE("allocate from measured single-matrix sensitivities beats the uniform 
     CHECK(red_uniform >= red_alloc);  // the uniform configuration is at least as small
     CHECK(ppl_alloc < ppl_uniform);
   }
+  // A study of configurations of several matrices (a random search, no base model evaluation):
+  // every (matrix, choice) cost refitted from them, with an intercept, the scaled proxies as prior.
+  const auto random = run_cli("sweep --model " + dir.string() + " --db " + (out / "s.db").string() +
+                              " --study random --space per-matrix --strategy random --budget 30 --seed 5"
+                              " --objectives tinystories.ppl:min --tasks tinystories --limit 8" + common);
+  REQUIRE(random.exit_code == 0);
+  const auto refit = run_cli("allocate " + dir.string() + " --target size.reduction_pct=20 --db " + (out / "s.db").string() +
+                             " --study random --objectives tinystories.ppl:min" + common);
+  INFO(refit.out << refit.err);
+  REQUIRE(refit.exit_code == 0);
+  CHECK_THAT(refit.out, Contains("measured alone for 0 of 175") &&
+                            Contains("refitted from 30 configurations (no base model evaluation: with an intercept)"));
+  const auto reduction_at = refit.out.find("% smaller");
+  REQUIRE(reduction_at != std::string::npos);
   // The proxies alone (no study): a configuration at the target, and a clear error for a bad target.
   const auto proxies = run_cli("allocate " + dir.string() + " --target size.reduction_pct=20" + common);
   CHECK(proxies.exit_code == 0);

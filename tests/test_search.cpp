@@ -1057,3 +1057,63 @@ TEST_CASE("restore rejects a state of another strategy or space") {
   st.erase("known");
   CHECK_THROWS_AS(a->restore(st), Error);
 }
+
+// The refit of allocate --db from configurations of several matrices: a ridge regression toward
+// the prior. Synthetic: 40 items of true cost c_j, a prior wrong by a lognormal factor (sd 0.5),
+// 300 configurations of 5-15 items with y = sum c_j + noise (sd 0.01).
+TEST_CASE("refit_costs recovers per-item costs from sums, with and without an intercept") {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::normal_distribution<double> noise(0.0, 0.01), factor(0.0, 0.5);
+  const size_t p = 40;
+  std::vector<double> truth(p), prior(p);
+  for (size_t j = 0; j < p; ++j) {
+    truth[j] = 0.05 + u(rng);
+    prior[j] = truth[j] * std::exp(factor(rng));
+  }
+  for (const double intercept : {0.0, 2.5}) {
+    INFO("intercept " << intercept);
+    std::vector<std::vector<int64_t>> rows;
+    std::vector<double> y;
+    for (int i = 0; i < 300; ++i) {
+      std::vector<int64_t> row;
+      double sum = intercept;
+      const int size = 5 + static_cast<int>(u(rng) * 11);
+      for (int k = 0; k < size; ++k) {
+        const auto j = static_cast<int64_t>(u(rng) * p);
+        row.push_back(j);
+        sum += truth[static_cast<size_t>(j)];
+      }
+      rows.push_back(row);
+      y.push_back(sum + noise(rng));
+    }
+    const CostFit fit = refit_costs(prior, rows, y, intercept != 0.0);
+    double err_fit = 0, err_prior = 0;
+    for (size_t j = 0; j < p; ++j) {
+      err_fit += std::abs(fit.cost[j] - truth[j]);
+      err_prior += std::abs(prior[j] - truth[j]);
+    }
+    // 300 sums of ~10 items pin 40 costs to about the noise: far closer than the prior.
+    CHECK(err_fit < 0.05 * err_prior);
+    CHECK(fit.loo_r2 > 0.99);
+    CHECK(fit.loo_r2 > fit.prior_r2);
+    CHECK(fit.lambda < 1.0);  // the data, not the prior, decide
+    CHECK(fit.n_items_fitted == static_cast<int64_t>(p));
+    CHECK(fit.intercept == Approx(intercept).margin(0.05));
+  }
+  // A prior that is already right, with no noise: kept (every penalty gives it back).
+  std::vector<std::vector<int64_t>> rows = {{0, 1}, {1, 2}, {0, 2}, {0, 1, 2}};
+  std::vector<double> exact = {0.3, 0.5, 0.7};
+  std::vector<double> y;
+  for (const auto& row : rows) {
+    double sum = 0;
+    for (auto j : row) sum += exact[static_cast<size_t>(j)];
+    y.push_back(sum);
+  }
+  exact.push_back(9.0);  // an item no row has: its prior stays
+  const CostFit kept = refit_costs(exact, rows, y);
+  for (size_t j = 0; j < exact.size(); ++j) CHECK(kept.cost[j] == Approx(exact[j]).margin(1e-9));
+  CHECK(kept.n_items_fitted == 3);
+  CHECK_THROWS_WITH(refit_costs(exact, rows, {1.0}), Catch::Contains("4 rows but 1 values"));
+  CHECK_THROWS_WITH(refit_costs(exact, {{7}}, {1.0}), Catch::Contains("item 7 out of range"));
+}
