@@ -531,8 +531,8 @@ int run_sweep(const Params& params) {
             why += fmt::format("{}{}={}", why.empty() ? "" : ", ", o.metric, short_number(q));
           }
           if (dominates) {
-            pruned_by = fmt::format("pruned after {} of {} windows: {} in [{}, {}] ({:g} sd), dominated by {} ({})", e.done,
-                                    e.total, e.metric, short_number(e.lo), short_number(e.hi), early.z, name_of(cfg), why);
+            pruned_by = fmt::format("pruned after {} of {} {}: {} in [{}, {}] ({:g} sd), dominated by {} ({})", e.done,
+                                    e.total, e.metric.ends_with(".ppl") ? "windows" : "documents", e.metric, short_number(e.lo), short_number(e.hi), early.z, name_of(cfg), why);
             return true;
           }
         }
@@ -575,10 +575,16 @@ int run_sweep(const Params& params) {
       }
       if (stopped) {
         const auto& last = *std::find_if(reports.begin(), reports.end(), [](const TaskReport& r) { return r.fidelity < 1.0; });
-        metrics.push_back({"eval.fidelity", last.fidelity, NAN, last.protocol.value("windows", int64_t{0}), "ok",
-                           {{"task", last.task}, {"definition", "share of the task's windows scored before early stopping"},
-                            {"windows", last.protocol.value("windows", int64_t{0})},
-                            {"windows_total", last.protocol.value("windows_total", int64_t{0})}}});
+        // Perplexity tasks stop by windows, document tasks (accuracy) by documents.
+        const bool by_documents = last.protocol.contains("documents_total");
+        const int64_t scored = last.protocol.value(by_documents ? "n_docs" : "windows", int64_t{0});
+        metrics.push_back({"eval.fidelity", last.fidelity, NAN, scored, "ok",
+                           {{"task", last.task},
+                            {"definition", by_documents ? "share of the task's documents scored before early stopping"
+                                                        : "share of the task's windows scored before early stopping"},
+                            {by_documents ? "documents" : "windows", scored},
+                            {by_documents ? "documents_total" : "windows_total",
+                             last.protocol.value(by_documents ? "documents_total" : "windows_total", int64_t{0})}}});
         if (status == EvalStatus::done) status = EvalStatus::pruned;
         error = pruned_by;
       }

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <numeric>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -12,6 +14,7 @@
 
 #include "core/base/error.hpp"
 #include "core/base/mapped_file.hpp"
+#include "core/base/splitmix.hpp"
 #include "core/io/model_hash.hpp"
 #include "evaluators/fidelity.hpp"
 #include "evaluators/perplexity.hpp"
@@ -193,6 +196,126 @@ PartialEstimate estimate_perplexity(const std::vector<double>& window_nll_sums, 
   e.hi = std::exp(mean + z * se);
   return e;
 }
+
+PartialEstimate estimate_share(int64_t correct, int64_t done, int64_t total, double z) {
+  RS_ASSERT(done >= 1 && done <= total && correct >= 0 && correct <= done);
+  PartialEstimate e;
+  e.done = done;
+  e.total = total;
+  const auto k = static_cast<double>(correct), n = static_cast<double>(done), N = static_cast<double>(total);
+  const double p = k / n;
+  e.value = p;
+  const double pv = (k + 1.0) / (n + 2.0);
+  const double se = total > 1 ? std::sqrt(pv * (1.0 - pv) / n * (N - n) / (N - 1.0)) : 0.0;
+  const double q_lo = std::max(0.0, p - z * se), q_hi = std::min(1.0, p + z * se);
+  e.lo = (k + (N - n) * q_lo) / N;
+  e.hi = (k + (N - n) * q_hi) / N;
+  return e;
+}
+
+TaskReport Evaluator::run_task_staged(const Model& candidate, const Task& task, const EvalSettings& settings,
+                                      const EarlyStop& early) const {
+  const auto total = static_cast<int64_t>(task.docs.size());
+  // The documents in a seeded random order (the same for every configuration of a study).
+  std::vector<size_t> order(task.docs.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::mt19937_64 rng(splitmix64(early.shuffle_seed) ^ splitmix64(XXH3_64bits(task.name.data(), task.name.size())));
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<int64_t> ends;
+  for (const double share : early.stages) {
+    const auto end = static_cast<int64_t>(std::ceil(share * static_cast<double>(total)));
+    if (end >= std::max<int64_t>(1, early.min_windows) && end < total && (ends.empty() || end > ends.back())) ends.push_back(end);
+  }
+  ends.push_back(total);
+  // Each stage a task of its documents (in file order); few-shot examples from the whole set, as
+  // the complete evaluation draws them.
+  Task stage = task;
+  if (task.fewshot_pool.empty()) {
+    stage.fewshot_pool = task.docs;
+    stage.fewshot_pool_is_eval_set = true;
+  }
+  std::map<std::string, double> correct;  // metric -> documents counted correct so far
+  std::map<std::string, std::string> status;
+  nlohmann::json protocol;
+  int64_t done = 0, truncated = 0, nan_docs = 0;
+  for (size_t s = 0; s < ends.size(); ++s) {
+    std::vector<size_t> picked(order.begin() + done, order.begin() + ends[s]);
+    std::sort(picked.begin(), picked.end());
+    stage.docs.clear();
+    for (const auto i : picked) stage.docs.push_back(task.docs[i]);
+    EvalSettings one = settings;
+    if (settings.progress) {
+      one.progress = [&, done](int64_t d, int64_t) { settings.progress(done + d, total); };
+    }
+    TaskReport r = evaluate_task(candidate, stage, one);
+    for (const auto& m : r.metrics) {
+      correct[m.metric] += m.value * static_cast<double>(m.n);
+      if (m.status != "ok") status[m.metric] = m.status;
+    }
+    truncated += r.protocol.value("truncated", int64_t{0});
+    nan_docs += r.protocol.value("nan_docs", int64_t{0});
+    protocol = r.protocol;
+    done = ends[s];
+    bool stop = false;
+    if (done < total) {
+      for (const auto& [metric, k] : correct) {
+        if (status.contains(metric)) continue;
+        PartialEstimate e = estimate_share(std::llround(k), done, total, early.z);
+        e.metric = task.name + "." + metric;
+        stop = stop || early.stop(e);
+      }
+    }
+    if (stop || done == total) {
+      TaskReport report = r;
+      report.metrics.clear();
+      for (const auto& [metric, k] : correct) {
+        MetricResult m{.task = task.name, .metric = metric, .n = done};
+        if (status.contains(metric)) {
+          m.status = status[metric];
+        } else {
+          m.value = k / static_cast<double>(done);
+          m.stderr_ = done > 1 ? std::sqrt(m.value * (1.0 - m.value) / static_cast<double>(done - 1)) : kNaN;
+        }
+        report.metrics.push_back(m);
+      }
+      // The task's metrics in its own order (acc before acc_norm).
+      std::stable_sort(report.metrics.begin(), report.metrics.end(), [&](const MetricResult& a, const MetricResult& b) {
+        auto rank = [&](const std::string& m) { return std::find(task.metrics.begin(), task.metrics.end(), m) - task.metrics.begin(); };
+        return rank(a.metric) < rank(b.metric);
+      });
+      report.protocol = protocol;
+      report.protocol["n_docs"] = done;
+      report.protocol["truncated"] = truncated;
+      report.protocol["nan_docs"] = nan_docs;
+      report.protocol["document_order_seed"] = early.shuffle_seed;
+      report.n_effective = done;
+      if (done < total) {
+        report.fidelity = static_cast<double>(done) / static_cast<double>(total);
+        report.protocol["documents_total"] = total;
+        report.protocol["early_stop"] = {{"stages", early.stages}, {"z", early.z}, {"min_documents", early.min_windows},
+                                         {"document_order_seed", early.shuffle_seed}};
+      }
+      return report;
+    }
+  }
+  RS_ASSERT(false);
+  return {};
+}
+
+namespace {
+
+// Whether early stopping can score a task by stages: its metrics are all shares of documents.
+bool stageable(const Task& task) {
+  if (task.mc2 || task.kind == TaskKind::loglikelihood) return false;
+  for (const auto& m : task.metrics) {
+    if (m != "acc" && m != "acc_norm") return false;
+  }
+  std::set<std::string> subjects;
+  for (const auto& d : task.docs) subjects.insert(d.subject);
+  return subjects.size() <= 1;
+}
+
+}  // namespace
 
 TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, const ProgressFn& progress,
                                      const EarlyStop* early) const {
@@ -409,7 +532,9 @@ std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& con
       EvalSettings settings = request_.settings;
       settings.limit = request_.load.limit;  // recorded (the loader applied it)
       if (progress) settings.progress = [&](int64_t done, int64_t total) { progress(task.name, done, total); };
-      report = evaluate_task(candidate, task, settings);
+      report = early && early->stop && stageable(task) && !settings.log_samples
+                   ? run_task_staged(candidate, task, settings, *early)
+                   : evaluate_task(candidate, task, settings);
     }
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     report.protocol["model_hash"] = base_hash_;

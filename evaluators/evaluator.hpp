@@ -53,6 +53,10 @@ struct PartialEstimate {
   double value = 0, lo = 0, hi = 0;   // exp(mean NLL), exp(mean NLL -+ z se)
   int64_t done = 0, total = 0;        // windows scored, of
 };
+// Early stopping (sweep --prune): a perplexity task scores its windows, and a multiple-choice or
+// classification task whose metrics are shares of documents (acc, acc_norm; not mc2, f1 or
+// per-subject ones) its documents, in a seeded random order; at each stage (a share of them) the
+// estimate of each such metric goes to `stop`, and a true answer ends the evaluation there.
 struct EarlyStop {
   std::function<bool(const PartialEstimate&)> stop;
   std::vector<double> stages = {0.125, 0.25, 0.5, 0.75};
@@ -65,6 +69,13 @@ struct EarlyStop {
 // scored tokens) out of `total`: exported for its test.
 PartialEstimate estimate_perplexity(const std::vector<double>& window_nll_sums, const std::vector<int64_t>& window_tokens,
                                     int64_t total, double z);
+
+// The same for a share of 0/1 outcomes (accuracy): `correct` of `done` documents scored, drawn at
+// random without replacement from `total`. The complete value is (correct + (total - done) q) /
+// total for the unscored documents' share q; q's interval is the scored share +- z standard errors
+// (with the finite-population correction and the (k+1)/(n+2) variance, so that 0 or 1 of n is
+// not certain), clipped to [0, 1]: lo and hi never leave the bounds the unscored documents allow.
+PartialEstimate estimate_share(int64_t correct, int64_t done, int64_t total, double z);
 
 class Evaluator {
  public:
@@ -92,6 +103,8 @@ class Evaluator {
   TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress,
                             const EarlyStop* early) const;
   TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress) const;
+  TaskReport run_task_staged(const Model& candidate, const Task& task, const EvalSettings& settings,
+                             const EarlyStop& early) const;
   TaskReport run_classifier_fidelity(const Model& candidate) const;
   bool classifier_fidelity_wanted() const;
   void add_rolling_samples(const TextTask& t, const PerplexityResult& r, TaskReport& report) const;

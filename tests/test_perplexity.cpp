@@ -493,3 +493,35 @@ TEST_CASE("perplexity: a shuffled window order scores the same windows", "[evalu
   options.shuffle_seed = 1;
   CHECK(perplexity_chunks(model, ids, options).window_nll_sums == shuffled.window_nll_sums);  // deterministic
 }
+
+TEST_CASE("accuracy: the early-stopping estimate and its interval stay within what the unscored documents allow",
+          "[evaluators][early]") {
+  // 60 of 100 documents correct out of 80 scored: the complete share lies in [60/100, 80/100].
+  auto e = estimate_share(60, 80, 100, 3.0);
+  CHECK(e.value == Approx(0.75));
+  CHECK(e.lo >= 0.6);
+  CHECK(e.hi <= 0.8);
+  CHECK(e.lo < 0.75);
+  CHECK(e.hi > 0.75);
+  CHECK(e.done == 80);
+  CHECK(e.total == 100);
+  // z = 3 around q = 0.75, se = sqrt(p(1-p)/n (N-n)/(N-1)) with p = 61/82.
+  const double pv = 61.0 / 82.0, se = std::sqrt(pv * (1 - pv) / 80.0 * 20.0 / 99.0);
+  CHECK(e.lo == Approx((60 + 20 * (0.75 - 3 * se)) / 100.0));
+  CHECK(e.hi == Approx((60 + 20 * (0.75 + 3 * se)) / 100.0));
+  // All correct so far is not certain: the interval still reaches below.
+  e = estimate_share(10, 10, 100, 3.0);
+  CHECK(e.hi == Approx(1.0));
+  CHECK(e.lo < 0.9);
+  CHECK(e.lo >= 0.1);
+  // Everything scored: the interval is the value.
+  e = estimate_share(7, 20, 20, 3.0);
+  CHECK(e.lo == Approx(0.35));
+  CHECK(e.hi == Approx(0.35));
+  // A wider z widens it, within the hard bounds.
+  const auto narrow = estimate_share(30, 50, 200, 1.0), wide = estimate_share(30, 50, 200, 5.0);
+  CHECK(wide.lo < narrow.lo);
+  CHECK(wide.hi > narrow.hi);
+  CHECK(wide.lo >= 30.0 / 200.0);
+  CHECK(wide.hi <= 180.0 / 200.0);
+}

@@ -972,3 +972,79 @@ TEST_CASE("sweep --prune: early stopping scores fewer windows and never prunes a
                static_cast<long long>(n_pruned), static_cast<long long>(tokens_pruned), static_cast<long long>(tokens_complete),
                100.0 * static_cast<double>(tokens_pruned) / static_cast<double>(tokens_complete), f_complete.size());
 }
+
+// Early stopping of a document task (accuracy): SST-2 on bert-tiny-sst2, the same random study of
+// 30 configurations complete and pruned. Documents are scored in stages of a seeded random order.
+TEST_CASE("sweep --prune on an accuracy task: fewer documents, the same front, complete evaluations unchanged") {
+  const auto model = test::shared_data("bert-tiny-sst2");
+  RS_REQUIRE_SHARED(model);
+  RS_REQUIRE_SHARED(test::shared_data("glue-sst2/dev.tsv"));
+  const auto dir = test::scratch_dir("sweep-prune-acc");
+  const auto db = (dir / "prune.db").string();
+  auto sweep = [&](const std::string& study, bool prune) {
+    std::vector<std::string> args = {"sweep", "--model", model.string(), "--strategy", "random", "--space", "per-matrix",
+                                     "--choices", "dense,50%,12.5%,2", "--method", "svd", "--tasks", "size,sst2",
+                                     "--objectives", "sst2.acc:max,size.params:min", "--budget", "30", "--seed", "4",
+                                     "--db", db, "--study", study, "--threads", "1", "--data-dir", test::shared_data("").string()};
+    if (prune) args.push_back("--prune");
+    REQUIRE(run(args, dir / (study + ".log")) == 0);
+  };
+  sweep("complete", false);
+  sweep("pruned", true);
+  struct Eval {
+    std::string status;
+    double acc = 0, stderr_ = 0, params = 0;
+    int64_t docs = 0;
+  };
+  auto load = [&](const std::string& study) {
+    std::map<std::string, Eval> out;
+    const auto j = nlohmann::json::parse(capture("export --db " + db + " --study " + study + " --format json"));
+    for (const auto& e : j["evaluations"]) {
+      const auto& m = e["metrics"];
+      out[e["config"]] = {e["status"], m["sst2.acc"]["value"], m["sst2.acc"]["stderr"], m["size.params"]["value"],
+                          m["sst2.acc"]["n"]};
+    }
+    return out;
+  };
+  const auto complete = load("complete"), pruned = load("pruned");
+  REQUIRE(complete.size() == 30);
+  REQUIRE(pruned.size() == 30);
+  auto front = [](const std::map<std::string, Eval>& evals) {
+    std::set<std::string> f;
+    for (const auto& [c, e] : evals) {
+      if (e.status != "done") continue;
+      bool dominated = false;
+      for (const auto& [c2, e2] : evals) {
+        if (e2.status != "done") continue;
+        dominated = dominated || (e2.acc >= e.acc && e2.params <= e.params && (e2.acc > e.acc || e2.params < e.params));
+      }
+      if (!dominated) f.insert(c);
+    }
+    return f;
+  };
+  int64_t n_pruned = 0, docs_complete = 0, docs_pruned = 0;
+  for (const auto& [c, e] : complete) {
+    const Eval& p = pruned.at(c);
+    docs_complete += e.docs;
+    docs_pruned += p.docs;
+    CHECK(e.docs == 872);
+    if (p.status == "pruned") {
+      ++n_pruned;
+      CHECK(p.docs < 872);
+      CHECK(front(complete).count(c) == 0);  // never a point of the complete front
+    } else {
+      CHECK(p.status == "done");
+      // The same documents in stages: every document is scored alone by the classifier (padding
+      // masked), so the counts, and with them the value and its stderr, are the complete run's.
+      CHECK(p.acc == e.acc);
+      CHECK(p.stderr_ == Approx(e.stderr_).epsilon(1e-12));
+    }
+  }
+  CHECK(n_pruned > 0);
+  CHECK(docs_pruned < docs_complete);
+  CHECK(front(pruned) == front(complete));
+  CHECK_THAT(read_file(dir / "pruned.log"), Contains("documents: sst2.acc in"));
+  std::fprintf(stderr, "sweep --prune (sst2.acc): %lld of 30 configurations pruned, %lld of %lld documents scored (%.1f %%), same front of %zu\n",
+               static_cast<long long>(n_pruned), static_cast<long long>(docs_pruned), static_cast<long long>(docs_complete),
+               100.0 * static_cast<double>(docs_pruned) / static_cast<double>(docs_complete), front(complete).size());
+}
