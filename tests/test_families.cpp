@@ -234,6 +234,14 @@ TEST_CASE("a sweep and the lm-eval tasks run on each tiny family model", "[famil
             static_cast<double>(decompose_model(loaded, parsed, cache).n_params()));
     }
     CHECK(with_fused_cells >= 1);
+    // The guided strategy on the fused cells: its proxies are those of the stacked matrices.
+    const auto guided = test::run_cli("sweep --model '" + model.string() + "' --db '" + fused_db +
+                                      "' --study guided --space per-matrix --fused --choices dense,50%@svd,25%@svd --strategy guided"
+                                      " --budget 6 --seed 3 --tasks tinystories,size --limit 4 --objectives tinystories.ppl:min,size.params:min" +
+                                      common);
+    INFO(guided.err);
+    CHECK(guided.exit_code == 0);
+    CHECK_THAT(guided.out, Catch::Contains("6 configurations evaluated"));
   }
 }
 

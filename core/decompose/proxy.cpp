@@ -23,22 +23,34 @@ const Proxy& ProxyCalculator::proxy(int64_t layer, MatrixKind kind, const Choice
   if (layer < 0 || layer >= static_cast<int64_t>(base_.weights.layers.size())) {
     fail("proxy: layer {} out of range (the model has {})", layer, base_.weights.layers.size());
   }
-  const auto& lin = base_.weights.layers[static_cast<size_t>(layer)][kind];
-  if (lin.form() != Linear::Form::dense) {
+  // The dense matrix: the model's, or a fused cell's parts stacked (Phi-3's qkv, gate_up).
+  const auto& block = base_.weights.layers[static_cast<size_t>(layer)];
+  auto stored_factored = [&] {
     fail("{}: layer {} {} is stored factored; proxies need the dense matrix", base_.dir.string(), layer,
          matrix_kind_name(kind));
+  };
+  Tensor weight;
+  if (is_fused_kind(kind) && block[kind].empty()) {
+    for (const auto part : fused_parts(kind)) {
+      if (block[part].form() != Linear::Form::dense) stored_factored();
+    }
+    weight = fused_dense_weight(block, kind);
+  } else {
+    if (block[kind].form() != Linear::Form::dense) stored_factored();
+    weight = block[kind].weight();
   }
+  const int64_t n_out = weight.rows(), n_in = weight.cols();
   Proxy p;
   p.layer = layer;
   p.kind = kind;
   p.choice = choice;
-  p.full_rank = std::min(lin.n_out(), lin.n_in());
+  p.full_rank = std::min(n_out, n_in);
   p.rank = choice.rank.resolve(p.full_rank);
-  p.params_saved = lin.n_out() * lin.n_in() - factored_params(lin.n_out(), lin.n_in(), p.rank, choice.method);
+  p.params_saved = n_out * n_in - factored_params(n_out, n_in, p.rank, choice.method);
   std::shared_ptr<const CachedSvd> svd;
-  double tokens = static_cast<double>(lin.n_in());
+  double tokens = static_cast<double>(n_in);
   if (!is_activation_aware(choice.method)) {
-    svd = cache_.factors(lin.weight(), p.rank);
+    svd = cache_.factors(weight, p.rank);
   } else {
     if (!activation_.calibration) {
       fail("@{} proxies (L{}:{}) need calibration activations: give --calib FILE|TASK", method_name(choice.method), layer,
@@ -52,16 +64,16 @@ const Proxy& ProxyCalculator::proxy(int64_t layer, MatrixKind kind, const Choice
       // is about 1 GB): proxies are asked for layer by layer.
       std::erase_if(transforms_, [&](const auto& t) { return std::get<1>(t.first) != layer; });
       const auto stats = activation_.calibration->at(layer, site);
-      if (stats->width != lin.n_in()) {
+      if (stats->width != n_in) {
         fail("calibration {}: {} has width {}, matrix L{}:{} takes {} inputs (recorded on another model?)",
-             activation_.calibration->key, hook_name(site, layer), stats->width, layer, matrix_kind_name(kind), lin.n_in());
+             activation_.calibration->key, hook_name(site, layer), stats->width, layer, matrix_kind_name(kind), n_in);
       }
       it = transforms_.emplace(where, choice.method == Method::asvd ? asvd_transform(*stats, activation_.asvd_alpha)
                                                                     : whiten_transform(*stats)).first;
       rows_[where] = stats->rows;
     }
     if (choice.method == Method::whiten) tokens = static_cast<double>(std::max<int64_t>(1, rows_.at(where)));
-    svd = activation_factors(cache_, lin.weight(), it->second, p.rank);
+    svd = activation_factors(cache_, weight, it->second, p.rank);
   }
   p.relative = svd->relative_error(p.rank);
   p.energy = p.relative * p.relative * svd->norm2();
