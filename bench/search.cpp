@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
     }
     CalibrationOptions calib;
     calib.source = classifier ? "sst2" : "tinystories";
+    calib.ctx = std::min<int64_t>(calib.ctx, base.config.n_ctx_train);  // bert-tiny reads 128 positions
     calib.data_dir = data_dir;
     calib.cache_dir = cache_dir;
     const ActivationOptions activation{calibrate(base, calib), 0.5};
