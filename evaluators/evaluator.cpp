@@ -250,8 +250,7 @@ TaskReport Evaluator::run_task_staged(const Model& candidate, const Task& task, 
     TaskReport r = evaluate_task(candidate, stage, one);
     for (const auto& m : r.metrics) {
       // A share of m.n documents: its count is an integer (rounded back from the mean exactly).
-      if (m.status == "ok") correct[m.metric] += std::round(m.value * static_cast<double>(m.n));
-      else correct[m.metric] += 0.0;
+      correct[m.metric] += m.status == "ok" ? std::round(m.value * static_cast<double>(m.n)) : 0.0;
       if (m.status != "ok") status[m.metric] = m.status;
     }
     truncated += r.protocol.value("truncated", int64_t{0});
