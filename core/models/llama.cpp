@@ -92,10 +92,11 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
   Buffer gate = be.buffer(n_tokens, c.n_ff, Precision::compute);
   Buffer up = be.buffer(n_tokens, c.n_ff, Precision::compute);
   // A fused cell decomposed as a whole (Phi-3's qkv or gate_up) runs as one product whose output
-  // columns are then its parts; the buffer is made when a layer needs it.
-  Buffer fused;
-  auto fused_linear = [&](const Linear& lin, const Buffer& in, std::initializer_list<Buffer*> parts) {
-    if (fused.empty() || fused.cols() != lin.n_out()) fused = be.buffer(n_tokens, lin.n_out(), Precision::compute);
+  // columns are then its parts; each kind's buffer is made once, when a layer first needs it.
+  Buffer fused_qkv, fused_gate_up;
+  auto fused_linear = [&](const Linear& lin, const Buffer& in, Buffer& fused, std::initializer_list<Buffer*> parts) {
+    if (fused.empty()) fused = be.buffer(n_tokens, lin.n_out(), Precision::compute);
+    RS_ASSERT(fused.cols() == lin.n_out());
     be.linear(lin, in, fused, false);
     int64_t col = 0;
     for (Buffer* part : parts) {
@@ -110,7 +111,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
     be.rms_norm(x, layer.attn_norm, c.norm_eps, h);                   // [n_tokens x n_embd]
     hook(HookSite::attn_in, l, h);
     if (!layer[MatrixKind::qkv].empty()) {
-      fused_linear(layer[MatrixKind::qkv], h, {&q, &k, &v});
+      fused_linear(layer[MatrixKind::qkv], h, fused_qkv, {&q, &k, &v});
     } else {
       be.linear(layer[MatrixKind::q], h, q, false);                    // [n_tokens x n_head*d]
       be.linear(layer[MatrixKind::k], h, k, false);                    // [n_tokens x n_head_kv*d]
@@ -133,7 +134,7 @@ Buffer llama_logits(const Model& model, std::span<const std::vector<TokenId>> se
     be.rms_norm(x, layer.ffn_norm, c.norm_eps, h);
     hook(HookSite::ffn_in, l, h);
     if (!layer[MatrixKind::gate_up].empty()) {
-      fused_linear(layer[MatrixKind::gate_up], h, {&gate, &up});
+      fused_linear(layer[MatrixKind::gate_up], h, fused_gate_up, {&gate, &up});
     } else {
       be.linear(layer[MatrixKind::gate], h, gate, false);              // [n_tokens x n_ff]
       be.linear(layer[MatrixKind::up], h, up, false);
