@@ -80,10 +80,12 @@ int run_sensitivity(const Params& params) {
   const std::string definition =
       "energy: sum of the squared singular values beyond the rank of W (svd, tucker), W D (asvd) or W S (whiten: "
       "the squared output error summed over the calibration tokens); relative: sqrt(energy / ||W D||_F^2); rms: "
-      "sqrt(energy / tokens) for whiten, sqrt(energy / inputs) otherwise";
+      "sqrt(energy / tokens) for whiten, sqrt(energy / inputs) otherwise; propagated (whiten): the error carried to "
+      "the output of its attention or MLP block, as a share of that output's norm (docs/search.md), relative "
+      "otherwise";
   nlohmann::json j = {{"model", params.model}, {"definition", definition}, {"proxies", nlohmann::json::array()}};
   if (s.activation.calibration) j["calibration"] = s.activation.calibration->info;
-  std::string csv = "layer,matrix,choice,rank,full_rank,params_saved,relative,rms,energy\n";
+  std::string csv = "layer,matrix,choice,rank,full_rank,params_saved,relative,propagated,rms,energy\n";
   for (const auto& p : rows) {
     j["proxies"].push_back({{"layer", p.layer},
                             {"matrix", matrix_kind_name(p.kind)},
@@ -92,10 +94,12 @@ int run_sensitivity(const Params& params) {
                             {"full_rank", p.full_rank},
                             {"params_saved", p.params_saved},
                             {"relative", p.relative},
+                            {"propagated", p.propagated},
                             {"rms", p.rms},
                             {"energy", p.energy}});
-    csv += fmt::format("{},{},{},{},{},{},{:.9g},{:.9g},{:.9g}\n", p.layer, matrix_kind_name(p.kind), choice_text(p.choice),
-                       p.rank, p.full_rank, p.params_saved, p.relative, p.rms, p.energy);
+    csv += fmt::format("{},{},{},{},{},{},{:.9g},{:.9g},{:.9g},{:.9g}\n", p.layer, matrix_kind_name(p.kind),
+                       choice_text(p.choice), p.rank, p.full_rank, p.params_saved, p.relative, p.propagated, p.rms,
+                       p.energy);
   }
   if (!params.out.empty()) {
     const std::filesystem::path out(params.out);
@@ -107,11 +111,11 @@ int run_sensitivity(const Params& params) {
     fmt::print("{}\n", j.dump(2));
     return 0;
   }
-  fmt::print("{:>5} {:<6} {:<14} {:>6} {:>12} {:>10} {:>12} {:>12}\n", "layer", "matrix", "choice", "rank", "params_saved",
-             "relative", "rms", "energy");
+  fmt::print("{:>5} {:<6} {:<14} {:>6} {:>12} {:>10} {:>10} {:>12} {:>12}\n", "layer", "matrix", "choice", "rank",
+             "params_saved", "relative", "propagated", "rms", "energy");
   for (const auto& p : rows) {
-    fmt::print("{:>5} {:<6} {:<14} {:>6} {:>12} {:>10.6f} {:>12.6g} {:>12.6g}\n", p.layer, matrix_kind_name(p.kind),
-               choice_text(p.choice), p.rank, p.params_saved, p.relative, p.rms, p.energy);
+    fmt::print("{:>5} {:<6} {:<14} {:>6} {:>12} {:>10.6f} {:>10.6f} {:>12.6g} {:>12.6g}\n", p.layer, matrix_kind_name(p.kind),
+               choice_text(p.choice), p.rank, p.params_saved, p.relative, p.propagated, p.rms, p.energy);
   }
   fmt::print("({})\n", definition);
   if (!params.out.empty()) fmt::print("wrote {}\n", params.out);
@@ -216,7 +220,7 @@ int run_allocate(const Params& params) {
   const auto& measured = studied.single;
   auto proxy_cost = [&](const CellChoice& key) {
     const Proxy& p = proxies.proxy(std::get<0>(key), std::get<1>(key), std::get<2>(key));
-    return p.relative * p.relative;
+    return p.propagated * p.propagated;
   };
   // Unmeasured cells: their proxy at the median ratio of measured cost to proxy; without
   // single-matrix measurements, the least-squares scale of the configurations' proxy sums.
@@ -252,7 +256,7 @@ int run_allocate(const Params& params) {
   }
   int64_t n_measured = 0;
   // Knob per (layer, matrix): digit 0 dense, then each choice; cost = the measured one, else the
-  // proxy (relative^2) at the scale, saved = the parameters it removes.
+  // proxy (propagated^2) at the scale, saved = the parameters it removes.
   std::vector<std::pair<int64_t, MatrixKind>> cells;
   std::vector<std::vector<double>> cost;
   std::vector<std::vector<int64_t>> saved;
@@ -267,7 +271,7 @@ int run_allocate(const Params& params) {
         const auto m = measured.find({l, kind, choice});
         if (m != measured.end()) ++n_measured;
         where[{l, kind, choice}] = {cells.size() - 1, c.size()};
-        c.push_back(m != measured.end() ? m->second : scale * p.relative * p.relative);
+        c.push_back(m != measured.end() ? m->second : scale * p.propagated * p.propagated);
         v.push_back(p.params_saved);
       }
       cost.push_back(std::move(c));

@@ -585,7 +585,8 @@ TEST_CASE("proxies rank (matrix, rank) pairs as single-matrix perplexity increas
   ProxyCalculator proxies(base, cache, activation);
   const int64_t windows = 16;
   const double dense = tinystories_ppl(base, ids, windows);
-  std::vector<double> measured, relative2, energy;
+  std::vector<double> measured, relative2, propagated2, energy;
+  std::vector<MatrixKind> kinds;
   for (int64_t l = 0; l < base.config.n_layer; ++l) {
     for (const auto kind : matrix_kinds(base.config.arch)) {
       for (const double pct : {50.0, 25.0, 12.5}) {
@@ -595,19 +596,37 @@ TEST_CASE("proxies rank (matrix, rank) pairs as single-matrix perplexity increas
         measured.push_back(tinystories_ppl(decompose_model(base, config, cache, nullptr, activation), ids, windows) - dense);
         const Proxy& p = proxies.proxy(l, kind, c);
         relative2.push_back(p.relative * p.relative);
+        propagated2.push_back(p.propagated * p.propagated);
         energy.push_back(p.energy);
+        kinds.push_back(kind);
+        // o and down write their block's output: nothing to carry. The two are sums of float
+        // singular values over different terms (dropped ones; the total less the kept ones), which
+        // cancel up to 1 / relative^2 ~ 50x the float rounding (measured 4.4e-6).
+        if (kind == MatrixKind::o || kind == MatrixKind::down) CHECK(p.propagated == Approx(p.relative).epsilon(1e-4));
       }
     }
   }
-  const double rho = spearman(relative2, measured);
+  const double rho = spearman(propagated2, measured);
   std::printf("proxy vs measured single-matrix TinyStories perplexity increase, %zu (matrix, rank) pairs of "
-              "stories260K-hf at 50/25/12.5 %% (whiten): Spearman rho %.3f (relative output error^2), %.3f (absolute)\n",
-              measured.size(), rho, spearman(energy, measured));
-  // The issue asks for 0.8: measured 0.797 on these 16 windows (0.805 on 32). Per matrix kind the
-  // proxy ranks well (q 0.86, k 0.92, v 0.92, o 0.96, down 0.89); gate and up (0.64, 0.62) hurt
-  // perplexity about ten times more than their relative output error says, against v and o. The
-  // guided strategy learns a scale per matrix for exactly this.
-  CHECK(rho >= 0.75);
+              "stories260K-hf at 50/25/12.5 %% (whiten): Spearman rho %.3f (propagated^2), %.3f (relative^2), "
+              "%.3f (energy)\n",
+              measured.size(), rho, spearman(relative2, measured), spearman(energy, measured));
+  for (const auto kind : matrix_kinds(base.config.arch)) {
+    std::vector<double> m, p, r;
+    for (size_t i = 0; i < kinds.size(); ++i) {
+      if (kinds[i] != kind) continue;
+      m.push_back(measured[i]);
+      p.push_back(propagated2[i]);
+      r.push_back(relative2[i]);
+    }
+    std::printf("  %-5s rho %.3f (propagated^2), %.3f (relative^2)\n", std::string(matrix_kind_name(kind)).c_str(),
+                spearman(p, m), spearman(r, m));
+  }
+  // The issue asks for 0.8. relative^2 alone gives 0.797 on these 16 windows: gate and up hurt
+  // perplexity about ten times more than their relative output error says. Carried through the
+  // activation product and down (propagated), they rank with the rest.
+  CHECK(rho >= 0.8);
+  CHECK(rho > spearman(relative2, measured));
 }
 
 TEST_CASE("allocate from measured single-matrix sensitivities beats the uniform rank of the same size at 10-40 %",

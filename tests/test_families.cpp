@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/decompose/decompose.hpp"
+#include "core/decompose/proxy.hpp"
+#include "evaluators/calibration.hpp"
 #include "core/decompose/size.hpp"
 #include "core/io/npy.hpp"
 #include "core/space/design_space.hpp"
@@ -449,4 +451,51 @@ TEST_CASE("configuration strings on a fused model: qkv and gate_up cells or thei
     CHECK(fused_space->to_config(*digits) == point);
   }
   CHECK_THROWS_WITH(make_design_space(mistral, spec), Catch::Contains("stores no fused tensors"));
+}
+
+// Proxies of Phi-3's fused cells and of their parts (row views): finite, falling with the rank,
+// zero at full rank; q (measured by its own relative error) and o (it writes the block's output)
+// carry nothing.
+TEST_CASE("Phi-3: whiten proxies of fused cells and of their parts", "[families][phi3][proxy]") {
+  const auto stories = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(stories);
+  RS_REQUIRE_SHARED(test::shared_data("tinystories"));
+  // The checkpoint with stories260K-hf's tokenizer beside it (as in the sweep above), calibrated on TinyStories.
+  const auto scratch = test::scratch_dir("phi3_proxy");
+  const auto dir = scratch / "model";
+  std::filesystem::create_directories(dir);
+  for (const char* file : {"config.json", "model.safetensors"}) {
+    std::filesystem::copy_file(kRefs / "phi3" / file, dir / file, std::filesystem::copy_options::overwrite_existing);
+  }
+  for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
+    std::filesystem::copy_file(stories / file, dir / file, std::filesystem::copy_options::overwrite_existing);
+  }
+  const Model model = load_model(dir);
+  CalibrationOptions o;
+  o.source = "tinystories";
+  o.data_dir = test::shared_data("");
+  o.samples = 8;
+  o.ctx = 64;
+  ActivationOptions activation{calibrate(model, o), 0.5};
+  FactorCache cache(scratch / "cache");
+  ProxyCalculator proxies(model, cache, activation);
+  for (int64_t l = 0; l < model.config.n_layer; ++l) {
+    for (const auto kind : {MatrixKind::qkv, MatrixKind::gate_up, MatrixKind::q, MatrixKind::v, MatrixKind::up,
+                            MatrixKind::o}) {
+      INFO("layer " << l << " " << matrix_kind_name(kind));
+      double previous = INFINITY;
+      for (const double pct : {12.5, 25.0, 50.0, 100.0}) {
+        const Proxy& p = proxies.proxy(l, kind, {.rank = {.percent = true, .value = pct}, .method = Method::whiten});
+        REQUIRE(std::isfinite(p.propagated));
+        if (pct == 100.0) {
+          CHECK(p.propagated <= 1e-3);  // nothing dropped: float rounding only
+        } else {
+          CHECK(p.propagated > 0);
+          CHECK(p.propagated < previous);
+        }
+        previous = p.propagated;
+        if (kind == MatrixKind::o || kind == MatrixKind::q) CHECK(p.propagated == Approx(p.relative).epsilon(1e-4).margin(1e-3));
+      }
+    }
+  }
 }

@@ -1,5 +1,6 @@
 #include "core/decompose/proxy.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -78,6 +79,21 @@ const Proxy& ProxyCalculator::proxy(int64_t layer, MatrixKind kind, const Choice
   p.relative = svd->relative_error(p.rank);
   p.energy = p.relative * p.relative * svd->norm2();
   p.rms = std::sqrt(p.energy / tokens);
+  p.propagated = p.relative;
+  if (choice.method == Method::whiten) {
+    const auto where = std::make_tuple(choice.method, layer, input_site(kind));
+    const Propagation& prop = propagation(layer, kind, weight, *svd, transforms_.at(where));
+    if (prop.t.size() > 0) {
+      // Sum over the truncated directions (a full SVD), or the total less the kept ones (randomized:
+      // the kept directions are a projection, so only their sum over rows is exact).
+      const Eigen::VectorXf s = svd->s(svd->k());
+      double kept = 0, dropped = 0;
+      for (int64_t j = 0; j < svd->k(); ++j) {
+        (j < p.rank ? kept : dropped) += static_cast<double>(s[j]) * s[j] * prop.t[j];
+      }
+      p.propagated = std::sqrt(std::max(0.0, svd->full() ? dropped : prop.total - kept));
+    }
+  }
   return memo_.emplace(key, p).first->second;
 }
 
@@ -85,9 +101,100 @@ double ProxyCalculator::config_score(const Config& config) {
   double total = 0;
   for (const auto& [cell, choice] : config.cells) {
     const Proxy& p = proxy(cell.first, cell.second, choice);
-    total += p.relative * p.relative;
+    total += p.propagated * p.propagated;
   }
   return total;
+}
+
+const ProxyCalculator::Propagation& ProxyCalculator::propagation(int64_t layer, MatrixKind kind, const Tensor& weight,
+                                                                 const CachedSvd& svd,
+                                                                 const ActivationTransform& transform) {
+  const auto key = std::make_pair(layer, kind);
+  if (auto it = propagation_.find(key); it != propagation_.end()) return it->second;
+  Propagation& out = propagation_[key];
+  const ModelConfig& config = base_.config;
+  const auto& block = base_.weights.layers[static_cast<size_t>(layer)];
+  const bool attention = kind == MatrixKind::q || kind == MatrixKind::k || kind == MatrixKind::v ||
+                         kind == MatrixKind::o || kind == MatrixKind::qkv;
+  const MatrixKind writer = attention ? MatrixKind::o : MatrixKind::down;
+  if (block[writer].form() != Linear::Form::dense || !activation_.calibration) return out;
+  const HookSite writer_site = attention ? HookSite::attn_ctx : HookSite::ffn_act;
+  const auto held = activation_.calibration->sites();
+  if (std::find(held.begin(), held.end(), Calibration::Where{layer, writer_site}) == held.end()) return out;
+  const auto stats = activation_.calibration->at(layer, writer_site);
+  const Eigen::MatrixXd w_out = block[writer].weight().matrix().cast<double>();
+  if (stats->width != w_out.cols()) return out;
+  // B: the block output's energy over the calibration tokens; c: the writer's squared column norms;
+  // e: the energy of each of its input channels.
+  const double energy_out = (w_out * stats->gram).cwiseProduct(w_out).sum();
+  if (!(energy_out > 0)) return out;
+  const Eigen::VectorXd c = w_out.colwise().squaredNorm().transpose();
+  const Eigen::VectorXd e = stats->gram.diagonal();
+  // This matrix's output energy per row: ||(W S)_i||^2, from the SVD when it is full.
+  const int64_t m = svd.m(), k = svd.k();
+  const Mat u = svd.u(k);
+  const Eigen::VectorXf s = svd.s(k);
+  Eigen::VectorXd row_energy(m);
+  if (svd.full()) {
+    for (int64_t i = 0; i < m; ++i) {
+      double sum = 0;
+      for (int64_t j = 0; j < k; ++j) sum += static_cast<double>(u(i, j)) * u(i, j) * s[j] * s[j];
+      row_energy[i] = sum;
+    }
+  } else {
+    row_energy = transform.apply(weight.matrix()).cast<double>().rowwise().squaredNorm();
+  }
+  // Row weights w_i (the block-output share of a unit of error in row i), part by part.
+  Eigen::VectorXd w = Eigen::VectorXd::Zero(m);
+  const int64_t hd = config.n_embd_head, group = config.n_head_kv > 0 ? config.n_head / config.n_head_kv : 1;
+  double qk_energy = 0;
+  for (const auto part : fused_parts(kind)) {
+    const int64_t first = is_fused_kind(kind) ? fused_row_offset(config, part) : 0;
+    const int64_t rows = is_fused_kind(kind) ? matrix_shape(config, part).first : m;
+    if (part == MatrixKind::q || part == MatrixKind::k) qk_energy += row_energy.segment(first, rows).sum();
+  }
+  for (const auto part : fused_parts(kind)) {
+    const int64_t first = is_fused_kind(kind) ? fused_row_offset(config, part) : 0;
+    const int64_t rows = is_fused_kind(kind) ? matrix_shape(config, part).first : m;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = first + r;
+      const double y = row_energy[i];
+      switch (part) {
+        case MatrixKind::q:
+        case MatrixKind::k:
+          w[i] = qk_energy > 0 ? 1.0 / qk_energy : 0.0;
+          break;
+        case MatrixKind::o:
+        case MatrixKind::down:
+          w[i] = 1.0 / energy_out;
+          break;
+        case MatrixKind::v: {
+          // kv channel (head hkv, dimension d) feeds o's inputs h * hd + d of the query heads of its group.
+          const int64_t hkv = r / hd, d = r % hd;
+          double sum = 0;
+          for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h) {
+            const int64_t zc = h * hd + d;
+            if (zc < c.size()) sum += c[zc] * e[zc];
+          }
+          w[i] = y > 0 ? sum / y / energy_out : 0.0;
+          break;
+        }
+        case MatrixKind::gate:
+        case MatrixKind::up:
+          w[i] = y > 0 && r < c.size() ? c[r] * e[r] / y / energy_out : 0.0;
+          break;
+        default:
+          return out;
+      }
+    }
+  }
+  out.t = Eigen::VectorXd::Zero(k);
+  for (int64_t i = 0; i < m; ++i) {
+    if (w[i] == 0) continue;
+    for (int64_t j = 0; j < k; ++j) out.t[j] += w[i] * u(i, j) * u(i, j);
+  }
+  out.total = w.dot(row_energy);
+  return out;
 }
 
 SearchPriors search_priors(const Model& base, const DesignSpace& space, const std::vector<std::string>& metrics,
