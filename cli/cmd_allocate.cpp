@@ -363,7 +363,7 @@ int run_allocate(const Params& params) {
                  n_left_out > 0 ? fmt::format("; {} with other choices left out", n_left_out) : "");
     }
   } else {
-    fmt::print("costs         the proxies (sum of relative output errors squared; measured ones: --db/--study)\n");
+    fmt::print("costs         the proxies (sum of propagated errors squared, docs/search.md; measured ones: --db/--study)\n");
   }
   fmt::print("allocation    {}\n", canonical.empty() ? "(base model)" : canonical);
   fmt::print("size          {} parameters, {:.4f} % smaller; cost {:.6g}\n", size.params_after, size.reduction_pct(),

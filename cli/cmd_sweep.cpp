@@ -532,7 +532,7 @@ int run_sweep(const Params& params) {
           }
           if (dominates) {
             pruned_by = fmt::format("pruned after {} of {} {}: {} in [{}, {}] ({:g} sd), dominated by {} ({})", e.done,
-                                    e.total, e.metric.ends_with(".ppl") ? "windows" : "documents", e.metric, short_number(e.lo), short_number(e.hi), early.z, name_of(cfg), why);
+                                    e.total, e.unit, e.metric, short_number(e.lo), short_number(e.hi), early.z, name_of(cfg), why);
             return true;
           }
         }

@@ -257,8 +257,9 @@ const std::vector<OptionDef>& option_defs() {
       opt("evaluate", &Params::evaluate, {"allocate"},
           "tasks to evaluate the allocation and the uniform-rank configuration of the same size on, e.g. tinystories,size"),
       flag("prune", &Params::prune, {"sweep"},
-           "early stopping: stop a configuration's perplexity task at 1/8, 1/4, 1/2 or 3/4 of its windows once the low "
-           "end of its 3-sd interval is dominated by a complete evaluation (sizes exact); stored with status pruned"),
+           "early stopping: stop a configuration's perplexity, accuracy (acc, acc_norm) or fidelity (kl, top1) task at "
+           "1/8, 1/4, 1/2 or 3/4 of its windows, documents or inputs once the optimistic end of its 3-sd interval is "
+           "dominated by a complete evaluation (sizes exact); stored with status pruned"),
       flag("include-base", &Params::include_base, {"sweep"}, "evaluate the dense model as the baseline: first in a list, in the first population of evolutionary"),
       opt("stale-after", &Params::stale_after, {"sweep"},
           "seconds without a heartbeat after which another process's claim is taken over"),

@@ -202,6 +202,7 @@ PartialEstimate estimate_share(int64_t correct, int64_t done, int64_t total, dou
   PartialEstimate e;
   e.done = done;
   e.total = total;
+  e.unit = "documents";
   const auto k = static_cast<double>(correct), n = static_cast<double>(done), N = static_cast<double>(total);
   const double p = k / n;
   e.value = p;
@@ -213,20 +214,43 @@ PartialEstimate estimate_share(int64_t correct, int64_t done, int64_t total, dou
   return e;
 }
 
-TaskReport Evaluator::run_task_staged(const Model& candidate, const Task& task, const EvalSettings& settings,
-                                      const EarlyStop& early) const {
-  const auto total = static_cast<int64_t>(task.docs.size());
-  // The documents in a seeded random order (the same for every configuration of a study).
-  std::vector<size_t> order(task.docs.size());
+PartialEstimate estimate_mean(double mean, double stderr_of_mean, int64_t done, int64_t total, double z) {
+  RS_ASSERT(done >= 1 && done <= total);
+  PartialEstimate e;
+  e.done = done;
+  e.total = total;
+  e.value = mean;
+  const double fpc = std::max(0.0, 1.0 - static_cast<double>(done) / static_cast<double>(total));
+  const double se = done > 1 ? stderr_of_mean * std::sqrt(fpc) : (fpc > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+  e.lo = std::max(0.0, mean - z * se);
+  e.hi = mean + z * se;
+  return e;
+}
+
+std::vector<size_t> staged_order(const EarlyStop& early, const std::string& task, int64_t total) {
+  std::vector<size_t> order(static_cast<size_t>(total));
   std::iota(order.begin(), order.end(), size_t{0});
-  std::mt19937_64 rng(splitmix64(early.shuffle_seed) ^ splitmix64(XXH3_64bits(task.name.data(), task.name.size())));
+  std::mt19937_64 rng(splitmix64(early.shuffle_seed) ^ splitmix64(XXH3_64bits(task.data(), task.size())));
   std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
+std::vector<int64_t> stage_ends(const EarlyStop& early, int64_t total) {
   std::vector<int64_t> ends;
   for (const double share : early.stages) {
     const auto end = static_cast<int64_t>(std::ceil(share * static_cast<double>(total)));
     if (end >= std::max<int64_t>(1, early.min_windows) && end < total && (ends.empty() || end > ends.back())) ends.push_back(end);
   }
   ends.push_back(total);
+  return ends;
+}
+
+TaskReport Evaluator::run_task_staged(const Model& candidate, const Task& task, const EvalSettings& settings,
+                                      const EarlyStop& early) const {
+  const auto total = static_cast<int64_t>(task.docs.size());
+  // The documents in a seeded random order (the same for every configuration of a study).
+  const std::vector<size_t> order = staged_order(early, task.name, total);
+  const std::vector<int64_t> ends = stage_ends(early, total);
   // Each stage a task of its documents (in file order); few-shot examples from the whole set, as
   // the complete evaluation draws them.
   Task stage = task;
@@ -427,25 +451,74 @@ bool Evaluator::classifier_fidelity_wanted() const {
   return base_.config.arch == Arch::bert && base_.config.bert_head == BertHead::sequence_classification;
 }
 
-TaskReport Evaluator::run_classifier_fidelity(const Model& candidate) const {
-  const auto r = classifier_fidelity(classifier_base_, classifier_log_probs(candidate, classifier_inputs_,
-                                                                            std::max<int64_t>(1, request_.settings.batch_size)));
-  TaskReport report{.task = "fidelity"};
-  const std::string status = r.finite ? "ok" : "nan";
-  report.metrics.push_back({.task = "fidelity", .metric = "kl", .value = r.kl, .stderr_ = r.kl_stderr, .n = r.n, .status = status});
-  report.metrics.push_back({.task = "fidelity", .metric = "top1", .value = r.top1, .stderr_ = kNaN, .n = r.n, .status = status});
-  report.protocol = {{"task", "fidelity"},
-                     {"protocol", "classifier"},
-                     {"inputs", r.n},
-                     {"files", {classifier_source_}},
-                     {"ctx", base_.config.n_ctx_train},
-                     {"definition", "mean over inputs of KL(p_base || p_config) of the softmax over labels (float64); "
-                                    "top1 = share of inputs whose argmax label agrees"}};
+TaskReport Evaluator::run_classifier_fidelity(const Model& candidate, const EarlyStop* early) const {
+  const int64_t batch = std::max<int64_t>(1, request_.settings.batch_size);
+  const auto total = static_cast<int64_t>(classifier_inputs_.size());
+  auto report_of = [&](const ClassifierFidelityResult& r) {
+    TaskReport report{.task = "fidelity"};
+    const std::string status = r.finite ? "ok" : "nan";
+    report.metrics.push_back({.task = "fidelity", .metric = "kl", .value = r.kl, .stderr_ = r.kl_stderr, .n = r.n, .status = status});
+    report.metrics.push_back({.task = "fidelity", .metric = "top1", .value = r.top1, .stderr_ = kNaN, .n = r.n, .status = status});
+    report.protocol = {{"task", "fidelity"},
+                       {"protocol", "classifier"},
+                       {"inputs", r.n},
+                       {"files", {classifier_source_}},
+                       {"ctx", base_.config.n_ctx_train},
+                       {"definition", "mean over inputs of KL(p_base || p_config) of the softmax over labels (float64); "
+                                      "top1 = share of inputs whose argmax label agrees"}};
+    return report;
+  };
+  if (!early || !early->stop) return report_of(classifier_fidelity(classifier_base_, classifier_log_probs(candidate, classifier_inputs_, batch)));
+  // Staged: the inputs in a seeded random order; after each stage the complete mean KL and top1
+  // share are estimated from the inputs scored. The candidate's rows are placed at their inputs'
+  // places, so that a complete evaluation sums them in input order, as the unstaged one does.
+  const std::vector<size_t> order = staged_order(*early, "fidelity", total);
+  const std::vector<int64_t> ends = stage_ends(*early, total);
+  Eigen::MatrixXd candidate_rows(classifier_base_.rows(), classifier_base_.cols());
+  int64_t done = 0;
+  for (const int64_t end : ends) {
+    std::vector<size_t> picked(order.begin() + done, order.begin() + end);
+    std::sort(picked.begin(), picked.end());
+    std::vector<BertInput> inputs;
+    for (const auto i : picked) inputs.push_back(classifier_inputs_[i]);
+    const Eigen::MatrixXd lp = classifier_log_probs(candidate, inputs, batch);
+    for (size_t j = 0; j < picked.size(); ++j) candidate_rows.row(static_cast<Eigen::Index>(picked[j])) = lp.row(static_cast<Eigen::Index>(j));
+    done = end;
+    if (done == total) break;
+    // The inputs scored so far, in input order.
+    std::vector<size_t> scored(order.begin(), order.begin() + done);
+    std::sort(scored.begin(), scored.end());
+    Eigen::MatrixXd b(done, classifier_base_.cols()), c(done, classifier_base_.cols());
+    for (int64_t j = 0; j < done; ++j) {
+      b.row(j) = classifier_base_.row(static_cast<Eigen::Index>(scored[static_cast<size_t>(j)]));
+      c.row(j) = candidate_rows.row(static_cast<Eigen::Index>(scored[static_cast<size_t>(j)]));
+    }
+    const auto r = classifier_fidelity(b, c);
+    if (!r.finite) continue;  // NaN: nothing to estimate; the complete evaluation reports it
+    PartialEstimate kl = estimate_mean(r.kl, r.kl_stderr, done, total, early->z);
+    kl.metric = "fidelity.kl";
+    kl.unit = "inputs";
+    PartialEstimate top1 = estimate_share(std::llround(r.top1 * static_cast<double>(done)), done, total, early->z);
+    top1.metric = "fidelity.top1";
+    top1.unit = "inputs";
+    if (early->stop(kl) || early->stop(top1)) {
+      TaskReport report = report_of(r);
+      report.fidelity = static_cast<double>(done) / static_cast<double>(total);
+      report.n_effective = done;
+      report.protocol["inputs_total"] = total;
+      report.protocol["input_order_seed"] = early->shuffle_seed;
+      report.protocol["early_stop"] = {{"stages", early->stages}, {"z", early->z}, {"min_inputs", early->min_windows},
+                                       {"input_order_seed", early->shuffle_seed}};
+      return report;
+    }
+  }
+  TaskReport report = report_of(classifier_fidelity(classifier_base_, candidate_rows));
+  report.protocol["input_order_seed"] = early->shuffle_seed;
   return report;
 }
 
-TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& progress) const {
-  if (classifier_fidelity_wanted()) return run_classifier_fidelity(candidate);
+TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& progress, const EarlyStop* early) const {
+  if (classifier_fidelity_wanted()) return run_classifier_fidelity(candidate, early);
   FidelityOptions options;
   options.ctx = fidelity_->ctx;
   // Default 8 windows; --limit N windows, or a share of the text's windows (the chunk protocol's).
@@ -456,6 +529,38 @@ TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& pro
   options.cache_dir = request_.cache_dir;
   options.data_key = fidelity_->data_key;
   if (progress) options.progress = [&](int64_t done, int64_t total) { progress("fidelity", done, total); };
+  size_t next_stage = 0;  // the first stage not yet checked
+  if (early && early->stop) {
+    options.shuffle_seed = early->shuffle_seed;
+    options.keep_going = [&](const std::vector<double>& sums, const std::vector<int64_t>& tokens, int64_t total) {
+      const auto k = static_cast<int64_t>(sums.size());
+      bool due = false;
+      while (next_stage < early->stages.size() &&
+             static_cast<double>(k) >= early->stages[next_stage] * static_cast<double>(total)) {
+        due = true;
+        ++next_stage;
+      }
+      if (!due || k < std::max<int64_t>(2, early->min_windows)) return true;
+      // The mean KL per position over the windows so far; its standard error from the spread of
+      // the windows' own means (positions within a window are not independent).
+      double kl = 0, n = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        kl += sums[static_cast<size_t>(i)];
+        n += static_cast<double>(tokens[static_cast<size_t>(i)]);
+      }
+      const double mean = kl / n;
+      double ss = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        const double m = sums[static_cast<size_t>(i)] / static_cast<double>(std::max<int64_t>(1, tokens[static_cast<size_t>(i)]));
+        ss += (m - mean) * (m - mean);
+      }
+      if (!std::isfinite(mean) || !std::isfinite(ss)) return true;  // NaN: the complete evaluation reports it
+      PartialEstimate e = estimate_mean(mean, std::sqrt(ss / static_cast<double>(k - 1) / static_cast<double>(k)), k, total,
+                                        early->z);
+      e.metric = "fidelity.kl";
+      return !early->stop(e);
+    };
+  }
   const FidelityResult f = fidelity(base_, candidate, fidelity_->ids, options);
   TaskReport report{.task = "fidelity"};
   const std::string status = f.finite ? "ok" : "nan";
@@ -478,6 +583,16 @@ TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& pro
                      {"base_from_cache", f.base_from_cache},
                      {"definition", "mean over scored tokens of KL(p_base || p_config); top1 = argmax agreement; "
                                     "ppl_ratio = ppl_config / ppl_base"}};
+  report.n_original = f.n_windows_total;
+  report.n_effective = f.n_windows;
+  if (early && early->stop) report.protocol["window_order_seed"] = early->shuffle_seed;
+  if (f.stopped) {  // stopped early: the windows it would have scored, and the rule that stopped it
+    report.fidelity = static_cast<double>(f.n_windows) / static_cast<double>(f.n_windows_total);
+    report.protocol["windows"] = f.n_windows;
+    report.protocol["windows_total"] = f.n_windows_total;
+    report.protocol["early_stop"] = {{"stages", early->stages}, {"z", early->z}, {"min_windows", early->min_windows},
+                                     {"window_order_seed", early->shuffle_seed}};
+  }
   return report;
 }
 
@@ -525,7 +640,7 @@ std::vector<TaskReport> Evaluator::run(const Model& candidate, const Config& con
     } else if (name == "latency") {
       report = measure_latency(candidate, request_.latency);
     } else if (name == "fidelity") {
-      report = run_fidelity(candidate, progress);
+      report = run_fidelity(candidate, progress, early);
     } else if (auto it = texts_.find(name); it != texts_.end()) {
       report = run_perplexity(candidate, *it->second, progress, early);
     } else {

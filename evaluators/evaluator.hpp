@@ -51,12 +51,14 @@ using ProgressFn = std::function<void(const std::string& label, int64_t done, in
 struct PartialEstimate {
   std::string metric;                 // TASK.ppl
   double value = 0, lo = 0, hi = 0;   // exp(mean NLL), exp(mean NLL -+ z se)
-  int64_t done = 0, total = 0;        // windows scored, of
+  int64_t done = 0, total = 0;        // units scored, of
+  std::string unit = "windows";       // what done/total count: windows, documents, inputs
 };
-// Early stopping (sweep --prune): a perplexity task scores its windows, and a multiple-choice or
+// Early stopping (sweep --prune): a perplexity task scores its windows, a multiple-choice or
 // classification task whose metrics are shares of documents (acc, acc_norm; not mc2, f1 or
-// per-subject ones) its documents, in a seeded random order; at each stage (a share of them) the
-// estimate of each such metric goes to `stop`, and a true answer ends the evaluation there.
+// per-subject ones) its documents, and the fidelity task its windows (causal LM) or inputs
+// (sequence classifier), in a seeded random order; at each stage (a share of them) the estimate of
+// each such metric goes to `stop`, and a true answer ends the evaluation there.
 struct EarlyStop {
   std::function<bool(const PartialEstimate&)> stop;
   std::vector<double> stages = {0.125, 0.25, 0.5, 0.75};
@@ -76,6 +78,17 @@ PartialEstimate estimate_perplexity(const std::vector<double>& window_nll_sums, 
 // (with the finite-population correction and the (k+1)/(n+2) variance, so that 0 or 1 of n is
 // not certain), clipped to [0, 1]: lo and hi never leave the bounds the unscored documents allow.
 PartialEstimate estimate_share(int64_t correct, int64_t done, int64_t total, double z);
+
+// The same for a mean of non-negative per-unit values (fidelity's KL): `done` of `total` units
+// scored at random without replacement, their mean and the standard error of that mean; the
+// interval is mean +- z se sqrt(1 - done/total), its low end at least 0.
+PartialEstimate estimate_mean(double mean, double stderr_of_mean, int64_t done, int64_t total, double z);
+
+// The positions 0..total-1 in the seeded random order early stopping scores them in (the same for
+// every configuration of a study: seeded by `seed` and the task's name), and the ends of its
+// stages (shares of `total`, none below min_windows; the last is `total`).
+std::vector<size_t> staged_order(const EarlyStop& early, const std::string& task, int64_t total);
+std::vector<int64_t> stage_ends(const EarlyStop& early, int64_t total);
 
 class Evaluator {
  public:
@@ -102,10 +115,10 @@ class Evaluator {
   struct TextTask;
   TaskReport run_perplexity(const Model& model, const TextTask& text, const ProgressFn& progress,
                             const EarlyStop* early) const;
-  TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress) const;
+  TaskReport run_fidelity(const Model& candidate, const ProgressFn& progress, const EarlyStop* early) const;
   TaskReport run_task_staged(const Model& candidate, const Task& task, const EvalSettings& settings,
                              const EarlyStop& early) const;
-  TaskReport run_classifier_fidelity(const Model& candidate) const;
+  TaskReport run_classifier_fidelity(const Model& candidate, const EarlyStop* early) const;
   bool classifier_fidelity_wanted() const;
   void add_rolling_samples(const TextTask& t, const PerplexityResult& r, TaskReport& report) const;
 

@@ -9,6 +9,9 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <numeric>
+#include <random>
+#include <span>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -235,78 +238,156 @@ FidelityResult fidelity(const Model& base, const Model& candidate, const std::ve
   std::vector<char> agree(static_cast<size_t>(n_tokens));
   std::vector<float> fresh_rows;  // the batch's base rows when not cached
 
+  // One batch of windows: the model inputs ([BOS] + window), the logit row of each scored position
+  // and that position's place in the text.
+  struct Batch {
+    std::vector<std::vector<TokenId>> inputs;
+    std::vector<int64_t> rows, positions;
+    std::vector<TokenId> targets;
+  };
+  auto make_batch = [&](std::span<const int64_t> windows) {
+    Batch b;
+    int64_t row0 = 0;
+    for (const int64_t w : windows) {
+      std::vector<TokenId> input = {bos};
+      for (int64_t t = w * ctx; t < std::min(n_tokens, (w + 1) * ctx); ++t) {
+        const TokenId id = ids[static_cast<size_t>(t)];
+        if (id < 0 || id >= n_vocab) fail("token id {} is outside the vocabulary [0, {})", id, n_vocab);
+        input.push_back(id);
+        b.rows.push_back(row0 + (t - w * ctx));
+        b.positions.push_back(t);
+        b.targets.push_back(id);  // the next token of the text, scored from the position before it
+      }
+      row0 += static_cast<int64_t>(input.size());
+      b.inputs.push_back(std::move(input));
+    }
+    return b;
+  };
+  // The base side of a batch: its log-softmax rows (into fresh_rows), NLLs and argmaxes.
+  auto run_base = [&](const Batch& b) {
+    const auto n_pos = static_cast<int64_t>(b.rows.size());
+    fresh_rows.resize(static_cast<size_t>(n_pos * n_vocab));
+    Backend& be = base.runtime();
+    const auto scores = be.compare_rows(llama_logits(base, b.inputs), b.rows, b.targets, nullptr, fresh_rows.data());
+    bool ok = true;
+    for (int64_t i = 0; i < n_pos; ++i) {
+      const auto& sc = scores[static_cast<size_t>(i)];
+      base_nll[static_cast<size_t>(b.positions[static_cast<size_t>(i)])] = -sc.logprob;
+      base_argmax[static_cast<size_t>(b.positions[static_cast<size_t>(i)])] = sc.argmax;
+      ok = ok && std::isfinite(sc.logprob);
+    }
+    if (!ok) fail("{}: the base model gives NaN/Inf log-probabilities on this text", base.dir.string());
+    if (writer) writer->write(fresh_rows.data(), fresh_rows.size() * sizeof(float));
+  };
+  auto finish_writer = [&] {
+    if (!writer) return;
+    writer->write(base_nll.data(), base_nll.size() * sizeof(double));
+    writer->write(base_argmax.data(), base_argmax.size() * sizeof(int32_t));
+    writer->commit();
+    writer.reset();
+  };
+
+  // Staged (early stopping): the windows in a seeded random order, so that every prefix is a random
+  // sample of them, and the base side whole first (the cache file, or kept in memory without one).
+  const bool staged = static_cast<bool>(options.keep_going);
+  std::vector<int64_t> order(static_cast<size_t>(n_windows));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::vector<float> base_all;  // staged without a cache directory: every base row, in text order
+  const float* base_text_rows = cached ? cached->rows : nullptr;
+  if (staged) {
+    std::mt19937_64 rng(options.shuffle_seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL);
+    std::shuffle(order.begin(), order.end(), rng);
+    if (!cached) {
+      for (int64_t w0 = 0; w0 < n_windows; w0 += options.windows_per_batch) {
+        std::vector<int64_t> windows;
+        for (int64_t w = w0; w < std::min(n_windows, w0 + options.windows_per_batch); ++w) windows.push_back(w);
+        run_base(make_batch(windows));
+        if (!writer) base_all.insert(base_all.end(), fresh_rows.begin(), fresh_rows.end());
+      }
+      if (writer) {
+        finish_writer();
+        bool existed = false;
+        cached = try_open(r.cache_file, key, n_tokens, n_vocab, ctx, options.max_windows, existed);
+        if (!cached) fail("{}: the fidelity cache file just written cannot be read back", r.cache_file.string());
+        base_text_rows = cached->rows;
+      } else {
+        base_text_rows = base_all.data();
+      }
+    }
+  }
+
+  std::vector<char> window_done(static_cast<size_t>(n_windows), 0);
+  std::vector<double> window_kl;      // staged: KL sum of each window scored, in scoring order
+  std::vector<int64_t> window_tokens;
+  std::vector<float> gathered;        // staged: the batch's base rows, gathered from the text's
   if (options.progress) options.progress(0, n_windows);
   for (int64_t w0 = 0; w0 < n_windows; w0 += options.windows_per_batch) {
     const int64_t w1 = std::min(n_windows, w0 + options.windows_per_batch);
-    std::vector<std::vector<TokenId>> batch;
-    std::vector<int64_t> rows;  // logit row of each scored position of the batch
-    int64_t row0 = 0;
-    const int64_t t0 = w0 * ctx;  // first text position of the batch
-    for (int64_t w = w0; w < w1; ++w) {
-      const auto begin = ids.begin() + w * ctx, end = ids.begin() + std::min(n_tokens, (w + 1) * ctx);
-      std::vector<TokenId> input = {bos};
-      input.insert(input.end(), begin, end);
-      for (int64_t j = 0; j + 1 < static_cast<int64_t>(input.size()); ++j) rows.push_back(row0 + j);
-      row0 += static_cast<int64_t>(input.size());
-      batch.push_back(std::move(input));
-    }
-    const auto n_pos = static_cast<int64_t>(rows.size());
-    for (int64_t i = 0; i < n_pos; ++i) {
-      const TokenId t = ids[static_cast<size_t>(t0 + i)];
-      if (t < 0 || t >= n_vocab) fail("token id {} is outside the vocabulary [0, {})", t, n_vocab);
-    }
-
-    // Targets of the batch's scored positions: the next token of the text.
-    const std::vector<TokenId> targets(ids.begin() + t0, ids.begin() + t0 + n_pos);
+    const std::span<const int64_t> windows(order.data() + w0, static_cast<size_t>(w1 - w0));
+    const Batch b = make_batch(windows);
+    const auto n_pos = static_cast<int64_t>(b.rows.size());
     const float* base_rows = nullptr;  // [n_pos x n_vocab], this batch's
-    if (cached) {
-      base_rows = cached->rows + t0 * n_vocab;
-    } else {
-      fresh_rows.resize(static_cast<size_t>(n_pos * n_vocab));
-      Backend& be = base.runtime();
-      const auto scores = be.compare_rows(llama_logits(base, batch), rows, targets, nullptr, fresh_rows.data());
-      bool ok = true;
+    if (staged) {
+      gathered.resize(static_cast<size_t>(n_pos * n_vocab));
       for (int64_t i = 0; i < n_pos; ++i) {
-        const auto& sc = scores[static_cast<size_t>(i)];
-        base_nll[static_cast<size_t>(t0 + i)] = -sc.logprob;
-        base_argmax[static_cast<size_t>(t0 + i)] = sc.argmax;
-        ok = ok && std::isfinite(sc.logprob);
+        std::memcpy(gathered.data() + i * n_vocab, base_text_rows + b.positions[static_cast<size_t>(i)] * n_vocab,
+                    static_cast<size_t>(n_vocab) * sizeof(float));
       }
-      if (!ok) fail("{}: the base model gives NaN/Inf log-probabilities on this text", base.dir.string());
+      base_rows = gathered.data();
+    } else if (cached) {
+      base_rows = cached->rows + b.positions.front() * n_vocab;  // text order: the batch's rows are contiguous
+    } else {
+      run_base(b);
       base_rows = fresh_rows.data();
-      if (writer) writer->write(fresh_rows.data(), fresh_rows.size() * sizeof(float));
     }
 
     // The candidate's logits stay on its device; only per-position results come back.
     Backend& be = candidate.runtime();
-    const auto scores = be.compare_rows(llama_logits(candidate, batch), rows, targets, base_rows, nullptr);
+    const auto scores = be.compare_rows(llama_logits(candidate, b.inputs), b.rows, b.targets, base_rows, nullptr);
     for (int64_t i = 0; i < n_pos; ++i) {
       const auto& sc = scores[static_cast<size_t>(i)];
-      const size_t k = static_cast<size_t>(t0 + i);
+      const auto k = static_cast<size_t>(b.positions[static_cast<size_t>(i)]);
       kl[k] = sc.kl;
       cand_nll[k] = -sc.logprob;
       agree[k] = sc.argmax == base_argmax[k];
     }
+    for (const int64_t w : windows) {
+      window_done[static_cast<size_t>(w)] = 1;
+      if (!staged) continue;
+      double sum = 0;
+      int64_t count = 0;
+      for (int64_t t = w * ctx; t < std::min(n_tokens, (w + 1) * ctx); ++t, ++count) sum += kl[static_cast<size_t>(t)];
+      window_kl.push_back(sum);
+      window_tokens.push_back(count);
+    }
     if (options.progress) options.progress(w1, n_windows);
+    if (staged && w1 < n_windows && !options.keep_going(window_kl, window_tokens, n_windows)) {
+      r.stopped = true;
+      break;
+    }
   }
-  if (writer) {
-    writer->write(base_nll.data(), base_nll.size() * sizeof(double));
-    writer->write(base_argmax.data(), base_argmax.size() * sizeof(int32_t));
-    writer->commit();
-  }
+  finish_writer();
 
-  // Sums in text order (independent of threads and batching).
+  // Sums in text order over the windows scored (independent of threads, batching and the order
+  // they were scored in).
   double kl_sum = 0, kl_sq = 0, base_sum = 0, cand_sum = 0;
-  int64_t n_agree = 0;
-  for (size_t k = 0; k < static_cast<size_t>(n_tokens); ++k) {
-    kl_sum += kl[k];
-    kl_sq += kl[k] * kl[k];
-    base_sum += base_nll[k];
-    cand_sum += cand_nll[k];
-    n_agree += agree[k];
-    if (!std::isfinite(kl[k]) || !std::isfinite(cand_nll[k])) r.finite = false;
+  int64_t n_agree = 0, scored = 0, windows_scored = 0;
+  for (int64_t w = 0; w < n_windows; ++w) {
+    if (!window_done[static_cast<size_t>(w)]) continue;
+    ++windows_scored;
+    for (auto k = static_cast<size_t>(w * ctx); k < static_cast<size_t>(std::min(n_tokens, (w + 1) * ctx)); ++k, ++scored) {
+      kl_sum += kl[k];
+      kl_sq += kl[k] * kl[k];
+      base_sum += base_nll[k];
+      cand_sum += cand_nll[k];
+      n_agree += agree[k];
+      if (!std::isfinite(kl[k]) || !std::isfinite(cand_nll[k])) r.finite = false;
+    }
   }
-  const auto nt = static_cast<double>(n_tokens);
+  r.n_windows_total = n_windows;
+  r.n_windows = windows_scored;
+  r.n_tokens = scored;
+  const auto nt = static_cast<double>(scored);
   r.ppl_base = std::exp(base_sum / nt);
   if (!r.finite) {
     r.kl = r.kl_stderr = r.top1 = r.ppl_candidate = r.ppl_ratio = kNaN;

@@ -37,6 +37,14 @@ struct FidelityOptions {
   std::filesystem::path cache_dir;  // empty = no disk cache
   std::string data_key;           // identifies the text (e.g. a hash of its ids); part of the cache key
   std::function<void(int64_t done, int64_t total)> progress;  // windows done / to do
+  // Early stopping (sweep --prune): when set, the base side is computed whole first and the
+  // candidate scores the windows in the random order of `shuffle_seed`, asking keep_going after
+  // each batch with the KL sums and scored positions of the windows done so far (in scoring order)
+  // and the windows in all; false stops there (FidelityResult::stopped). The results then cover
+  // the windows scored, summed in text order: a staged run that finishes equals the unstaged one.
+  std::function<bool(const std::vector<double>& window_kl_sums, const std::vector<int64_t>& window_tokens, int64_t total)>
+      keep_going;
+  uint64_t shuffle_seed = 1;
 };
 
 struct FidelityResult {
@@ -44,7 +52,9 @@ struct FidelityResult {
   double top1 = 0;
   double ppl_base = 0, ppl_candidate = 0, ppl_ratio = 0;
   int64_t n_tokens = 0;           // positions scored
-  int64_t n_windows = 0;
+  int64_t n_windows = 0;          // windows scored
+  int64_t n_windows_total = 0;    // windows the text (and max_windows) give
+  bool stopped = false;           // keep_going stopped it before the last window
   bool base_from_cache = false;   // the base side came from a valid cache file
   bool cache_rejected = false;    // a cache file was there but did not validate (recomputed, replaced)
   std::filesystem::path cache_file;  // the file used or written; empty without cache_dir

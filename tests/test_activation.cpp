@@ -691,6 +691,10 @@ TEST_CASE("allocate from measured single-matrix sensitivities beats the uniform 
   const auto sens = run_cli("sensitivity " + dir.string() + " --out " + csv.string() + common);
   REQUIRE(sens.exit_code == 0);
   CHECK(std::count(std::istreambuf_iterator<char>(*std::make_unique<std::ifstream>(csv)), {}, '\n') == 1 + 35 * 5);
+  std::ifstream table(csv);
+  std::string header;
+  std::getline(table, header);
+  CHECK(header == "layer,matrix,choice,rank,full_rank,params_saved,relative,propagated,rms,energy");
 }
 
 TEST_CASE("a guided sweep stores its predictions beside the measurements and extends on a rerun", "[activation][sweep][cli]") {

@@ -11,7 +11,11 @@
 
 #include "core/base/error.hpp"
 #include "core/models/llama.hpp"
+#include "core/decompose/decompose.hpp"
+#include "core/space/config_string.hpp"
 #include "evaluators/evaluator.hpp"
+#include "evaluators/fidelity.hpp"
+#include "evaluators/tasks.hpp"
 #include "evaluators/perplexity.hpp"
 #include "tests/fixtures.hpp"
 #include "tests/test_support.hpp"
@@ -524,4 +528,74 @@ TEST_CASE("accuracy: the early-stopping estimate and its interval stay within wh
   CHECK(wide.hi > narrow.hi);
   CHECK(wide.lo >= 30.0 / 200.0);
   CHECK(wide.hi <= 180.0 / 200.0);
+}
+
+TEST_CASE("fidelity: the early-stopping estimate of a mean KL, with the finite-population correction and a floor at 0",
+          "[evaluators][early]") {
+  // 25 of 100 units: se x sqrt(1 - 25/100), z = 2.
+  auto e = estimate_mean(0.04, 0.01, 25, 100, 2.0);
+  CHECK(e.value == 0.04);
+  CHECK(e.lo == Approx(0.04 - 2 * 0.01 * std::sqrt(0.75)));
+  CHECK(e.hi == Approx(0.04 + 2 * 0.01 * std::sqrt(0.75)));
+  CHECK(e.done == 25);
+  CHECK(e.total == 100);
+  // KL is not negative: a wide interval stops at 0.
+  e = estimate_mean(0.01, 0.02, 10, 100, 3.0);
+  CHECK(e.lo == 0.0);
+  CHECK(e.hi > 0.01);
+  // Everything scored: the interval is the value; one unit of many: no decision possible.
+  e = estimate_mean(0.3, 0.1, 50, 50, 3.0);
+  CHECK(e.lo == 0.3);
+  CHECK(e.hi == 0.3);
+  e = estimate_mean(0.3, 0.0, 1, 50, 3.0);
+  CHECK(e.lo == 0.0);
+  CHECK(std::isinf(e.hi));
+}
+
+TEST_CASE("fidelity staged: every window scored in the seeded order gives the unstaged result, a stop covers the windows scored",
+          "[evaluators][early][fidelity]") {
+  const auto dir = test::shared_data("stories260K-hf");
+  RS_REQUIRE_SHARED(dir);
+  RS_REQUIRE_SHARED(test::shared_data("tinystories"));
+  const Model base = load_model(dir);
+  const auto ids = base.require_tokenizer().encode(load_task("tinystories", {.data_dir = test::shared_data("")}).text);
+  FactorCache cache(test::scratch_dir("fidelity_staged_cache"));
+  const Model cand = decompose_model(base, parse_config("L*:all=50%@svd", base.config), cache);
+  FidelityOptions o;
+  o.ctx = 64;
+  o.max_windows = 24;
+  o.windows_per_batch = 5;
+  const FidelityResult whole = fidelity(base, cand, ids, o);
+  for (const bool with_cache : {false, true}) {
+    INFO("cache " << with_cache);
+    FidelityOptions s = o;
+    if (with_cache) s.cache_dir = test::scratch_dir("fidelity_staged_files");
+    std::vector<int64_t> seen;
+    s.keep_going = [&](const std::vector<double>& sums, const std::vector<int64_t>& tokens, int64_t total) {
+      CHECK(total == 24);
+      CHECK(sums.size() == tokens.size());
+      seen.push_back(static_cast<int64_t>(sums.size()));
+      return true;
+    };
+    const FidelityResult staged = fidelity(base, cand, ids, s);
+    CHECK(seen == std::vector<int64_t>{5, 10, 15, 20});  // after each batch but the last
+    CHECK_FALSE(staged.stopped);
+    CHECK(staged.n_windows == 24);
+    CHECK(staged.n_tokens == whole.n_tokens);
+    // The same positions, summed in text order; the candidate's rows come from batches of other
+    // windows, which can move a logit by a float rounding.
+    CHECK(staged.kl == Approx(whole.kl).epsilon(1e-5));
+    CHECK(staged.top1 == Approx(whole.top1).margin(2.0 / static_cast<double>(whole.n_tokens)));
+    CHECK(staged.ppl_base == Approx(whole.ppl_base).epsilon(1e-9));
+    CHECK(staged.ppl_candidate == Approx(whole.ppl_candidate).epsilon(1e-6));
+    // Stopped after the second batch: 10 windows of the seeded order, 640 positions.
+    s.keep_going = [](const std::vector<double>& sums, const std::vector<int64_t>&, int64_t) { return sums.size() < 10; };
+    const FidelityResult stopped = fidelity(base, cand, ids, s);
+    CHECK(stopped.stopped);
+    CHECK(stopped.n_windows == 10);
+    CHECK(stopped.n_windows_total == 24);
+    CHECK(stopped.n_tokens == 640);
+    CHECK(stopped.kl > 0);
+    CHECK(stopped.kl != whole.kl);
+  }
 }

@@ -1048,3 +1048,95 @@ TEST_CASE("sweep --prune on an accuracy task: fewer documents, the same front, c
                static_cast<long long>(n_pruned), static_cast<long long>(docs_pruned), static_cast<long long>(docs_complete),
                100.0 * static_cast<double>(docs_pruned) / static_cast<double>(docs_complete), front(complete).size());
 }
+
+// The fidelity task staged: a sequence classifier's inputs (bert-tiny-sst2, KL of the label
+// distributions on SST-2's dev sentences) and a causal LM's windows (stories260K-hf, KL per token).
+TEST_CASE("sweep --prune on the fidelity task: fewer inputs or windows, the same front, complete evaluations unchanged") {
+  struct Case {
+    std::string name, model, limit, unit;
+    int64_t units;  // fidelity.kl's n of a complete evaluation
+  };
+  const std::vector<Case> cases = {{"classifier", "bert-tiny-sst2", "", "inputs", 872},
+                                   {"lm", "stories260K-hf", "32", "windows", 32 * 511}};  // windows of n_ctx - 1 tokens
+  for (const auto& k : cases) {
+    INFO(k.name);
+    const auto model = test::shared_data(k.model);
+    RS_REQUIRE_SHARED(model);
+    RS_REQUIRE_SHARED(test::shared_data("glue-sst2/dev.tsv"));
+    RS_REQUIRE_SHARED(test::shared_data("tinystories"));
+    const auto dir = test::scratch_dir("sweep-prune-fidelity-" + k.name);
+    const auto db = (dir / "prune.db").string();
+    auto sweep = [&](const std::string& study, bool prune) {
+      std::vector<std::string> args = {"sweep", "--model", model.string(), "--strategy", "random", "--space", "per-matrix",
+                                       "--choices", "dense,50%,12.5%,2", "--method", "svd", "--tasks", "size,fidelity",
+                                       "--objectives", "fidelity.kl:min,size.params:min", "--budget", "30", "--seed", "4",
+                                       "--db", db, "--study", study, "--threads", "1", "--data-dir", test::shared_data("").string(),
+                                       "--cache-dir", (dir / "cache").string()};
+      if (!k.limit.empty()) args.insert(args.end(), {"--limit", k.limit});
+      if (prune) args.push_back("--prune");
+      REQUIRE(run(args, dir / (study + ".log")) == 0);
+    };
+    sweep("complete", false);
+    sweep("pruned", true);
+    struct Eval {
+      std::string status;
+      double kl = 0, top1 = 0, params = 0;
+      int64_t n = 0;
+    };
+    auto load = [&](const std::string& study) {
+      std::map<std::string, Eval> out;
+      const auto j = nlohmann::json::parse(capture("export --db " + db + " --study " + study + " --format json"));
+      for (const auto& e : j["evaluations"]) {
+        const auto& m = e["metrics"];
+        out[e["config"]] = {e["status"], m["fidelity.kl"]["value"], m["fidelity.top1"]["value"], m["size.params"]["value"],
+                            m["fidelity.kl"]["n"]};
+      }
+      return out;
+    };
+    const auto complete = load("complete"), pruned = load("pruned");
+    REQUIRE(complete.size() == 30);
+    REQUIRE(pruned.size() == 30);
+    auto front = [](const std::map<std::string, Eval>& evals) {
+      std::set<std::string> f;
+      for (const auto& [c, e] : evals) {
+        if (e.status != "done") continue;
+        bool dominated = false;
+        for (const auto& [c2, e2] : evals) {
+          if (e2.status != "done") continue;
+          dominated = dominated || (e2.kl <= e.kl && e2.params <= e.params && (e2.kl < e.kl || e2.params < e.params));
+        }
+        if (!dominated) f.insert(c);
+      }
+      return f;
+    };
+    int64_t n_pruned = 0, units_complete = 0, units_pruned = 0;
+    for (const auto& [c, e] : complete) {
+      INFO(c);
+      const Eval& p = pruned.at(c);
+      units_complete += e.n;
+      units_pruned += p.n;
+      CHECK(e.n == k.units);
+      if (p.status == "pruned") {
+        ++n_pruned;
+        CHECK(p.n < k.units);
+        CHECK(front(complete).count(c) == 0);  // never a point of the complete front
+      } else {
+        CHECK(p.status == "done");
+        CHECK(p.n == k.units);
+        // The same units scored in other batches, summed in the same order: the candidate's logits
+        // may differ in the last bits with the batch's composition (a few float roundings), and KL
+        // moves by about the mean log-probability change.
+        CHECK(p.kl == Approx(e.kl).epsilon(1e-4).margin(1e-7));
+        CHECK(p.top1 == Approx(e.top1).margin(2.0 / static_cast<double>(k.units)));
+      }
+    }
+    CHECK(n_pruned > 0);
+    CHECK(units_pruned < units_complete);
+    CHECK(front(pruned) == front(complete));
+    CHECK_THAT(read_file(dir / "pruned.log"), Contains("fidelity.kl in"));
+    std::fprintf(stderr, "sweep --prune (fidelity.kl, %s): %lld of 30 configurations pruned, %lld of %lld %s scored (%.1f %%), same front of %zu\n",
+                 k.name.c_str(), static_cast<long long>(n_pruned), static_cast<long long>(units_pruned),
+                 static_cast<long long>(units_complete), k.name == "lm" ? "positions" : "inputs",
+                 100.0 * static_cast<double>(units_pruned) / static_cast<double>(units_complete), front(complete).size());
+  }
+}
