@@ -564,21 +564,27 @@ TEST_CASE("GPU fidelity: a decomposed stories260K-hf against its base equals the
   FidelityOptions o;
   o.ctx = 128;
   o.windows_per_batch = 4;
-  auto run = [&](std::shared_ptr<Backend> backend) {
+  auto run = [&](std::shared_ptr<Backend> backend, bool staged) {
     Model b = base;
     if (backend) b.backend = backend;
     const Model cand = decompose_model(b, parse_config("L*:all=50%", b.config), cache);
-    return fidelity(b, cand, ids, o);
+    FidelityOptions so = o;
+    // Early stopping's path: the base side whole first, the windows in a seeded order.
+    if (staged) so.keep_going = [](const std::vector<double>&, const std::vector<int64_t>&, int64_t) { return true; };
+    return fidelity(b, cand, ids, so);
   };
-  const FidelityResult cpu = run(nullptr);
-  const FidelityResult cuda = run(gpu(ComputeType::f32));
-  CHECK(cuda.n_tokens == cpu.n_tokens);
-  CHECK(cpu.kl > 0.01);
-  // fp32 logits agree to 1e-4: KL (a mean of ~1e-1) and perplexities to 1e-4 relative.
-  CHECK(std::abs(cuda.kl - cpu.kl) <= 1e-4 * cpu.kl);
-  CHECK(std::abs(cuda.ppl_base - cpu.ppl_base) <= 1e-4 * cpu.ppl_base);
-  CHECK(std::abs(cuda.ppl_candidate - cpu.ppl_candidate) <= 1e-4 * cpu.ppl_candidate);
-  CHECK(std::abs(cuda.top1 - cpu.top1) <= 3.0 / static_cast<double>(cpu.n_tokens));  // near-ties may flip
+  const FidelityResult cpu = run(nullptr, false);
+  for (const bool staged : {false, true}) {
+    INFO("staged " << staged);
+    const FidelityResult cuda = run(gpu(ComputeType::f32), staged);
+    CHECK(cuda.n_tokens == cpu.n_tokens);
+    CHECK(cpu.kl > 0.01);
+    // fp32 logits agree to 1e-4: KL (a mean of ~1e-1) and perplexities to 1e-4 relative.
+    CHECK(std::abs(cuda.kl - cpu.kl) <= 1e-4 * cpu.kl);
+    CHECK(std::abs(cuda.ppl_base - cpu.ppl_base) <= 1e-4 * cpu.ppl_base);
+    CHECK(std::abs(cuda.ppl_candidate - cpu.ppl_candidate) <= 1e-4 * cpu.ppl_candidate);
+    CHECK(std::abs(cuda.top1 - cpu.top1) <= 3.0 / static_cast<double>(cpu.n_tokens));  // near-ties may flip
+  }
 }
 
 TEST_CASE("GPU calibration: float64 statistics on the device equal the CPU's and layer groups read back lazily",
