@@ -106,16 +106,11 @@ double ProxyCalculator::config_score(const Config& config) {
   return total;
 }
 
-const ProxyCalculator::Propagation& ProxyCalculator::propagation(int64_t layer, MatrixKind kind, const Tensor& weight,
-                                                                 const CachedSvd& svd,
-                                                                 const ActivationTransform& transform) {
-  const auto key = std::make_pair(layer, kind);
-  if (auto it = propagation_.find(key); it != propagation_.end()) return it->second;
-  Propagation& out = propagation_[key];
-  const ModelConfig& config = base_.config;
+const ProxyCalculator::BlockOutput& ProxyCalculator::block_output(int64_t layer, bool attention) {
+  const auto key = std::make_pair(layer, attention);
+  if (auto it = block_outputs_.find(key); it != block_outputs_.end()) return it->second;
+  BlockOutput& out = block_outputs_[key];  // energy 0: not available
   const auto& block = base_.weights.layers[static_cast<size_t>(layer)];
-  const bool attention = kind == MatrixKind::q || kind == MatrixKind::k || kind == MatrixKind::v ||
-                         kind == MatrixKind::o || kind == MatrixKind::qkv;
   const MatrixKind writer = attention ? MatrixKind::o : MatrixKind::down;
   if (block[writer].form() != Linear::Form::dense || !activation_.calibration) return out;
   const HookSite writer_site = attention ? HookSite::attn_ctx : HookSite::ffn_act;
@@ -124,12 +119,28 @@ const ProxyCalculator::Propagation& ProxyCalculator::propagation(int64_t layer, 
   const auto stats = activation_.calibration->at(layer, writer_site);
   const Eigen::MatrixXd w_out = block[writer].weight().matrix().cast<double>();
   if (stats->width != w_out.cols()) return out;
-  // B: the block output's energy over the calibration tokens; c: the writer's squared column norms;
-  // e: the energy of each of its input channels.
-  const double energy_out = (w_out * stats->gram).cwiseProduct(w_out).sum();
-  if (!(energy_out > 0)) return out;
-  const Eigen::VectorXd c = w_out.colwise().squaredNorm().transpose();
-  const Eigen::VectorXd e = stats->gram.diagonal();
+  // B = tr(W G W^T), the block output's energy over the calibration tokens (once per block: the
+  // largest product here, 4096 x 11008^2 for a Llama-2-7B MLP).
+  out.energy = (w_out * stats->gram).cwiseProduct(w_out).sum();
+  out.column_norms2 = w_out.colwise().squaredNorm().transpose();
+  out.input_energy = stats->gram.diagonal();
+  return out;
+}
+
+const ProxyCalculator::Propagation& ProxyCalculator::propagation(int64_t layer, MatrixKind kind, const Tensor& weight,
+                                                                 const CachedSvd& svd,
+                                                                 const ActivationTransform& transform) {
+  const auto key = std::make_pair(layer, kind);
+  if (auto it = propagation_.find(key); it != propagation_.end()) return it->second;
+  Propagation& out = propagation_[key];
+  const ModelConfig& config = base_.config;
+  const bool attention = kind == MatrixKind::q || kind == MatrixKind::k || kind == MatrixKind::v ||
+                         kind == MatrixKind::o || kind == MatrixKind::qkv;
+  const BlockOutput& writer = block_output(layer, attention);
+  if (!(writer.energy > 0)) return out;
+  const double energy_out = writer.energy;
+  const Eigen::VectorXd& c = writer.column_norms2;
+  const Eigen::VectorXd& e = writer.input_energy;
   // This matrix's output energy per row: ||(W S)_i||^2, from the SVD when it is full.
   const int64_t m = svd.m(), k = svd.k();
   const Mat u = svd.u(k);

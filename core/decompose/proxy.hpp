@@ -85,6 +85,14 @@ class ProxyCalculator {
   const Propagation& propagation(int64_t layer, MatrixKind kind, const Tensor& weight, const CachedSvd& svd,
                                  const ActivationTransform& transform);
   std::map<std::pair<int64_t, MatrixKind>, Propagation> propagation_;
+  // The output of a layer's attention (o) or MLP (down) block over the calibration tokens: its
+  // energy B (0: not available), the writer's squared column norms c, its inputs' energies.
+  struct BlockOutput {
+    double energy = 0;
+    Eigen::VectorXd column_norms2, input_energy;
+  };
+  const BlockOutput& block_output(int64_t layer, bool attention);
+  std::map<std::pair<int64_t, bool>, BlockOutput> block_outputs_;
 };
 
 // Prior terms of a search over `space` (the guided strategy's StrategyOptions::priors/exact): per
