@@ -37,7 +37,8 @@ struct FidelityOptions {
   std::filesystem::path cache_dir;  // empty = no disk cache
   std::string data_key;           // identifies the text (e.g. a hash of its ids); part of the cache key
   std::function<void(int64_t done, int64_t total)> progress;  // windows done / to do
-  // Early stopping (sweep --prune): when set, the base side is computed whole first and the
+  // Early stopping (sweep --prune): when set, the base side is computed whole first (into the
+  // cache file; without a cache_dir it is held in memory, n_tokens x n_vocab floats) and the
   // candidate scores the windows in the random order of `shuffle_seed`, asking keep_going after
   // each batch with the KL sums and scored positions of the windows done so far (in scoring order)
   // and the windows in all; false stops there (FidelityResult::stopped). The results then cover
