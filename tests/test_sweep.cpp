@@ -35,6 +35,26 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The configurations on the front of (quality, parameters) among the complete ("done") evaluations
+// of `evals` (configuration -> a record with .status and .params): quality(record) minimised, or
+// maximised with `maximize`.
+template <class Record, class Quality>
+std::set<std::string> complete_front(const std::map<std::string, Record>& evals, Quality quality, bool maximize) {
+  std::set<std::string> f;
+  for (const auto& [c, e] : evals) {
+    if (e.status != "done") continue;
+    const double q = maximize ? -quality(e) : quality(e);
+    bool dominated = false;
+    for (const auto& [c2, e2] : evals) {
+      if (e2.status != "done") continue;
+      const double q2 = maximize ? -quality(e2) : quality(e2);
+      dominated = dominated || (q2 <= q && e2.params <= e.params && (q2 < q || e2.params < e.params));
+    }
+    if (!dominated) f.insert(c);
+  }
+  return f;
+}
+
 fs::path stories() { return test::shared_data("stories260K-hf"); }
 
 // Starts build/rankscope with `args` (stdout and stderr to `log`), returns its pid.
@@ -924,17 +944,7 @@ TEST_CASE("sweep --prune: early stopping scores fewer windows and never prunes a
   REQUIRE(complete.size() == 40);
   REQUIRE(pruned.size() == 40);
   auto front = [](const std::map<std::string, Eval>& evals) {
-    std::set<std::string> f;
-    for (const auto& [c, e] : evals) {
-      if (e.status != "done") continue;
-      bool dominated = false;
-      for (const auto& [c2, e2] : evals) {
-        if (e2.status != "done") continue;
-        dominated = dominated || (e2.ppl <= e.ppl && e2.params <= e.params && (e2.ppl < e.ppl || e2.params < e.params));
-      }
-      if (!dominated) f.insert(c);
-    }
-    return f;
+    return complete_front(evals, [](const Eval& e) { return e.ppl; }, false);
   };
   const auto f_complete = front(complete), f_pruned = front(pruned);
   int64_t n_pruned = 0, tokens_complete = 0, tokens_pruned = 0;
@@ -1010,17 +1020,7 @@ TEST_CASE("sweep --prune on an accuracy task: fewer documents, the same front, c
   REQUIRE(complete.size() == 30);
   REQUIRE(pruned.size() == 30);
   auto front = [](const std::map<std::string, Eval>& evals) {
-    std::set<std::string> f;
-    for (const auto& [c, e] : evals) {
-      if (e.status != "done") continue;
-      bool dominated = false;
-      for (const auto& [c2, e2] : evals) {
-        if (e2.status != "done") continue;
-        dominated = dominated || (e2.acc >= e.acc && e2.params <= e.params && (e2.acc > e.acc || e2.params < e.params));
-      }
-      if (!dominated) f.insert(c);
-    }
-    return f;
+    return complete_front(evals, [](const Eval& e) { return e.acc; }, true);
   };
   int64_t n_pruned = 0, docs_complete = 0, docs_pruned = 0;
   for (const auto& [c, e] : complete) {
@@ -1097,17 +1097,7 @@ TEST_CASE("sweep --prune on the fidelity task: fewer inputs or windows, the same
     REQUIRE(complete.size() == 30);
     REQUIRE(pruned.size() == 30);
     auto front = [](const std::map<std::string, Eval>& evals) {
-      std::set<std::string> f;
-      for (const auto& [c, e] : evals) {
-        if (e.status != "done") continue;
-        bool dominated = false;
-        for (const auto& [c2, e2] : evals) {
-          if (e2.status != "done") continue;
-          dominated = dominated || (e2.kl <= e.kl && e2.params <= e.params && (e2.kl < e.kl || e2.params < e.params));
-        }
-        if (!dominated) f.insert(c);
-      }
-      return f;
+      return complete_front(evals, [](const Eval& e) { return e.kl; }, false);
     };
     int64_t n_pruned = 0, units_complete = 0, units_pruned = 0;
     for (const auto& [c, e] : complete) {
