@@ -169,28 +169,53 @@ Evaluator::Evaluator(const Model& base, EvalRequest request) : base_(base), requ
 
 Evaluator::~Evaluator() = default;
 
+namespace {
+
+// The mean per token over windows scored (their sums and token counts), and the standard error of
+// that mean from the spread of the windows' own means (tokens within a window are not
+// independent); infinite for fewer than two windows. No finite-population correction.
+std::pair<double, double> window_mean(const std::vector<double>& window_sums, const std::vector<int64_t>& window_tokens) {
+  const auto k = static_cast<int64_t>(window_sums.size());
+  double sum = 0, tokens = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    sum += window_sums[static_cast<size_t>(i)];
+    tokens += static_cast<double>(window_tokens[static_cast<size_t>(i)]);
+  }
+  const double mean = tokens > 0 ? sum / tokens : kNaN;
+  double ss = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const double m = window_sums[static_cast<size_t>(i)] / static_cast<double>(std::max<int64_t>(1, window_tokens[static_cast<size_t>(i)]));
+    ss += (m - mean) * (m - mean);
+  }
+  const double sd = k > 1 ? std::sqrt(ss / static_cast<double>(k - 1)) : std::numeric_limits<double>::infinity();
+  return {mean, k > 0 ? sd / std::sqrt(static_cast<double>(k)) : std::numeric_limits<double>::infinity()};
+}
+
+// Whether `done` of `total` windows (scored one batch at a time) has reached a stage not checked
+// yet (`next_stage`, advanced past every stage reached) with enough windows to decide on.
+bool stage_due(const EarlyStop& early, size_t& next_stage, int64_t done, int64_t total) {
+  const double share = static_cast<double>(done) / static_cast<double>(total);
+  bool due = false;
+  while (next_stage < early.stages.size() && share >= early.stages[next_stage]) {
+    due = true;
+    ++next_stage;
+  }
+  return due && done >= std::max<int64_t>(2, early.min_windows);
+}
+
+}  // namespace
+
 PartialEstimate estimate_perplexity(const std::vector<double>& window_nll_sums, const std::vector<int64_t>& window_tokens,
                                     int64_t total, double z) {
   PartialEstimate e;
   const auto k = static_cast<int64_t>(window_nll_sums.size());
   e.done = k;
   e.total = total;
-  double nll = 0, tokens = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    nll += window_nll_sums[static_cast<size_t>(i)];
-    tokens += static_cast<double>(window_tokens[static_cast<size_t>(i)]);
-  }
-  const double mean = tokens > 0 ? nll / tokens : kNaN;
-  // The spread of the windows' own mean NLLs: the complete value is the mean over all `total`
-  // windows, of which k are known (finite population correction 1 - k/total).
-  double ss = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    const double m = window_nll_sums[static_cast<size_t>(i)] / static_cast<double>(std::max<int64_t>(1, window_tokens[static_cast<size_t>(i)]));
-    ss += (m - mean) * (m - mean);
-  }
-  const double sd = k > 1 ? std::sqrt(ss / static_cast<double>(k - 1)) : std::numeric_limits<double>::infinity();
+  // The complete value is the mean over all `total` windows, of which k are known (finite
+  // population correction 1 - k/total).
+  const auto [mean, se_mean] = window_mean(window_nll_sums, window_tokens);
   const double fpc = total > 0 ? std::max(0.0, 1.0 - static_cast<double>(k) / static_cast<double>(total)) : 1.0;
-  const double se = k > 0 ? sd / std::sqrt(static_cast<double>(k)) * std::sqrt(fpc) : std::numeric_limits<double>::infinity();
+  const double se = se_mean * std::sqrt(fpc);
   e.value = std::exp(mean);
   e.lo = std::exp(mean - z * se);
   e.hi = std::exp(mean + z * se);
@@ -356,13 +381,7 @@ TaskReport Evaluator::run_perplexity(const Model& model, const TextTask& t, cons
   if (early && early->stop) {
     options.shuffle_seed = early->shuffle_seed;
     options.keep_going = [&](const std::vector<double>& sums, const std::vector<int64_t>& tokens, int64_t total) {
-      const double share = static_cast<double>(sums.size()) / static_cast<double>(total);
-      bool due = false;
-      while (next_stage < early->stages.size() && share >= early->stages[next_stage]) {
-        due = true;
-        ++next_stage;
-      }
-      if (!due || static_cast<int64_t>(sums.size()) < std::max<int64_t>(2, early->min_windows)) return true;
+      if (!stage_due(*early, next_stage, static_cast<int64_t>(sums.size()), total)) return true;
       PartialEstimate e = estimate_perplexity(sums, tokens, total, early->z);
       e.metric = t.name + ".ppl";
       return !early->stop(e);
@@ -534,29 +553,11 @@ TaskReport Evaluator::run_fidelity(const Model& candidate, const ProgressFn& pro
     options.shuffle_seed = early->shuffle_seed;
     options.keep_going = [&](const std::vector<double>& sums, const std::vector<int64_t>& tokens, int64_t total) {
       const auto k = static_cast<int64_t>(sums.size());
-      bool due = false;
-      while (next_stage < early->stages.size() &&
-             static_cast<double>(k) >= early->stages[next_stage] * static_cast<double>(total)) {
-        due = true;
-        ++next_stage;
-      }
-      if (!due || k < std::max<int64_t>(2, early->min_windows)) return true;
-      // The mean KL per position over the windows so far; its standard error from the spread of
-      // the windows' own means (positions within a window are not independent).
-      double kl = 0, n = 0;
-      for (int64_t i = 0; i < k; ++i) {
-        kl += sums[static_cast<size_t>(i)];
-        n += static_cast<double>(tokens[static_cast<size_t>(i)]);
-      }
-      const double mean = kl / n;
-      double ss = 0;
-      for (int64_t i = 0; i < k; ++i) {
-        const double m = sums[static_cast<size_t>(i)] / static_cast<double>(std::max<int64_t>(1, tokens[static_cast<size_t>(i)]));
-        ss += (m - mean) * (m - mean);
-      }
-      if (!std::isfinite(mean) || !std::isfinite(ss)) return true;  // NaN: the complete evaluation reports it
-      PartialEstimate e = estimate_mean(mean, std::sqrt(ss / static_cast<double>(k - 1) / static_cast<double>(k)), k, total,
-                                        early->z);
+      if (!stage_due(*early, next_stage, k, total)) return true;
+      // The mean KL per position over the windows so far, its standard error from the windows' own means.
+      const auto [mean, se_mean] = window_mean(sums, tokens);
+      if (!std::isfinite(mean) || !std::isfinite(se_mean)) return true;  // NaN: the complete evaluation reports it
+      PartialEstimate e = estimate_mean(mean, se_mean, k, total, early->z);
       e.metric = "fidelity.kl";
       return !early->stop(e);
     };

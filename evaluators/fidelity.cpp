@@ -189,8 +189,6 @@ FidelityResult fidelity(const Model& base, const Model& candidate, const std::ve
   const int64_t n_tokens = std::min(n, n_windows * ctx);  // ids[0 : n_tokens] are scored
 
   FidelityResult r;
-  r.n_tokens = n_tokens;
-  r.n_windows = n_windows;
 
   // The base side: from the cache, or computed here (and written to the cache).
   std::unique_ptr<CachedBase> cached;
